@@ -1,0 +1,275 @@
+//! Client → upstream frame policy: what the browser may send, and how its
+//! `subscribe`/`publish` messages are rewritten to carry the real token.
+//!
+//! The browser holds no token, so whatever auth it sends (Amplify sends a
+//! placeholder API key, top-level and again in `payload.extensions`) is
+//! removed wherever it appears, in any letter case, and the relay's own
+//! `{"Authorization": <JWT>, "host": <HTTP host>}` is set as the top-level
+//! `authorization`. Frames that break AppSync's rules are answered here with
+//! the matching `*_error` and never reach upstream. Frames of other types are
+//! forwarded byte for byte unless they carried auth that had to be removed.
+//!
+//! This module never logs; `UpstreamAuth`'s `Debug` redacts the token.
+
+use crate::protocol::{self, error_type, Channel};
+use serde_json::{Map, Value};
+use std::fmt;
+
+/// The credentials the relay injects upstream for one connection.
+#[derive(Clone)]
+pub struct UpstreamAuth {
+    token: String,
+    host: String,
+}
+
+impl fmt::Debug for UpstreamAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UpstreamAuth")
+            .field("token", &"<redacted>")
+            .field("host", &self.host)
+            .finish()
+    }
+}
+
+impl UpstreamAuth {
+    pub fn new(token: impl Into<String>, host: impl Into<String>) -> Self {
+        UpstreamAuth {
+            token: token.into(),
+            host: host.into(),
+        }
+    }
+
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// `{"Authorization": <JWT>, "host": <host>}`, the shape AppSync expects
+    /// both in the `header-` subprotocol and in each message.
+    pub fn as_map(&self) -> Map<String, Value> {
+        let mut m = Map::with_capacity(2);
+        m.insert("Authorization".into(), Value::from(self.token.as_str()));
+        m.insert("host".into(), Value::from(self.host.as_str()));
+        m
+    }
+}
+
+/// What to do with one text frame from the browser.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ClientAction {
+    /// Forward the frame exactly as received.
+    ForwardOriginal,
+    /// Forward this rewritten frame instead.
+    Forward(String),
+    /// Answer the browser with this frame; send nothing upstream.
+    Reply(String),
+}
+
+/// Removes every key named `authorization` (any case) from `map`.
+/// Returns whether anything was removed.
+fn strip_auth(map: &mut Map<String, Value>) -> bool {
+    let before = map.len();
+    map.retain(|k, _| !k.eq_ignore_ascii_case("authorization"));
+    before != map.len()
+}
+
+/// Strips client auth from the top level, `payload`, and
+/// `payload.extensions` (the places Amplify and the AWS docs put it).
+fn strip_all_auth(msg: &mut Map<String, Value>) -> bool {
+    let mut removed = strip_auth(msg);
+    for (key, payload) in msg.iter_mut() {
+        if !key.eq_ignore_ascii_case("payload") {
+            continue;
+        }
+        if let Value::Object(payload) = payload {
+            removed |= strip_auth(payload);
+            for (k, ext) in payload.iter_mut() {
+                if k.eq_ignore_ascii_case("extensions") {
+                    if let Value::Object(ext) = ext {
+                        removed |= strip_auth(ext);
+                    }
+                }
+            }
+        }
+    }
+    removed
+}
+
+fn reply(client_type: &str, id: Option<&str>, kind: &str, message: &str) -> ClientAction {
+    ClientAction::Reply(protocol::error_frame(
+        protocol::error_type_for(client_type),
+        id,
+        kind,
+        message,
+    ))
+}
+
+/// Decides what to do with a text frame from the browser.
+pub fn rewrite_client_frame(text: &str, auth: &UpstreamAuth) -> ClientAction {
+    let mut msg: Map<String, Value> = match serde_json::from_str(text) {
+        Ok(Value::Object(m)) => m,
+        _ => return reply("", None, error_type::BAD_REQUEST, "Message is not a JSON object"),
+    };
+    let msg_type = match msg.get("type") {
+        Some(Value::String(t)) => t.clone(),
+        _ => return reply("", None, error_type::BAD_REQUEST, "Message has no type"),
+    };
+    match msg_type.as_str() {
+        "subscribe" | "publish" => {
+            let publish = msg_type == "publish";
+            let id = match msg.get("id") {
+                Some(Value::String(id)) if protocol::is_valid_id(id) => id.clone(),
+                _ => return reply(&msg_type, None, error_type::BAD_REQUEST, "Invalid id"),
+            };
+            let channel = match msg.get("channel") {
+                Some(Value::String(c)) => Channel::parse(c, !publish),
+                _ => return reply(&msg_type, Some(&id), error_type::BAD_REQUEST, "Missing channel"),
+            };
+            if let Err(e) = channel {
+                return reply(&msg_type, Some(&id), error_type::BAD_REQUEST, &e.to_string());
+            }
+            if publish {
+                if let Err(message) = check_events(msg.get("events")) {
+                    return reply(&msg_type, Some(&id), error_type::BAD_REQUEST, message);
+                }
+            }
+            strip_all_auth(&mut msg);
+            msg.insert("authorization".into(), Value::Object(auth.as_map()));
+            ClientAction::Forward(Value::Object(msg).to_string())
+        }
+        "unsubscribe" => {
+            let id_ok = matches!(msg.get("id"), Some(Value::String(id)) if protocol::is_valid_id(id));
+            if !id_ok {
+                return reply(&msg_type, None, error_type::BAD_REQUEST, "Invalid id");
+            }
+            forward_stripped(msg)
+        }
+        _ => forward_stripped(msg),
+    }
+}
+
+fn forward_stripped(mut msg: Map<String, Value>) -> ClientAction {
+    if strip_all_auth(&mut msg) {
+        ClientAction::Forward(Value::Object(msg).to_string())
+    } else {
+        ClientAction::ForwardOriginal
+    }
+}
+
+/// `events`: 1 to 5 strings, each ≤ 240 KB and itself valid JSON.
+pub fn check_events(events: Option<&Value>) -> Result<(), &'static str> {
+    let Some(Value::Array(events)) = events else {
+        return Err("events must be an array of JSON strings");
+    };
+    if events.is_empty() {
+        return Err("events must not be empty");
+    }
+    if events.len() > protocol::MAX_EVENTS_PER_PUBLISH {
+        return Err("At most 5 events may be published at once");
+    }
+    for event in events {
+        let Value::String(s) = event else {
+            return Err("each event must be a JSON-encoded string");
+        };
+        if s.len() > protocol::MAX_EVENT_BYTES {
+            return Err("event is larger than 240 KB");
+        }
+        if serde_json::from_str::<serde::de::IgnoredAny>(s).is_err() {
+            return Err("each event must be a valid JSON document");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn auth() -> UpstreamAuth {
+        UpstreamAuth::new("REAL.JWT.TOKEN", "api.example.com")
+    }
+
+    fn forwarded(action: ClientAction) -> Value {
+        match action {
+            ClientAction::Forward(s) => serde_json::from_str(&s).unwrap(),
+            other => panic!("expected Forward, got {other:?}"),
+        }
+    }
+
+    fn replied(action: ClientAction) -> Value {
+        match action {
+            ClientAction::Reply(s) => serde_json::from_str(&s).unwrap(),
+            other => panic!("expected Reply, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn subscribe_gets_real_auth_and_loses_amplify_placeholders() {
+        let frame = json!({
+            "type": "subscribe", "id": "s1", "channel": "/default/room",
+            "authorization": {"x-api-key": "placeholder", "host": "app.example.com"},
+            "Authorization": "forged",
+            "payload": {"channel": "/default/room", "extensions": {"authorization": {"x-api-key": "p"}, "AUTHORIZATION": "x"}}
+        });
+        let out = forwarded(rewrite_client_frame(&frame.to_string(), &auth()));
+        assert_eq!(out["authorization"], json!({"Authorization": "REAL.JWT.TOKEN", "host": "api.example.com"}));
+        assert!(out.get("Authorization").is_none());
+        assert_eq!(out["payload"]["extensions"], json!({}));
+        assert_eq!(out["payload"]["channel"], "/default/room");
+        assert!(!out.to_string().contains("placeholder"));
+    }
+
+    #[test]
+    fn publish_rules_are_enforced_locally() {
+        let bad = [
+            (json!({"type":"publish","id":"p","channel":"/d/*","events":["1"]}), "publish_error"),
+            (json!({"type":"publish","id":"p","channel":"/d/a","events":["1","2","3","4","5","6"]}), "publish_error"),
+            (json!({"type":"publish","id":"p","channel":"/d/a","events":[]}), "publish_error"),
+            (json!({"type":"publish","id":"p","channel":"/d/a","events":[1]}), "publish_error"),
+            (json!({"type":"publish","id":"p","channel":"/d/a","events":["{not json"]}), "publish_error"),
+            (json!({"type":"publish","id":"bad id","channel":"/d/a","events":["1"]}), "publish_error"),
+            (json!({"type":"subscribe","id":"s","channel":"/d/a_b"}), "subscribe_error"),
+            (json!({"type":"subscribe","id":"s"}), "subscribe_error"),
+            (json!({"type":"subscribe","id":"","channel":"/d/a"}), "subscribe_error"),
+            (json!({"type":"unsubscribe","id":7}), "unsubscribe_error"),
+        ];
+        for (frame, expected) in bad {
+            let out = replied(rewrite_client_frame(&frame.to_string(), &auth()));
+            assert_eq!(out["type"], expected, "{frame}");
+            assert_eq!(out["errors"][0]["errorType"], "BadRequestException");
+            assert!(!out.to_string().contains("REAL.JWT"));
+        }
+        let ok = json!({"type":"publish","id":"p","channel":"/d/a","events":["{\"a\":1}","2"]});
+        let out = forwarded(rewrite_client_frame(&ok.to_string(), &auth()));
+        assert_eq!(out["events"], json!(["{\"a\":1}", "2"]));
+        assert_eq!(out["authorization"]["Authorization"], "REAL.JWT.TOKEN");
+    }
+
+    #[test]
+    fn malformed_frames_get_error() {
+        for text in ["not json", "[1,2]", "{\"id\":\"x\"}", "{\"type\":5}"] {
+            let out = replied(rewrite_client_frame(text, &auth()));
+            assert_eq!(out["type"], "error", "{text}");
+        }
+    }
+
+    #[test]
+    fn other_frames_pass_unchanged_unless_they_carry_auth() {
+        let init = r#"{"type":"connection_init"}"#;
+        assert_eq!(rewrite_client_frame(init, &auth()), ClientAction::ForwardOriginal);
+        let unsub = r#"{"type":"unsubscribe","id":"s1"}"#;
+        assert_eq!(rewrite_client_frame(unsub, &auth()), ClientAction::ForwardOriginal);
+        let sneaky = r#"{"type":"connection_init","authorization":{"Authorization":"stolen"}}"#;
+        let out = forwarded(rewrite_client_frame(sneaky, &auth()));
+        assert_eq!(out, json!({"type":"connection_init"}));
+    }
+
+    #[test]
+    fn debug_redacts_token() {
+        assert!(!format!("{:?}", auth()).contains("REAL"));
+    }
+}
