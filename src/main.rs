@@ -1,1 +1,140 @@
-fn main(){}
+//! Wiring only: parse flags, set up logging, bind, run until a signal.
+#![forbid(unsafe_code)]
+
+use appsync_relay::config::{Cli, Command, EmulateArgs, ServeArgs};
+use appsync_relay::emulator::{self, EmulatorAuth, EmulatorConfig};
+use appsync_relay::verify::{Verifier, VerifierConfig};
+use appsync_relay::{http_client, server};
+use clap::Parser;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("APPSYNC_RELAY_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli.command {
+        Command::Serve(args) => runtime.block_on(serve(*args)),
+        Command::Emulate(args) => runtime.block_on(emulate(args)),
+    }
+}
+
+fn usage_error(errors: &[String]) -> ExitCode {
+    for e in errors {
+        eprintln!("error: {e}");
+    }
+    ExitCode::from(2)
+}
+
+async fn bind(what: &str, addr: std::net::SocketAddr) -> Result<TcpListener, ExitCode> {
+    TcpListener::bind(addr).await.map_err(|e| {
+        eprintln!("error: cannot listen on {addr} ({what}): {e}");
+        ExitCode::FAILURE
+    })
+}
+
+async fn serve(args: ServeArgs) -> ExitCode {
+    let config = match args.validate() {
+        Ok(c) => c,
+        Err(errors) => return usage_error(&errors),
+    };
+    let drain = config.drain_timeout;
+    let public = match bind("public", config.listen).await {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    let admin = match bind("admin", config.admin_listen).await {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    let handle = match server::spawn(config, public, admin) {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(public = %handle.public_addr, admin = %handle.admin_addr, "appsync-relay listening");
+    shutdown_signal().await;
+    tracing::info!(drain_timeout_s = drain.as_secs(), "shutting down");
+    handle.shutdown(drain).await;
+    ExitCode::SUCCESS
+}
+
+async fn emulate(args: EmulateArgs) -> ExitCode {
+    let auth = match (&args.api_key, &args.cognito_issuer, &args.cognito_client_id) {
+        (Some(key), None, None) => EmulatorAuth::ApiKey(key.clone()),
+        (None, Some(issuer), Some(client_id)) => {
+            let issuer = issuer.trim_end_matches('/').to_string();
+            let jwks_url = args
+                .cognito_jwks_url
+                .clone()
+                .unwrap_or_else(|| format!("{issuer}/.well-known/jwks.json"));
+            let verifier = Verifier::new(
+                VerifierConfig {
+                    issuer,
+                    jwks_url,
+                    client_id: client_id.clone(),
+                    token_use: args.token_use,
+                    leeway: Duration::from_secs(5),
+                    jwks_refetch_interval: Duration::from_secs(10),
+                    fetch_timeout: Duration::from_secs(10),
+                    cache_capacity: 10_000,
+                },
+                http_client::build(Duration::from_secs(10)),
+            );
+            EmulatorAuth::Cognito(verifier as Arc<dyn emulator::TokenVerifier>)
+        }
+        _ => {
+            return usage_error(&[
+                "emulate needs either --api-key, or --cognito-issuer and --cognito-client-id".to_string(),
+            ])
+        }
+    };
+    let listener = match bind("emulator", args.listen).await {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    let mut cfg = EmulatorConfig::new(auth);
+    cfg.http_host = args.http_host.clone();
+    cfg.ka_interval = Duration::from_secs(args.ka_interval.max(1));
+    tracing::info!(listen = %args.listen, "AppSync Events emulator listening on /event and /event/realtime");
+    emulator::run(listener, cfg, shutdown_signal()).await;
+    ExitCode::SUCCESS
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -33,6 +33,19 @@ pub trait TokenVerifier: Send + Sync + 'static {
     fn verify_token<'a>(&'a self, token: &'a str) -> VerifyFuture<'a>;
 }
 
+impl TokenVerifier for crate::verify::Verifier {
+    fn verify_token<'a>(&'a self, token: &'a str) -> VerifyFuture<'a> {
+        Box::pin(async move {
+            match self.verify(token).await {
+                Ok(_) => Ok(()),
+                // AppSync's own wording, which clients (and users) match on.
+                Err(crate::verify::VerifyError::Expired) => Err("Token has expired.".into()),
+                Err(error) => Err(error.to_string()),
+            }
+        })
+    }
+}
+
 /// The single auth mode the emulated API accepts on connect, subscribe and
 /// publish. (Real AppSync can allow several modes per API; the relay only
 /// ever needs one, and accepting exactly one is what catches leaks such as a

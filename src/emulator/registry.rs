@@ -88,7 +88,12 @@ impl Registry {
     }
 
     /// Adds a subscription, refusing an id already active on `conn`.
-    pub fn subscribe(&self, conn: ConnId, sub_id: &str, channel: Channel) -> Result<(), DuplicateId> {
+    pub fn subscribe(
+        &self,
+        conn: ConnId,
+        sub_id: &str,
+        channel: Channel,
+    ) -> Result<(), DuplicateId> {
         let mut conns = self.lock();
         let Some(c) = conns.get_mut(&conn) else {
             // The connection was just dropped (slow consumer / close_all);
@@ -136,7 +141,10 @@ impl Registry {
         }
         for id in slow {
             if let Some(conn) = conns.remove(&id) {
-                tracing::warn!(conn = id, "emulator: dropping subscriber whose queue is full");
+                tracing::warn!(
+                    conn = id,
+                    "emulator: dropping subscriber whose queue is full"
+                );
                 conn.control.send_replace(Some(CloseCmd::Frame {
                     code: SLOW_CONSUMER_CLOSE_CODE,
                     reason: "subscriber too slow".into(),

@@ -1,0 +1,360 @@
+//! Command-line flags (each with an `APPSYNC_RELAY_*` environment variable)
+//! and their validation into a [`Config`].
+//!
+//! Everything is checked here, once, at start-up: every bad value is
+//! reported (not just the first) and the process exits with code 2. Values
+//! derived from others (the real-time endpoint, the issuer, the JWKS URL)
+//! are worked out here so the rest of the code never guesses.
+
+use crate::origin::OriginPolicy;
+use crate::verify::TokenUse;
+use clap::{Args, Parser, Subcommand};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+#[derive(Debug, Parser)]
+#[command(name = "appsync-relay", version, about = "Relay browser WebSockets to AWS AppSync Events with the Cognito token from HTTP-only cookies")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the relay.
+    Serve(Box<ServeArgs>),
+    /// Run the built-in strict AppSync Events emulator (for local development and tests).
+    Emulate(EmulateArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Public listener (browser traffic).
+    #[arg(long, env = "APPSYNC_RELAY_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+    /// Admin listener: /healthz, /readyz, /metrics. Keep it off the public network.
+    #[arg(long, env = "APPSYNC_RELAY_ADMIN_LISTEN", default_value = "127.0.0.1:9090")]
+    pub admin_listen: SocketAddr,
+    /// AppSync Events HTTP endpoint, e.g. https://<id>.appsync-api.<region>.amazonaws.com/event
+    #[arg(long, env = "APPSYNC_RELAY_APPSYNC_HTTP_ENDPOINT")]
+    pub appsync_http_endpoint: String,
+    /// Real-time endpoint; derived from the HTTP endpoint when omitted
+    /// (appsync-api → appsync-realtime-api, https → wss, + /realtime).
+    #[arg(long, env = "APPSYNC_RELAY_APPSYNC_REALTIME_ENDPOINT")]
+    pub appsync_realtime_endpoint: Option<String>,
+    /// Cognito user pool id, e.g. eu-west-1_AbCdEf123.
+    #[arg(long, env = "APPSYNC_RELAY_COGNITO_USER_POOL_ID")]
+    pub cognito_user_pool_id: String,
+    /// Cognito app client id whose cookies and tokens are accepted.
+    #[arg(long, env = "APPSYNC_RELAY_COGNITO_CLIENT_ID")]
+    pub cognito_client_id: String,
+    /// Expected `iss`; defaults to https://cognito-idp.<region>.amazonaws.com/<pool id>.
+    #[arg(long, env = "APPSYNC_RELAY_COGNITO_ISSUER")]
+    pub cognito_issuer: Option<String>,
+    /// JWKS URL; defaults to <issuer>/.well-known/jwks.json.
+    #[arg(long, env = "APPSYNC_RELAY_COGNITO_JWKS_URL")]
+    pub cognito_jwks_url: Option<String>,
+    /// Which Cognito token to verify and forward.
+    #[arg(long, env = "APPSYNC_RELAY_TOKEN_USE", value_enum, default_value = "access")]
+    pub token_use: TokenUse,
+    /// Origin allowed to open the WebSocket or publish (scheme://host[:port]); repeatable.
+    #[arg(long = "allowed-origin", env = "APPSYNC_RELAY_ALLOWED_ORIGINS", value_delimiter = ',', required = true)]
+    pub allowed_origins: Vec<String>,
+    /// Accept requests with no Origin header (non-browser clients).
+    #[arg(long, env = "APPSYNC_RELAY_ALLOW_MISSING_ORIGIN")]
+    pub allow_missing_origin: bool,
+    /// Path prefix of the relayed routes: <path>/realtime (WebSocket) and <path> (POST publish).
+    #[arg(long, env = "APPSYNC_RELAY_EVENTS_PATH", default_value = "/event")]
+    pub events_path: String,
+    /// Clock skew tolerated on exp/nbf, in seconds.
+    #[arg(long, env = "APPSYNC_RELAY_JWT_LEEWAY", default_value_t = 10)]
+    pub jwt_leeway: u64,
+    /// Minimum seconds between JWKS refetches triggered by an unknown kid.
+    #[arg(long, env = "APPSYNC_RELAY_JWKS_REFETCH_INTERVAL", default_value_t = 10)]
+    pub jwks_refetch_interval: u64,
+    /// Upstream connect (TCP + TLS + WebSocket handshake) deadline, seconds; beyond it the browser gets 504.
+    #[arg(long, env = "APPSYNC_RELAY_UPSTREAM_TIMEOUT", default_value_t = 10)]
+    pub upstream_timeout: u64,
+    /// Largest WebSocket message or HTTP publish body accepted, in bytes (AppSync: 5 events × 240 KB).
+    #[arg(long, env = "APPSYNC_RELAY_MAX_MESSAGE_BYTES", default_value_t = 1_310_720)]
+    pub max_message_bytes: usize,
+    /// Most verified tokens cached (by hash) to skip repeated RSA checks.
+    #[arg(long, env = "APPSYNC_RELAY_TOKEN_CACHE_SIZE", default_value_t = 100_000)]
+    pub token_cache_size: usize,
+    /// Seconds open relays get to finish after shutdown starts before they are closed with 1001.
+    #[arg(long, env = "APPSYNC_RELAY_DRAIN_TIMEOUT", default_value_t = 30)]
+    pub drain_timeout: u64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct EmulateArgs {
+    /// Listener for the emulated AppSync Events API (/event and /event/realtime).
+    #[arg(long, env = "APPSYNC_EMULATOR_LISTEN", default_value = "127.0.0.1:8081")]
+    pub listen: SocketAddr,
+    /// Accept this API key (x-api-key). Either this or the Cognito settings.
+    #[arg(long, env = "APPSYNC_EMULATOR_API_KEY")]
+    pub api_key: Option<String>,
+    /// Expected token issuer (Cognito mode).
+    #[arg(long, env = "APPSYNC_EMULATOR_COGNITO_ISSUER")]
+    pub cognito_issuer: Option<String>,
+    /// JWKS URL (Cognito mode); defaults to <issuer>/.well-known/jwks.json.
+    #[arg(long, env = "APPSYNC_EMULATOR_COGNITO_JWKS_URL")]
+    pub cognito_jwks_url: Option<String>,
+    /// App client id the tokens must be issued to (Cognito mode).
+    #[arg(long, env = "APPSYNC_EMULATOR_COGNITO_CLIENT_ID")]
+    pub cognito_client_id: Option<String>,
+    #[arg(long, env = "APPSYNC_EMULATOR_TOKEN_USE", value_enum, default_value = "access")]
+    pub token_use: TokenUse,
+    /// Host that every authorization object must name (the HTTP endpoint's host); unchecked when omitted.
+    #[arg(long, env = "APPSYNC_EMULATOR_HTTP_HOST")]
+    pub http_host: Option<String>,
+    /// Seconds between keep-alive (ka) messages.
+    #[arg(long, env = "APPSYNC_EMULATOR_KA_INTERVAL", default_value_t = 60)]
+    pub ka_interval: u64,
+}
+
+/// A fully validated relay configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub http_endpoint: url::Url,
+    pub realtime_endpoint: url::Url,
+    /// `host[:port]` of the HTTP endpoint, for the authorization objects.
+    pub http_host: String,
+    pub user_pool_id: String,
+    pub client_id: String,
+    pub issuer: String,
+    pub jwks_url: String,
+    pub token_use: TokenUse,
+    pub origins: OriginPolicy,
+    pub events_path: String,
+    pub realtime_path: String,
+    pub jwt_leeway: Duration,
+    pub jwks_refetch_interval: Duration,
+    pub upstream_timeout: Duration,
+    pub max_message_bytes: usize,
+    pub token_cache_size: usize,
+    pub drain_timeout: Duration,
+}
+
+/// `host[:port]` as AppSync expects it in `host`: the port only when it is
+/// not the scheme's default.
+pub fn host_with_port(url: &url::Url) -> Option<String> {
+    let host = url.host_str()?;
+    Some(match url.port() {
+        Some(p) => format!("{host}:{p}"),
+        None => host.to_string(),
+    })
+}
+
+/// The real-time URL AppSync serves for an HTTP endpoint.
+pub fn derive_realtime(http: &url::Url) -> Result<url::Url, String> {
+    let mut rt = http.clone();
+    let scheme = match http.scheme() {
+        "https" => "wss",
+        "http" => "ws",
+        other => return Err(format!("unsupported scheme '{other}'")),
+    };
+    rt.set_scheme(scheme).map_err(|_| "cannot derive a WebSocket scheme".to_string())?;
+    if let Some(host) = http.host_str() {
+        if host.contains(".appsync-api.") {
+            let rt_host = host.replacen(".appsync-api.", ".appsync-realtime-api.", 1);
+            rt.set_host(Some(&rt_host)).map_err(|e| e.to_string())?;
+        }
+    }
+    let path = format!("{}/realtime", http.path().trim_end_matches('/'));
+    rt.set_path(&path);
+    Ok(rt)
+}
+
+/// The AWS region encoded in a user pool id (`<region>_<id>`).
+pub fn pool_region(pool_id: &str) -> Option<&str> {
+    let (region, rest) = pool_id.split_once('_')?;
+    let ok = !region.is_empty()
+        && !rest.is_empty()
+        && region.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && rest.bytes().all(|b| b.is_ascii_alphanumeric());
+    ok.then_some(region)
+}
+
+fn parse_http_url(flag: &str, value: &str, errors: &mut Vec<String>) -> Option<url::Url> {
+    match url::Url::parse(value) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => Some(u),
+        Ok(_) => {
+            errors.push(format!("--{flag}: '{value}' must be an http:// or https:// URL with a host"));
+            None
+        }
+        Err(e) => {
+            errors.push(format!("--{flag}: '{value}' is not a URL: {e}"));
+            None
+        }
+    }
+}
+
+impl ServeArgs {
+    /// Validates every flag; returns all problems at once.
+    pub fn validate(&self) -> Result<Config, Vec<String>> {
+        let mut errors = Vec::new();
+        let http_endpoint = parse_http_url("appsync-http-endpoint", &self.appsync_http_endpoint, &mut errors);
+        let realtime_endpoint = match (&self.appsync_realtime_endpoint, &http_endpoint) {
+            (Some(rt), _) => match url::Url::parse(rt) {
+                Ok(u) if matches!(u.scheme(), "ws" | "wss") && u.host_str().is_some() => Some(u),
+                _ => {
+                    errors.push(format!("--appsync-realtime-endpoint: '{rt}' must be a ws:// or wss:// URL with a host"));
+                    None
+                }
+            },
+            (None, Some(http)) => match derive_realtime(http) {
+                Ok(u) => Some(u),
+                Err(e) => {
+                    errors.push(format!("--appsync-realtime-endpoint: cannot derive from the HTTP endpoint: {e}"));
+                    None
+                }
+            },
+            (None, None) => None,
+        };
+        let region = pool_region(&self.cognito_user_pool_id);
+        if region.is_none() {
+            errors.push(format!(
+                "--cognito-user-pool-id: '{}' is not <region>_<id> (e.g. eu-west-1_AbC123)",
+                self.cognito_user_pool_id
+            ));
+        }
+        if self.cognito_client_id.is_empty()
+            || !self.cognito_client_id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            errors.push("--cognito-client-id: must be a non-empty app client id ([A-Za-z0-9_-])".to_string());
+        }
+        let issuer = match (&self.cognito_issuer, region) {
+            (Some(iss), _) => {
+                parse_http_url("cognito-issuer", iss, &mut errors);
+                iss.trim_end_matches('/').to_string()
+            }
+            (None, Some(region)) => format!("https://cognito-idp.{region}.amazonaws.com/{}", self.cognito_user_pool_id),
+            (None, None) => String::new(),
+        };
+        let jwks_url = match &self.cognito_jwks_url {
+            Some(u) => {
+                parse_http_url("cognito-jwks-url", u, &mut errors);
+                u.clone()
+            }
+            None => format!("{issuer}/.well-known/jwks.json"),
+        };
+        let origins = match OriginPolicy::new(&self.allowed_origins, self.allow_missing_origin) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                errors.push(format!("--allowed-origin: {e}"));
+                None
+            }
+        };
+        let events_path = self.events_path.trim_end_matches('/').to_string();
+        if !events_path.starts_with('/') || events_path.contains(['?', '#', ' ']) {
+            errors.push(format!("--events-path: '{}' must be an absolute path such as /event", self.events_path));
+        }
+        if self.max_message_bytes < 1024 || self.max_message_bytes > 64 * 1024 * 1024 {
+            errors.push("--max-message-bytes: must be between 1024 and 67108864".to_string());
+        }
+        if self.upstream_timeout == 0 {
+            errors.push("--upstream-timeout: must be at least 1 second".to_string());
+        }
+        if self.token_cache_size == 0 {
+            errors.push("--token-cache-size: must be at least 1".to_string());
+        }
+        let http_host = http_endpoint.as_ref().and_then(host_with_port);
+        match (errors.is_empty(), http_endpoint, realtime_endpoint, origins, http_host) {
+            (true, Some(http_endpoint), Some(realtime_endpoint), Some(origins), Some(http_host)) => Ok(Config {
+                listen: self.listen,
+                admin_listen: self.admin_listen,
+                http_endpoint,
+                realtime_endpoint,
+                http_host,
+                user_pool_id: self.cognito_user_pool_id.clone(),
+                client_id: self.cognito_client_id.clone(),
+                issuer,
+                jwks_url,
+                token_use: self.token_use,
+                origins,
+                realtime_path: format!("{events_path}/realtime"),
+                events_path,
+                jwt_leeway: Duration::from_secs(self.jwt_leeway),
+                jwks_refetch_interval: Duration::from_secs(self.jwks_refetch_interval),
+                upstream_timeout: Duration::from_secs(self.upstream_timeout),
+                max_message_bytes: self.max_message_bytes,
+                token_cache_size: self.token_cache_size,
+                drain_timeout: Duration::from_secs(self.drain_timeout),
+            }),
+            _ => Err(errors),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> ServeArgs {
+        let mut argv = vec![
+            "appsync-relay",
+            "serve",
+            "--appsync-http-endpoint",
+            "https://abc.appsync-api.eu-west-1.amazonaws.com/event",
+            "--cognito-user-pool-id",
+            "eu-west-1_AbC123",
+            "--cognito-client-id",
+            "client1",
+            "--allowed-origin",
+            "https://app.example.com",
+        ];
+        argv.extend_from_slice(extra);
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Serve(a) => *a,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn derives_realtime_issuer_and_jwks() {
+        let c = args(&[]).validate().unwrap();
+        assert_eq!(
+            c.realtime_endpoint.as_str(),
+            "wss://abc.appsync-realtime-api.eu-west-1.amazonaws.com/event/realtime"
+        );
+        assert_eq!(c.http_host, "abc.appsync-api.eu-west-1.amazonaws.com");
+        assert_eq!(c.issuer, "https://cognito-idp.eu-west-1.amazonaws.com/eu-west-1_AbC123");
+        assert_eq!(
+            c.jwks_url,
+            "https://cognito-idp.eu-west-1.amazonaws.com/eu-west-1_AbC123/.well-known/jwks.json"
+        );
+        assert_eq!(c.realtime_path, "/event/realtime");
+    }
+
+    #[test]
+    fn custom_domain_and_local_endpoints() {
+        let c = args(&["--appsync-http-endpoint", "http://127.0.0.1:4010/event"]).validate().unwrap();
+        assert_eq!(c.realtime_endpoint.as_str(), "ws://127.0.0.1:4010/event/realtime");
+        assert_eq!(c.http_host, "127.0.0.1:4010");
+        let c = args(&["--appsync-http-endpoint", "https://api.example.com/event"]).validate().unwrap();
+        assert_eq!(c.realtime_endpoint.as_str(), "wss://api.example.com/event/realtime");
+    }
+
+    #[test]
+    fn reports_every_bad_value() {
+        let errs = args(&[
+            "--cognito-user-pool-id",
+            "nope",
+            "--allowed-origin",
+            "https://x.test/path",
+            "--events-path",
+            "event",
+            "--appsync-http-endpoint",
+            "ftp://x",
+        ])
+        .validate()
+        .unwrap_err();
+        assert!(errs.iter().any(|e| e.starts_with("--cognito-user-pool-id")), "{errs:?}");
+        assert!(errs.iter().any(|e| e.starts_with("--allowed-origin")), "{errs:?}");
+        assert!(errs.iter().any(|e| e.starts_with("--events-path")), "{errs:?}");
+        assert!(errs.iter().any(|e| e.starts_with("--appsync-http-endpoint")), "{errs:?}");
+    }
+}

@@ -1,0 +1,370 @@
+//! A strict, in-process stand-in for an AWS AppSync Events API: the
+//! real-time WebSocket endpoint (`GET /event/realtime`) and the HTTP publish
+//! endpoint (`POST /event`), written from DESIGN.md §2. Every test and
+//! benchmark talks to this instead of AWS, so it must reject whatever AWS
+//! rejects: it checks authorization on the handshake and on every message,
+//! enforces id and channel rules and publish limits, and fans published
+//! events out to matching (including wildcard) subscriptions.
+//!
+//! It owns its listener, its connections and its subscription registry. It
+//! must never log or echo a credential, never `unwrap` on what a peer sends,
+//! and never let a slow subscriber stall a publisher.
+//!
+//! # Layout
+//!
+//! - `mod.rs`: configuration, the accept loop, routing, and the
+//!   [`EmulatorHandle`] tests use to inspect and disturb the emulator.
+//! - [`auth`]: the yes/no decision on an authorization object.
+//! - `realtime`: the WebSocket handshake and the per-connection message loop.
+//! - `publish`: `POST /event` and the event-list rules shared with WebSocket
+//!   publish.
+//! - `registry`: connections, subscriptions, fan-out, the credential ring.
+//!
+//! # Behaviour choices where AWS documents nothing
+//!
+//! - `connection_init` is optional (as in AppSync's GraphQL real-time
+//!   protocol); `ka` frames start only after `connection_ack`.
+//! - Subscribe/publish use the top-level `channel`/`events`/`authorization`
+//!   fields only; Amplify's duplicate `payload` object is ignored.
+//! - A subscriber whose outbound queue is full is closed with 1008 rather
+//!   than slowing the publisher down.
+//! - After [`EmulatorConfig::max_connection_duration`] (24 h, AppSync's
+//!   limit) a connection is closed with 1000.
+
+pub mod auth;
+mod publish;
+mod realtime;
+mod registry;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde_json::{json, Map, Value};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use auth::{AuthFailure, EmulatorAuth, TokenVerifier, VerifyFuture};
+pub use registry::SLOW_CONSUMER_CLOSE_CODE;
+
+use registry::{AuthLog, CloseCmd, Registry};
+
+/// Path of the real-time WebSocket endpoint.
+pub const REALTIME_PATH: &str = "/event/realtime";
+/// Path of the HTTP publish endpoint.
+pub const PUBLISH_PATH: &str = "/event";
+
+/// Keep-alive interval AppSync uses (~60 s).
+pub const DEFAULT_KA_INTERVAL: Duration = Duration::from_secs(60);
+/// Largest WebSocket message accepted: room for a publish of five maximal
+/// events with JSON escaping overhead.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 2 * 1024 * 1024;
+/// Frames queued per connection before it counts as a slow consumer.
+pub const DEFAULT_OUTBOUND_QUEUE: usize = 1024;
+/// Largest `POST /event` body accepted.
+pub const DEFAULT_MAX_HTTP_BODY_BYTES: usize = 2 * 1024 * 1024;
+/// AppSync closes connections after 24 hours.
+pub const DEFAULT_MAX_CONNECTION_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
+/// Credential values remembered for [`EmulatorHandle::seen_authorizations`].
+pub const DEFAULT_AUTH_LOG_CAPACITY: usize = 10_000;
+/// How long shutdown waits for connections to finish their close handshake.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a client may take to send its request headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pause after a failed `accept` (e.g. out of file descriptors) so the loop
+/// does not spin.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Everything that shapes the emulated API. Build with
+/// [`EmulatorConfig::new`] and adjust fields.
+#[derive(Clone, Debug)]
+pub struct EmulatorConfig {
+    /// Host of the emulated HTTP endpoint. When set, every authorization
+    /// object's `host` (and the `Host` header of `POST /event`) must equal
+    /// it, as AppSync requires; `None` skips the check.
+    pub http_host: Option<String>,
+    /// The auth mode every connect, subscribe and publish must satisfy.
+    pub auth: EmulatorAuth,
+    /// Interval between `ka` frames after `connection_ack`.
+    pub ka_interval: Duration,
+    /// Largest WebSocket message (and frame) accepted; bigger ones get 1009.
+    pub max_message_bytes: usize,
+    /// Outbound frames queued per connection before it is dropped as slow.
+    pub outbound_queue: usize,
+    /// Largest `POST /event` body accepted; bigger ones get 413.
+    pub max_http_body_bytes: usize,
+    /// Connections are closed (1000) after this long.
+    pub max_connection_duration: Duration,
+    /// Size of the ring behind [`EmulatorHandle::seen_authorizations`].
+    pub auth_log_capacity: usize,
+    /// How long shutdown waits for open connections to close.
+    pub drain_timeout: Duration,
+}
+
+impl EmulatorConfig {
+    pub fn new(auth: EmulatorAuth) -> Self {
+        EmulatorConfig {
+            http_host: None,
+            auth,
+            ka_interval: DEFAULT_KA_INTERVAL,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            outbound_queue: DEFAULT_OUTBOUND_QUEUE,
+            max_http_body_bytes: DEFAULT_MAX_HTTP_BODY_BYTES,
+            max_connection_duration: DEFAULT_MAX_CONNECTION_DURATION,
+            auth_log_capacity: DEFAULT_AUTH_LOG_CAPACITY,
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+        }
+    }
+}
+
+/// State shared by the accept loop, every connection and the handle.
+pub(crate) struct Shared {
+    cfg: EmulatorConfig,
+    registry: Registry,
+    auth_log: AuthLog,
+    /// Cancelled once to stop accepting and close every connection (1001).
+    shutdown: CancellationToken,
+    /// Every HTTP connection and WebSocket session, so shutdown can wait.
+    tracker: TaskTracker,
+}
+
+// === impl Shared ===
+
+impl Shared {
+    fn new(cfg: EmulatorConfig) -> Arc<Self> {
+        Arc::new(Shared {
+            auth_log: AuthLog::new(cfg.auth_log_capacity),
+            registry: Registry::default(),
+            shutdown: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+            cfg,
+        })
+    }
+
+    /// Records the credentials in `auth`, then decides on it.
+    async fn authorize(&self, auth: &Map<String, Value>) -> Result<(), AuthFailure> {
+        for credential in auth::credentials(auth) {
+            self.auth_log.record(credential);
+        }
+        let result = self
+            .cfg
+            .auth
+            .authorize(auth, self.cfg.http_host.as_deref())
+            .await;
+        if let Err(failure) = &result {
+            tracing::debug!(%failure, "emulator: authorization refused");
+        }
+        result
+    }
+}
+
+/// Control of a running emulator, for tests. Dropping it shuts the emulator
+/// down (without waiting); [`EmulatorHandle::shutdown`] also waits.
+pub struct EmulatorHandle {
+    local_addr: SocketAddr,
+    shared: Arc<Shared>,
+    task: Option<JoinHandle<()>>,
+}
+
+// === impl EmulatorHandle ===
+
+impl EmulatorHandle {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// `http://ADDR/event`, the emulated HTTP endpoint.
+    pub fn http_endpoint(&self) -> String {
+        format!("http://{}{}", self.local_addr, PUBLISH_PATH)
+    }
+
+    /// `ws://ADDR/event/realtime`, the emulated real-time endpoint.
+    pub fn realtime_endpoint(&self) -> String {
+        format!("ws://{}{}", self.local_addr, REALTIME_PATH)
+    }
+
+    /// Every credential value (API key or JWT) the emulator was asked to
+    /// check, oldest first, from handshakes, messages and HTTP publishes,
+    /// whether or not it was accepted. Bounded by
+    /// [`EmulatorConfig::auth_log_capacity`].
+    pub fn seen_authorizations(&self) -> Vec<String> {
+        self.shared.auth_log.snapshot()
+    }
+
+    pub fn clear_seen_authorizations(&self) {
+        self.shared.auth_log.clear();
+    }
+
+    /// Open WebSocket connections.
+    pub fn connection_count(&self) -> usize {
+        self.shared.registry.connection_count()
+    }
+
+    /// Active subscriptions over all connections.
+    pub fn subscription_count(&self) -> usize {
+        self.shared.registry.subscription_count()
+    }
+
+    /// Closes every WebSocket connection with a close frame carrying `code`.
+    pub fn close_all(&self, code: u16) {
+        self.shared.registry.close_all(CloseCmd::Frame {
+            code,
+            reason: String::new(),
+        });
+    }
+
+    /// Drops every WebSocket connection's TCP stream without a close frame,
+    /// as a crash or network cut would.
+    pub fn abort_all(&self) {
+        self.shared.registry.close_all(CloseCmd::Abort);
+    }
+
+    /// Stops accepting, closes every connection with 1001 and waits (up to
+    /// [`EmulatorConfig::drain_timeout`]) for them to finish.
+    pub async fn shutdown(mut self) {
+        self.shared.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for EmulatorHandle {
+    fn drop(&mut self) {
+        self.shared.shutdown.cancel();
+    }
+}
+
+/// Starts the emulator on `listener` in a background task. Tests bind
+/// `127.0.0.1:0` and pass the listener in, so the port is known and ready
+/// before this returns.
+pub async fn spawn(listener: TcpListener, cfg: EmulatorConfig) -> EmulatorHandle {
+    let local_addr = listener
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+    let shared = Shared::new(cfg);
+    let task = tokio::spawn(serve(shared.clone(), listener));
+    EmulatorHandle {
+        local_addr,
+        shared,
+        task: Some(task),
+    }
+}
+
+/// Runs the emulator on `listener` until `shutdown` completes, then closes
+/// every connection (1001) and returns once they are done or
+/// [`EmulatorConfig::drain_timeout`] has passed. For `appsync-relay emulate`.
+pub async fn run(listener: TcpListener, cfg: EmulatorConfig, shutdown: impl Future<Output = ()>) {
+    let shared = Shared::new(cfg);
+    let token = shared.shutdown.clone();
+    let serving = serve(shared, listener);
+    tokio::pin!(serving);
+    tokio::select! {
+        () = &mut serving => {}
+        () = shutdown => {
+            token.cancel();
+            serving.await;
+        }
+    }
+}
+
+/// The accept loop. Returns after shutdown once connections have drained.
+async fn serve(shared: Arc<Shared>, listener: TcpListener) {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "emulator: listening");
+    }
+    loop {
+        let accepted = tokio::select! {
+            () = shared.shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, _peer)) => {
+                shared.tracker.spawn(serve_http(shared.clone(), stream));
+            }
+            Err(error) => {
+                tracing::warn!(%error, "emulator: accept failed");
+                tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+            }
+        }
+    }
+    drop(listener);
+    shared.tracker.close();
+    if tokio::time::timeout(shared.cfg.drain_timeout, shared.tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("emulator: connections still open after the drain timeout");
+    }
+}
+
+/// Serves HTTP/1.1 on one TCP connection; a WebSocket upgrade continues in
+/// its own task (see `realtime`).
+async fn serve_http(shared: Arc<Shared>, stream: TcpStream) {
+    // Frames are small and latency matters (benchmarks run against this).
+    let _ = stream.set_nodelay(true);
+    let shutdown = shared.shutdown.clone();
+    let service = service_fn(move |req| {
+        let shared = shared.clone();
+        async move { Ok::<_, Infallible>(route(shared, req).await) }
+    });
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    let conn = builder
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        result = conn.as_mut() => result,
+        () = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(error) = result {
+        tracing::debug!(%error, "emulator: HTTP connection ended with an error");
+    }
+}
+
+async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    match req.uri().path() {
+        REALTIME_PATH => realtime::handshake(shared, req).await,
+        PUBLISH_PATH => publish::handle(shared, req).await,
+        _ => error_response(StatusCode::NOT_FOUND, "NotFoundException", "no such route"),
+    }
+}
+
+/// An AppSync-shaped HTTP error: `{"errors":[{"errorType","message"}]}`.
+pub(crate) fn error_response(
+    status: StatusCode,
+    error_type: &str,
+    message: &str,
+) -> Response<Full<Bytes>> {
+    json_response(
+        status,
+        &json!({"errors": crate::protocol::errors(error_type, message)}),
+    )
+}
+
+pub(crate) fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}

@@ -1,0 +1,157 @@
+//! Every way a request can be refused, tagged by the side that failed, and
+//! the one place those become an HTTP status and a JSON body.
+//!
+//! Bodies are `{"error": <category>, "reason": <label>}`: both bounded
+//! strings from this file, so an error body can never echo a token, a cookie
+//! or anything else the client or upstream sent.
+
+use crate::origin::OriginError;
+use crate::session::SessionError;
+use crate::upgrade::UpgradeError;
+use crate::upstream::UpstreamError;
+use crate::verify::VerifyError;
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
+use hyper::{Response, StatusCode};
+
+/// Error type of response bodies: boxed so proxied streams can share it.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The body of every response the relay produces.
+pub type Body = BoxBody<Bytes, BoxError>;
+
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
+}
+
+pub fn empty() -> Body {
+    full(Bytes::new())
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    // --- downstream: the browser's request is not acceptable ---
+    #[error("not a WebSocket upgrade: {0}")]
+    Upgrade(#[from] UpgradeError),
+    #[error("origin refused: {0}")]
+    Origin(#[from] OriginError),
+    #[error("client did not offer the aws-appsync-event-ws subprotocol")]
+    NoSubprotocol,
+    #[error("no usable session: {0}")]
+    Session(#[from] SessionError),
+    #[error("session token refused: {0}")]
+    Token(#[from] VerifyError),
+    #[error("request body is too large")]
+    BodyTooLarge,
+    #[error("could not read the request body")]
+    BodyRead,
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("not found")]
+    NotFound,
+    // --- upstream: AppSync failed or refused ---
+    #[error("{0}")]
+    Upstream(#[from] UpstreamError),
+    // --- internal ---
+    #[error("internal error: {0}")]
+    Internal(&'static str),
+}
+
+impl RelayError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            RelayError::Upgrade(_) | RelayError::NoSubprotocol => StatusCode::BAD_REQUEST,
+            RelayError::Origin(_) => StatusCode::FORBIDDEN,
+            RelayError::Session(SessionError::TooLarge) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            RelayError::Session(_) => StatusCode::UNAUTHORIZED,
+            RelayError::Token(VerifyError::JwksUnavailable) => StatusCode::SERVICE_UNAVAILABLE,
+            RelayError::Token(_) => StatusCode::UNAUTHORIZED,
+            RelayError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            RelayError::BodyRead => StatusCode::BAD_REQUEST,
+            RelayError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            RelayError::NotFound => StatusCode::NOT_FOUND,
+            RelayError::Upstream(UpstreamError::Unauthorized(_)) => StatusCode::UNAUTHORIZED,
+            RelayError::Upstream(UpstreamError::Timeout(_)) => StatusCode::GATEWAY_TIMEOUT,
+            RelayError::Upstream(_) => StatusCode::BAD_GATEWAY,
+            RelayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Bounded label for metrics, logs and the `reason` field.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            RelayError::Upgrade(_) => "bad_upgrade",
+            RelayError::Origin(e) => e.reason(),
+            RelayError::NoSubprotocol => "no_subprotocol",
+            RelayError::Session(e) => e.reason(),
+            RelayError::Token(e) => e.reason(),
+            RelayError::BodyTooLarge => "body_too_large",
+            RelayError::BodyRead => "body_unreadable",
+            RelayError::MethodNotAllowed => "method_not_allowed",
+            RelayError::NotFound => "not_found",
+            RelayError::Upstream(e) => e.reason(),
+            RelayError::Internal(_) => "internal",
+        }
+    }
+
+    /// Which side failed, for logs.
+    pub fn side(&self) -> &'static str {
+        match self {
+            RelayError::Upstream(_) => "upstream",
+            RelayError::Internal(_) => "internal",
+            _ => "downstream",
+        }
+    }
+
+    fn category(&self) -> &'static str {
+        match self.status() {
+            StatusCode::BAD_REQUEST => "bad_request",
+            StatusCode::FORBIDDEN => "forbidden",
+            StatusCode::UNAUTHORIZED => "unauthorized",
+            StatusCode::NOT_FOUND => "not_found",
+            StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+            StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => "headers_too_large",
+            StatusCode::BAD_GATEWAY => "bad_gateway",
+            StatusCode::GATEWAY_TIMEOUT => "gateway_timeout",
+            StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+            _ => "internal",
+        }
+    }
+
+    pub fn into_response(self) -> Response<Body> {
+        json_error(self.status(), self.category(), self.reason())
+    }
+}
+
+/// A small JSON error response; both strings must be bounded labels.
+pub fn json_error(status: StatusCode, error: &'static str, reason: &'static str) -> Response<Body> {
+    let body = serde_json::json!({ "error": error, "reason": reason }).to_string();
+    let mut resp = Response::new(full(body));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_follow_the_contract() {
+        assert_eq!(RelayError::Upgrade(UpgradeError::BadKey).status(), 400);
+        assert_eq!(RelayError::Origin(OriginError::Missing).status(), 403);
+        assert_eq!(RelayError::NoSubprotocol.status(), 400);
+        assert_eq!(RelayError::Session(SessionError::Missing).status(), 401);
+        assert_eq!(RelayError::Token(VerifyError::Expired).status(), 401);
+        assert_eq!(RelayError::Upstream(UpstreamError::Unauthorized(401)).status(), 401);
+        assert_eq!(RelayError::Upstream(UpstreamError::Unreachable("x".into())).status(), 502);
+        assert_eq!(
+            RelayError::Upstream(UpstreamError::Timeout(std::time::Duration::from_secs(1))).status(),
+            504
+        );
+    }
+}

@@ -1,0 +1,163 @@
+//! `GET <events-path>/realtime`: deciding whether a browser gets a 101, in
+//! the order DESIGN.md §3 fixes, then handing both sockets to the relay.
+//!
+//! 1. valid WebSocket upgrade → else 400
+//! 2. Origin in the allowlist → else 403
+//! 3. `aws-appsync-event-ws` offered → else 400 (`header-…` offers ignored)
+//! 4. session cookie present and its token verifies → else 401
+//! 5. upstream connected with the token → 401 / 502 / 504
+//! 6. 101 selecting `aws-appsync-event-ws`
+//!
+//! Each refusal is logged once, with a bounded reason and never a token or
+//! cookie value, and counted in `handshakes_total{outcome=<reason>}`.
+
+use crate::error::{empty, Body, RelayError};
+use crate::protocol;
+use crate::relay;
+use crate::rewrite::UpstreamAuth;
+use crate::server::RelayState;
+use crate::session;
+use crate::upgrade;
+use crate::upstream::{self, UpstreamSocket};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_PROTOCOL, UPGRADE};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::WebSocketStream;
+
+/// What a successful handshake produced before the 101 goes out.
+struct Accepted {
+    accept_key: HeaderValue,
+    upstream: UpstreamSocket,
+    auth: UpstreamAuth,
+    sub: String,
+}
+
+pub async fn handle(state: Arc<RelayState>, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    let started = Instant::now();
+    let accepted = match accept(&state, &req).await {
+        Ok(a) => a,
+        Err(e) => {
+            state.metrics.handshakes.with_label_values(&[e.reason()]).inc();
+            tracing::info!(%peer, status = e.status().as_u16(), reason = e.reason(), side = e.side(), error = %e, "websocket handshake refused");
+            return e.into_response();
+        }
+    };
+    state.metrics.handshakes.with_label_values(&["accepted"]).inc();
+    state
+        .metrics
+        .handshake_seconds
+        .with_label_values(&["total"])
+        .observe(started.elapsed().as_secs_f64());
+
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let Accepted { accept_key, upstream, auth, sub } = accepted;
+    let task_state = state.clone();
+    state.tracker.spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::info!(%peer, error = %e, "browser vanished during the upgrade");
+                return;
+            }
+        };
+        let client = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(task_state.ws_config)).await;
+        let metrics = &task_state.metrics;
+        metrics.connections_active.inc();
+        let opened = Instant::now();
+        let outcome = relay::run(client, upstream, auth, metrics, task_state.shutdown.clone()).await;
+        metrics.connections_active.dec();
+        metrics.connection_seconds.observe(opened.elapsed().as_secs_f64());
+        let code = outcome.client_close.unwrap_or(0);
+        metrics.connections_closed.with_label_values(&[close_label(code)]).inc();
+        tracing::info!(
+            %peer,
+            sub = %sub,
+            duration_ms = opened.elapsed().as_millis() as u64,
+            ending = ?outcome.ending,
+            close_code = code,
+            frames_to_upstream = outcome.stats.frames_to_upstream,
+            frames_to_client = outcome.stats.frames_to_client,
+            local_replies = outcome.stats.local_replies,
+            "websocket relay ended"
+        );
+    });
+
+    let mut resp = Response::new(empty());
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    h.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    h.insert(UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(SEC_WEBSOCKET_ACCEPT, accept_key);
+    h.insert(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(protocol::SUBPROTOCOL));
+    resp
+}
+
+/// Bounded label for a close code.
+fn close_label(code: u16) -> &'static str {
+    match code {
+        0 => "none",
+        1000 => "1000",
+        1001 => "1001",
+        1002 => "1002",
+        1003 => "1003",
+        1009 => "1009",
+        1011 => "1011",
+        1013 => "1013",
+        4000 => "4000",
+        4401 => "4401",
+        _ => "other",
+    }
+}
+
+async fn accept(state: &RelayState, req: &Request<Incoming>) -> Result<Accepted, RelayError> {
+    // 1. A well-formed upgrade.
+    let accept_key = upgrade::check_upgrade(req)?;
+    // 2. From one of our own origins (CSWSH defence).
+    state.config.origins.check(req.headers())?;
+    // 3. Speaking AppSync Events. Any `header-…` the browser offered holds a
+    //    placeholder at best; it is never looked at or forwarded.
+    if !upgrade::offered_protocols(req.headers()).contains(&protocol::SUBPROTOCOL) {
+        return Err(RelayError::NoSubprotocol);
+    }
+    // 4. A session whose token verifies.
+    let verify_started = Instant::now();
+    let session = session::from_headers(req.headers(), &state.config.client_id)?;
+    let token = session
+        .token(state.config.token_use)
+        .ok_or(RelayError::Session(session::SessionError::Missing))?;
+    let claims = state.verifier.verify(token).await?;
+    state
+        .metrics
+        .handshake_seconds
+        .with_label_values(&["verify"])
+        .observe(verify_started.elapsed().as_secs_f64());
+    // 5. Upstream, as that user.
+    let auth = UpstreamAuth::new(token, state.config.http_host.as_str());
+    let connect_started = Instant::now();
+    let upstream = match upstream::connect(&state.upstream, &auth).await {
+        Ok(u) => {
+            state.metrics.upstream_connects.with_label_values(&["ok"]).inc();
+            u
+        }
+        Err(e) => {
+            state.metrics.upstream_connects.with_label_values(&[e.reason()]).inc();
+            return Err(e.into());
+        }
+    };
+    state
+        .metrics
+        .handshake_seconds
+        .with_label_values(&["upstream_connect"])
+        .observe(connect_started.elapsed().as_secs_f64());
+    Ok(Accepted {
+        accept_key,
+        upstream,
+        auth,
+        sub: claims.sub.clone(),
+    })
+}

@@ -1,0 +1,178 @@
+//! Prometheus metrics, in a registry owned by the relay instance (no global
+//! statics, so tests and several relays in one process don't collide).
+//!
+//! Label values are always from small fixed sets (`reason()` strings,
+//! message types, directions): never a channel, a user or a token.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
+
+pub struct Metrics {
+    registry: Registry,
+    /// Browser sockets currently relayed.
+    pub connections_active: IntGauge,
+    /// Handshakes by outcome: `accepted` or the rejection reason.
+    pub handshakes: IntCounterVec,
+    /// Handshake time, split into `verify` and `upstream_connect` phases,
+    /// plus `total`.
+    pub handshake_seconds: HistogramVec,
+    /// Frames relayed by direction (`client_to_upstream`, `upstream_to_client`,
+    /// `local_reply`) and AppSync message type.
+    pub frames: IntCounterVec,
+    /// Payload bytes relayed by direction.
+    pub bytes: IntCounterVec,
+    /// Browser sockets that ended, by the close code sent to the browser.
+    pub connections_closed: IntCounterVec,
+    /// HTTP publish requests by response status class or rejection reason.
+    pub publish_requests: IntCounterVec,
+    /// JWKS fetch attempts by result.
+    pub jwks_fetches: IntCounterVec,
+    /// Upstream WebSocket connect attempts by result.
+    pub upstream_connects: IntCounterVec,
+    /// How long relayed connections lasted.
+    pub connection_seconds: Histogram,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition is valid");
+    registry.register(Box::new(c.clone())).expect("metric names are unique");
+    c
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new_custom(Some("appsync_relay".into()), None).expect("static prefix is valid");
+        let connections_active = IntGauge::new("connections_active", "Browser WebSockets currently relayed")
+            .expect("static metric definition is valid");
+        registry
+            .register(Box::new(connections_active.clone()))
+            .expect("metric names are unique");
+        let handshake_seconds = HistogramVec::new(
+            HistogramOpts::new("handshake_seconds", "WebSocket handshake duration by phase").buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+            &["phase"],
+        )
+        .expect("static metric definition is valid");
+        registry
+            .register(Box::new(handshake_seconds.clone()))
+            .expect("metric names are unique");
+        let connection_seconds = Histogram::with_opts(
+            HistogramOpts::new("connection_seconds", "Lifetime of relayed connections")
+                .buckets(vec![1.0, 10.0, 60.0, 300.0, 1800.0, 3600.0, 4.0 * 3600.0, 24.0 * 3600.0]),
+        )
+        .expect("static metric definition is valid");
+        registry
+            .register(Box::new(connection_seconds.clone()))
+            .expect("metric names are unique");
+        let build_info = IntGauge::with_opts(
+            Opts::new("build_info", "Build information").const_label("version", env!("CARGO_PKG_VERSION")),
+        )
+        .expect("static metric definition is valid");
+        build_info.set(1);
+        registry.register(Box::new(build_info)).expect("metric names are unique");
+        Metrics {
+            connections_active,
+            handshakes: counter(&registry, "handshakes_total", "WebSocket handshakes by outcome", &["outcome"]),
+            handshake_seconds,
+            frames: counter(&registry, "frames_total", "Frames relayed by direction and message type", &["direction", "type"]),
+            bytes: counter(&registry, "bytes_total", "Payload bytes relayed by direction", &["direction"]),
+            connections_closed: counter(&registry, "connections_closed_total", "Relayed connections ended, by close code sent to the browser", &["code"]),
+            publish_requests: counter(&registry, "publish_requests_total", "HTTP publish requests by outcome", &["outcome"]),
+            jwks_fetches: counter(&registry, "jwks_fetches_total", "JWKS fetches by result", &["result"]),
+            upstream_connects: counter(&registry, "upstream_connects_total", "Upstream WebSocket connects by result", &["result"]),
+            connection_seconds,
+            registry,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        if TextEncoder::new().encode(&self.registry.gather(), &mut buf).is_err() {
+            return String::new();
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+/// A bounded label for a frame's AppSync `type`, read without parsing the
+/// whole frame: types outside the protocol's list become `other`.
+pub fn frame_type_label(text: &str) -> &'static str {
+    const TYPES: &[&str] = &[
+        "connection_init",
+        "connection_ack",
+        "connection_error",
+        "ka",
+        "subscribe",
+        "subscribe_success",
+        "subscribe_error",
+        "unsubscribe",
+        "unsubscribe_success",
+        "unsubscribe_error",
+        "publish",
+        "publish_success",
+        "publish_error",
+        "broadcast_error",
+        "data",
+        "error",
+    ];
+    // AppSync and Amplify put `"type":"…"` near the start; look in a bounded
+    // prefix so a 1 MB frame costs nothing here.
+    let head = &text.as_bytes()[..text.len().min(256)];
+    let Some(pos) = find(head, b"\"type\"") else {
+        return "other";
+    };
+    let rest = &head[pos + 6..];
+    let rest = rest
+        .iter()
+        .position(|b| *b == b'"')
+        .map(|start| &rest[start + 1..])
+        .unwrap_or(&[]);
+    let end = rest.iter().position(|b| *b == b'"').unwrap_or(0);
+    let value = &rest[..end];
+    TYPES
+        .iter()
+        .find(|t| t.as_bytes() == value)
+        .copied()
+        .unwrap_or("other")
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_frame_types_from_a_bounded_set() {
+        assert_eq!(frame_type_label(r#"{"type":"data","id":"1","event":"{}"}"#), "data");
+        assert_eq!(frame_type_label(r#"{"id":"1", "type" : "subscribe"}"#), "subscribe");
+        assert_eq!(frame_type_label(r#"{"type":"secret-token-abc"}"#), "other");
+        assert_eq!(frame_type_label("garbage"), "other");
+    }
+
+    #[test]
+    fn renders_owned_registry() {
+        let m = Metrics::new();
+        m.handshakes.with_label_values(&["accepted"]).inc();
+        let text = m.render();
+        assert!(text.contains("appsync_relay_handshakes_total{outcome=\"accepted\"} 1"));
+        assert!(text.contains("appsync_relay_build_info"));
+    }
+}

@@ -1,0 +1,270 @@
+//! Listeners and routing: the public listener (relay routes), the admin
+//! listener (`/healthz`, `/readyz`, `/metrics`), the JWKS loader, and the
+//! handle that shuts it all down.
+//!
+//! The public listener never serves admin routes and vice versa. Listeners
+//! are passed in already bound, so tests bind `127.0.0.1:0` and `main`
+//! binds the configured addresses.
+
+use crate::config::Config;
+use crate::error::{full, json_error, Body, RelayError};
+use crate::http_client::{self, HttpClient};
+use crate::metrics::Metrics;
+use crate::upgrade;
+use crate::upstream::UpstreamConfig;
+use crate::verify::{Verifier, VerifierConfig};
+use crate::{handshake, publish};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Deadline for a client to send its request head (slow-loris guard).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest request head accepted.
+const MAX_HEADER_BYTES: usize = 64 * 1024;
+
+/// Everything a request handler needs, shared by all connections.
+pub struct RelayState {
+    pub config: Config,
+    pub verifier: Arc<Verifier>,
+    pub upstream: UpstreamConfig,
+    pub http: HttpClient,
+    pub metrics: Arc<Metrics>,
+    pub ws_config: WebSocketConfig,
+    /// Fires when shutdown starts: readiness drops, listeners stop accepting.
+    pub draining: CancellationToken,
+    /// Fires when open relays must close (1001 to the browser).
+    pub shutdown: CancellationToken,
+    /// Every relayed connection, so shutdown can wait for them.
+    pub tracker: TaskTracker,
+}
+
+impl RelayState {
+    pub fn new(config: Config) -> Arc<RelayState> {
+        let http = http_client::build(config.upstream_timeout);
+        let verifier = Verifier::new(
+            VerifierConfig {
+                issuer: config.issuer.clone(),
+                jwks_url: config.jwks_url.clone(),
+                client_id: config.client_id.clone(),
+                token_use: config.token_use,
+                leeway: config.jwt_leeway,
+                jwks_refetch_interval: config.jwks_refetch_interval,
+                fetch_timeout: config.upstream_timeout,
+                cache_capacity: config.token_cache_size,
+            },
+            http.clone(),
+        );
+        let ws_config = upgrade::ws_config(config.max_message_bytes);
+        let upstream = UpstreamConfig {
+            realtime_url: config.realtime_endpoint.to_string(),
+            http_url: config.http_endpoint.to_string(),
+            http_host: config.http_host.clone(),
+            connect_timeout: config.upstream_timeout,
+            ws_config,
+            tls: http_client::tls_client_config(),
+        };
+        Arc::new(RelayState {
+            config,
+            verifier,
+            upstream,
+            http,
+            metrics: Arc::new(Metrics::new()),
+            ws_config,
+            draining: CancellationToken::new(),
+            shutdown: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+        })
+    }
+
+    /// Ready to take traffic: signing keys loaded and not shutting down.
+    pub fn is_ready(&self) -> bool {
+        self.verifier.is_ready() && !self.draining.is_cancelled()
+    }
+}
+
+/// A running relay.
+pub struct RelayHandle {
+    pub state: Arc<RelayState>,
+    pub public_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    tasks: TaskTracker,
+}
+
+impl RelayHandle {
+    /// Waits until the first JWKS load succeeded (or `timeout` passes).
+    pub async fn wait_ready(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if self.state.is_ready() {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            // Readiness flips inside the loader task; a short poll is simpler
+            // than plumbing a notifier and costs nothing at start-up.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Stops accepting, closes every relayed socket with 1001 once
+    /// `drain_timeout` has passed, and waits for all tasks to end.
+    pub async fn shutdown(self, drain_timeout: Duration) {
+        let state = self.state.clone();
+        // Readiness drops and listeners stop first; open relays keep going.
+        state.draining.cancel();
+        state.tracker.close();
+        self.tasks.close();
+        let relays = state.tracker.clone();
+        if tokio::time::timeout(drain_timeout, relays.wait()).await.is_err() {
+            tracing::info!("drain timeout reached; closing open relays with 1001");
+        }
+        state.shutdown.cancel();
+        relays.wait().await;
+        self.tasks.wait().await;
+    }
+}
+
+/// Starts the relay on already-bound listeners.
+pub fn spawn(config: Config, public: TcpListener, admin: TcpListener) -> std::io::Result<RelayHandle> {
+    let public_addr = public.local_addr()?;
+    let admin_addr = admin.local_addr()?;
+    let state = RelayState::new(config);
+    let tasks = TaskTracker::new();
+    tasks.spawn(load_jwks(state.clone()));
+    tasks.spawn(accept_loop(public, state.clone(), Listener::Public));
+    tasks.spawn(accept_loop(admin, state.clone(), Listener::Admin));
+    Ok(RelayHandle {
+        state,
+        public_addr,
+        admin_addr,
+        tasks,
+    })
+}
+
+/// Loads the JWKS until it succeeds, backing off; readiness waits for it.
+async fn load_jwks(state: Arc<RelayState>) {
+    let mut delay = Duration::from_millis(250);
+    loop {
+        let attempt = tokio::select! {
+            _ = state.draining.cancelled() => return,
+            r = state.verifier.load_jwks() => r,
+        };
+        match attempt {
+            Ok(keys) => {
+                state.metrics.jwks_fetches.with_label_values(&["ok"]).inc();
+                tracing::info!(keys, jwks_url = %state.config.jwks_url, "signing keys loaded");
+                return;
+            }
+            Err(e) => {
+                state.metrics.jwks_fetches.with_label_values(&["error"]).inc();
+                tracing::warn!(error = %e, jwks_url = %state.config.jwks_url, retry_in_ms = delay.as_millis() as u64, "JWKS not loaded yet; not ready");
+            }
+        }
+        tokio::select! {
+            _ = state.draining.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(30));
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Listener {
+    Public,
+    Admin,
+}
+
+async fn accept_loop(listener: TcpListener, state: Arc<RelayState>, kind: Listener) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = state.draining.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let state = state.clone();
+        tokio::spawn(async move {
+            let svc_state = state.clone();
+            let service = service_fn(move |req| {
+                let state = svc_state.clone();
+                async move {
+                    Ok::<_, Infallible>(match kind {
+                        Listener::Public => route(state, req, peer).await,
+                        Listener::Admin => admin(&state, &req),
+                    })
+                }
+            });
+            let mut builder = http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .max_buf_size(MAX_HEADER_BYTES);
+            let conn = builder.serve_connection(TokioIo::new(stream), service).with_upgrades();
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+}
+
+async fn route(state: Arc<RelayState>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    let path = req.uri().path();
+    if path == state.config.realtime_path {
+        if req.method() == Method::GET {
+            return handshake::handle(state, req, peer).await;
+        }
+        return RelayError::MethodNotAllowed.into_response();
+    }
+    if path == state.config.events_path {
+        if req.method() == Method::POST {
+            return publish::handle(state, req, peer).await;
+        }
+        return RelayError::MethodNotAllowed.into_response();
+    }
+    RelayError::NotFound.into_response()
+}
+
+/// The admin listener: `/healthz` (alive), `/readyz` (keys loaded, not
+/// draining), `/metrics` (Prometheus text).
+fn admin(state: &RelayState, req: &Request<Incoming>) -> Response<Body> {
+    match req.uri().path() {
+        "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/readyz" if state.is_ready() => text(StatusCode::OK, "ready\n"),
+        "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
+        "/metrics" => {
+            let mut resp = text(StatusCode::OK, state.metrics.render());
+            resp.headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+            resp
+        }
+        _ => json_error(StatusCode::NOT_FOUND, "not_found", "not_found"),
+    }
+}
+
+fn text(status: StatusCode, body: impl Into<bytes::Bytes>) -> Response<Body> {
+    let mut resp = Response::new(full(body));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp
+}

@@ -1,0 +1,113 @@
+//! Opening the upstream AppSync Events real-time connection for one browser
+//! socket, with the user's token in the `header-` subprotocol.
+//!
+//! Errors say which way the upstream failed so the handshake can answer the
+//! browser precisely: AppSync refusing the token (401), unreachable or
+//! misbehaving (502), too slow (504). Nothing here logs or returns the token:
+//! tungstenite errors describe the response, never the request headers.
+
+use crate::protocol;
+use crate::rewrite::UpstreamAuth;
+use hyper::header::{HeaderValue, SEC_WEBSOCKET_PROTOCOL};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Error as WsError;
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
+
+pub type UpstreamSocket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+#[derive(Clone)]
+pub struct UpstreamConfig {
+    /// `wss://…/event/realtime` (or `ws://` for a local emulator).
+    pub realtime_url: String,
+    /// `https://…/event` (or `http://`): the HTTP publish endpoint.
+    pub http_url: String,
+    /// Host (with port when not the default) of the HTTP endpoint: AppSync
+    /// wants this in every authorization object, even on the socket.
+    pub http_host: String,
+    pub connect_timeout: Duration,
+    pub ws_config: WebSocketConfig,
+    pub tls: Arc<rustls::ClientConfig>,
+}
+
+impl std::fmt::Debug for UpstreamConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamConfig")
+            .field("realtime_url", &self.realtime_url)
+            .field("http_url", &self.http_url)
+            .field("http_host", &self.http_host)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("upstream refused the credentials (HTTP {0})")]
+    Unauthorized(u16),
+    #[error("upstream answered the upgrade with HTTP {0}")]
+    Rejected(u16),
+    #[error("upstream unreachable: {0}")]
+    Unreachable(String),
+    #[error("upstream did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("upstream spoke an unexpected protocol: {0}")]
+    Protocol(String),
+}
+
+impl UpstreamError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            UpstreamError::Unauthorized(_) => "upstream_unauthorized",
+            UpstreamError::Rejected(_) => "upstream_rejected",
+            UpstreamError::Unreachable(_) => "upstream_unreachable",
+            UpstreamError::Timeout(_) => "upstream_timeout",
+            UpstreamError::Protocol(_) => "upstream_protocol",
+        }
+    }
+}
+
+fn classify(e: WsError) -> UpstreamError {
+    match e {
+        WsError::Http(resp) => match resp.status().as_u16() {
+            s @ (401 | 403) => UpstreamError::Unauthorized(s),
+            s => UpstreamError::Rejected(s),
+        },
+        WsError::Io(e) => UpstreamError::Unreachable(e.to_string()),
+        WsError::Tls(e) => UpstreamError::Unreachable(format!("TLS: {e}")),
+        WsError::Url(e) => UpstreamError::Unreachable(e.to_string()),
+        other => UpstreamError::Protocol(other.to_string()),
+    }
+}
+
+/// Connects to AppSync Events as the user `auth` stands for.
+pub async fn connect(cfg: &UpstreamConfig, auth: &UpstreamAuth) -> Result<UpstreamSocket, UpstreamError> {
+    let mut request = cfg
+        .realtime_url
+        .as_str()
+        .into_client_request()
+        .map_err(|e| UpstreamError::Unreachable(e.to_string()))?;
+    let offered = format!(
+        "{}, {}",
+        protocol::SUBPROTOCOL,
+        protocol::encode_header_subprotocol(&auth.as_map())
+    );
+    let value = HeaderValue::from_str(&offered).map_err(|_| UpstreamError::Protocol("token is not header-safe".into()))?;
+    request.headers_mut().insert(SEC_WEBSOCKET_PROTOCOL, value);
+    let connector = Connector::Rustls(cfg.tls.clone());
+    let attempt = tokio_tungstenite::connect_async_tls_with_config(request, Some(cfg.ws_config), true, Some(connector));
+    let (socket, response) = tokio::time::timeout(cfg.connect_timeout, attempt)
+        .await
+        .map_err(|_| UpstreamError::Timeout(cfg.connect_timeout))?
+        .map_err(classify)?;
+    let selected = response.headers().get(SEC_WEBSOCKET_PROTOCOL).map(HeaderValue::as_bytes);
+    if selected != Some(protocol::SUBPROTOCOL.as_bytes()) {
+        return Err(UpstreamError::Protocol(
+            "upstream did not select aws-appsync-event-ws".into(),
+        ));
+    }
+    Ok(socket)
+}
