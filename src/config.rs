@@ -13,7 +13,11 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 #[derive(Debug, Parser)]
-#[command(name = "appsync-relay", version, about = "Relay browser WebSockets to AWS AppSync Events with the Cognito token from HTTP-only cookies")]
+#[command(
+    name = "appsync-relay",
+    version,
+    about = "Relay browser WebSockets to AWS AppSync Events with the Cognito token from HTTP-only cookies"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -28,12 +32,17 @@ pub enum Command {
 }
 
 #[derive(Debug, Clone, Args)]
+#[command(args_override_self = true)]
 pub struct ServeArgs {
     /// Public listener (browser traffic).
     #[arg(long, env = "APPSYNC_RELAY_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
     /// Admin listener: /healthz, /readyz, /metrics. Keep it off the public network.
-    #[arg(long, env = "APPSYNC_RELAY_ADMIN_LISTEN", default_value = "127.0.0.1:9090")]
+    #[arg(
+        long,
+        env = "APPSYNC_RELAY_ADMIN_LISTEN",
+        default_value = "127.0.0.1:9090"
+    )]
     pub admin_listen: SocketAddr,
     /// AppSync Events HTTP endpoint, e.g. https://<id>.appsync-api.<region>.amazonaws.com/event
     #[arg(long, env = "APPSYNC_RELAY_APPSYNC_HTTP_ENDPOINT")]
@@ -55,10 +64,20 @@ pub struct ServeArgs {
     #[arg(long, env = "APPSYNC_RELAY_COGNITO_JWKS_URL")]
     pub cognito_jwks_url: Option<String>,
     /// Which Cognito token to verify and forward.
-    #[arg(long, env = "APPSYNC_RELAY_TOKEN_USE", value_enum, default_value = "access")]
+    #[arg(
+        long,
+        env = "APPSYNC_RELAY_TOKEN_USE",
+        value_enum,
+        default_value = "access"
+    )]
     pub token_use: TokenUse,
     /// Origin allowed to open the WebSocket or publish (scheme://host[:port]); repeatable.
-    #[arg(long = "allowed-origin", env = "APPSYNC_RELAY_ALLOWED_ORIGINS", value_delimiter = ',', required = true)]
+    #[arg(
+        long = "allowed-origin",
+        env = "APPSYNC_RELAY_ALLOWED_ORIGINS",
+        value_delimiter = ',',
+        required = true
+    )]
     pub allowed_origins: Vec<String>,
     /// Accept requests with no Origin header (non-browser clients).
     #[arg(long, env = "APPSYNC_RELAY_ALLOW_MISSING_ORIGIN")]
@@ -70,16 +89,28 @@ pub struct ServeArgs {
     #[arg(long, env = "APPSYNC_RELAY_JWT_LEEWAY", default_value_t = 10)]
     pub jwt_leeway: u64,
     /// Minimum seconds between JWKS refetches triggered by an unknown kid.
-    #[arg(long, env = "APPSYNC_RELAY_JWKS_REFETCH_INTERVAL", default_value_t = 10)]
+    #[arg(
+        long,
+        env = "APPSYNC_RELAY_JWKS_REFETCH_INTERVAL",
+        default_value_t = 10
+    )]
     pub jwks_refetch_interval: u64,
     /// Upstream connect (TCP + TLS + WebSocket handshake) deadline, seconds; beyond it the browser gets 504.
     #[arg(long, env = "APPSYNC_RELAY_UPSTREAM_TIMEOUT", default_value_t = 10)]
     pub upstream_timeout: u64,
     /// Largest WebSocket message or HTTP publish body accepted, in bytes (AppSync: 5 events × 240 KB).
-    #[arg(long, env = "APPSYNC_RELAY_MAX_MESSAGE_BYTES", default_value_t = 1_310_720)]
+    #[arg(
+        long,
+        env = "APPSYNC_RELAY_MAX_MESSAGE_BYTES",
+        default_value_t = 1_310_720
+    )]
     pub max_message_bytes: usize,
     /// Most verified tokens cached (by hash) to skip repeated RSA checks.
-    #[arg(long, env = "APPSYNC_RELAY_TOKEN_CACHE_SIZE", default_value_t = 100_000)]
+    #[arg(
+        long,
+        env = "APPSYNC_RELAY_TOKEN_CACHE_SIZE",
+        default_value_t = 100_000
+    )]
     pub token_cache_size: usize,
     /// Seconds open relays get to finish after shutdown starts before they are closed with 1001.
     #[arg(long, env = "APPSYNC_RELAY_DRAIN_TIMEOUT", default_value_t = 30)]
@@ -89,7 +120,11 @@ pub struct ServeArgs {
 #[derive(Debug, Clone, Args)]
 pub struct EmulateArgs {
     /// Listener for the emulated AppSync Events API (/event and /event/realtime).
-    #[arg(long, env = "APPSYNC_EMULATOR_LISTEN", default_value = "127.0.0.1:8081")]
+    #[arg(
+        long,
+        env = "APPSYNC_EMULATOR_LISTEN",
+        default_value = "127.0.0.1:8081"
+    )]
     pub listen: SocketAddr,
     /// Accept this API key (x-api-key). Either this or the Cognito settings.
     #[arg(long, env = "APPSYNC_EMULATOR_API_KEY")]
@@ -103,7 +138,12 @@ pub struct EmulateArgs {
     /// App client id the tokens must be issued to (Cognito mode).
     #[arg(long, env = "APPSYNC_EMULATOR_COGNITO_CLIENT_ID")]
     pub cognito_client_id: Option<String>,
-    #[arg(long, env = "APPSYNC_EMULATOR_TOKEN_USE", value_enum, default_value = "access")]
+    #[arg(
+        long,
+        env = "APPSYNC_EMULATOR_TOKEN_USE",
+        value_enum,
+        default_value = "access"
+    )]
     pub token_use: TokenUse,
     /// Host that every authorization object must name (the HTTP endpoint's host); unchecked when omitted.
     #[arg(long, env = "APPSYNC_EMULATOR_HTTP_HOST")]
@@ -156,7 +196,8 @@ pub fn derive_realtime(http: &url::Url) -> Result<url::Url, String> {
         "http" => "ws",
         other => return Err(format!("unsupported scheme '{other}'")),
     };
-    rt.set_scheme(scheme).map_err(|_| "cannot derive a WebSocket scheme".to_string())?;
+    rt.set_scheme(scheme)
+        .map_err(|_| "cannot derive a WebSocket scheme".to_string())?;
     if let Some(host) = http.host_str() {
         if host.contains(".appsync-api.") {
             let rt_host = host.replacen(".appsync-api.", ".appsync-realtime-api.", 1);
@@ -173,7 +214,9 @@ pub fn pool_region(pool_id: &str) -> Option<&str> {
     let (region, rest) = pool_id.split_once('_')?;
     let ok = !region.is_empty()
         && !rest.is_empty()
-        && region.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && region
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && rest.bytes().all(|b| b.is_ascii_alphanumeric());
     ok.then_some(region)
 }
@@ -182,7 +225,9 @@ fn parse_http_url(flag: &str, value: &str, errors: &mut Vec<String>) -> Option<u
     match url::Url::parse(value) {
         Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => Some(u),
         Ok(_) => {
-            errors.push(format!("--{flag}: '{value}' must be an http:// or https:// URL with a host"));
+            errors.push(format!(
+                "--{flag}: '{value}' must be an http:// or https:// URL with a host"
+            ));
             None
         }
         Err(e) => {
@@ -196,7 +241,11 @@ impl ServeArgs {
     /// Validates every flag; returns all problems at once.
     pub fn validate(&self) -> Result<Config, Vec<String>> {
         let mut errors = Vec::new();
-        let http_endpoint = parse_http_url("appsync-http-endpoint", &self.appsync_http_endpoint, &mut errors);
+        let http_endpoint = parse_http_url(
+            "appsync-http-endpoint",
+            &self.appsync_http_endpoint,
+            &mut errors,
+        );
         let realtime_endpoint = match (&self.appsync_realtime_endpoint, &http_endpoint) {
             (Some(rt), _) => match url::Url::parse(rt) {
                 Ok(u) if matches!(u.scheme(), "ws" | "wss") && u.host_str().is_some() => Some(u),
@@ -205,13 +254,15 @@ impl ServeArgs {
                     None
                 }
             },
-            (None, Some(http)) => match derive_realtime(http) {
-                Ok(u) => Some(u),
-                Err(e) => {
-                    errors.push(format!("--appsync-realtime-endpoint: cannot derive from the HTTP endpoint: {e}"));
-                    None
+            (None, Some(http)) => {
+                match derive_realtime(http) {
+                    Ok(u) => Some(u),
+                    Err(e) => {
+                        errors.push(format!("--appsync-realtime-endpoint: cannot derive from the HTTP endpoint: {e}"));
+                        None
+                    }
                 }
-            },
+            }
             (None, None) => None,
         };
         let region = pool_region(&self.cognito_user_pool_id);
@@ -222,16 +273,25 @@ impl ServeArgs {
             ));
         }
         if self.cognito_client_id.is_empty()
-            || !self.cognito_client_id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            || !self
+                .cognito_client_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         {
-            errors.push("--cognito-client-id: must be a non-empty app client id ([A-Za-z0-9_-])".to_string());
+            errors.push(
+                "--cognito-client-id: must be a non-empty app client id ([A-Za-z0-9_-])"
+                    .to_string(),
+            );
         }
         let issuer = match (&self.cognito_issuer, region) {
             (Some(iss), _) => {
                 parse_http_url("cognito-issuer", iss, &mut errors);
                 iss.trim_end_matches('/').to_string()
             }
-            (None, Some(region)) => format!("https://cognito-idp.{region}.amazonaws.com/{}", self.cognito_user_pool_id),
+            (None, Some(region)) => format!(
+                "https://cognito-idp.{region}.amazonaws.com/{}",
+                self.cognito_user_pool_id
+            ),
             (None, None) => String::new(),
         };
         let jwks_url = match &self.cognito_jwks_url {
@@ -250,7 +310,10 @@ impl ServeArgs {
         };
         let events_path = self.events_path.trim_end_matches('/').to_string();
         if !events_path.starts_with('/') || events_path.contains(['?', '#', ' ']) {
-            errors.push(format!("--events-path: '{}' must be an absolute path such as /event", self.events_path));
+            errors.push(format!(
+                "--events-path: '{}' must be an absolute path such as /event",
+                self.events_path
+            ));
         }
         if self.max_message_bytes < 1024 || self.max_message_bytes > 64 * 1024 * 1024 {
             errors.push("--max-message-bytes: must be between 1024 and 67108864".to_string());
@@ -262,8 +325,20 @@ impl ServeArgs {
             errors.push("--token-cache-size: must be at least 1".to_string());
         }
         let http_host = http_endpoint.as_ref().and_then(host_with_port);
-        match (errors.is_empty(), http_endpoint, realtime_endpoint, origins, http_host) {
-            (true, Some(http_endpoint), Some(realtime_endpoint), Some(origins), Some(http_host)) => Ok(Config {
+        match (
+            errors.is_empty(),
+            http_endpoint,
+            realtime_endpoint,
+            origins,
+            http_host,
+        ) {
+            (
+                true,
+                Some(http_endpoint),
+                Some(realtime_endpoint),
+                Some(origins),
+                Some(http_host),
+            ) => Ok(Config {
                 listen: self.listen,
                 admin_listen: self.admin_listen,
                 http_endpoint,
@@ -321,7 +396,10 @@ mod tests {
             "wss://abc.appsync-realtime-api.eu-west-1.amazonaws.com/event/realtime"
         );
         assert_eq!(c.http_host, "abc.appsync-api.eu-west-1.amazonaws.com");
-        assert_eq!(c.issuer, "https://cognito-idp.eu-west-1.amazonaws.com/eu-west-1_AbC123");
+        assert_eq!(
+            c.issuer,
+            "https://cognito-idp.eu-west-1.amazonaws.com/eu-west-1_AbC123"
+        );
         assert_eq!(
             c.jwks_url,
             "https://cognito-idp.eu-west-1.amazonaws.com/eu-west-1_AbC123/.well-known/jwks.json"
@@ -331,11 +409,21 @@ mod tests {
 
     #[test]
     fn custom_domain_and_local_endpoints() {
-        let c = args(&["--appsync-http-endpoint", "http://127.0.0.1:4010/event"]).validate().unwrap();
-        assert_eq!(c.realtime_endpoint.as_str(), "ws://127.0.0.1:4010/event/realtime");
+        let c = args(&["--appsync-http-endpoint", "http://127.0.0.1:4010/event"])
+            .validate()
+            .unwrap();
+        assert_eq!(
+            c.realtime_endpoint.as_str(),
+            "ws://127.0.0.1:4010/event/realtime"
+        );
         assert_eq!(c.http_host, "127.0.0.1:4010");
-        let c = args(&["--appsync-http-endpoint", "https://api.example.com/event"]).validate().unwrap();
-        assert_eq!(c.realtime_endpoint.as_str(), "wss://api.example.com/event/realtime");
+        let c = args(&["--appsync-http-endpoint", "https://api.example.com/event"])
+            .validate()
+            .unwrap();
+        assert_eq!(
+            c.realtime_endpoint.as_str(),
+            "wss://api.example.com/event/realtime"
+        );
     }
 
     #[test]
@@ -352,9 +440,22 @@ mod tests {
         ])
         .validate()
         .unwrap_err();
-        assert!(errs.iter().any(|e| e.starts_with("--cognito-user-pool-id")), "{errs:?}");
-        assert!(errs.iter().any(|e| e.starts_with("--allowed-origin")), "{errs:?}");
-        assert!(errs.iter().any(|e| e.starts_with("--events-path")), "{errs:?}");
-        assert!(errs.iter().any(|e| e.starts_with("--appsync-http-endpoint")), "{errs:?}");
+        assert!(
+            errs.iter().any(|e| e.starts_with("--cognito-user-pool-id")),
+            "{errs:?}"
+        );
+        assert!(
+            errs.iter().any(|e| e.starts_with("--allowed-origin")),
+            "{errs:?}"
+        );
+        assert!(
+            errs.iter().any(|e| e.starts_with("--events-path")),
+            "{errs:?}"
+        );
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with("--appsync-http-endpoint")),
+            "{errs:?}"
+        );
     }
 }

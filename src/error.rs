@@ -22,7 +22,9 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type Body = BoxBody<Bytes, BoxError>;
 
 pub fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 pub fn empty() -> Body {
@@ -63,7 +65,9 @@ impl RelayError {
         match self {
             RelayError::Upgrade(_) | RelayError::NoSubprotocol => StatusCode::BAD_REQUEST,
             RelayError::Origin(_) => StatusCode::FORBIDDEN,
-            RelayError::Session(SessionError::TooLarge) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            RelayError::Session(SessionError::TooLarge) => {
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+            }
             RelayError::Session(_) => StatusCode::UNAUTHORIZED,
             RelayError::Token(VerifyError::JwksUnavailable) => StatusCode::SERVICE_UNAVAILABLE,
             RelayError::Token(_) => StatusCode::UNAUTHORIZED,
@@ -132,7 +136,8 @@ pub fn json_error(status: StatusCode, error: &'static str, reason: &'static str)
     *resp.status_mut() = status;
     resp.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    resp.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp.headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
 }
 
@@ -147,10 +152,17 @@ mod tests {
         assert_eq!(RelayError::NoSubprotocol.status(), 400);
         assert_eq!(RelayError::Session(SessionError::Missing).status(), 401);
         assert_eq!(RelayError::Token(VerifyError::Expired).status(), 401);
-        assert_eq!(RelayError::Upstream(UpstreamError::Unauthorized(401)).status(), 401);
-        assert_eq!(RelayError::Upstream(UpstreamError::Unreachable("x".into())).status(), 502);
         assert_eq!(
-            RelayError::Upstream(UpstreamError::Timeout(std::time::Duration::from_secs(1))).status(),
+            RelayError::Upstream(UpstreamError::Unauthorized(401)).status(),
+            401
+        );
+        assert_eq!(
+            RelayError::Upstream(UpstreamError::Unreachable("x".into())).status(),
+            502
+        );
+        assert_eq!(
+            RelayError::Upstream(UpstreamError::Timeout(std::time::Duration::from_secs(1)))
+                .status(),
             504
         );
     }

@@ -20,7 +20,9 @@ use crate::session;
 use crate::upgrade;
 use crate::upstream::{self, UpstreamSocket};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_PROTOCOL, UPGRADE};
+use hyper::header::{
+    HeaderValue, CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_PROTOCOL, UPGRADE,
+};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
@@ -37,17 +39,29 @@ struct Accepted {
     sub: String,
 }
 
-pub async fn handle(state: Arc<RelayState>, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+pub async fn handle(
+    state: Arc<RelayState>,
+    mut req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<Body> {
     let started = Instant::now();
     let accepted = match accept(&state, &req).await {
         Ok(a) => a,
         Err(e) => {
-            state.metrics.handshakes.with_label_values(&[e.reason()]).inc();
+            state
+                .metrics
+                .handshakes
+                .with_label_values(&[e.reason()])
+                .inc();
             tracing::info!(%peer, status = e.status().as_u16(), reason = e.reason(), side = e.side(), error = %e, "websocket handshake refused");
             return e.into_response();
         }
     };
-    state.metrics.handshakes.with_label_values(&["accepted"]).inc();
+    state
+        .metrics
+        .handshakes
+        .with_label_values(&["accepted"])
+        .inc();
     state
         .metrics
         .handshake_seconds
@@ -55,7 +69,12 @@ pub async fn handle(state: Arc<RelayState>, mut req: Request<Incoming>, peer: So
         .observe(started.elapsed().as_secs_f64());
 
     let on_upgrade = hyper::upgrade::on(&mut req);
-    let Accepted { accept_key, upstream, auth, sub } = accepted;
+    let Accepted {
+        accept_key,
+        upstream,
+        auth,
+        sub,
+    } = accepted;
     let task_state = state.clone();
     state.tracker.spawn(async move {
         let upgraded = match on_upgrade.await {
@@ -65,15 +84,26 @@ pub async fn handle(state: Arc<RelayState>, mut req: Request<Incoming>, peer: So
                 return;
             }
         };
-        let client = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(task_state.ws_config)).await;
+        let client = WebSocketStream::from_raw_socket(
+            TokioIo::new(upgraded),
+            Role::Server,
+            Some(task_state.ws_config),
+        )
+        .await;
         let metrics = &task_state.metrics;
         metrics.connections_active.inc();
         let opened = Instant::now();
-        let outcome = relay::run(client, upstream, auth, metrics, task_state.shutdown.clone()).await;
+        let outcome =
+            relay::run(client, upstream, auth, metrics, task_state.shutdown.clone()).await;
         metrics.connections_active.dec();
-        metrics.connection_seconds.observe(opened.elapsed().as_secs_f64());
+        metrics
+            .connection_seconds
+            .observe(opened.elapsed().as_secs_f64());
         let code = outcome.client_close.unwrap_or(0);
-        metrics.connections_closed.with_label_values(&[close_label(code)]).inc();
+        metrics
+            .connections_closed
+            .with_label_values(&[close_label(code)])
+            .inc();
         tracing::info!(
             %peer,
             sub = %sub,
@@ -93,7 +123,10 @@ pub async fn handle(state: Arc<RelayState>, mut req: Request<Incoming>, peer: So
     h.insert(CONNECTION, HeaderValue::from_static("upgrade"));
     h.insert(UPGRADE, HeaderValue::from_static("websocket"));
     h.insert(SEC_WEBSOCKET_ACCEPT, accept_key);
-    h.insert(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(protocol::SUBPROTOCOL));
+    h.insert(
+        SEC_WEBSOCKET_PROTOCOL,
+        HeaderValue::from_static(protocol::SUBPROTOCOL),
+    );
     resp
 }
 
@@ -141,11 +174,19 @@ async fn accept(state: &RelayState, req: &Request<Incoming>) -> Result<Accepted,
     let connect_started = Instant::now();
     let upstream = match upstream::connect(&state.upstream, &auth).await {
         Ok(u) => {
-            state.metrics.upstream_connects.with_label_values(&["ok"]).inc();
+            state
+                .metrics
+                .upstream_connects
+                .with_label_values(&["ok"])
+                .inc();
             u
         }
         Err(e) => {
-            state.metrics.upstream_connects.with_label_values(&[e.reason()]).inc();
+            state
+                .metrics
+                .upstream_connects
+                .with_label_values(&[e.reason()])
+                .inc();
             return Err(e.into());
         }
     };

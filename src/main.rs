@@ -20,7 +20,10 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -101,7 +104,8 @@ async fn emulate(args: EmulateArgs) -> ExitCode {
         }
         _ => {
             return usage_error(&[
-                "emulate needs either --api-key, or --cognito-issuer and --cognito-client-id".to_string(),
+                "emulate needs either --api-key, or --cognito-issuer and --cognito-client-id"
+                    .to_string(),
             ])
         }
     };

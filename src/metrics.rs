@@ -5,7 +5,8 @@
 //! message types, directions): never a channel, a user or a token.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
 };
 
 pub struct Metrics {
@@ -41,23 +42,30 @@ impl std::fmt::Debug for Metrics {
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition is valid");
-    registry.register(Box::new(c.clone())).expect("metric names are unique");
+    let c = IntCounterVec::new(Opts::new(name, help), labels)
+        .expect("static metric definition is valid");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("metric names are unique");
     c
 }
 
 impl Metrics {
     pub fn new() -> Metrics {
-        let registry = Registry::new_custom(Some("appsync_relay".into()), None).expect("static prefix is valid");
-        let connections_active = IntGauge::new("connections_active", "Browser WebSockets currently relayed")
-            .expect("static metric definition is valid");
+        let registry = Registry::new_custom(Some("appsync_relay".into()), None)
+            .expect("static prefix is valid");
+        let connections_active =
+            IntGauge::new("connections_active", "Browser WebSockets currently relayed")
+                .expect("static metric definition is valid");
         registry
             .register(Box::new(connections_active.clone()))
             .expect("metric names are unique");
         let handshake_seconds = HistogramVec::new(
-            HistogramOpts::new("handshake_seconds", "WebSocket handshake duration by phase").buckets(vec![
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-            ]),
+            HistogramOpts::new("handshake_seconds", "WebSocket handshake duration by phase")
+                .buckets(vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                    10.0,
+                ]),
             &["phase"],
         )
         .expect("static metric definition is valid");
@@ -65,29 +73,77 @@ impl Metrics {
             .register(Box::new(handshake_seconds.clone()))
             .expect("metric names are unique");
         let connection_seconds = Histogram::with_opts(
-            HistogramOpts::new("connection_seconds", "Lifetime of relayed connections")
-                .buckets(vec![1.0, 10.0, 60.0, 300.0, 1800.0, 3600.0, 4.0 * 3600.0, 24.0 * 3600.0]),
+            HistogramOpts::new("connection_seconds", "Lifetime of relayed connections").buckets(
+                vec![
+                    1.0,
+                    10.0,
+                    60.0,
+                    300.0,
+                    1800.0,
+                    3600.0,
+                    4.0 * 3600.0,
+                    24.0 * 3600.0,
+                ],
+            ),
         )
         .expect("static metric definition is valid");
         registry
             .register(Box::new(connection_seconds.clone()))
             .expect("metric names are unique");
         let build_info = IntGauge::with_opts(
-            Opts::new("build_info", "Build information").const_label("version", env!("CARGO_PKG_VERSION")),
+            Opts::new("build_info", "Build information")
+                .const_label("version", env!("CARGO_PKG_VERSION")),
         )
         .expect("static metric definition is valid");
         build_info.set(1);
-        registry.register(Box::new(build_info)).expect("metric names are unique");
+        registry
+            .register(Box::new(build_info))
+            .expect("metric names are unique");
         Metrics {
             connections_active,
-            handshakes: counter(&registry, "handshakes_total", "WebSocket handshakes by outcome", &["outcome"]),
+            handshakes: counter(
+                &registry,
+                "handshakes_total",
+                "WebSocket handshakes by outcome",
+                &["outcome"],
+            ),
             handshake_seconds,
-            frames: counter(&registry, "frames_total", "Frames relayed by direction and message type", &["direction", "type"]),
-            bytes: counter(&registry, "bytes_total", "Payload bytes relayed by direction", &["direction"]),
-            connections_closed: counter(&registry, "connections_closed_total", "Relayed connections ended, by close code sent to the browser", &["code"]),
-            publish_requests: counter(&registry, "publish_requests_total", "HTTP publish requests by outcome", &["outcome"]),
-            jwks_fetches: counter(&registry, "jwks_fetches_total", "JWKS fetches by result", &["result"]),
-            upstream_connects: counter(&registry, "upstream_connects_total", "Upstream WebSocket connects by result", &["result"]),
+            frames: counter(
+                &registry,
+                "frames_total",
+                "Frames relayed by direction and message type",
+                &["direction", "type"],
+            ),
+            bytes: counter(
+                &registry,
+                "bytes_total",
+                "Payload bytes relayed by direction",
+                &["direction"],
+            ),
+            connections_closed: counter(
+                &registry,
+                "connections_closed_total",
+                "Relayed connections ended, by close code sent to the browser",
+                &["code"],
+            ),
+            publish_requests: counter(
+                &registry,
+                "publish_requests_total",
+                "HTTP publish requests by outcome",
+                &["outcome"],
+            ),
+            jwks_fetches: counter(
+                &registry,
+                "jwks_fetches_total",
+                "JWKS fetches by result",
+                &["result"],
+            ),
+            upstream_connects: counter(
+                &registry,
+                "upstream_connects_total",
+                "Upstream WebSocket connects by result",
+                &["result"],
+            ),
             connection_seconds,
             registry,
         }
@@ -96,7 +152,10 @@ impl Metrics {
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
-        if TextEncoder::new().encode(&self.registry.gather(), &mut buf).is_err() {
+        if TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .is_err()
+        {
             return String::new();
         }
         String::from_utf8(buf).unwrap_or_default()
@@ -161,8 +220,14 @@ mod tests {
 
     #[test]
     fn labels_frame_types_from_a_bounded_set() {
-        assert_eq!(frame_type_label(r#"{"type":"data","id":"1","event":"{}"}"#), "data");
-        assert_eq!(frame_type_label(r#"{"id":"1", "type" : "subscribe"}"#), "subscribe");
+        assert_eq!(
+            frame_type_label(r#"{"type":"data","id":"1","event":"{}"}"#),
+            "data"
+        );
+        assert_eq!(
+            frame_type_label(r#"{"id":"1", "type" : "subscribe"}"#),
+            "subscribe"
+        );
         assert_eq!(frame_type_label(r#"{"type":"secret-token-abc"}"#), "other");
         assert_eq!(frame_type_label("garbage"), "other");
     }

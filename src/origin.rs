@@ -46,7 +46,9 @@ pub fn normalize(origin: &str) -> Result<String, String> {
         return Err(format!("'{origin}' must use http or https"));
     }
     if url.path() != "/" || url.query().is_some() || url.fragment().is_some() {
-        return Err(format!("'{origin}' must be scheme://host[:port] with no path"));
+        return Err(format!(
+            "'{origin}' must be scheme://host[:port] with no path"
+        ));
     }
     if !url.username().is_empty() || url.password().is_some() {
         return Err(format!("'{origin}' must not contain credentials"));
@@ -59,14 +61,24 @@ pub fn normalize(origin: &str) -> Result<String, String> {
 
 impl OriginPolicy {
     pub fn new(origins: &[String], allow_missing: bool) -> Result<Self, String> {
-        let allowed = origins.iter().map(|o| normalize(o)).collect::<Result<_, _>>()?;
-        Ok(OriginPolicy { allowed, allow_missing })
+        let allowed = origins
+            .iter()
+            .map(|o| normalize(o))
+            .collect::<Result<_, _>>()?;
+        Ok(OriginPolicy {
+            allowed,
+            allow_missing,
+        })
     }
 
     pub fn check(&self, headers: &HeaderMap) -> Result<(), OriginError> {
         let mut values = headers.get_all(ORIGIN).iter();
         let Some(origin) = values.next() else {
-            return if self.allow_missing { Ok(()) } else { Err(OriginError::Missing) };
+            return if self.allow_missing {
+                Ok(())
+            } else {
+                Err(OriginError::Missing)
+            };
         };
         // More than one Origin header is never sent by a browser.
         if values.next().is_some() {
@@ -94,9 +106,18 @@ mod tests {
 
     #[test]
     fn normalizes_configured_origins() {
-        assert_eq!(normalize("https://App.Example.com").unwrap(), "https://app.example.com");
-        assert_eq!(normalize("https://app.example.com:443/").unwrap(), "https://app.example.com");
-        assert_eq!(normalize("http://localhost:3000").unwrap(), "http://localhost:3000");
+        assert_eq!(
+            normalize("https://App.Example.com").unwrap(),
+            "https://app.example.com"
+        );
+        assert_eq!(
+            normalize("https://app.example.com:443/").unwrap(),
+            "https://app.example.com"
+        );
+        assert_eq!(
+            normalize("http://localhost:3000").unwrap(),
+            "http://localhost:3000"
+        );
         assert!(normalize("https://app.example.com/path").is_err());
         assert!(normalize("ftp://x").is_err());
         assert!(normalize("app.example.com").is_err());

@@ -136,7 +136,9 @@ fn is_valid_segment(segment: &str) -> bool {
         && bytes.len() <= MAX_SEGMENT_LEN
         && bytes[0] != b'-'
         && bytes[bytes.len() - 1] != b'-'
-        && bytes.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'-')
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || *b == b'-')
 }
 
 /// Builds the `header-<base64url(JSON)>` subprotocol from an auth object
@@ -220,10 +222,22 @@ mod tests {
         );
         assert_eq!(Channel::parse("/", false), Err(ChannelError::Empty));
         assert_eq!(Channel::parse("", false), Err(ChannelError::Empty));
-        assert_eq!(Channel::parse("/a//b", false), Err(ChannelError::BadSegment));
-        assert_eq!(Channel::parse("/a/-b", false), Err(ChannelError::BadSegment));
-        assert_eq!(Channel::parse("/a/b-", false), Err(ChannelError::BadSegment));
-        assert_eq!(Channel::parse("/a/b_c", false), Err(ChannelError::BadSegment));
+        assert_eq!(
+            Channel::parse("/a//b", false),
+            Err(ChannelError::BadSegment)
+        );
+        assert_eq!(
+            Channel::parse("/a/-b", false),
+            Err(ChannelError::BadSegment)
+        );
+        assert_eq!(
+            Channel::parse("/a/b-", false),
+            Err(ChannelError::BadSegment)
+        );
+        assert_eq!(
+            Channel::parse("/a/b_c", false),
+            Err(ChannelError::BadSegment)
+        );
         assert_eq!(Channel::parse("/a/", false), Err(ChannelError::BadSegment));
         assert!(Channel::parse(&format!("/a/{}", "x".repeat(50)), false).is_ok());
         assert_eq!(
@@ -241,7 +255,10 @@ mod tests {
             Channel::parse("/default/*", false),
             Err(ChannelError::WildcardNotAllowed)
         );
-        assert_eq!(Channel::parse("/*", true), Err(ChannelError::WildcardNotAllowed));
+        assert_eq!(
+            Channel::parse("/*", true),
+            Err(ChannelError::WildcardNotAllowed)
+        );
         assert_eq!(
             Channel::parse("/a/*/b", true),
             Err(ChannelError::WildcardNotAllowed)
@@ -276,9 +293,13 @@ mod tests {
 
     #[test]
     fn error_frames_are_appsync_shaped() {
-        let f: Value =
-            serde_json::from_str(&error_frame("subscribe_error", Some("1"), "BadRequestException", "x"))
-                .unwrap();
+        let f: Value = serde_json::from_str(&error_frame(
+            "subscribe_error",
+            Some("1"),
+            "BadRequestException",
+            "x",
+        ))
+        .unwrap();
         assert_eq!(f["type"], "subscribe_error");
         assert_eq!(f["id"], "1");
         assert_eq!(f["errors"][0]["errorType"], "BadRequestException");

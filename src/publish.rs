@@ -21,7 +21,11 @@ use std::sync::Arc;
 /// AppSync's publish answers are small; cap what we buffer from it.
 const MAX_UPSTREAM_RESPONSE_BYTES: usize = 1024 * 1024;
 
-pub async fn handle(state: Arc<RelayState>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+pub async fn handle(
+    state: Arc<RelayState>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<Body> {
     match publish(&state, req).await {
         Ok(resp) => {
             let outcome = match resp.status().as_u16() {
@@ -29,11 +33,19 @@ pub async fn handle(state: Arc<RelayState>, req: Request<Incoming>, peer: Socket
                 400..=499 => "upstream_4xx",
                 _ => "upstream_5xx",
             };
-            state.metrics.publish_requests.with_label_values(&[outcome]).inc();
+            state
+                .metrics
+                .publish_requests
+                .with_label_values(&[outcome])
+                .inc();
             resp
         }
         Err(e) => {
-            state.metrics.publish_requests.with_label_values(&[e.reason()]).inc();
+            state
+                .metrics
+                .publish_requests
+                .with_label_values(&[e.reason()])
+                .inc();
             tracing::info!(%peer, status = e.status().as_u16(), reason = e.reason(), side = e.side(), error = %e, "http publish refused");
             e.into_response()
         }
@@ -47,7 +59,8 @@ async fn publish(state: &RelayState, req: Request<Incoming>) -> Result<Response<
         .token(state.config.token_use)
         .ok_or(RelayError::Session(session::SessionError::Missing))?;
     state.verifier.verify(token).await?;
-    let token = HeaderValue::from_str(token).map_err(|_| RelayError::Internal("token is not header-safe"))?;
+    let token = HeaderValue::from_str(token)
+        .map_err(|_| RelayError::Internal("token is not header-safe"))?;
 
     let content_type = req
         .headers()
@@ -95,6 +108,7 @@ async fn publish(state: &RelayState, req: Request<Incoming>) -> Result<Response<
     if let Some(ct) = parts.headers.get(CONTENT_TYPE) {
         resp.headers_mut().insert(CONTENT_TYPE, ct.clone());
     }
-    resp.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp.headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(resp)
 }

@@ -157,8 +157,21 @@ where
     let mut down_stats = Stats::default();
 
     let ending = {
-        let c2u = client_to_upstream(&mut c_rx, &mut u_tx, &reply_tx, &auth, metrics, &mut up_stats);
-        let u2c = upstream_to_client(&mut u_rx, &mut c_tx, &mut reply_rx, metrics, &mut down_stats);
+        let c2u = client_to_upstream(
+            &mut c_rx,
+            &mut u_tx,
+            &reply_tx,
+            &auth,
+            metrics,
+            &mut up_stats,
+        );
+        let u2c = upstream_to_client(
+            &mut u_rx,
+            &mut c_tx,
+            &mut reply_rx,
+            metrics,
+            &mut down_stats,
+        );
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => Ending::Draining,
@@ -184,7 +197,10 @@ where
             let _ = u_tx.send(close_frame(code, "")).await;
         }
     };
-    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async { tokio::join!(closing_client, closing_upstream) }).await;
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+        tokio::join!(closing_client, closing_upstream)
+    })
+    .await;
 
     Outcome {
         client_close: to_client.or(match ending {
@@ -223,7 +239,9 @@ where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
-    let frames_up = metrics.frames.with_label_values(&["client_to_upstream", "other"]);
+    let frames_up = metrics
+        .frames
+        .with_label_values(&["client_to_upstream", "other"]);
     let bytes_up = metrics.bytes.with_label_values(&["client_to_upstream"]);
     loop {
         let msg = match c_rx.next().await {
@@ -235,7 +253,9 @@ where
             Message::Text(text) => text,
             Message::Binary(_) => return Ending::ClientBinary,
             Message::Close(frame) => {
-                return Ending::ClientClosed(frame.map(|f| u16::from(f.code)).unwrap_or(close::NORMAL))
+                return Ending::ClientClosed(
+                    frame.map(|f| u16::from(f.code)).unwrap_or(close::NORMAL),
+                )
             }
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
         };
@@ -245,7 +265,10 @@ where
             ClientAction::Forward(rewritten) => rewritten.into(),
             ClientAction::Reply(reply) => {
                 stats.local_replies += 1;
-                metrics.frames.with_label_values(&["local_reply", label]).inc();
+                metrics
+                    .frames
+                    .with_label_values(&["local_reply", label])
+                    .inc();
                 if replies.send(reply).await.is_err() {
                     return Ending::ClientGone;
                 }
@@ -261,7 +284,10 @@ where
         if label == "other" {
             frames_up.inc();
         } else {
-            metrics.frames.with_label_values(&["client_to_upstream", label]).inc();
+            metrics
+                .frames
+                .with_label_values(&["client_to_upstream", label])
+                .inc();
         }
         bytes_up.inc_by(len);
     }
@@ -323,9 +349,18 @@ mod tests {
         assert_eq!(Ending::ClientBinary.close_codes(), (Some(1003), Some(1000)));
         assert_eq!(Ending::ClientTooBig.close_codes(), (Some(1009), Some(1000)));
         assert_eq!(Ending::UpstreamGone.close_codes(), (Some(1013), None));
-        assert_eq!(Ending::UpstreamClosed(1000).close_codes(), (Some(1000), None));
-        assert_eq!(Ending::UpstreamClosed(1001).close_codes(), (Some(1013), None));
-        assert_eq!(Ending::UpstreamClosed(4003).close_codes(), (Some(4003), None));
+        assert_eq!(
+            Ending::UpstreamClosed(1000).close_codes(),
+            (Some(1000), None)
+        );
+        assert_eq!(
+            Ending::UpstreamClosed(1001).close_codes(),
+            (Some(1013), None)
+        );
+        assert_eq!(
+            Ending::UpstreamClosed(4003).close_codes(),
+            (Some(4003), None)
+        );
         assert_eq!(Ending::ClientClosed(1000).close_codes(), (None, Some(1000)));
         assert_eq!(Ending::ClientClosed(1005).close_codes(), (None, Some(1000)));
         assert_eq!(Ending::ClientGone.close_codes(), (None, Some(1001)));

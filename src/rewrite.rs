@@ -111,7 +111,14 @@ fn reply(client_type: &str, id: Option<&str>, kind: &str, message: &str) -> Clie
 pub fn rewrite_client_frame(text: &str, auth: &UpstreamAuth) -> ClientAction {
     let mut msg: Map<String, Value> = match serde_json::from_str(text) {
         Ok(Value::Object(m)) => m,
-        _ => return reply("", None, error_type::BAD_REQUEST, "Message is not a JSON object"),
+        _ => {
+            return reply(
+                "",
+                None,
+                error_type::BAD_REQUEST,
+                "Message is not a JSON object",
+            )
+        }
     };
     let msg_type = match msg.get("type") {
         Some(Value::String(t)) => t.clone(),
@@ -126,10 +133,22 @@ pub fn rewrite_client_frame(text: &str, auth: &UpstreamAuth) -> ClientAction {
             };
             let channel = match msg.get("channel") {
                 Some(Value::String(c)) => Channel::parse(c, !publish),
-                _ => return reply(&msg_type, Some(&id), error_type::BAD_REQUEST, "Missing channel"),
+                _ => {
+                    return reply(
+                        &msg_type,
+                        Some(&id),
+                        error_type::BAD_REQUEST,
+                        "Missing channel",
+                    )
+                }
             };
             if let Err(e) = channel {
-                return reply(&msg_type, Some(&id), error_type::BAD_REQUEST, &e.to_string());
+                return reply(
+                    &msg_type,
+                    Some(&id),
+                    error_type::BAD_REQUEST,
+                    &e.to_string(),
+                );
             }
             if publish {
                 if let Err(message) = check_events(msg.get("events")) {
@@ -141,7 +160,8 @@ pub fn rewrite_client_frame(text: &str, auth: &UpstreamAuth) -> ClientAction {
             ClientAction::Forward(Value::Object(msg).to_string())
         }
         "unsubscribe" => {
-            let id_ok = matches!(msg.get("id"), Some(Value::String(id)) if protocol::is_valid_id(id));
+            let id_ok =
+                matches!(msg.get("id"), Some(Value::String(id)) if protocol::is_valid_id(id));
             if !id_ok {
                 return reply(&msg_type, None, error_type::BAD_REQUEST, "Invalid id");
             }
@@ -216,7 +236,10 @@ mod tests {
             "payload": {"channel": "/default/room", "extensions": {"authorization": {"x-api-key": "p"}, "AUTHORIZATION": "x"}}
         });
         let out = forwarded(rewrite_client_frame(&frame.to_string(), &auth()));
-        assert_eq!(out["authorization"], json!({"Authorization": "REAL.JWT.TOKEN", "host": "api.example.com"}));
+        assert_eq!(
+            out["authorization"],
+            json!({"Authorization": "REAL.JWT.TOKEN", "host": "api.example.com"})
+        );
         assert!(out.get("Authorization").is_none());
         assert_eq!(out["payload"]["extensions"], json!({}));
         assert_eq!(out["payload"]["channel"], "/default/room");
@@ -226,15 +249,39 @@ mod tests {
     #[test]
     fn publish_rules_are_enforced_locally() {
         let bad = [
-            (json!({"type":"publish","id":"p","channel":"/d/*","events":["1"]}), "publish_error"),
-            (json!({"type":"publish","id":"p","channel":"/d/a","events":["1","2","3","4","5","6"]}), "publish_error"),
-            (json!({"type":"publish","id":"p","channel":"/d/a","events":[]}), "publish_error"),
-            (json!({"type":"publish","id":"p","channel":"/d/a","events":[1]}), "publish_error"),
-            (json!({"type":"publish","id":"p","channel":"/d/a","events":["{not json"]}), "publish_error"),
-            (json!({"type":"publish","id":"bad id","channel":"/d/a","events":["1"]}), "publish_error"),
-            (json!({"type":"subscribe","id":"s","channel":"/d/a_b"}), "subscribe_error"),
+            (
+                json!({"type":"publish","id":"p","channel":"/d/*","events":["1"]}),
+                "publish_error",
+            ),
+            (
+                json!({"type":"publish","id":"p","channel":"/d/a","events":["1","2","3","4","5","6"]}),
+                "publish_error",
+            ),
+            (
+                json!({"type":"publish","id":"p","channel":"/d/a","events":[]}),
+                "publish_error",
+            ),
+            (
+                json!({"type":"publish","id":"p","channel":"/d/a","events":[1]}),
+                "publish_error",
+            ),
+            (
+                json!({"type":"publish","id":"p","channel":"/d/a","events":["{not json"]}),
+                "publish_error",
+            ),
+            (
+                json!({"type":"publish","id":"bad id","channel":"/d/a","events":["1"]}),
+                "publish_error",
+            ),
+            (
+                json!({"type":"subscribe","id":"s","channel":"/d/a_b"}),
+                "subscribe_error",
+            ),
             (json!({"type":"subscribe","id":"s"}), "subscribe_error"),
-            (json!({"type":"subscribe","id":"","channel":"/d/a"}), "subscribe_error"),
+            (
+                json!({"type":"subscribe","id":"","channel":"/d/a"}),
+                "subscribe_error",
+            ),
             (json!({"type":"unsubscribe","id":7}), "unsubscribe_error"),
         ];
         for (frame, expected) in bad {
@@ -260,9 +307,15 @@ mod tests {
     #[test]
     fn other_frames_pass_unchanged_unless_they_carry_auth() {
         let init = r#"{"type":"connection_init"}"#;
-        assert_eq!(rewrite_client_frame(init, &auth()), ClientAction::ForwardOriginal);
+        assert_eq!(
+            rewrite_client_frame(init, &auth()),
+            ClientAction::ForwardOriginal
+        );
         let unsub = r#"{"type":"unsubscribe","id":"s1"}"#;
-        assert_eq!(rewrite_client_frame(unsub, &auth()), ClientAction::ForwardOriginal);
+        assert_eq!(
+            rewrite_client_frame(unsub, &auth()),
+            ClientAction::ForwardOriginal
+        );
         let sneaky = r#"{"type":"connection_init","authorization":{"Authorization":"stolen"}}"#;
         let out = forwarded(rewrite_client_frame(sneaky, &auth()));
         assert_eq!(out, json!({"type":"connection_init"}));

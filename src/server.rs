@@ -128,7 +128,10 @@ impl RelayHandle {
         state.tracker.close();
         self.tasks.close();
         let relays = state.tracker.clone();
-        if tokio::time::timeout(drain_timeout, relays.wait()).await.is_err() {
+        if tokio::time::timeout(drain_timeout, relays.wait())
+            .await
+            .is_err()
+        {
             tracing::info!("drain timeout reached; closing open relays with 1001");
         }
         state.shutdown.cancel();
@@ -138,7 +141,11 @@ impl RelayHandle {
 }
 
 /// Starts the relay on already-bound listeners.
-pub fn spawn(config: Config, public: TcpListener, admin: TcpListener) -> std::io::Result<RelayHandle> {
+pub fn spawn(
+    config: Config,
+    public: TcpListener,
+    admin: TcpListener,
+) -> std::io::Result<RelayHandle> {
     let public_addr = public.local_addr()?;
     let admin_addr = admin.local_addr()?;
     let state = RelayState::new(config);
@@ -169,7 +176,11 @@ async fn load_jwks(state: Arc<RelayState>) {
                 return;
             }
             Err(e) => {
-                state.metrics.jwks_fetches.with_label_values(&["error"]).inc();
+                state
+                    .metrics
+                    .jwks_fetches
+                    .with_label_values(&["error"])
+                    .inc();
                 tracing::warn!(error = %e, jwks_url = %state.config.jwks_url, retry_in_ms = delay.as_millis() as u64, "JWKS not loaded yet; not ready");
             }
         }
@@ -219,7 +230,9 @@ async fn accept_loop(listener: TcpListener, state: Arc<RelayState>, kind: Listen
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_READ_TIMEOUT)
                 .max_buf_size(MAX_HEADER_BYTES);
-            let conn = builder.serve_connection(TokioIo::new(stream), service).with_upgrades();
+            let conn = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
             if let Err(e) = conn.await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
@@ -253,8 +266,10 @@ fn admin(state: &RelayState, req: &Request<Incoming>) -> Response<Body> {
         "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
         "/metrics" => {
             let mut resp = text(StatusCode::OK, state.metrics.render());
-            resp.headers_mut()
-                .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+            resp.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
             resp
         }
         _ => json_error(StatusCode::NOT_FOUND, "not_found", "not_found"),
@@ -264,7 +279,9 @@ fn admin(state: &RelayState, req: &Request<Incoming>) -> Response<Body> {
 fn text(status: StatusCode, body: impl Into<bytes::Bytes>) -> Response<Body> {
     let mut resp = Response::new(full(body));
     *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     resp
 }

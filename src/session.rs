@@ -134,7 +134,8 @@ pub fn from_headers(headers: &HeaderMap, client_id: &str) -> Result<Session, Ses
         return Err(SessionError::TooLarge);
     }
     let base = format!("{COOKIE_PREFIX}.{client_id}.");
-    let last_user = unique(headers, &format!("{base}LastAuthUser"))?.ok_or(SessionError::Missing)?;
+    let last_user =
+        unique(headers, &format!("{base}LastAuthUser"))?.ok_or(SessionError::Missing)?;
     let username = decode(last_user).into_owned();
     let user_base = format!("{base}{username}.");
     let get = |suffix: &str| -> Result<Option<String>, SessionError> {
@@ -146,7 +147,10 @@ pub fn from_headers(headers: &HeaderMap, client_id: &str) -> Result<Session, Ses
         refresh_token: get("refreshToken")?,
         username,
     };
-    if session.access_token.is_none() && session.id_token.is_none() && session.refresh_token.is_none() {
+    if session.access_token.is_none()
+        && session.id_token.is_none()
+        && session.refresh_token.is_none()
+    {
         return Err(SessionError::Missing);
     }
     Ok(session)
@@ -180,7 +184,10 @@ pub fn encode_username(username: &str) -> String {
 
 /// The cookie name Amplify uses for one of the user's tokens.
 pub fn cookie_name(client_id: &str, username: &str, suffix: &str) -> String {
-    format!("{COOKIE_PREFIX}.{client_id}.{}.{suffix}", encode_username(username))
+    format!(
+        "{COOKIE_PREFIX}.{client_id}.{}.{suffix}",
+        encode_username(username)
+    )
 }
 
 /// The `LastAuthUser` cookie name for an app client.
@@ -216,7 +223,10 @@ mod tests {
     #[test]
     fn literal_plus_and_hash_stay_as_js_cookie_writes_them() {
         let name = cookie_name("cid", "a+b#c@d", "accessToken");
-        assert_eq!(name, "CognitoIdentityServiceProvider.cid.a+b#c%40d.accessToken");
+        assert_eq!(
+            name,
+            "CognitoIdentityServiceProvider.cid.a+b#c%40d.accessToken"
+        );
         let c = format!("{}=a+b#c%40d; {name}=TOK", last_auth_user_cookie("cid"));
         let s = from_headers(&headers(&c), "cid").unwrap();
         assert_eq!(s.username, "a+b#c@d");
@@ -228,7 +238,10 @@ mod tests {
         let c = "CognitoIdentityServiceProvider.other.LastAuthUser=bob; \
                  CognitoIdentityServiceProvider.other.bob.accessToken=X";
         assert_eq!(from_headers(&headers(c), "cid"), Err(SessionError::Missing));
-        assert_eq!(from_headers(&HeaderMap::new(), "cid"), Err(SessionError::Missing));
+        assert_eq!(
+            from_headers(&HeaderMap::new(), "cid"),
+            Err(SessionError::Missing)
+        );
     }
 
     #[test]
@@ -243,11 +256,17 @@ mod tests {
         let c = "CognitoIdentityServiceProvider.cid.LastAuthUser=bob; \
                  CognitoIdentityServiceProvider.cid.bob.accessToken=X; \
                  CognitoIdentityServiceProvider.cid.bob.accessToken=Y";
-        assert_eq!(from_headers(&headers(c), "cid"), Err(SessionError::Ambiguous));
+        assert_eq!(
+            from_headers(&headers(c), "cid"),
+            Err(SessionError::Ambiguous)
+        );
         let c = "CognitoIdentityServiceProvider.cid.LastAuthUser=bob; \
                  CognitoIdentityServiceProvider.cid.bob.accessToken=X; \
                  CognitoIdentityServiceProvider.cid.b%6Fb.accessToken=Y";
-        assert_eq!(from_headers(&headers(c), "cid"), Err(SessionError::Ambiguous));
+        assert_eq!(
+            from_headers(&headers(c), "cid"),
+            Err(SessionError::Ambiguous)
+        );
         let c = "CognitoIdentityServiceProvider.cid.LastAuthUser=bob; \
                  CognitoIdentityServiceProvider.cid.bob.accessToken=X; \
                  CognitoIdentityServiceProvider.cid.bob.accessToken=X";
@@ -257,8 +276,17 @@ mod tests {
     #[test]
     fn cookies_across_several_headers() {
         let mut h = HeaderMap::new();
-        h.append(COOKIE, HeaderValue::from_static("CognitoIdentityServiceProvider.cid.LastAuthUser=bob"));
-        h.append(COOKIE, HeaderValue::from_static("CognitoIdentityServiceProvider.cid.bob.accessToken=X"));
-        assert_eq!(from_headers(&h, "cid").unwrap().access_token.as_deref(), Some("X"));
+        h.append(
+            COOKIE,
+            HeaderValue::from_static("CognitoIdentityServiceProvider.cid.LastAuthUser=bob"),
+        );
+        h.append(
+            COOKIE,
+            HeaderValue::from_static("CognitoIdentityServiceProvider.cid.bob.accessToken=X"),
+        );
+        assert_eq!(
+            from_headers(&h, "cid").unwrap().access_token.as_deref(),
+            Some("X")
+        );
     }
 }

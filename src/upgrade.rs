@@ -5,7 +5,10 @@
 //! It owns no policy (origins, sessions): the handshake module decides who
 //! gets a 101; this module only knows what a valid upgrade looks like.
 
-use hyper::header::{HeaderMap, HeaderValue, CONNECTION, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_PROTOCOL, SEC_WEBSOCKET_VERSION, UPGRADE};
+use hyper::header::{
+    HeaderMap, HeaderValue, CONNECTION, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_PROTOCOL,
+    SEC_WEBSOCKET_VERSION, UPGRADE,
+};
 use hyper::{Method, Request};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -37,10 +40,16 @@ pub fn check_upgrade<B>(req: &Request<B>) -> Result<HeaderValue, UpgradeError> {
         return Err(UpgradeError::NotGet);
     }
     let headers = req.headers();
-    if !header_has_token(headers, CONNECTION, "upgrade") || !header_has_token(headers, UPGRADE, "websocket") {
+    if !header_has_token(headers, CONNECTION, "upgrade")
+        || !header_has_token(headers, UPGRADE, "websocket")
+    {
         return Err(UpgradeError::NotUpgrade);
     }
-    if headers.get(SEC_WEBSOCKET_VERSION).map(HeaderValue::as_bytes) != Some(b"13") {
+    if headers
+        .get(SEC_WEBSOCKET_VERSION)
+        .map(HeaderValue::as_bytes)
+        != Some(b"13")
+    {
         return Err(UpgradeError::BadVersion);
     }
     let key = headers.get(SEC_WEBSOCKET_KEY).ok_or(UpgradeError::BadKey)?;
@@ -104,7 +113,8 @@ mod tests {
         let plain = Request::get("/").body(()).unwrap();
         assert_eq!(check_upgrade(&plain), Err(UpgradeError::NotUpgrade));
         let mut v8 = upgrade_req().body(()).unwrap();
-        v8.headers_mut().insert(SEC_WEBSOCKET_VERSION, HeaderValue::from_static("8"));
+        v8.headers_mut()
+            .insert(SEC_WEBSOCKET_VERSION, HeaderValue::from_static("8"));
         assert_eq!(check_upgrade(&v8), Err(UpgradeError::BadVersion));
         let mut nokey = upgrade_req().body(()).unwrap();
         nokey.headers_mut().remove(SEC_WEBSOCKET_KEY);
@@ -118,6 +128,9 @@ mod tests {
             .header(SEC_WEBSOCKET_PROTOCOL, "other")
             .body(())
             .unwrap();
-        assert_eq!(offered_protocols(req.headers()), vec!["header-abc", "aws-appsync-event-ws", "other"]);
+        assert_eq!(
+            offered_protocols(req.headers()),
+            vec!["header-abc", "aws-appsync-event-ws", "other"]
+        );
     }
 }

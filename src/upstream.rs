@@ -84,7 +84,10 @@ fn classify(e: WsError) -> UpstreamError {
 }
 
 /// Connects to AppSync Events as the user `auth` stands for.
-pub async fn connect(cfg: &UpstreamConfig, auth: &UpstreamAuth) -> Result<UpstreamSocket, UpstreamError> {
+pub async fn connect(
+    cfg: &UpstreamConfig,
+    auth: &UpstreamAuth,
+) -> Result<UpstreamSocket, UpstreamError> {
     let mut request = cfg
         .realtime_url
         .as_str()
@@ -95,15 +98,24 @@ pub async fn connect(cfg: &UpstreamConfig, auth: &UpstreamAuth) -> Result<Upstre
         protocol::SUBPROTOCOL,
         protocol::encode_header_subprotocol(&auth.as_map())
     );
-    let value = HeaderValue::from_str(&offered).map_err(|_| UpstreamError::Protocol("token is not header-safe".into()))?;
+    let value = HeaderValue::from_str(&offered)
+        .map_err(|_| UpstreamError::Protocol("token is not header-safe".into()))?;
     request.headers_mut().insert(SEC_WEBSOCKET_PROTOCOL, value);
     let connector = Connector::Rustls(cfg.tls.clone());
-    let attempt = tokio_tungstenite::connect_async_tls_with_config(request, Some(cfg.ws_config), true, Some(connector));
+    let attempt = tokio_tungstenite::connect_async_tls_with_config(
+        request,
+        Some(cfg.ws_config),
+        true,
+        Some(connector),
+    );
     let (socket, response) = tokio::time::timeout(cfg.connect_timeout, attempt)
         .await
         .map_err(|_| UpstreamError::Timeout(cfg.connect_timeout))?
         .map_err(classify)?;
-    let selected = response.headers().get(SEC_WEBSOCKET_PROTOCOL).map(HeaderValue::as_bytes);
+    let selected = response
+        .headers()
+        .get(SEC_WEBSOCKET_PROTOCOL)
+        .map(HeaderValue::as_bytes);
     if selected != Some(protocol::SUBPROTOCOL.as_bytes()) {
         return Err(UpstreamError::Protocol(
             "upstream did not select aws-appsync-event-ws".into(),

@@ -158,7 +158,9 @@ pub struct Claims {
 
 impl Claims {
     pub fn username(&self) -> Option<&str> {
-        self.username.as_deref().or(self.cognito_username.as_deref())
+        self.username
+            .as_deref()
+            .or(self.cognito_username.as_deref())
     }
 }
 
@@ -245,9 +247,10 @@ impl Verifier {
 
     /// Fetches the JWKS now and replaces the key set on success. On failure
     /// the previous keys stay in force.
+    /// Does not count against the unknown-`kid` refetch budget: keys rotated
+    /// just after start-up are still picked up.
     pub async fn load_jwks(&self) -> Result<usize, JwksError> {
-        let mut gate = self.fetch_gate.lock().await;
-        *gate = Some(Instant::now());
+        let _gate = self.fetch_gate.lock().await;
         self.fetch_and_store().await
     }
 
@@ -300,15 +303,7 @@ impl Verifier {
             self.check_time(&claims)?;
             return Ok(claims);
         }
-        let header = jsonwebtoken::decode_header(token).map_err(|e| match e.kind() {
-            // An `alg` outside jsonwebtoken's list (e.g. "none") fails here.
-            jsonwebtoken::errors::ErrorKind::InvalidAlgorithmName => VerifyError::Algorithm,
-            _ => VerifyError::Malformed,
-        })?;
-        if header.alg != Algorithm::RS256 {
-            return Err(VerifyError::Algorithm);
-        }
-        let kid = header.kid.ok_or(VerifyError::MissingKid)?;
+        let kid = check_header(token)?;
         let key = self.key_for(&kid).await?;
         let data = jsonwebtoken::decode::<Claims>(token, &key, &self.validation).map_err(|e| {
             use jsonwebtoken::errors::ErrorKind as K;
@@ -334,11 +329,7 @@ impl Verifier {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(VerifyError::TooLarge);
         }
-        let header = jsonwebtoken::decode_header(token).map_err(|_| VerifyError::Malformed)?;
-        if header.alg != Algorithm::RS256 {
-            return Err(VerifyError::Algorithm);
-        }
-        let kid = header.kid.ok_or(VerifyError::MissingKid)?;
+        let kid = check_header(token)?;
         let key = self.key_for(&kid).await?;
         let mut validation = self.validation.clone();
         validation.validate_exp = false;
@@ -361,7 +352,10 @@ impl Verifier {
         if claims.exp.saturating_add(leeway) <= now {
             return Err(VerifyError::Expired);
         }
-        if claims.nbf.is_some_and(|nbf| nbf > now.saturating_add(leeway)) {
+        if claims
+            .nbf
+            .is_some_and(|nbf| nbf > now.saturating_add(leeway))
+        {
             return Err(VerifyError::NotYetValid);
         }
         Ok(())
@@ -375,7 +369,9 @@ impl Verifier {
             TokenUse::Access => claims.client_id.as_deref() == Some(self.cfg.client_id.as_str()),
             TokenUse::Id => match &claims.aud {
                 Some(Value::String(aud)) => *aud == self.cfg.client_id,
-                Some(Value::Array(auds)) => auds.iter().any(|a| a.as_str() == Some(&self.cfg.client_id)),
+                Some(Value::Array(auds)) => {
+                    auds.iter().any(|a| a.as_str() == Some(&self.cfg.client_id))
+                }
                 _ => false,
             },
         };
@@ -425,6 +421,31 @@ impl Verifier {
     }
 }
 
+/// Reads the JOSE header ourselves, before jsonwebtoken sees the token, so
+/// that `alg` is checked against exactly `"RS256"` (not a parser's notion
+/// of known algorithms: `none`, `None`, `HS256`, `RS256 ` are all refused)
+/// and the `kid` is returned. No other header field is ever used.
+fn check_header(token: &str) -> Result<String, VerifyError> {
+    use base64::Engine as _;
+    let (header_b64, rest) = token.split_once('.').ok_or(VerifyError::Malformed)?;
+    if rest.split('.').count() != 2 {
+        return Err(VerifyError::Malformed);
+    }
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(header_b64)
+        .map_err(|_| VerifyError::Malformed)?;
+    let Ok(Value::Object(header)) = serde_json::from_slice::<Value>(&bytes) else {
+        return Err(VerifyError::Malformed);
+    };
+    if header.get("alg").and_then(Value::as_str) != Some("RS256") {
+        return Err(VerifyError::Algorithm);
+    }
+    match header.get("kid") {
+        Some(Value::String(kid)) if !kid.is_empty() => Ok(kid.clone()),
+        _ => Err(VerifyError::MissingKid),
+    }
+}
+
 #[derive(Deserialize)]
 struct RawJwks {
     keys: Vec<Value>,
@@ -433,7 +454,8 @@ struct RawJwks {
 /// Keeps only RSA keys meant for RS256 signatures; skips anything else
 /// rather than failing the whole document.
 fn parse_jwks(body: &[u8]) -> Result<KeyStore, JwksError> {
-    let raw: RawJwks = serde_json::from_slice(body).map_err(|e| JwksError::Invalid(e.to_string()))?;
+    let raw: RawJwks =
+        serde_json::from_slice(body).map_err(|e| JwksError::Invalid(e.to_string()))?;
     let mut keys = HashMap::new();
     for value in raw.keys {
         let Ok(jwk) = serde_json::from_value::<Jwk>(value) else {
@@ -445,7 +467,11 @@ fn parse_jwks(body: &[u8]) -> Result<KeyStore, JwksError> {
         if !matches!(jwk.algorithm, AlgorithmParameters::RSA(_)) {
             continue;
         }
-        if jwk.common.key_algorithm.is_some_and(|a| a != KeyAlgorithm::RS256) {
+        if jwk
+            .common
+            .key_algorithm
+            .is_some_and(|a| a != KeyAlgorithm::RS256)
+        {
             continue;
         }
         if jwk
@@ -485,7 +511,10 @@ mod tests {
 
     #[test]
     fn jwks_without_usable_keys_is_an_error() {
-        assert!(matches!(parse_jwks(br#"{"keys":[]}"#), Err(JwksError::NoKeys)));
+        assert!(matches!(
+            parse_jwks(br#"{"keys":[]}"#),
+            Err(JwksError::NoKeys)
+        ));
         assert!(matches!(parse_jwks(b"nope"), Err(JwksError::Invalid(_))));
     }
 

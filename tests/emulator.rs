@@ -107,15 +107,18 @@ async fn recv(ws: &mut Ws) -> Value {
     }
 }
 
-/// Reads until a close frame and returns its code.
+/// Reads until a close frame, then keeps reading so tungstenite sends our
+/// reply and the close handshake completes; returns the code.
 async fn recv_close_code(ws: &mut Ws) -> u16 {
-    loop {
+    let code = loop {
         match recv_message(ws).await {
-            Message::Close(Some(frame)) => return u16::from(frame.code),
+            Message::Close(Some(frame)) => break u16::from(frame.code),
             Message::Close(None) => panic!("close frame without a code"),
             _ => {}
         }
-    }
+    };
+    within(async { while let Some(Ok(_)) = ws.next().await {} }).await;
+    code
 }
 
 async fn subscribe(ws: &mut Ws, id: &str, channel: &str) -> Value {
@@ -579,13 +582,7 @@ async fn slow_subscriber_is_dropped_instead_of_blocking_the_publisher() {
 async fn shutdown_closes_connections_with_1001() {
     let emu = start().await;
     let mut ws = connect(&emu).await;
-    let reader = tokio::spawn(async move {
-        let code = recv_close_code(&mut ws).await;
-        // Keep reading so our reply close frame goes out and the emulator's
-        // drain finishes without waiting for its close timeout.
-        while let Some(Ok(_)) = ws.next().await {}
-        code
-    });
+    let reader = tokio::spawn(async move { recv_close_code(&mut ws).await });
     within(emu.shutdown()).await;
     assert_eq!(within(reader).await.unwrap(), u16::from(CloseCode::Away));
 }
