@@ -1,0 +1,179 @@
+//! The relay against a Cognito implementation we did not write: tokens are
+//! issued by the real `cognito-local` (npm), the relay verifies them against
+//! its JWKS, and the emulator (as AppSync) verifies them again.
+
+mod support;
+#[path = "support/cognito_local.rs"]
+mod cognito_local;
+
+use appsync_relay::config::{Cli, Command};
+use appsync_relay::emulator::{self, EmulatorAuth, EmulatorConfig};
+use appsync_relay::session;
+use appsync_relay::verify::{TokenUse, Verifier, VerifierConfig};
+use clap::Parser;
+use cognito_local::CognitoLocal;
+use serde_json::{json, Value};
+use std::time::Duration;
+use support::*;
+use tokio::net::TcpListener;
+
+const USER: &str = "alice+test@example.com";
+const PASSWORD: &str = "Passw0rd!";
+
+fn cookies_for(client_id: &str, username: &str, access: &str) -> String {
+    format!(
+        "{}={}; {}={access}",
+        session::last_auth_user_cookie(client_id),
+        session::encode_username(username),
+        session::cookie_name(client_id, username, "accessToken"),
+    )
+}
+
+#[tokio::test]
+async fn relays_with_tokens_issued_by_cognito_local() {
+    let cognito = CognitoLocal::start().await;
+    cognito.create_user(USER, PASSWORD).await;
+    let tokens = cognito.sign_in(USER, PASSWORD).await;
+
+    // AppSync stand-in, trusting the same user pool.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let host = listener.local_addr().unwrap().to_string();
+    let verifier = Verifier::new(
+        VerifierConfig {
+            issuer: cognito.issuer.clone(),
+            jwks_url: cognito.jwks_url.clone(),
+            client_id: cognito.client_id.clone(),
+            token_use: TokenUse::Access,
+            leeway: Duration::from_secs(0),
+            jwks_refetch_interval: Duration::from_secs(10),
+            fetch_timeout: Duration::from_secs(5),
+            cache_capacity: 100,
+        },
+        appsync_relay::http_client::build(Duration::from_secs(5)),
+    );
+    let mut cfg = EmulatorConfig::new(EmulatorAuth::Cognito(verifier));
+    cfg.http_host = Some(host);
+    let emulator = emulator::spawn(listener, cfg).await;
+
+    let http_endpoint = emulator.http_endpoint();
+    let argv = [
+        "appsync-relay",
+        "serve",
+        "--appsync-http-endpoint",
+        &http_endpoint,
+        "--cognito-user-pool-id",
+        &cognito.user_pool_id,
+        "--cognito-client-id",
+        &cognito.client_id,
+        "--cognito-issuer",
+        &cognito.issuer,
+        "--cognito-jwks-url",
+        &cognito.jwks_url,
+        "--allowed-origin",
+        ORIGIN,
+    ];
+    let config = match Cli::try_parse_from(argv).unwrap().command {
+        Command::Serve(args) => args.validate().unwrap(),
+        _ => unreachable!(),
+    };
+    let relay = start_relay(config).await;
+    let url = format!("ws://{}/event/realtime", relay.public_addr);
+
+    // The username has '@' and '+': the cookie name carries it encoded the
+    // way Amplify writes it, and the relay must still find the session.
+    let cookies = cookies_for(&cognito.client_id, USER, &tokens.access_token);
+    assert!(cookies.contains("alice+test%40example.com.accessToken"));
+    let mut ws = connect(&url, &cookies).await;
+    init(&mut ws).await;
+    send_json(&mut ws, amplify_subscribe("s1", "/default/cognito")).await;
+    assert_eq!(recv_json(&mut ws).await["type"], "subscribe_success");
+    let (status, _, body) = http(
+        relay.public_addr,
+        "POST",
+        "/event",
+        &[("origin", ORIGIN), ("cookie", &cookies), ("content-type", "application/json")],
+        &json!({"channel": "/default/cognito", "events": ["{\"hello\":\"cognito\"}"]}).to_string(),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let data = recv_json(&mut ws).await;
+    assert_eq!(data["type"], "data");
+    assert_eq!(
+        serde_json::from_str::<Value>(data["event"].as_str().unwrap()).unwrap(),
+        json!({"hello": "cognito"})
+    );
+    assert!(emulator.seen_authorizations().iter().all(|a| *a == tokens.access_token));
+
+    // The ID token is not accepted in access mode.
+    let id_cookies = cookies_for(&cognito.client_id, USER, &tokens.id_token);
+    match try_connect(&url, &Upgrade::browser(&id_cookies)).await {
+        Attempt::Refused(401, body) => assert!(body.contains("token_use"), "{body}"),
+        _ => panic!("ID token accepted as access token"),
+    }
+
+    // A token cognito-local issued to another app client of the same pool
+    // is refused, even when the cookies are named for our client.
+    let other_client = cognito
+        .create_app_client("other-app", &Default::default())
+        .await
+        .unwrap();
+    let other = cognito
+        .try_sign_in_with_client(&other_client, USER, PASSWORD)
+        .await
+        .unwrap();
+    let forged = cookies_for(&cognito.client_id, USER, &other.access_token);
+    match try_connect(&url, &Upgrade::browser(&forged)).await {
+        Attempt::Refused(401, body) => assert!(body.contains("token_audience"), "{body}"),
+        _ => panic!("token of another app client accepted"),
+    }
+}
+
+#[tokio::test]
+async fn refuses_expired_cognito_local_tokens() {
+    let cognito = CognitoLocal::start_with(cognito_local::ClientOptions {
+        access_token_validity: Some(Duration::from_secs(1)),
+        ..Default::default()
+    })
+    .await;
+    cognito.create_user(USER, PASSWORD).await;
+    let tokens = cognito.sign_in(USER, PASSWORD).await;
+    let jwks = JwksServer::start(json!({"keys": []})).await;
+    let emulator = start_emulator(&jwks, "unused").await;
+    let argv = [
+        "appsync-relay",
+        "serve",
+        "--appsync-http-endpoint",
+        &emulator.http_endpoint(),
+        "--cognito-user-pool-id",
+        &cognito.user_pool_id,
+        "--cognito-client-id",
+        &cognito.client_id,
+        "--cognito-issuer",
+        &cognito.issuer,
+        "--cognito-jwks-url",
+        &cognito.jwks_url,
+        "--allowed-origin",
+        ORIGIN,
+        "--jwt-leeway",
+        "0",
+    ]
+    .map(str::to_string);
+    let config = match Cli::try_parse_from(argv).unwrap().command {
+        Command::Serve(args) => args.validate().unwrap(),
+        _ => unreachable!(),
+    };
+    let relay = start_relay(config).await;
+    let url = format!("ws://{}/event/realtime", relay.public_addr);
+    let claims = cognito_local::jwt_claims(&tokens.access_token);
+    let exp = claims["exp"].as_u64().unwrap();
+    // Wait (bounded) until the token is past its exp, by the clock the
+    // relay uses.
+    while now() <= exp {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let cookies = cookies_for(&cognito.client_id, USER, &tokens.access_token);
+    match try_connect(&url, &Upgrade::browser(&cookies)).await {
+        Attempt::Refused(401, body) => assert!(body.contains("token_expired"), "{body}"),
+        _ => panic!("expired token accepted"),
+    }
+}
