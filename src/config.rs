@@ -29,6 +29,8 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Run the built-in strict AppSync Events emulator (for local development and tests).
     Emulate(EmulateArgs),
+    /// Run everything locally: relay, emulator and a development identity provider, with a demo page.
+    Demo(crate::demo::DemoArgs),
 }
 
 #[derive(Debug, Clone, Args)]

@@ -24,10 +24,12 @@
 //! - [`publish`]: HTTP publish.
 //! - [`protocol`]: AppSync Events rules shared with the [`emulator`], the
 //!   strict stand-in for AWS used by tests and local development.
+//! - [`demo`]: `appsync-relay demo`, relay + emulator + dev identity provider.
 //! - [`config`], [`error`], [`metrics`], [`http_client`]: plumbing.
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod demo;
 pub mod emulator;
 pub mod error;
 pub mod handshake;

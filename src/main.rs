@@ -33,6 +33,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve(args) => runtime.block_on(serve(*args)),
         Command::Emulate(args) => runtime.block_on(emulate(args)),
+        Command::Demo(args) => runtime.block_on(demo(args)),
     }
 }
 
@@ -118,6 +119,50 @@ async fn emulate(args: EmulateArgs) -> ExitCode {
     cfg.ka_interval = Duration::from_secs(args.ka_interval.max(1));
     tracing::info!(listen = %args.listen, "AppSync Events emulator listening on /event and /event/realtime");
     emulator::run(listener, cfg, shutdown_signal()).await;
+    ExitCode::SUCCESS
+}
+
+async fn demo(args: appsync_relay::demo::DemoArgs) -> ExitCode {
+    let public = match bind("demo", args.listen).await {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    let admin = match bind("admin", args.admin_listen).await {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    let demo = match appsync_relay::demo::start(&args, public, admin).await {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("error: cannot start the demo: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if !demo.relay.wait_ready(Duration::from_secs(10)).await {
+        eprintln!("error: the demo relay did not become ready");
+        return ExitCode::FAILURE;
+    }
+    let addr = demo.relay.public_addr;
+    let url = if addr.ip().is_unspecified() {
+        format!("http://localhost:{}/", addr.port())
+    } else {
+        format!("http://{addr}/")
+    };
+    println!("appsync-relay demo is running.");
+    println!("  open      {url}");
+    println!("  metrics   http://{}/metrics", demo.relay.admin_addr);
+    println!(
+        "  upstream  AppSync Events emulator at {}",
+        demo.emulator.http_endpoint()
+    );
+    println!(
+        "  tokens    development identity provider, issuer {}",
+        demo.idp.issuer()
+    );
+    println!("Press Ctrl-C to stop.");
+    shutdown_signal().await;
+    demo.relay.shutdown(Duration::from_secs(2)).await;
+    demo.emulator.shutdown().await;
     ExitCode::SUCCESS
 }
 

@@ -34,6 +34,16 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest request head accepted.
 const MAX_HEADER_BYTES: usize = 64 * 1024;
 
+/// What serves requests outside `<events-path>` on the public listener
+/// (the demo pages; later the SSR app proxy). Without one they get 404.
+pub trait App: Send + Sync + 'static {
+    fn handle(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Response<Body>> + Send + '_>>;
+}
+
 /// Everything a request handler needs, shared by all connections.
 pub struct RelayState {
     pub config: Config,
@@ -48,10 +58,12 @@ pub struct RelayState {
     pub shutdown: CancellationToken,
     /// Every relayed connection, so shutdown can wait for them.
     pub tracker: TaskTracker,
+    /// Serves everything that is not a relay route.
+    pub app: Option<Arc<dyn App>>,
 }
 
 impl RelayState {
-    pub fn new(config: Config) -> Arc<RelayState> {
+    pub fn new(config: Config, app: Option<Arc<dyn App>>) -> Arc<RelayState> {
         let http = http_client::build(config.upstream_timeout);
         let verifier = Verifier::new(
             VerifierConfig {
@@ -85,6 +97,7 @@ impl RelayState {
             draining: CancellationToken::new(),
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
+            app,
         })
     }
 
@@ -146,9 +159,19 @@ pub fn spawn(
     public: TcpListener,
     admin: TcpListener,
 ) -> std::io::Result<RelayHandle> {
+    spawn_with_app(config, public, admin, None)
+}
+
+/// Starts the relay with `app` serving every non-relay route.
+pub fn spawn_with_app(
+    config: Config,
+    public: TcpListener,
+    admin: TcpListener,
+    app: Option<Arc<dyn App>>,
+) -> std::io::Result<RelayHandle> {
     let public_addr = public.local_addr()?;
     let admin_addr = admin.local_addr()?;
-    let state = RelayState::new(config);
+    let state = RelayState::new(config, app);
     let tasks = TaskTracker::new();
     tasks.spawn(load_jwks(state.clone()));
     tasks.spawn(accept_loop(public, state.clone(), Listener::Public));
@@ -254,7 +277,10 @@ async fn route(state: Arc<RelayState>, req: Request<Incoming>, peer: SocketAddr)
         }
         return RelayError::MethodNotAllowed.into_response();
     }
-    RelayError::NotFound.into_response()
+    match &state.app {
+        Some(app) => app.handle(req, peer).await,
+        None => RelayError::NotFound.into_response(),
+    }
 }
 
 /// The admin listener: `/healthz` (alive), `/readyz` (keys loaded, not

@@ -2,9 +2,9 @@
 //! issued by the real `cognito-local` (npm), the relay verifies them against
 //! its JWKS, and the emulator (as AppSync) verifies them again.
 
-mod support;
 #[path = "support/cognito_local.rs"]
 mod cognito_local;
+mod support;
 
 use appsync_relay::config::{Cli, Command};
 use appsync_relay::emulator::{self, EmulatorAuth, EmulatorConfig};
@@ -91,7 +91,11 @@ async fn relays_with_tokens_issued_by_cognito_local() {
         relay.public_addr,
         "POST",
         "/event",
-        &[("origin", ORIGIN), ("cookie", &cookies), ("content-type", "application/json")],
+        &[
+            ("origin", ORIGIN),
+            ("cookie", &cookies),
+            ("content-type", "application/json"),
+        ],
         &json!({"channel": "/default/cognito", "events": ["{\"hello\":\"cognito\"}"]}).to_string(),
     )
     .await;
@@ -102,7 +106,10 @@ async fn relays_with_tokens_issued_by_cognito_local() {
         serde_json::from_str::<Value>(data["event"].as_str().unwrap()).unwrap(),
         json!({"hello": "cognito"})
     );
-    assert!(emulator.seen_authorizations().iter().all(|a| *a == tokens.access_token));
+    assert!(emulator
+        .seen_authorizations()
+        .iter()
+        .all(|a| *a == tokens.access_token));
 
     // The ID token is not accepted in access mode.
     let id_cookies = cookies_for(&cognito.client_id, USER, &tokens.id_token);

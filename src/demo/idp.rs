@@ -1,0 +1,189 @@
+//! The demo's development identity provider: a Cognito look-alike that
+//! signs access and ID tokens with an RSA key generated at start-up and
+//! publishes the public half as a JWKS at
+//! `http://127.0.0.1:<port>/<pool id>/.well-known/jwks.json`.
+//!
+//! The key lives only in this process's memory and dies with it. This type
+//! is reachable only from `appsync-relay demo`.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::service::service_fn;
+use hyper::{Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use rand::RngCore;
+use rsa::pkcs1::EncodeRsaPrivateKey;
+use rsa::traits::PublicKeyParts;
+use rsa::RsaPrivateKey;
+use serde_json::{json, Value};
+use std::convert::Infallible;
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::net::TcpListener;
+
+/// Tokens for one sign-in.
+pub struct IssuedTokens {
+    pub access_token: String,
+    pub id_token: String,
+    pub refresh_token: String,
+}
+
+impl fmt::Debug for IssuedTokens {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("IssuedTokens(<redacted>)")
+    }
+}
+
+pub struct DevIdentityProvider {
+    encoding_key: EncodingKey,
+    kid: String,
+    issuer: String,
+    client_id: String,
+    lifetime: Duration,
+    jwks: Value,
+}
+
+impl fmt::Debug for DevIdentityProvider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DevIdentityProvider")
+            .field("issuer", &self.issuer)
+            .field("kid", &self.kid)
+            .finish_non_exhaustive()
+    }
+}
+
+fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    rand::thread_rng().fill_bytes(&mut buf);
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl DevIdentityProvider {
+    /// Generates a key and serves its JWKS on `listener`.
+    pub async fn start(
+        listener: TcpListener,
+        pool_id: &str,
+        client_id: &str,
+        lifetime: Duration,
+    ) -> std::io::Result<Arc<DevIdentityProvider>> {
+        let addr = listener.local_addr()?;
+        // 2048-bit RSA generation takes ~0.1–1 s; keep it off the reactor.
+        let key = tokio::task::spawn_blocking(|| RsaPrivateKey::new(&mut rand::thread_rng(), 2048))
+            .await
+            .map_err(std::io::Error::other)?
+            .map_err(std::io::Error::other)?;
+        let der = key.to_pkcs1_der().map_err(std::io::Error::other)?;
+        let kid = format!("demo-{}", random_hex(8));
+        let public = key.to_public_key();
+        let jwks = json!({"keys": [{
+            "kty": "RSA", "alg": "RS256", "use": "sig", "kid": kid,
+            "n": URL_SAFE_NO_PAD.encode(public.n().to_bytes_be()),
+            "e": URL_SAFE_NO_PAD.encode(public.e().to_bytes_be()),
+        }]});
+        let idp = Arc::new(DevIdentityProvider {
+            encoding_key: EncodingKey::from_rsa_der(der.as_bytes()),
+            kid,
+            issuer: format!("http://{addr}/{pool_id}"),
+            client_id: client_id.to_string(),
+            lifetime,
+            jwks,
+        });
+        let jwks_path = format!("/{pool_id}/.well-known/jwks.json");
+        let body = Bytes::from(idp.jwks.to_string());
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (jwks_path, body) = (jwks_path.clone(), body.clone());
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                        let found = req.uri().path() == jwks_path;
+                        let body = body.clone();
+                        async move {
+                            let mut resp =
+                                Response::new(Full::new(if found { body } else { Bytes::new() }));
+                            if found {
+                                resp.headers_mut().insert(
+                                    CONTENT_TYPE,
+                                    HeaderValue::from_static("application/json"),
+                                );
+                            } else {
+                                *resp.status_mut() = StatusCode::NOT_FOUND;
+                            }
+                            Ok::<_, Infallible>(resp)
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Ok(idp)
+    }
+
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    pub fn jwks_url(&self) -> String {
+        format!("{}/.well-known/jwks.json", self.issuer)
+    }
+
+    /// Signs Cognito-shaped access and ID tokens for `username`, plus an
+    /// opaque refresh token (as Cognito's are).
+    pub fn issue(&self, username: &str) -> IssuedTokens {
+        let now = now_secs();
+        let exp = now + self.lifetime.as_secs();
+        // A stable pseudo-`sub` per username, UUID-shaped like Cognito's.
+        let digest = sha2::Digest::finalize(sha2::Digest::chain_update(
+            <sha2::Sha256 as sha2::Digest>::new(),
+            format!("{}:{username}", self.issuer),
+        ));
+        let h: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
+        let sub = format!(
+            "{}-{}-{}-{}-{}",
+            &h[0..8],
+            &h[8..12],
+            &h[12..16],
+            &h[16..20],
+            &h[20..32]
+        );
+        let access = json!({
+            "sub": sub, "iss": self.issuer, "client_id": self.client_id, "origin_jti": random_hex(16),
+            "event_id": random_hex(16), "token_use": "access", "scope": "aws.cognito.signin.user.admin",
+            "auth_time": now, "exp": exp, "iat": now, "jti": random_hex(16), "username": username,
+        });
+        let id = json!({
+            "sub": sub, "iss": self.issuer, "aud": self.client_id, "cognito:username": username,
+            "origin_jti": random_hex(16), "event_id": random_hex(16), "token_use": "id",
+            "auth_time": now, "exp": exp, "iat": now, "jti": random_hex(16),
+        });
+        IssuedTokens {
+            access_token: self.sign(&access),
+            id_token: self.sign(&id),
+            refresh_token: random_hex(48),
+        }
+    }
+
+    fn sign(&self, claims: &Value) -> String {
+        let mut header = Header::new(Algorithm::RS256);
+        header.kid = Some(self.kid.clone());
+        // Signing with a key we just generated cannot fail short of a bug in
+        // the crypto library; an empty token would then be refused as malformed.
+        jsonwebtoken::encode(&header, claims, &self.encoding_key).unwrap_or_default()
+    }
+}

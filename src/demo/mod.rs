@@ -1,0 +1,262 @@
+//! `appsync-relay demo`: the whole product in one process, for a first look
+//! and for local development.
+//!
+//! It starts, on loopback:
+//! - a development identity provider that issues Cognito-shaped RS256
+//!   tokens from a key generated at start-up, and serves its JWKS;
+//! - the strict AppSync Events [`emulator`](crate::emulator), which verifies
+//!   every token against that JWKS;
+//! - the relay itself, configured exactly as `serve` would be, with a small
+//!   app on the same origin: `GET /` (the demo page) and `POST /demo/login`
+//!   (form field `username`; no password, it is a local demo) which sets
+//!   Amplify-format `HttpOnly; SameSite=Strict` cookies.
+//!
+//! The identity provider exists only here: nothing in `serve` can mint a
+//! token or trust this key.
+
+mod idp;
+
+use crate::config::{Cli, Command};
+use crate::emulator::{self, EmulatorAuth, EmulatorConfig};
+use crate::error::{full, json_error, Body};
+use crate::server::{self, App, RelayHandle};
+use crate::session;
+use crate::verify::{TokenUse, Verifier, VerifierConfig};
+use clap::Parser;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, LOCATION, SET_COOKIE};
+use hyper::{Method, Request, Response, StatusCode};
+pub use idp::DevIdentityProvider;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+/// The user pool id the demo pretends to be (`<region>_<id>` shaped).
+pub const DEMO_POOL_ID: &str = "local_demo";
+/// The app client id the demo's cookies and tokens are for.
+pub const DEMO_CLIENT_ID: &str = "demoappclient";
+
+const PAGE: &str = include_str!("index.html");
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct DemoArgs {
+    /// Public listener: the demo page, the login route and the relay routes.
+    #[arg(
+        long,
+        env = "APPSYNC_RELAY_DEMO_LISTEN",
+        default_value = "127.0.0.1:8080"
+    )]
+    pub listen: SocketAddr,
+    /// Admin listener (/healthz, /readyz, /metrics).
+    #[arg(
+        long,
+        env = "APPSYNC_RELAY_DEMO_ADMIN_LISTEN",
+        default_value = "127.0.0.1:9090"
+    )]
+    pub admin_listen: SocketAddr,
+    /// Lifetime of the access and ID tokens the demo issues, in seconds.
+    #[arg(
+        long,
+        env = "APPSYNC_RELAY_DEMO_TOKEN_LIFETIME",
+        default_value_t = 3600
+    )]
+    pub token_lifetime: u64,
+}
+
+/// A running demo: relay, emulator and identity provider.
+pub struct Demo {
+    pub relay: RelayHandle,
+    pub emulator: emulator::EmulatorHandle,
+    pub idp: Arc<DevIdentityProvider>,
+}
+
+/// Starts every part of the demo on already-bound relay listeners.
+pub async fn start(
+    args: &DemoArgs,
+    public: TcpListener,
+    admin: TcpListener,
+) -> std::io::Result<Demo> {
+    let public_addr = public.local_addr()?;
+    let idp_listener = TcpListener::bind("127.0.0.1:0").await?;
+    let idp = DevIdentityProvider::start(
+        idp_listener,
+        DEMO_POOL_ID,
+        DEMO_CLIENT_ID,
+        Duration::from_secs(args.token_lifetime.max(1)),
+    )
+    .await?;
+
+    let emulator_listener = TcpListener::bind("127.0.0.1:0").await?;
+    let emulator_host = emulator_listener.local_addr()?.to_string();
+    let verifier = Verifier::new(
+        VerifierConfig {
+            issuer: idp.issuer().to_string(),
+            jwks_url: idp.jwks_url(),
+            client_id: DEMO_CLIENT_ID.to_string(),
+            token_use: TokenUse::Access,
+            leeway: Duration::from_secs(5),
+            jwks_refetch_interval: Duration::from_secs(10),
+            fetch_timeout: Duration::from_secs(5),
+            cache_capacity: 10_000,
+        },
+        crate::http_client::build(Duration::from_secs(5)),
+    );
+    let mut emulator_cfg = EmulatorConfig::new(EmulatorAuth::Cognito(verifier));
+    emulator_cfg.http_host = Some(emulator_host);
+    let emulator = emulator::spawn(emulator_listener, emulator_cfg).await;
+
+    // The relay is configured through the same flags a user passes to
+    // `serve`, so the demo exercises exactly the production path.
+    let port = public_addr.port();
+    let origins = format!("http://127.0.0.1:{port},http://localhost:{port}");
+    let http_endpoint = emulator.http_endpoint();
+    let issuer = idp.issuer().to_string();
+    let jwks_url = idp.jwks_url();
+    let argv = [
+        "appsync-relay",
+        "serve",
+        "--appsync-http-endpoint",
+        &http_endpoint,
+        "--cognito-user-pool-id",
+        DEMO_POOL_ID,
+        "--cognito-client-id",
+        DEMO_CLIENT_ID,
+        "--cognito-issuer",
+        &issuer,
+        "--cognito-jwks-url",
+        &jwks_url,
+        "--allowed-origin",
+        &origins,
+    ];
+    let config = match Cli::try_parse_from(argv).map(|c| c.command) {
+        Ok(Command::Serve(serve)) => serve
+            .validate()
+            .map_err(|errors| std::io::Error::other(errors.join("; ")))?,
+        Ok(_) => return Err(std::io::Error::other("demo built a non-serve command")),
+        Err(e) => return Err(std::io::Error::other(e.to_string())),
+    };
+    let app = Arc::new(DemoApp { idp: idp.clone() });
+    let relay = server::spawn_with_app(config, public, admin, Some(app))?;
+    Ok(Demo {
+        relay,
+        emulator,
+        idp,
+    })
+}
+
+struct DemoApp {
+    idp: Arc<DevIdentityProvider>,
+}
+
+impl App for DemoApp {
+    fn handle(
+        &self,
+        req: Request<Incoming>,
+        _peer: SocketAddr,
+    ) -> Pin<Box<dyn Future<Output = Response<Body>> + Send + '_>> {
+        Box::pin(async move {
+            match (req.method(), req.uri().path()) {
+                (&Method::GET, "/") => {
+                    let mut resp = Response::new(full(PAGE));
+                    let h = resp.headers_mut();
+                    h.insert(
+                        CONTENT_TYPE,
+                        HeaderValue::from_static("text/html; charset=utf-8"),
+                    );
+                    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                    resp
+                }
+                (&Method::POST, "/demo/login") => self.login(req).await,
+                (&Method::POST, "/demo/logout") => logout(&req),
+                _ => json_error(StatusCode::NOT_FOUND, "not_found", "not_found"),
+            }
+        })
+    }
+}
+
+/// `Set-Cookie` attributes Amplify's server-side auth uses. `Secure` is
+/// left off because the demo is plain HTTP on loopback (browsers treat
+/// `http://localhost` as a secure context, but a `Secure` cookie set over
+/// plain HTTP is refused by some).
+const COOKIE_ATTRS: &str = "Path=/; HttpOnly; SameSite=Strict";
+
+impl DemoApp {
+    async fn login(&self, req: Request<Incoming>) -> Response<Body> {
+        let Ok(body) = Limited::new(req.into_body(), 4096).collect().await else {
+            return json_error(StatusCode::BAD_REQUEST, "bad_request", "body_unreadable");
+        };
+        let body = body.to_bytes();
+        let username = url::form_urlencoded::parse(&body)
+            .find(|(k, _)| k == "username")
+            .map(|(_, v)| v.trim().to_string())
+            .unwrap_or_default();
+        let valid = !username.is_empty()
+            && username.len() <= 128
+            && username
+                .chars()
+                .all(|c| c.is_alphanumeric() || "@.+-_".contains(c));
+        if !valid {
+            return json_error(StatusCode::BAD_REQUEST, "bad_request", "invalid_username");
+        }
+        let tokens = self.idp.issue(&username);
+        let max_age = 365 * 24 * 3600;
+        let cookies = [
+            (
+                session::last_auth_user_cookie(DEMO_CLIENT_ID),
+                session::encode_username(&username),
+            ),
+            (
+                session::cookie_name(DEMO_CLIENT_ID, &username, "accessToken"),
+                tokens.access_token,
+            ),
+            (
+                session::cookie_name(DEMO_CLIENT_ID, &username, "idToken"),
+                tokens.id_token,
+            ),
+            (
+                session::cookie_name(DEMO_CLIENT_ID, &username, "refreshToken"),
+                tokens.refresh_token,
+            ),
+        ];
+        let mut resp = Response::new(full(""));
+        *resp.status_mut() = StatusCode::SEE_OTHER;
+        resp.headers_mut()
+            .insert(LOCATION, HeaderValue::from_static("/"));
+        for (name, value) in cookies {
+            let header = format!("{name}={value}; {COOKIE_ATTRS}; Max-Age={max_age}");
+            match HeaderValue::from_str(&header) {
+                Ok(v) => {
+                    resp.headers_mut().append(SET_COOKIE, v);
+                }
+                Err(_) => {
+                    return json_error(StatusCode::BAD_REQUEST, "bad_request", "invalid_username")
+                }
+            }
+        }
+        resp
+    }
+}
+
+/// Expires the session's cookies (all four when the user is known).
+fn logout(req: &Request<Incoming>) -> Response<Body> {
+    let mut resp = Response::new(full(""));
+    *resp.status_mut() = StatusCode::SEE_OTHER;
+    resp.headers_mut()
+        .insert(LOCATION, HeaderValue::from_static("/"));
+    let mut names = vec![session::last_auth_user_cookie(DEMO_CLIENT_ID)];
+    if let Ok(s) = session::from_headers(req.headers(), DEMO_CLIENT_ID) {
+        for suffix in ["accessToken", "idToken", "refreshToken"] {
+            names.push(session::cookie_name(DEMO_CLIENT_ID, &s.username, suffix));
+        }
+    }
+    for name in names {
+        if let Ok(v) = HeaderValue::from_str(&format!("{name}=; {COOKIE_ATTRS}; Max-Age=0")) {
+            resp.headers_mut().append(SET_COOKIE, v);
+        }
+    }
+    resp
+}

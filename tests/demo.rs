@@ -1,0 +1,104 @@
+//! `appsync-relay demo` end to end: sign in through the demo's login route,
+//! then use only the cookies it set, as a browser would.
+
+mod support;
+
+use appsync_relay::demo::{self, DemoArgs};
+use serde_json::{json, Value};
+use std::time::Duration;
+use support::*;
+use tokio::net::TcpListener;
+
+#[tokio::test]
+async fn demo_login_sets_httponly_cookies_that_open_the_relay() {
+    let public = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let args = DemoArgs {
+        listen: public.local_addr().unwrap(),
+        admin_listen: admin.local_addr().unwrap(),
+        token_lifetime: 60,
+    };
+    let demo = demo::start(&args, public, admin).await.unwrap();
+    assert!(demo.relay.wait_ready(Duration::from_secs(10)).await);
+    let addr = demo.relay.public_addr;
+    let origin = format!("http://127.0.0.1:{}", addr.port());
+
+    let (status, headers, page) = http(addr, "GET", "/", &[], "").await;
+    assert_eq!(status, 200);
+    assert!(page.contains("appsync-relay demo"));
+    assert!(headers["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+
+    let (status, headers, _) = http(
+        addr,
+        "POST",
+        "/demo/login",
+        &[("content-type", "application/x-www-form-urlencoded")],
+        "username=bob%40example.com",
+    )
+    .await;
+    assert_eq!(status, 303);
+    let set_cookies: Vec<&str> = headers
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    assert_eq!(set_cookies.len(), 4, "{set_cookies:?}");
+    for c in &set_cookies {
+        assert!(
+            c.contains("HttpOnly") && c.contains("SameSite=Strict") && c.contains("Path=/"),
+            "{c}"
+        );
+        assert!(
+            c.starts_with("CognitoIdentityServiceProvider.demoappclient."),
+            "{c}"
+        );
+    }
+    assert!(set_cookies
+        .iter()
+        .any(|c| c.contains(".bob%40example.com.accessToken=eyJ")));
+    let cookie_header = set_cookies
+        .iter()
+        .map(|c| c.split(';').next().unwrap())
+        .collect::<Vec<_>>()
+        .join("; ");
+
+    let url = format!("ws://{addr}/event/realtime");
+    let upgrade = Upgrade {
+        origin: Some(origin.clone()),
+        ..Upgrade::browser(&cookie_header)
+    };
+    let mut ws = match try_connect(&url, &upgrade).await {
+        Attempt::Open(ws, _) => *ws,
+        Attempt::Refused(s, b) => panic!("refused {s} {b}"),
+    };
+    init(&mut ws).await;
+    send_json(&mut ws, amplify_subscribe("s", "/default/demo")).await;
+    assert_eq!(recv_json(&mut ws).await["type"], "subscribe_success");
+    let (status, _, body) = http(
+        addr,
+        "POST",
+        "/event",
+        &[
+            ("origin", &origin),
+            ("cookie", &cookie_header),
+            ("content-type", "application/json"),
+        ],
+        &json!({"channel": "/default/demo", "events": ["{\"hi\":1}"]}).to_string(),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let data = recv_json(&mut ws).await;
+    assert_eq!(
+        serde_json::from_str::<Value>(data["event"].as_str().unwrap()).unwrap(),
+        json!({"hi": 1})
+    );
+
+    // Bad usernames are refused, and nothing is set.
+    let (status, headers, _) =
+        http(addr, "POST", "/demo/login", &[], "username=%3Cscript%3E").await;
+    assert_eq!(status, 400);
+    assert!(headers.get("set-cookie").is_none());
+}
