@@ -239,9 +239,6 @@ where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
-    let frames_up = metrics
-        .frames
-        .with_label_values(&["client_to_upstream", "other"]);
     let bytes_up = metrics.bytes.with_label_values(&["client_to_upstream"]);
     loop {
         let msg = match c_rx.next().await {
@@ -281,14 +278,10 @@ where
         }
         stats.frames_to_upstream += 1;
         stats.bytes_to_upstream += len;
-        if label == "other" {
-            frames_up.inc();
-        } else {
-            metrics
-                .frames
-                .with_label_values(&["client_to_upstream", label])
-                .inc();
-        }
+        metrics
+            .frames
+            .with_label_values(&["client_to_upstream", label])
+            .inc();
         bytes_up.inc_by(len);
     }
 }
