@@ -767,3 +767,30 @@ async fn drain_closes_open_sockets_with_1001() {
         "listeners must be closed after shutdown"
     );
 }
+
+#[tokio::test]
+async fn browser_pings_are_answered_by_the_relay() {
+    let stack = Stack::start().await;
+    let mut ws = connect(&stack.realtime_url(), &stack.good_cookies()).await;
+    init(&mut ws).await;
+    ws.send(Message::Ping(b"are you there".to_vec().into()))
+        .await
+        .unwrap();
+    let pong = loop {
+        match tokio::time::timeout(
+            Duration::from_secs(5),
+            futures_util::StreamExt::next(&mut ws),
+        )
+        .await
+        .expect("no pong within 5s")
+        {
+            Some(Ok(Message::Pong(p))) => break p,
+            Some(Ok(Message::Text(_))) => continue,
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!(&pong[..], b"are you there");
+    // The ping was not relayed upstream as a frame: the socket still works.
+    send_json(&mut ws, amplify_subscribe("s", "/default/x")).await;
+    assert_eq!(recv_json(&mut ws).await["type"], "subscribe_success");
+}
