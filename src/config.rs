@@ -117,6 +117,15 @@ pub struct ServeArgs {
     /// Seconds open relays get to finish after shutdown starts before they are closed with 1001.
     #[arg(long, env = "APPSYNC_RELAY_DRAIN_TIMEOUT", default_value_t = 30)]
     pub drain_timeout: u64,
+    /// PEM certificate chain for TLS on the public listener (with --tls-key). Reloaded when it changes.
+    #[arg(long, env = "APPSYNC_RELAY_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) for --tls-cert.
+    #[arg(long, env = "APPSYNC_RELAY_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+    /// Seconds between checks of the certificate files for changes.
+    #[arg(long, env = "APPSYNC_RELAY_TLS_RELOAD_INTERVAL", default_value_t = 10)]
+    pub tls_reload_interval: u64,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -178,6 +187,9 @@ pub struct Config {
     pub max_message_bytes: usize,
     pub token_cache_size: usize,
     pub drain_timeout: Duration,
+    /// TLS on the public listener; plain HTTP when `None` (behind a TLS
+    /// terminating ingress, or local use).
+    pub tls: Option<crate::tls::TlsSource>,
 }
 
 /// `host[:port]` as AppSync expects it in `host`: the port only when it is
@@ -326,6 +338,30 @@ impl ServeArgs {
         if self.token_cache_size == 0 {
             errors.push("--token-cache-size: must be at least 1".to_string());
         }
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => {
+                let loaded = std::fs::read(cert)
+                    .map_err(|e| format!("--tls-cert: cannot read {}: {e}", cert.display()))
+                    .and_then(|c| {
+                        std::fs::read(key)
+                            .map_err(|e| format!("--tls-key: cannot read {}: {e}", key.display()))
+                            .map(|k| (c, k))
+                    })
+                    .and_then(|(c, k)| {
+                        crate::tls::certified_key(&c, &k)
+                            .map_err(|e| format!("--tls-cert/--tls-key: {e}"))
+                    });
+                if let Err(e) = loaded {
+                    errors.push(e);
+                }
+                Some(crate::tls::TlsSource::Files {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    reload_interval: Duration::from_secs(self.tls_reload_interval.max(1)),
+                })
+            }
+            _ => None,
+        };
         let http_host = http_endpoint.as_ref().and_then(host_with_port);
         match (
             errors.is_empty(),
@@ -360,6 +396,7 @@ impl ServeArgs {
                 max_message_bytes: self.max_message_bytes,
                 token_cache_size: self.token_cache_size,
                 drain_timeout: Duration::from_secs(self.drain_timeout),
+                tls,
             }),
             _ => Err(errors),
         }

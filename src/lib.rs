@@ -13,6 +13,7 @@
 //! Follows a request from accept to relay:
 //!
 //! - [`server`]: listeners, routing, admin endpoints, JWKS loader, shutdown.
+//!   - [`tls`]: the public listener's certificate, reloaded when it changes.
 //! - [`handshake`]: the upgrade phases in contract order, then the relay task.
 //!   - [`upgrade`]: what a valid RFC 6455 upgrade is; socket buffer config.
 //!   - [`origin`]: the Origin allowlist (CSWSH defence).
@@ -42,6 +43,7 @@ pub mod relay;
 pub mod rewrite;
 pub mod server;
 pub mod session;
+pub mod tls;
 pub mod upgrade;
 pub mod upstream;
 pub mod verify;

@@ -142,14 +142,11 @@ async fn demo(args: appsync_relay::demo::DemoArgs) -> ExitCode {
         eprintln!("error: the demo relay did not become ready");
         return ExitCode::FAILURE;
     }
-    let addr = demo.relay.public_addr;
-    let url = if addr.ip().is_unspecified() {
-        format!("http://localhost:{}/", addr.port())
-    } else {
-        format!("http://{addr}/")
-    };
     println!("appsync-relay demo is running.");
-    println!("  open      {url}");
+    println!("  open      {}", demo.url());
+    if demo.self_signed_cert.is_some() {
+        println!("            (self-signed certificate for localhost: accept the browser's warning once)");
+    }
     println!("  metrics   http://{}/metrics", demo.relay.admin_addr);
     println!(
         "  upstream  AppSync Events emulator at {}",

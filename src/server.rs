@@ -10,6 +10,7 @@ use crate::config::Config;
 use crate::error::{full, json_error, Body, RelayError};
 use crate::http_client::{self, HttpClient};
 use crate::metrics::Metrics;
+use crate::tls::{self, CertStore};
 use crate::upgrade;
 use crate::upstream::UpstreamConfig;
 use crate::verify::{Verifier, VerifierConfig};
@@ -25,6 +26,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -171,11 +173,33 @@ pub fn spawn_with_app(
 ) -> std::io::Result<RelayHandle> {
     let public_addr = public.local_addr()?;
     let admin_addr = admin.local_addr()?;
+    let tls = match &config.tls {
+        Some(source) => {
+            let store = CertStore::load(source.clone()).map_err(std::io::Error::other)?;
+            let acceptor = TlsAcceptor::from(
+                tls::server_config(store.clone()).map_err(std::io::Error::other)?,
+            );
+            Some((store, acceptor))
+        }
+        None => None,
+    };
     let state = RelayState::new(config, app);
     let tasks = TaskTracker::new();
     tasks.spawn(load_jwks(state.clone()));
-    tasks.spawn(accept_loop(public, state.clone(), Listener::Public));
-    tasks.spawn(accept_loop(admin, state.clone(), Listener::Admin));
+    let acceptor = match tls {
+        Some((store, acceptor)) => {
+            tasks.spawn(store.watch(state.draining.clone()));
+            Some(acceptor)
+        }
+        None => None,
+    };
+    tasks.spawn(accept_loop(
+        public,
+        state.clone(),
+        Listener::Public,
+        acceptor,
+    ));
+    tasks.spawn(accept_loop(admin, state.clone(), Listener::Admin, None));
     Ok(RelayHandle {
         state,
         public_addr,
@@ -221,7 +245,12 @@ enum Listener {
     Admin,
 }
 
-async fn accept_loop(listener: TcpListener, state: Arc<RelayState>, kind: Listener) {
+async fn accept_loop(
+    listener: TcpListener,
+    state: Arc<RelayState>,
+    kind: Listener,
+    tls: Option<TlsAcceptor>,
+) {
     loop {
         let (stream, peer) = tokio::select! {
             _ = state.draining.cancelled() => return,
@@ -237,29 +266,48 @@ async fn accept_loop(listener: TcpListener, state: Arc<RelayState>, kind: Listen
         };
         let _ = stream.set_nodelay(true);
         let state = state.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let svc_state = state.clone();
-            let service = service_fn(move |req| {
-                let state = svc_state.clone();
-                async move {
-                    Ok::<_, Infallible>(match kind {
-                        Listener::Public => route(state, req, peer).await,
-                        Listener::Admin => admin(&state, &req),
-                    })
+            match tls {
+                None => serve_connection(stream, state, kind, peer).await,
+                Some(acceptor) => {
+                    // The TLS handshake shares the request-head deadline:
+                    // a client that stalls in either is dropped.
+                    match tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(tls_stream)) => serve_connection(tls_stream, state, kind, peer).await,
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
                 }
-            });
-            let mut builder = http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
-                .max_buf_size(MAX_HEADER_BYTES);
-            let conn = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades();
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         });
+    }
+}
+
+/// Serves HTTP/1.1 (with upgrades) on one accepted connection.
+async fn serve_connection<S>(io: S, state: Arc<RelayState>, kind: Listener, peer: SocketAddr)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req| {
+        let state = state.clone();
+        async move {
+            Ok::<_, Infallible>(match kind {
+                Listener::Public => route(state, req, peer).await,
+                Listener::Admin => admin(&state, &req),
+            })
+        }
+    });
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_HEADER_BYTES);
+    let conn = builder
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    if let Err(e) = conn.await {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
     }
 }
 

@@ -17,13 +17,32 @@ async fn demo_login_sets_httponly_cookies_that_open_the_relay() {
         listen: public.local_addr().unwrap(),
         admin_listen: admin.local_addr().unwrap(),
         token_lifetime: 60,
+        tls_cert: None,
+        tls_key: None,
     };
     let demo = demo::start(&args, public, admin).await.unwrap();
     assert!(demo.relay.wait_ready(Duration::from_secs(10)).await);
     let addr = demo.relay.public_addr;
-    let origin = format!("http://127.0.0.1:{}", addr.port());
+    let origin = format!("https://localhost:{}", addr.port());
+    assert_eq!(demo.url(), format!("{origin}/"));
+    let tls = tls_client(demo.self_signed_cert.as_deref().expect("self-signed cert"));
 
-    let (status, headers, page) = http(addr, "GET", "/", &[], "").await;
+    // Plain HTTP is not spoken on the demo's public listener.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut raw = tokio::net::TcpStream::connect(addr).await.unwrap();
+        raw.write_all(b"GET / HTTP/1.1\r\nhost: localhost\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), raw.read_to_end(&mut buf)).await;
+        assert!(
+            !String::from_utf8_lossy(&buf).contains("200 OK"),
+            "plain HTTP served"
+        );
+    }
+
+    let (status, headers, page) = https(addr, tls.clone(), "GET", "/", &[], "").await;
     assert_eq!(status, 200);
     assert!(page.contains("appsync-relay demo"));
     assert!(headers["content-type"]
@@ -31,8 +50,9 @@ async fn demo_login_sets_httponly_cookies_that_open_the_relay() {
         .unwrap()
         .starts_with("text/html"));
 
-    let (status, headers, _) = http(
+    let (status, headers, _) = https(
         addr,
+        tls.clone(),
         "POST",
         "/demo/login",
         &[("content-type", "application/x-www-form-urlencoded")],
@@ -65,20 +85,22 @@ async fn demo_login_sets_httponly_cookies_that_open_the_relay() {
         .collect::<Vec<_>>()
         .join("; ");
 
-    let url = format!("ws://{addr}/event/realtime");
+    let url = format!("wss://localhost:{}/event/realtime", addr.port());
     let upgrade = Upgrade {
         origin: Some(origin.clone()),
         ..Upgrade::browser(&cookie_header)
     };
-    let mut ws = match try_connect(&url, &upgrade).await {
+    let mut ws = match try_connect_with(&url, &upgrade, Some(tls.clone())).await {
         Attempt::Open(ws, _) => *ws,
         Attempt::Refused(s, b) => panic!("refused {s} {b}"),
+        Attempt::Failed(e) => panic!("transport failure: {e}"),
     };
     init(&mut ws).await;
     send_json(&mut ws, amplify_subscribe("s", "/default/demo")).await;
     assert_eq!(recv_json(&mut ws).await["type"], "subscribe_success");
-    let (status, _, body) = http(
+    let (status, _, body) = https(
         addr,
+        tls.clone(),
         "POST",
         "/event",
         &[
@@ -97,8 +119,15 @@ async fn demo_login_sets_httponly_cookies_that_open_the_relay() {
     );
 
     // Bad usernames are refused, and nothing is set.
-    let (status, headers, _) =
-        http(addr, "POST", "/demo/login", &[], "username=%3Cscript%3E").await;
+    let (status, headers, _) = https(
+        addr,
+        tls.clone(),
+        "POST",
+        "/demo/login",
+        &[],
+        "username=%3Cscript%3E",
+    )
+    .await;
     assert_eq!(status, 400);
     assert!(headers.get("set-cookie").is_none());
 }

@@ -115,6 +115,7 @@ async fn selects_the_appsync_subprotocol_and_sets_no_cookie() {
             assert!(headers.get("set-cookie").is_none());
         }
         Attempt::Refused(s, b) => panic!("refused {s} {b}"),
+        Attempt::Failed(e) => panic!("transport failure: {e}"),
     }
 }
 
@@ -337,6 +338,7 @@ async fn refuses_bad_handshakes_with_the_contract_status() {
     for (name, upgrade, status, reason) in cases {
         match try_connect(&stack.realtime_url(), &upgrade).await {
             Attempt::Open(..) => panic!("{name}: got a 101"),
+            Attempt::Failed(e) => panic!("transport failure: {e}"),
             Attempt::Refused(got, body) => {
                 assert_eq!(got, status, "{name}: {body}");
                 let body: Value = serde_json::from_str(&body)
@@ -553,6 +555,7 @@ async fn upstream_down_is_502() {
             assert!(body.contains("upstream_unreachable"));
         }
         Attempt::Open(..) => panic!("101 with no upstream"),
+        Attempt::Failed(e) => panic!("transport failure: {e}"),
     }
     let (status, _, body) = http(
         relay.public_addr,
@@ -595,6 +598,7 @@ async fn upstream_too_slow_is_504() {
     match try_connect(&url, &Upgrade::browser(&cookies)).await {
         Attempt::Refused(status, body) => assert_eq!(status, 504, "{body}"),
         Attempt::Open(..) => panic!("101 with a silent upstream"),
+        Attempt::Failed(e) => panic!("transport failure: {e}"),
     }
 }
 
@@ -617,6 +621,7 @@ async fn upstream_refusing_the_token_is_401() {
             assert!(body.contains("upstream_unauthorized"), "{body}");
         }
         Attempt::Open(..) => panic!("101 although upstream refused"),
+        Attempt::Failed(e) => panic!("transport failure: {e}"),
     }
     let (status, _, body) = http(
         relay.public_addr,

@@ -9,7 +9,11 @@
 //! - the relay itself, configured exactly as `serve` would be, with a small
 //!   app on the same origin: `GET /` (the demo page) and `POST /demo/login`
 //!   (form field `username`; no password, it is a local demo) which sets
-//!   Amplify-format `HttpOnly; SameSite=Strict` cookies.
+//!   Amplify-format `HttpOnly; Secure; SameSite=Strict` cookies.
+//!
+//! The public listener speaks HTTPS (the real Amplify client always dials
+//! `wss://`), with a self-signed certificate for `localhost` generated at
+//! start-up unless `--tls-cert/--tls-key` are given.
 //!
 //! The identity provider exists only here: nothing in `serve` can mint a
 //! token or trust this key.
@@ -44,11 +48,11 @@ const PAGE: &str = include_str!("index.html");
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct DemoArgs {
-    /// Public listener: the demo page, the login route and the relay routes.
+    /// Public listener (HTTPS): the demo page, the login route and the relay routes.
     #[arg(
         long,
         env = "APPSYNC_RELAY_DEMO_LISTEN",
-        default_value = "127.0.0.1:8080"
+        default_value = "127.0.0.1:8443"
     )]
     pub listen: SocketAddr,
     /// Admin listener (/healthz, /readyz, /metrics).
@@ -65,6 +69,12 @@ pub struct DemoArgs {
         default_value_t = 3600
     )]
     pub token_lifetime: u64,
+    /// PEM certificate to serve instead of a generated self-signed one (with --tls-key).
+    #[arg(long, env = "APPSYNC_RELAY_DEMO_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "APPSYNC_RELAY_DEMO_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
 }
 
 /// A running demo: relay, emulator and identity provider.
@@ -72,6 +82,16 @@ pub struct Demo {
     pub relay: RelayHandle,
     pub emulator: emulator::EmulatorHandle,
     pub idp: Arc<DevIdentityProvider>,
+    /// The generated self-signed certificate (PEM), when none was given:
+    /// clients that want to verify TLS trust exactly this.
+    pub self_signed_cert: Option<String>,
+}
+
+impl Demo {
+    /// The URL to open: `https://localhost:<port>/`.
+    pub fn url(&self) -> String {
+        format!("https://localhost:{}/", self.relay.public_addr.port())
+    }
 }
 
 /// Starts every part of the demo on already-bound relay listeners.
@@ -112,11 +132,11 @@ pub async fn start(
     // The relay is configured through the same flags a user passes to
     // `serve`, so the demo exercises exactly the production path.
     let port = public_addr.port();
-    let origins = format!("http://127.0.0.1:{port},http://localhost:{port}");
+    let origins = format!("https://localhost:{port},https://127.0.0.1:{port}");
     let http_endpoint = emulator.http_endpoint();
     let issuer = idp.issuer().to_string();
     let jwks_url = idp.jwks_url();
-    let argv = [
+    let mut argv: Vec<std::ffi::OsString> = [
         "appsync-relay",
         "serve",
         "--appsync-http-endpoint",
@@ -131,7 +151,18 @@ pub async fn start(
         &jwks_url,
         "--allowed-origin",
         &origins,
-    ];
+    ]
+    .into_iter()
+    .map(Into::into)
+    .collect();
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        argv.extend([
+            "--tls-cert".into(),
+            cert.into(),
+            "--tls-key".into(),
+            key.into(),
+        ]);
+    }
     let config = match Cli::try_parse_from(argv).map(|c| c.command) {
         Ok(Command::Serve(serve)) => serve
             .validate()
@@ -139,12 +170,21 @@ pub async fn start(
         Ok(_) => return Err(std::io::Error::other("demo built a non-serve command")),
         Err(e) => return Err(std::io::Error::other(e.to_string())),
     };
+    let mut config = config;
+    let mut self_signed_cert = None;
+    if config.tls.is_none() {
+        let (cert_pem, key_pem) =
+            crate::tls::self_signed(&["localhost", "127.0.0.1"]).map_err(std::io::Error::other)?;
+        self_signed_cert = Some(cert_pem.clone());
+        config.tls = Some(crate::tls::TlsSource::InMemory { cert_pem, key_pem });
+    }
     let app = Arc::new(DemoApp { idp: idp.clone() });
     let relay = server::spawn_with_app(config, public, admin, Some(app))?;
     Ok(Demo {
         relay,
         emulator,
         idp,
+        self_signed_cert,
     })
 }
 
@@ -178,11 +218,8 @@ impl App for DemoApp {
     }
 }
 
-/// `Set-Cookie` attributes Amplify's server-side auth uses. `Secure` is
-/// left off because the demo is plain HTTP on loopback (browsers treat
-/// `http://localhost` as a secure context, but a `Secure` cookie set over
-/// plain HTTP is refused by some).
-const COOKIE_ATTRS: &str = "Path=/; HttpOnly; SameSite=Strict";
+/// `Set-Cookie` attributes Amplify's server-side auth uses on an https origin.
+const COOKIE_ATTRS: &str = "Path=/; HttpOnly; Secure; SameSite=Strict";
 
 impl DemoApp {
     async fn login(&self, req: Request<Incoming>) -> Response<Body> {

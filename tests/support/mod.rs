@@ -382,9 +382,37 @@ impl Upgrade {
 pub enum Attempt {
     Open(Box<Ws>, hyper::HeaderMap),
     Refused(u16, String),
+    /// The transport failed before any HTTP answer (TLS, reset, ...).
+    Failed(String),
 }
 
 pub async fn try_connect(url: &str, up: &Upgrade) -> Attempt {
+    try_connect_with(url, up, None).await
+}
+
+/// A rustls client that trusts exactly `cert_pem` (a self-signed server).
+pub fn tls_client(cert_pem: &str) -> Arc<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(cert_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    Arc::new(
+        rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth(),
+    )
+}
+
+pub async fn try_connect_with(
+    url: &str,
+    up: &Upgrade,
+    tls: Option<Arc<rustls::ClientConfig>>,
+) -> Attempt {
     let mut req = url.into_client_request().unwrap();
     let h = req.headers_mut();
     if let Some(o) = &up.origin {
@@ -396,9 +424,10 @@ pub async fn try_connect(url: &str, up: &Upgrade) -> Attempt {
     if let Some(p) = &up.protocols {
         h.insert("sec-websocket-protocol", p.parse().unwrap());
     }
+    let connector = tls.map(tokio_tungstenite::Connector::Rustls);
     let attempt = tokio::time::timeout(
         Duration::from_secs(10),
-        tokio_tungstenite::connect_async(req),
+        tokio_tungstenite::connect_async_tls_with_config(req, None, false, connector),
     )
     .await
     .expect("handshake did not finish in time");
@@ -413,7 +442,7 @@ pub async fn try_connect(url: &str, up: &Upgrade) -> Attempt {
                 .unwrap_or_default();
             Attempt::Refused(status, body)
         }
-        Err(e) => panic!("unexpected handshake error: {e}"),
+        Err(e) => Attempt::Failed(e.to_string()),
     }
 }
 
@@ -421,6 +450,7 @@ pub async fn connect(url: &str, cookie: &str) -> Ws {
     match try_connect(url, &Upgrade::browser(cookie)).await {
         Attempt::Open(ws, _) => *ws,
         Attempt::Refused(status, body) => panic!("handshake refused: {status} {body}"),
+        Attempt::Failed(e) => panic!("handshake failed: {e}"),
     }
 }
 
@@ -498,6 +528,38 @@ pub async fn http(
     body: &str,
 ) -> (u16, hyper::HeaderMap, String) {
     let stream = TcpStream::connect(addr).await.unwrap();
+    request_on(stream, addr, method, path, headers, body).await
+}
+
+/// The same over TLS to `localhost`, trusting `tls`.
+pub async fn https(
+    addr: SocketAddr,
+    tls: Arc<rustls::ClientConfig>,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, hyper::HeaderMap, String) {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let stream = tokio_rustls::TlsConnector::from(tls)
+        .connect(name, stream)
+        .await
+        .unwrap();
+    request_on(stream, addr, method, path, headers, body).await
+}
+
+async fn request_on<S>(
+    stream: S,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, hyper::HeaderMap, String)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .unwrap();
