@@ -45,6 +45,9 @@ pub const DEMO_POOL_ID: &str = "local_demo";
 pub const DEMO_CLIENT_ID: &str = "demoappclient";
 
 const PAGE: &str = include_str!("index.html");
+/// The real aws-amplify v6 `events` client, bundled for the page by
+/// `npm run build:demo` in `tests/node` (source: `tests/node/demo-client/entry.js`).
+const AMPLIFY_EVENTS_JS: &str = include_str!("amplify-events.js");
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct DemoArgs {
@@ -208,6 +211,16 @@ impl App for DemoApp {
                         HeaderValue::from_static("text/html; charset=utf-8"),
                     );
                     h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                    resp
+                }
+                (&Method::GET, "/demo/amplify-events.js") => {
+                    let mut resp = Response::new(full(AMPLIFY_EVENTS_JS));
+                    let h = resp.headers_mut();
+                    h.insert(
+                        CONTENT_TYPE,
+                        HeaderValue::from_static("text/javascript; charset=utf-8"),
+                    );
+                    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
                     resp
                 }
                 (&Method::POST, "/demo/login") => self.login(req).await,

@@ -20,7 +20,7 @@
 //!
 //! Requirements: `node` (>= 20) and `npm` on `PATH`. The first use runs
 //! `npm ci` in `tests/node` if `node_modules` is missing or holds a different
-//! cognito-local version than the one pinned in `package.json`.
+//! version of any package pinned in `package.json` (see [`ensure_node_deps`]).
 //!
 //! Facts about cognito-local 5.3.0 this harness relies on (verified by reading
 //! `node_modules/cognito-local/lib` and by `tests/cognito_local_smoke.rs`):
@@ -691,11 +691,13 @@ fn node_dir() -> PathBuf {
         .join("node")
 }
 
-/// Makes sure `tests/node/node_modules` holds the pinned cognito-local and
-/// returns the path of its start script. Runs once per test process; parallel
-/// callers block on the `OnceLock`. Across processes (e.g. nextest) a lock
-/// directory in the temp dir serialises `npm ci`.
-fn ensure_node_deps() -> Result<PathBuf, BoxError> {
+/// Makes sure `tests/node/node_modules` holds every package pinned in
+/// `tests/node/package.json` (`dependencies` and `devDependencies`, at the
+/// pinned versions) and returns the path of cognito-local's start script.
+/// Runs once per test process; parallel callers block on the `OnceLock`.
+/// Across processes (e.g. nextest) a lock directory in the temp dir
+/// serialises `npm ci`.
+pub fn ensure_node_deps() -> Result<PathBuf, BoxError> {
     static DEPS: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     DEPS.get_or_init(|| install_node_deps().map_err(|e| e.to_string()))
         .clone()
@@ -705,26 +707,31 @@ fn ensure_node_deps() -> Result<PathBuf, BoxError> {
 fn install_node_deps() -> Result<PathBuf, BoxError> {
     let dir = node_dir();
     let bin = dir.join("node_modules").join(".bin").join("cognito-local");
-    let pinned = {
-        let pkg_path = dir.join("package.json");
+    let pkg_path = dir.join("package.json");
+    let pkg: Value = {
         let text = std::fs::read_to_string(&pkg_path)
             .map_err(|e| format!("reading {}: {e}", pkg_path.display()))?;
-        let pkg: Value = serde_json::from_str(&text)?;
-        pkg.pointer("/dependencies/cognito-local")
-            .and_then(Value::as_str)
-            .ok_or_else(|| format!("{} does not pin cognito-local", pkg_path.display()))?
-            .to_owned()
+        serde_json::from_str(&text)?
     };
+    if pkg.pointer("/dependencies/cognito-local").is_none() {
+        return Err(format!("{} does not pin cognito-local", pkg_path.display()).into());
+    }
+    // (name, pinned version) for every dependency; pins are exact versions.
+    let pinned: Vec<(String, String)> = ["dependencies", "devDependencies"]
+        .iter()
+        .filter_map(|section| pkg.get(*section).and_then(Value::as_object))
+        .flat_map(|deps| deps.iter())
+        .map(|(name, version)| (name.clone(), version.as_str().unwrap_or("").to_owned()))
+        .collect();
     let installed_ok = || -> bool {
-        let pkg = dir
-            .join("node_modules")
-            .join("cognito-local")
-            .join("package.json");
         bin.exists()
-            && std::fs::read_to_string(pkg)
-                .ok()
-                .and_then(|t| serde_json::from_str::<Value>(&t).ok())
-                .is_some_and(|v| v["version"].as_str() == Some(pinned.as_str()))
+            && pinned.iter().all(|(name, version)| {
+                let pkg = dir.join("node_modules").join(name).join("package.json");
+                std::fs::read_to_string(pkg)
+                    .ok()
+                    .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+                    .is_some_and(|v| v["version"].as_str() == Some(version.as_str()))
+            })
     };
 
     if !installed_ok() {
@@ -754,8 +761,9 @@ fn install_node_deps() -> Result<PathBuf, BoxError> {
             }
             if !installed_ok() {
                 return Err(format!(
-                    "`npm ci` succeeded but {} (version {pinned}) is missing",
-                    bin.display()
+                    "`npm ci` succeeded but {} or a package pinned in {} is missing",
+                    bin.display(),
+                    pkg_path.display()
                 )
                 .into());
             }

@@ -1,0 +1,221 @@
+// The central promise, in a real browser: headless Chromium (Debian's
+// /usr/bin/chromium driven by playwright-core) runs the demo page, whose
+// real aws-amplify `events` client talks to the relay on the page's own
+// origin. Two pages subscribe and publish to each other; then every place
+// page JavaScript could reach — document.cookie, localStorage,
+// sessionStorage, every WebSocket frame and every HTTP response body the
+// page received (captured through the DevTools protocol) — is searched for
+// the access, ID and refresh tokens the browser holds in HTTP-only cookies.
+//
+// Run by tests/browser.rs (`cargo test`), which passes the relay binary in
+// APPSYNC_RELAY_BIN. Chromium: `apt-get install chromium` (.ci/run does it).
+
+import { test, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { readFileSync, mkdtempSync, existsSync, mkdirSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { tmpdir } from 'node:os';
+import { join, dirname } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+import { startChild, startCognitoLocal, killAll, freePort, waitHttpOk, withDeadline } from './support/processes.mjs';
+
+const here = dirname(fileURLToPath(import.meta.url));
+const repo = join(here, '..', '..');
+const BIN = process.env.APPSYNC_RELAY_BIN ?? join(repo, 'target', 'debug', 'appsync-relay');
+const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
+const SCREENSHOT = process.env.APPSYNC_RELAY_SCREENSHOT ?? join(repo, 'target', 'demo-screenshot.png');
+
+after(killAll);
+
+async function launchBrowser(extraArgs = []) {
+  assert.ok(existsSync(CHROMIUM), `Chromium not found at ${CHROMIUM}: apt-get install chromium (or set CHROMIUM_PATH)`);
+  return chromium.launch({
+    executablePath: CHROMIUM,
+    headless: true,
+    args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run', ...extraArgs],
+  });
+}
+
+/**
+ * Records what page JavaScript could have seen: WebSocket frames both ways
+ * and every HTTP response body, through a CDP session on the page.
+ */
+async function captureWire(page) {
+  const cdp = await page.context().newCDPSession(page);
+  const wire = { frames: [], bodies: [], pending: [] };
+  await cdp.send('Network.enable');
+  cdp.on('Network.webSocketFrameReceived', (e) => wire.frames.push({ dir: 'in', data: e.response.payloadData }));
+  cdp.on('Network.webSocketFrameSent', (e) => wire.frames.push({ dir: 'out', data: e.response.payloadData }));
+  cdp.on('Network.loadingFinished', (e) => {
+    wire.pending.push(
+      cdp
+        .send('Network.getResponseBody', { requestId: e.requestId })
+        .then((b) => wire.bodies.push(b.base64Encoded ? Buffer.from(b.body, 'base64').toString('latin1') : b.body))
+        .catch(() => {}),
+    );
+  });
+  return wire;
+}
+
+/** Everything page JavaScript can read directly. */
+async function jsVisible(page) {
+  return page.evaluate(() => ({
+    cookie: document.cookie,
+    local: JSON.stringify({ ...localStorage }),
+    session: JSON.stringify({ ...sessionStorage }),
+  }));
+}
+
+function assertNoTokens(where, haystacks, tokens) {
+  for (const [name, token] of Object.entries(tokens)) {
+    assert.ok(token && token.length > 20, `${name} token missing from the cookie jar`);
+    // Any 24-character window of the token: catches a token cut, wrapped
+    // or re-encoded only at its edges, not just an exact copy.
+    const probes = [token.slice(0, 24), token.slice(token.length >> 1, (token.length >> 1) + 24), token.slice(-24)];
+    haystacks.forEach((text, i) => {
+      for (const p of probes) {
+        assert.ok(!String(text).includes(p), `${name} token reachable by page JavaScript in ${where}[${i}]: ${String(text).slice(0, 200)}`);
+      }
+    });
+  }
+}
+
+async function waitConnected(page) {
+  await page.locator('#status').filter({ hasText: /^connected$/ }).waitFor({ timeout: 20_000 });
+}
+
+async function exchangeEvents(pageA, pageB) {
+  // B publishes over the WebSocket; A sees it. A publishes over HTTP; B sees it.
+  const viaWs = `ws-${Date.now()}`;
+  await pageB.fill('#message', viaWs);
+  await pageB.click('#publish-ws');
+  await pageA.locator('#log').filter({ hasText: viaWs }).waitFor({ timeout: 15_000 });
+  const viaHttp = `http-${Date.now()}`;
+  await pageA.fill('#message', viaHttp);
+  await pageA.click('#publish-http');
+  await pageB.locator('#log').filter({ hasText: viaHttp }).waitFor({ timeout: 15_000 });
+}
+
+async function checkNoLeaks(context, pages, wires) {
+  const jar = await context.cookies();
+  const tokenCookie = (suffix) => jar.find((c) => c.name.endsWith(`.${suffix}`));
+  const tokens = {};
+  for (const suffix of ['accessToken', 'idToken', 'refreshToken']) {
+    const c = tokenCookie(suffix);
+    assert.ok(c, `no ${suffix} cookie in the jar: ${jar.map((x) => x.name).join(', ')}`);
+    assert.equal(c.httpOnly, true, `${suffix} cookie must be HttpOnly`);
+    assert.equal(c.secure, true, `${suffix} cookie must be Secure`);
+    assert.equal(c.sameSite, 'Strict', `${suffix} cookie must be SameSite=Strict`);
+    tokens[suffix] = c.value;
+  }
+  for (const [i, page] of pages.entries()) {
+    const seen = await jsVisible(page);
+    assertNoTokens(`page${i}.js`, [seen.cookie, seen.local, seen.session], tokens);
+  }
+  for (const [i, wire] of wires.entries()) {
+    await Promise.all(wire.pending);
+    assert.ok(wire.frames.some((f) => f.dir === 'in' && f.data.includes('"data"')), `page${i} captured no data frame`);
+    assertNoTokens(`page${i}.websocket`, wire.frames.map((f) => f.data), tokens);
+    assert.ok(wire.bodies.length > 0, `page${i} captured no response body`);
+    assertNoTokens(`page${i}.responses`, wire.bodies, tokens);
+  }
+}
+
+test('demo: two pages exchange events through the relay and no token reaches page JavaScript', async () => {
+  const demo = startChild('demo', BIN, ['demo', '--listen', '127.0.0.1:0', '--admin-listen', '127.0.0.1:0', '--token-lifetime', '300']);
+  const [, url] = await demo.waitForLine(/open\s+(https:\/\/\S+)/, 60_000);
+  const browser = await launchBrowser();
+  try {
+    const context = await browser.newContext({ ignoreHTTPSErrors: true, viewport: { width: 1000, height: 860 } });
+    const pageA = await context.newPage();
+    const wireA = await captureWire(pageA);
+    await pageA.goto(url);
+    await pageA.fill('#username', 'alice@example.com');
+    await Promise.all([pageA.waitForURL(url), pageA.click('#login')]);
+    await pageA.click('#connect');
+    await waitConnected(pageA);
+
+    const pageB = await context.newPage();
+    const wireB = await captureWire(pageB);
+    await pageB.goto(url);
+    await pageB.click('#connect');
+    await waitConnected(pageB);
+
+    await exchangeEvents(pageA, pageB);
+    await checkNoLeaks(context, [pageA, pageB], [wireA, wireB]);
+    await pageA.screenshot({ path: SCREENSHOT, fullPage: true });
+  } finally {
+    await browser.close();
+  }
+});
+
+test('cognito-local: the browser path works with tokens from a Cognito we did not write', async () => {
+  const cognito = await startCognitoLocal();
+  await cognito.provision();
+  const username = 'carol+browser@example.com';
+  await cognito.createUser(username, 'Passw0rd!');
+  const tokens = await cognito.signIn(username, 'Passw0rd!');
+
+  // TLS for `serve`: a throwaway self-signed certificate for localhost.
+  const dir = mkdtempSync(join(tmpdir(), 'relay-browser-tls-'));
+  execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-days', '1',
+    '-subj', '/CN=localhost', '-addext', 'subjectAltName=DNS:localhost', '-keyout', join(dir, 'key.pem'), '-out', join(dir, 'cert.pem')], { stdio: 'ignore' });
+
+  const emuPort = await freePort();
+  const emulator = startChild('emulate', BIN, ['emulate', '--listen', `127.0.0.1:${emuPort}`, '--cognito-issuer', cognito.issuer,
+    '--cognito-jwks-url', cognito.jwksUrl, '--cognito-client-id', cognito.clientId, '--http-host', `127.0.0.1:${emuPort}`]);
+  await emulator.waitForLine(/emulator/i, 30_000);
+  const [port, admin] = [await freePort(), await freePort()];
+  const origin = `https://localhost:${port}`;
+  const relay = startChild('serve', BIN, ['serve', '--listen', `127.0.0.1:${port}`, '--admin-listen', `127.0.0.1:${admin}`,
+    '--appsync-http-endpoint', `http://127.0.0.1:${emuPort}/event`, '--cognito-user-pool-id', cognito.userPoolId,
+    '--cognito-client-id', cognito.clientId, '--cognito-issuer', cognito.issuer, '--cognito-jwks-url', cognito.jwksUrl,
+    '--allowed-origin', origin, '--tls-cert', join(dir, 'cert.pem'), '--tls-key', join(dir, 'key.pem')]);
+  await waitHttpOk(relay, `http://127.0.0.1:${admin}/readyz`, 30_000);
+
+  // The page below is handed to Chromium by the test's router, so Chromium
+  // does not know it came from localhost and would block its WebSocket to
+  // localhost as a "local network" request. With the page served by a real
+  // server on the same origin (the demo test) no such flag is needed.
+  const browser = await launchBrowser(['--disable-features=LocalNetworkAccessChecks']);
+  try {
+    const context = await browser.newContext({ ignoreHTTPSErrors: true });
+    // What the SSR app's sign-in would have set: Amplify's cookies, HTTP-only.
+    const user = encodeURIComponent(username).replace(/%(2[346B]|5E|60|7C)/g, decodeURIComponent);
+    const prefix = `CognitoIdentityServiceProvider.${cognito.clientId}`;
+    const cookie = (name, value) => ({ name, value, domain: 'localhost', path: '/', httpOnly: true, secure: true, sameSite: 'Strict' });
+    await context.addCookies([
+      cookie(`${prefix}.LastAuthUser`, user),
+      cookie(`${prefix}.${user}.accessToken`, tokens.accessToken),
+      cookie(`${prefix}.${user}.idToken`, tokens.idToken),
+      cookie(`${prefix}.${user}.refreshToken`, tokens.refreshToken),
+    ]);
+    // `serve` relays only /event*; the page itself (the SSR app's job) is
+    // the demo page, served on the same origin by the browser's router.
+    const page = readFileSync(join(repo, 'src', 'demo', 'index.html'), 'utf8');
+    const bundle = readFileSync(join(repo, 'src', 'demo', 'amplify-events.js'), 'utf8');
+    await context.route(`${origin}/`, (r) => r.fulfill({ status: 200, contentType: 'text/html', body: page }));
+    await context.route(`${origin}/demo/amplify-events.js`, (r) => r.fulfill({ status: 200, contentType: 'text/javascript', body: bundle }));
+
+    const pages = [];
+    const wires = [];
+    for (let i = 0; i < 2; i++) {
+      const p = await context.newPage();
+      p.on('console', (m) => process.env.APPSYNC_RELAY_TEST_ECHO && console.error('[page]', m.text()));
+      p.on('pageerror', (e) => console.error('[pageerror]', e.message));
+      wires.push(await captureWire(p));
+      await p.goto(`${origin}/`);
+      await p.click('#connect');
+      await waitConnected(p);
+      pages.push(p);
+    }
+    await exchangeEvents(pages[0], pages[1]);
+    await checkNoLeaks(context, pages, wires);
+  } finally {
+    await browser.close();
+    await withDeadline(Promise.all([relay.stop(), emulator.stop()]), 15_000, 'children to stop');
+  }
+});
+
+if (!existsSync(dirname(SCREENSHOT))) mkdirSync(dirname(SCREENSHOT), { recursive: true });
