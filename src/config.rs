@@ -126,6 +126,128 @@ pub struct ServeArgs {
     /// Seconds between checks of the certificate files for changes.
     #[arg(long, env = "APPSYNC_RELAY_TLS_RELOAD_INTERVAL", default_value_t = 10)]
     pub tls_reload_interval: u64,
+    /// Cognito IdP endpoint for refreshes; defaults to https://cognito-idp.<region>.amazonaws.com/.
+    #[arg(long, env = "APPSYNC_RELAY_COGNITO_ENDPOINT")]
+    pub cognito_endpoint: Option<String>,
+    /// App client secret, for app clients that have one (SECRET_HASH / ClientSecret).
+    #[arg(
+        long,
+        env = "APPSYNC_RELAY_COGNITO_CLIENT_SECRET",
+        hide_env_values = true
+    )]
+    pub cognito_client_secret: Option<String>,
+    /// Cognito API used to refresh sessions.
+    #[arg(
+        long,
+        env = "APPSYNC_RELAY_REFRESH_API",
+        value_enum,
+        default_value = "get-tokens"
+    )]
+    pub refresh_api: crate::refresh::RefreshApi,
+    /// Refresh a token this many seconds before it expires (at the handshake and on open sockets).
+    #[arg(long, env = "APPSYNC_RELAY_REFRESH_BEFORE", default_value_t = 60)]
+    pub refresh_before: u64,
+    /// On open sockets, refresh tokens in place (on), or close with 4000 "reauthenticate" before expiry so the client reconnects and the handshake writes the cookies (off).
+    #[arg(
+        long,
+        env = "APPSYNC_RELAY_MID_CONNECTION_REFRESH",
+        value_enum,
+        default_value = "on"
+    )]
+    pub mid_connection_refresh: OnOff,
+    /// SameSite attribute of the cookies the relay writes.
+    #[arg(
+        long,
+        env = "APPSYNC_RELAY_COOKIE_SAME_SITE",
+        value_enum,
+        default_value = "strict"
+    )]
+    pub cookie_same_site: crate::cookies::SameSite,
+    /// Max-Age (seconds) of the cookies the relay writes.
+    #[arg(
+        long,
+        env = "APPSYNC_RELAY_COOKIE_MAX_AGE",
+        default_value_t = 31_536_000
+    )]
+    pub cookie_max_age: u64,
+    /// Domain attribute of the cookies the relay writes (host-only when omitted, as Amplify by default).
+    #[arg(long, env = "APPSYNC_RELAY_COOKIE_DOMAIN")]
+    pub cookie_domain: Option<String>,
+    /// Peers (IP or CIDR; repeatable) whose X-Forwarded-Proto is believed.
+    #[arg(
+        long = "trust-forwarded",
+        env = "APPSYNC_RELAY_TRUST_FORWARDED",
+        value_delimiter = ','
+    )]
+    pub trust_forwarded: Vec<String>,
+    /// Close relayed connections this many seconds after they opened with 4401 (0 = no limit; AppSync's own cap is 24 h).
+    #[arg(long, env = "APPSYNC_RELAY_MAX_SESSION_AGE", default_value_t = 0)]
+    pub max_session_age: u64,
+    /// Times the relay re-dials AppSync when the upstream connection drops, keeping the browser's socket open (0 = never).
+    #[arg(
+        long,
+        env = "APPSYNC_RELAY_UPSTREAM_REDIAL_ATTEMPTS",
+        default_value_t = 5
+    )]
+    pub upstream_redial_attempts: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnOff {
+    On,
+    Off,
+}
+
+/// An IP network (`10.0.0.0/8`, `::1/128`, or a bare address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpNet {
+    addr: std::net::IpAddr,
+    prefix: u8,
+}
+
+impl IpNet {
+    pub fn parse(s: &str) -> Result<IpNet, String> {
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: std::net::IpAddr = addr
+            .trim()
+            .parse()
+            .map_err(|_| format!("'{s}' is not an IP address or CIDR"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("'{s}' has an invalid prefix length"))?,
+            None => max,
+        };
+        Ok(IpNet { addr, prefix })
+    }
+
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        let ip = match ip {
+            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map(std::net::IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (std::net::IpAddr::V4(net), std::net::IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (std::net::IpAddr::V6(net), std::net::IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -190,6 +312,13 @@ pub struct Config {
     /// TLS on the public listener; plain HTTP when `None` (behind a TLS
     /// terminating ingress, or local use).
     pub tls: Option<crate::tls::TlsSource>,
+    pub refresh: crate::refresh::RefreshConfig,
+    pub refresh_before: Duration,
+    pub mid_connection_refresh: bool,
+    pub cookies: crate::cookies::CookiePolicy,
+    pub trust_forwarded: Vec<IpNet>,
+    pub max_session_age: Option<Duration>,
+    pub upstream_redial_attempts: u32,
 }
 
 /// `host[:port]` as AppSync expects it in `host`: the port only when it is
@@ -362,6 +491,34 @@ impl ServeArgs {
             }
             _ => None,
         };
+        let cognito_endpoint = match (&self.cognito_endpoint, region) {
+            (Some(e), _) => {
+                parse_http_url("cognito-endpoint", e, &mut errors);
+                e.clone()
+            }
+            (None, Some(region)) => format!("https://cognito-idp.{region}.amazonaws.com/"),
+            (None, None) => String::new(),
+        };
+        let trust_forwarded = self
+            .trust_forwarded
+            .iter()
+            .filter_map(|t| match IpNet::parse(t) {
+                Ok(n) => Some(n),
+                Err(e) => {
+                    errors.push(format!("--trust-forwarded: {e}"));
+                    None
+                }
+            })
+            .collect();
+        if let Some(domain) = &self.cookie_domain {
+            if domain.is_empty()
+                || !domain
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+            {
+                errors.push(format!("--cookie-domain: '{domain}' is not a domain name"));
+            }
+        }
         let http_host = http_endpoint.as_ref().and_then(host_with_port);
         match (
             errors.is_empty(),
@@ -397,6 +554,26 @@ impl ServeArgs {
                 token_cache_size: self.token_cache_size,
                 drain_timeout: Duration::from_secs(self.drain_timeout),
                 tls,
+                refresh: crate::refresh::RefreshConfig {
+                    endpoint: cognito_endpoint,
+                    client_id: self.cognito_client_id.clone(),
+                    client_secret: self.cognito_client_secret.clone(),
+                    api: self.refresh_api,
+                    timeout: Duration::from_secs(self.upstream_timeout),
+                    capacity: self.token_cache_size,
+                    refresh_before: Duration::from_secs(self.refresh_before),
+                },
+                refresh_before: Duration::from_secs(self.refresh_before),
+                mid_connection_refresh: self.mid_connection_refresh == OnOff::On,
+                cookies: crate::cookies::CookiePolicy {
+                    same_site: self.cookie_same_site,
+                    max_age: self.cookie_max_age,
+                    domain: self.cookie_domain.clone(),
+                },
+                trust_forwarded,
+                max_session_age: (self.max_session_age > 0)
+                    .then(|| Duration::from_secs(self.max_session_age)),
+                upstream_redial_attempts: self.upstream_redial_attempts,
             }),
             _ => Err(errors),
         }
@@ -463,6 +640,37 @@ mod tests {
             c.realtime_endpoint.as_str(),
             "wss://api.example.com/event/realtime"
         );
+    }
+
+    #[test]
+    fn ip_networks() {
+        let n = IpNet::parse("10.0.0.0/8").unwrap();
+        assert!(n.contains("10.1.2.3".parse().unwrap()));
+        assert!(!n.contains("11.0.0.1".parse().unwrap()));
+        assert!(n.contains("::ffff:10.0.0.1".parse().unwrap()));
+        assert!(IpNet::parse("127.0.0.1")
+            .unwrap()
+            .contains("127.0.0.1".parse().unwrap()));
+        assert!(IpNet::parse("::1")
+            .unwrap()
+            .contains("::1".parse().unwrap()));
+        assert!(IpNet::parse("0.0.0.0/0")
+            .unwrap()
+            .contains("8.8.8.8".parse().unwrap()));
+        assert!(IpNet::parse("10.0.0.0/33").is_err());
+        assert!(IpNet::parse("nope").is_err());
+    }
+
+    #[test]
+    fn refresh_defaults_follow_the_pool_region() {
+        let c = args(&[]).validate().unwrap();
+        assert_eq!(
+            c.refresh.endpoint,
+            "https://cognito-idp.eu-west-1.amazonaws.com/"
+        );
+        assert_eq!(c.refresh.api, crate::refresh::RefreshApi::GetTokens);
+        assert!(c.mid_connection_refresh);
+        assert_eq!(c.refresh_before, Duration::from_secs(60));
     }
 
     #[test]

@@ -52,6 +52,8 @@ pub enum RelayError {
     MethodNotAllowed,
     #[error("not found")]
     NotFound,
+    #[error("session could not be renewed: {0}")]
+    Refresh(crate::refresh::RefreshError),
     // --- upstream: AppSync failed or refused ---
     #[error("{0}")]
     Upstream(#[from] UpstreamError),
@@ -71,6 +73,10 @@ impl RelayError {
             RelayError::Session(_) => StatusCode::UNAUTHORIZED,
             RelayError::Token(VerifyError::JwksUnavailable) => StatusCode::SERVICE_UNAVAILABLE,
             RelayError::Token(_) => StatusCode::UNAUTHORIZED,
+            RelayError::Refresh(crate::refresh::RefreshError::Rejected(_)) => {
+                StatusCode::UNAUTHORIZED
+            }
+            RelayError::Refresh(_) => StatusCode::SERVICE_UNAVAILABLE,
             RelayError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             RelayError::BodyRead => StatusCode::BAD_REQUEST,
             RelayError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -90,6 +96,8 @@ impl RelayError {
             RelayError::NoSubprotocol => "no_subprotocol",
             RelayError::Session(e) => e.reason(),
             RelayError::Token(e) => e.reason(),
+            RelayError::Refresh(crate::refresh::RefreshError::Rejected(_)) => "session_ended",
+            RelayError::Refresh(_) => "refresh_unavailable",
             RelayError::BodyTooLarge => "body_too_large",
             RelayError::BodyRead => "body_unreadable",
             RelayError::MethodNotAllowed => "method_not_allowed",
@@ -103,6 +111,7 @@ impl RelayError {
     pub fn side(&self) -> &'static str {
         match self {
             RelayError::Upstream(_) => "upstream",
+            RelayError::Refresh(_) => "cognito",
             RelayError::Internal(_) => "internal",
             _ => "downstream",
         }

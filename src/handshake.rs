@@ -11,17 +11,18 @@
 //! Each refusal is logged once, with a bounded reason and never a token or
 //! cookie value, and counted in `handshakes_total{outcome=<reason>}`.
 
+use crate::authenticate::{authenticate, Authenticated};
 use crate::error::{empty, Body, RelayError};
 use crate::protocol;
 use crate::relay;
+use crate::relay::ConnectionContext;
 use crate::rewrite::UpstreamAuth;
 use crate::server::RelayState;
-use crate::session;
 use crate::upgrade;
 use crate::upstream::{self, UpstreamSocket};
 use hyper::body::Incoming;
 use hyper::header::{
-    HeaderValue, CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_PROTOCOL, UPGRADE,
+    HeaderValue, CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_PROTOCOL, SET_COOKIE, UPGRADE,
 };
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -36,7 +37,7 @@ struct Accepted {
     accept_key: HeaderValue,
     upstream: UpstreamSocket,
     auth: UpstreamAuth,
-    sub: String,
+    authenticated: Authenticated,
 }
 
 pub async fn handle(
@@ -45,7 +46,7 @@ pub async fn handle(
     peer: SocketAddr,
 ) -> Response<Body> {
     let started = Instant::now();
-    let accepted = match accept(&state, &req).await {
+    let accepted = match accept(&state, &req, peer).await {
         Ok(a) => a,
         Err(e) => {
             state
@@ -73,8 +74,17 @@ pub async fn handle(
         accept_key,
         upstream,
         auth,
-        sub,
+        authenticated,
     } = accepted;
+    let set_cookies = authenticated.set_cookies;
+    let sub = authenticated.claims.sub.clone();
+    let ctx = ConnectionContext {
+        state: state.clone(),
+        auth,
+        expires_at: authenticated.claims.exp,
+        issued_at: authenticated.claims.iat,
+        session: authenticated.session,
+    };
     let task_state = state.clone();
     state.tracker.spawn(async move {
         let upgraded = match on_upgrade.await {
@@ -93,8 +103,7 @@ pub async fn handle(
         let metrics = &task_state.metrics;
         metrics.connections_active.inc();
         let opened = Instant::now();
-        let outcome =
-            relay::run(client, upstream, auth, metrics, task_state.shutdown.clone()).await;
+        let outcome = relay::run(client, upstream, ctx).await;
         metrics.connections_active.dec();
         metrics
             .connection_seconds
@@ -113,6 +122,8 @@ pub async fn handle(
             frames_to_upstream = outcome.stats.frames_to_upstream,
             frames_to_client = outcome.stats.frames_to_client,
             local_replies = outcome.stats.local_replies,
+            refreshes = outcome.stats.refreshes,
+            redials = outcome.stats.redials,
             "websocket relay ended"
         );
     });
@@ -127,6 +138,10 @@ pub async fn handle(
         SEC_WEBSOCKET_PROTOCOL,
         HeaderValue::from_static(protocol::SUBPROTOCOL),
     );
+    // Renewed session cookies ride on the 101 (Chromium stores them; see README).
+    for cookie in set_cookies {
+        h.append(SET_COOKIE, cookie);
+    }
     resp
 }
 
@@ -147,7 +162,11 @@ fn close_label(code: u16) -> &'static str {
     }
 }
 
-async fn accept(state: &RelayState, req: &Request<Incoming>) -> Result<Accepted, RelayError> {
+async fn accept(
+    state: &RelayState,
+    req: &Request<Incoming>,
+    peer: SocketAddr,
+) -> Result<Accepted, RelayError> {
     // 1. A well-formed upgrade.
     let accept_key = upgrade::check_upgrade(req)?;
     // 2. From one of our own origins (CSWSH defence).
@@ -157,20 +176,20 @@ async fn accept(state: &RelayState, req: &Request<Incoming>) -> Result<Accepted,
     if !upgrade::offered_protocols(req.headers()).contains(&protocol::SUBPROTOCOL) {
         return Err(RelayError::NoSubprotocol);
     }
-    // 4. A session whose token verifies.
+    // 4. A session whose token verifies (renewed first if it is due).
     let verify_started = Instant::now();
-    let session = session::from_headers(req.headers(), &state.config.client_id)?;
-    let token = session
-        .token(state.config.token_use)
-        .ok_or(RelayError::Session(session::SessionError::Missing))?;
-    let claims = state.verifier.verify(token).await?;
+    let authenticated =
+        authenticate(state, req.headers(), state.is_secure(req.headers(), peer)).await?;
     state
         .metrics
         .handshake_seconds
         .with_label_values(&["verify"])
         .observe(verify_started.elapsed().as_secs_f64());
     // 5. Upstream, as that user.
-    let auth = UpstreamAuth::new(token, state.config.http_host.as_str());
+    let auth = UpstreamAuth::new(
+        authenticated.token.as_str(),
+        state.config.http_host.as_str(),
+    );
     let connect_started = Instant::now();
     let upstream = match upstream::connect(&state.upstream, &auth).await {
         Ok(u) => {
@@ -199,6 +218,6 @@ async fn accept(state: &RelayState, req: &Request<Incoming>) -> Result<Accepted,
         accept_key,
         upstream,
         auth,
-        sub: claims.sub.clone(),
+        authenticated,
     })
 }

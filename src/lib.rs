@@ -17,8 +17,11 @@
 //! - [`handshake`]: the upgrade phases in contract order, then the relay task.
 //!   - [`upgrade`]: what a valid RFC 6455 upgrade is; socket buffer config.
 //!   - [`origin`]: the Origin allowlist (CSWSH defence).
-//!   - [`session`]: Amplify's cookies → the user's tokens.
-//!   - [`verify`]: Cognito JWT verification and the JWKS cache.
+//!   - [`authenticate`]: cookies → a verified token, renewing it if due.
+//!     - [`session`]: Amplify's cookies → the user's tokens.
+//!     - [`verify`]: Cognito JWT verification and the JWKS cache.
+//!     - [`refresh`]: Cognito refresh, single flight.
+//!     - [`cookies`]: `Set-Cookie` for renewed tokens; renewals pending delivery.
 //!   - [`upstream`]: the AppSync connection with the `header-` subprotocol.
 //! - [`relay`]: the two-way pump and close-code mapping.
 //!   - [`rewrite`]: client frame policy and auth injection.
@@ -29,7 +32,9 @@
 //! - [`config`], [`error`], [`metrics`], [`http_client`]: plumbing.
 #![forbid(unsafe_code)]
 
+pub mod authenticate;
 pub mod config;
+pub mod cookies;
 pub mod demo;
 pub mod emulator;
 pub mod error;
@@ -39,6 +44,7 @@ pub mod metrics;
 pub mod origin;
 pub mod protocol;
 pub mod publish;
+pub mod refresh;
 pub mod relay;
 pub mod rewrite;
 pub mod server;

@@ -33,6 +33,14 @@ pub struct Metrics {
     pub upstream_connects: IntCounterVec,
     /// How long relayed connections lasted.
     pub connection_seconds: Histogram,
+    /// Session refreshes by where they happened (`handshake`, `connection`)
+    /// and result (`ok`, `rejected`, `unavailable`).
+    pub token_refreshes: IntCounterVec,
+    /// Relayed connections ended by the session lifecycle, by reason
+    /// (`refresh_rejected`, `no_refresh_token`, `max_session_age`, `reauthenticate`).
+    pub sessions_ended: IntCounterVec,
+    /// Upstream re-dials after an upstream drop, by result.
+    pub upstream_redials: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -145,6 +153,24 @@ impl Metrics {
                 &["result"],
             ),
             connection_seconds,
+            token_refreshes: counter(
+                &registry,
+                "token_refreshes_total",
+                "Session refreshes by phase and result",
+                &["phase", "result"],
+            ),
+            sessions_ended: counter(
+                &registry,
+                "sessions_ended_total",
+                "Connections ended by the session lifecycle, by reason",
+                &["reason"],
+            ),
+            upstream_redials: counter(
+                &registry,
+                "upstream_redials_total",
+                "Upstream re-dials by result",
+                &["result"],
+            ),
             registry,
         }
     }
@@ -189,25 +215,35 @@ pub fn frame_type_label(text: &str) -> &'static str {
         "data",
         "error",
     ];
-    // AppSync and Amplify put `"type":"…"` near the start; look in a bounded
-    // prefix so a 1 MB frame costs nothing here.
-    let head = &text.as_bytes()[..text.len().min(256)];
-    let Some(pos) = find(head, b"\"type\"") else {
-        return "other";
-    };
-    let rest = &head[pos + 6..];
-    let rest = rest
-        .iter()
-        .position(|b| *b == b'"')
-        .map(|start| &rest[start + 1..])
-        .unwrap_or(&[]);
-    let end = rest.iter().position(|b| *b == b'"').unwrap_or(0);
-    let value = &rest[..end];
-    TYPES
-        .iter()
-        .find(|t| t.as_bytes() == value)
-        .copied()
+    // Serializers put `"type"` first (AWS's examples, Amplify) or last
+    // (sorted keys): look in a bounded head and tail, so a 1 MB frame costs
+    // no more than a small one.
+    const WINDOW: usize = 256;
+    let bytes = text.as_bytes();
+    let head = &bytes[..bytes.len().min(WINDOW)];
+    let tail = &bytes[bytes.len().saturating_sub(WINDOW)..];
+    type_in(head)
+        .or_else(|| type_in(tail))
+        .and_then(|value| TYPES.iter().find(|t| t.as_bytes() == value).copied())
         .unwrap_or("other")
+}
+
+/// The string value following the first `"type"` key in `window`.
+fn type_in(window: &[u8]) -> Option<&[u8]> {
+    let pos = find(window, b"\"type\"")?;
+    let rest = &window[pos + 6..];
+    let colon = rest.iter().position(|b| !b.is_ascii_whitespace())?;
+    if rest[colon] != b':' {
+        return None;
+    }
+    let rest = &rest[colon + 1..];
+    let start = rest.iter().position(|b| !b.is_ascii_whitespace())?;
+    if rest[start] != b'"' {
+        return None;
+    }
+    let rest = &rest[start + 1..];
+    let end = rest.iter().position(|b| *b == b'"')?;
+    Some(&rest[..end])
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
@@ -230,6 +266,12 @@ mod tests {
         );
         assert_eq!(frame_type_label(r#"{"type":"secret-token-abc"}"#), "other");
         assert_eq!(frame_type_label("garbage"), "other");
+        let big = format!(
+            r#"{{"event":"{}","id":"1","type":"data"}}"#,
+            "x".repeat(10_000)
+        );
+        assert_eq!(frame_type_label(&big), "data");
+        assert_eq!(frame_type_label(r#"{"type":5,"x":"data"}"#), "other");
     }
 
     #[test]

@@ -6,14 +6,14 @@
 //! is copied from the browser's request: any `Authorization`, `x-api-key` or
 //! other header the browser sent is dropped, never forwarded.
 
+use crate::authenticate::authenticate;
 use crate::error::{full, Body, RelayError};
 use crate::server::RelayState;
-use crate::session;
 use crate::upstream::UpstreamError;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE};
+use hyper::header::{HeaderValue, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, SET_COOKIE};
 use hyper::{Request, Response};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -26,7 +26,7 @@ pub async fn handle(
     req: Request<Incoming>,
     peer: SocketAddr,
 ) -> Response<Body> {
-    match publish(&state, req).await {
+    match publish(&state, req, peer).await {
         Ok(resp) => {
             let outcome = match resp.status().as_u16() {
                 200..=299 => "2xx",
@@ -52,14 +52,15 @@ pub async fn handle(
     }
 }
 
-async fn publish(state: &RelayState, req: Request<Incoming>) -> Result<Response<Body>, RelayError> {
+async fn publish(
+    state: &RelayState,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Result<Response<Body>, RelayError> {
     state.config.origins.check(req.headers())?;
-    let session = session::from_headers(req.headers(), &state.config.client_id)?;
-    let token = session
-        .token(state.config.token_use)
-        .ok_or(RelayError::Session(session::SessionError::Missing))?;
-    state.verifier.verify(token).await?;
-    let token = HeaderValue::from_str(token)
+    let secure = state.is_secure(req.headers(), peer);
+    let authenticated = authenticate(state, req.headers(), secure).await?;
+    let token = HeaderValue::from_str(&authenticated.token)
         .map_err(|_| RelayError::Internal("token is not header-safe"))?;
 
     let content_type = req
@@ -110,5 +111,8 @@ async fn publish(state: &RelayState, req: Request<Incoming>) -> Result<Response<
     }
     resp.headers_mut()
         .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    for cookie in authenticated.set_cookies {
+        resp.headers_mut().append(SET_COOKIE, cookie);
+    }
     Ok(resp)
 }

@@ -1,31 +1,46 @@
-//! The pump between an accepted browser socket and its upstream AppSync
-//! socket, once both handshakes are done.
+//! The life of one relayed connection after both handshakes: pumping frames
+//! both ways, keeping the session's token fresh, re-dialling AppSync when
+//! the upstream connection drops, and closing both legs with the right code.
 //!
-//! One task per connection drives both directions concurrently (`select!`
-//! over two futures), so a slow reader on one side only backs up its own
-//! direction. Browser frames go through [`rewrite`](crate::rewrite); local
-//! replies reach the browser through a small bounded queue owned by the
-//! upstream→browser direction, the only writer of the browser socket.
-//! Upstream frames are forwarded as the same `Utf8Bytes` they arrived in:
-//! no parse, no copy. Pings are answered by tungstenite on each leg.
+//! One task per connection runs two futures under `select!`:
+//! - the **browser reader** validates each browser frame and strips any auth
+//!   it carries ([`rewrite::prepare_client_frame`]); it never sees a token;
+//! - the **upstream side** owns the upstream socket and is the only writer
+//!   of the browser socket: it injects the *current* token into each frame
+//!   as it sends it, forwards upstream frames to the browser as the same
+//!   bytes it received (no parse, no copy), answers bad frames locally,
+//!   tracks subscriptions (id → channel), renews the token before it expires
+//!   ([`crate::refresh`]), and on an upstream drop re-dials with jittered
+//!   backoff, replays `connection_init` and every subscription, and swallows
+//!   the acknowledgements the browser already had.
 //!
-//! When either side ends, the other gets a close frame with the matching
-//! code (DESIGN.md §3), each close bounded by a short timeout so a stuck
-//! peer cannot hold the task. This module never logs frame contents.
+//! The two are joined by a small bounded queue, so a slow peer backs up its
+//! own direction only as far as that queue. Pings are answered by
+//! tungstenite on each leg. When the connection ends, each leg still open
+//! gets a close frame with the code DESIGN.md §3 assigns, each bounded by a
+//! short timeout. This module never logs frame contents or tokens.
 
-use crate::metrics::{frame_type_label, Metrics};
-use crate::rewrite::{rewrite_client_frame, ClientAction, UpstreamAuth};
+use crate::authenticate::{forwarded_token, now_secs, SessionState};
+use crate::metrics::frame_type_label;
+use crate::refresh::{RefreshError, RefreshedTokens};
+use crate::rewrite::{
+    prepare_client_frame, render, subscribe_frame, Body, FrameKind, Prepared, UpstreamAuth,
+};
+use crate::server::RelayState;
+use crate::upstream::{self, UpstreamError, UpstreamSocket};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::error::Error as WsError;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
-use tokio_util::sync::CancellationToken;
 
 /// Close codes the relay sends to the browser (DESIGN.md §3).
 pub mod close {
@@ -42,9 +57,15 @@ pub mod close {
 
 /// How long a closing handshake may take on each leg.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
-/// Local replies waiting for the browser. Small: they are rare, and when the
-/// browser stops reading, the client→upstream direction should stall too.
-const REPLY_QUEUE: usize = 8;
+/// Browser frames waiting for the upstream side. Small: when upstream (or
+/// the browser, for local replies) stalls, reading the browser stalls too.
+const QUEUE: usize = 16;
+/// How long a re-dialled upstream may take to acknowledge `connection_init`.
+const REPLAY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Retry interval for a refresh that failed for a transient reason.
+const REFRESH_RETRY: Duration = Duration::from_secs(5);
+/// Most subscriptions remembered per connection for replay.
+const MAX_TRACKED_SUBSCRIPTIONS: usize = 10_000;
 
 /// Why the relay ended, and which close each leg gets.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,12 +77,16 @@ pub enum Ending {
     ClientBinary,
     ClientTooBig,
     ClientProtocol,
-    /// Upstream sent a close frame with this code.
+    /// Upstream sent a close frame with this code and it was not re-dialled.
     UpstreamClosed(u16),
-    /// Upstream's socket ended without a close frame, or errored.
+    /// Upstream went away and could not be re-dialled.
     UpstreamGone,
     /// The relay is shutting down.
     Draining,
+    /// The session cannot go on (refresh refused, no refresh token, max age).
+    SessionEnded(&'static str),
+    /// The client must reconnect so the handshake can renew and write cookies.
+    Reauthenticate,
 }
 
 impl Ending {
@@ -78,6 +103,8 @@ impl Ending {
             Ending::UpstreamClosed(code) => (Some(map_upstream_close(*code)), None),
             Ending::UpstreamGone => (Some(close::UPSTREAM_UNAVAILABLE), None),
             Ending::Draining => (Some(close::GOING_AWAY), Some(close::GOING_AWAY)),
+            Ending::SessionEnded(_) => (Some(close::SESSION_ENDED), Some(close::NORMAL)),
+            Ending::Reauthenticate => (Some(close::REAUTHENTICATE), Some(close::NORMAL)),
         }
     }
 }
@@ -101,29 +128,11 @@ fn map_upstream_close(code: u16) -> u16 {
     }
 }
 
-/// Counts what one relay moved, for the connection's closing log line.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Stats {
-    pub frames_to_upstream: u64,
-    pub frames_to_client: u64,
-    pub local_replies: u64,
-    pub bytes_to_upstream: u64,
-    pub bytes_to_client: u64,
-}
-
-#[derive(Debug, Clone)]
-pub struct Outcome {
-    pub ending: Ending,
-    /// Close code sent to the browser, if the relay sent one.
-    pub client_close: Option<u16>,
-    pub stats: Stats,
-}
-
-fn close_frame(code: u16, reason: &'static str) -> Message {
-    Message::Close(Some(CloseFrame {
-        code: CloseCode::from(code),
-        reason: reason.into(),
-    }))
+/// Whether an upstream close is worth re-dialling: yes for going-away,
+/// restarts, normal ends (AppSync's 24 h cap) and abnormal drops; no for
+/// codes that say this connection's traffic itself was refused.
+fn redialable(code: u16) -> bool {
+    !matches!(code, 1003 | 1007 | 1008 | 1009 | 3000..=4999)
 }
 
 fn reason_for(code: u16) -> &'static str {
@@ -138,48 +147,132 @@ fn reason_for(code: u16) -> &'static str {
     }
 }
 
-/// Relays until either side ends or `shutdown` fires, then closes both.
-pub async fn run<C, U>(
+fn close_frame(code: u16, reason: &'static str) -> Message {
+    Message::Close(Some(CloseFrame {
+        code: CloseCode::from(code),
+        reason: reason.into(),
+    }))
+}
+
+/// Counts what one relay moved, for the connection's closing log line.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Stats {
+    pub frames_to_upstream: u64,
+    pub frames_to_client: u64,
+    pub local_replies: u64,
+    pub bytes_to_upstream: u64,
+    pub bytes_to_client: u64,
+    pub refreshes: u64,
+    pub redials: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub ending: Ending,
+    /// Close code sent to the browser (or echoed to its close).
+    pub client_close: Option<u16>,
+    pub stats: Stats,
+}
+
+/// Everything the relay needs about the user besides the sockets.
+pub struct ConnectionContext {
+    pub state: Arc<RelayState>,
+    /// The token (and AppSync host) upstream was opened with.
+    pub auth: UpstreamAuth,
+    /// `exp` and `iat` of that token.
+    pub expires_at: u64,
+    pub issued_at: Option<u64>,
+    pub session: SessionState,
+}
+
+/// From the browser reader to the upstream side.
+enum FromClient {
+    Frame {
+        original: Utf8Bytes,
+        label: &'static str,
+        kind: FrameKind,
+        body: Body,
+    },
+    Reply(String),
+}
+
+/// When to renew a token: `refresh_before` ahead of expiry, but never
+/// earlier than half-way through its life (short-lived tokens would
+/// otherwise be renewed in a loop).
+pub fn refresh_due_at(expires_at: u64, issued_at: Option<u64>, refresh_before: Duration) -> u64 {
+    let before = refresh_before.as_secs();
+    let half_life = issued_at
+        .map(|iat| expires_at.saturating_sub(iat) / 2)
+        .unwrap_or(before);
+    expires_at.saturating_sub(before.min(half_life))
+}
+
+fn instant_at(unix_secs: u64) -> Instant {
+    let now = now_secs();
+    Instant::now() + Duration::from_secs(unix_secs.saturating_sub(now))
+}
+
+/// Relays until either side ends or the relay drains, then closes both legs.
+pub async fn run<C>(
     client: WebSocketStream<C>,
-    upstream: WebSocketStream<U>,
-    auth: UpstreamAuth,
-    metrics: &Metrics,
-    shutdown: CancellationToken,
+    upstream: UpstreamSocket,
+    ctx: ConnectionContext,
 ) -> Outcome
 where
     C: AsyncRead + AsyncWrite + Unpin,
-    U: AsyncRead + AsyncWrite + Unpin,
 {
     let (mut c_tx, mut c_rx) = client.split();
-    let (mut u_tx, mut u_rx) = upstream.split();
-    let (reply_tx, mut reply_rx) = mpsc::channel::<String>(REPLY_QUEUE);
-    let mut up_stats = Stats::default();
-    let mut down_stats = Stats::default();
+    let (to_up, from_client) = mpsc::channel::<FromClient>(QUEUE);
+    let shutdown = ctx.state.shutdown.clone();
+    let max_age_at = ctx
+        .state
+        .config
+        .max_session_age
+        .map(|age| Instant::now() + age);
+    let mut side = UpstreamSide {
+        due: instant_at(refresh_due_at(
+            ctx.expires_at,
+            ctx.issued_at,
+            ctx.state.config.refresh_before,
+        )),
+        state: ctx.state,
+        auth: ctx.auth,
+        expires_at: ctx.expires_at,
+        session: ctx.session,
+        rotated: false,
+        upstream,
+        subscriptions: HashMap::new(),
+        replaying: HashSet::new(),
+        init_seen: false,
+        max_age_at,
+        stats: Stats::default(),
+    };
 
     let ending = {
-        let c2u = client_to_upstream(
-            &mut c_rx,
-            &mut u_tx,
-            &reply_tx,
-            &auth,
-            metrics,
-            &mut up_stats,
-        );
-        let u2c = upstream_to_client(
-            &mut u_rx,
-            &mut c_tx,
-            &mut reply_rx,
-            metrics,
-            &mut down_stats,
-        );
+        let reader = browser_reader(&mut c_rx, &to_up);
+        let pump = side.pump(&mut c_tx, from_client);
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => Ending::Draining,
-            e = c2u => e,
-            e = u2c => e,
+            e = reader => e,
+            e = pump => e,
         }
     };
 
+    if let Ending::SessionEnded(reason) = &ending {
+        side.state
+            .metrics
+            .sessions_ended
+            .with_label_values(&[reason])
+            .inc();
+    }
+    if ending == Ending::Reauthenticate {
+        side.state
+            .metrics
+            .sessions_ended
+            .with_label_values(&["reauthenticate"])
+            .inc();
+    }
     let (to_client, to_upstream) = ending.close_codes();
     let closing_client = async {
         match to_client {
@@ -192,9 +285,10 @@ where
             }
         }
     };
+    let upstream = &mut side.upstream;
     let closing_upstream = async {
         if let Some(code) = to_upstream {
-            let _ = u_tx.send(close_frame(code, "")).await;
+            let _ = upstream.send(close_frame(code, "")).await;
         }
     };
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
@@ -208,38 +302,26 @@ where
             _ => None,
         }),
         ending,
-        stats: Stats {
-            frames_to_upstream: up_stats.frames_to_upstream,
-            local_replies: up_stats.local_replies,
-            bytes_to_upstream: up_stats.bytes_to_upstream,
-            frames_to_client: down_stats.frames_to_client,
-            bytes_to_client: down_stats.bytes_to_client,
-        },
+        stats: side.stats,
     }
 }
 
 fn client_error(e: &WsError) -> Ending {
     match e {
-        WsError::Capacity(CapacityError::MessageTooLong { .. }) => Ending::ClientTooBig,
         WsError::Capacity(_) => Ending::ClientTooBig,
         WsError::Protocol(_) | WsError::Utf8(_) => Ending::ClientProtocol,
         _ => Ending::ClientGone,
     }
 }
 
-async fn client_to_upstream<C, U>(
+/// Reads browser frames, validates and strips them, hands them on.
+async fn browser_reader<C>(
     c_rx: &mut SplitStream<WebSocketStream<C>>,
-    u_tx: &mut SplitSink<WebSocketStream<U>, Message>,
-    replies: &mpsc::Sender<String>,
-    auth: &UpstreamAuth,
-    metrics: &Metrics,
-    stats: &mut Stats,
+    to_up: &mpsc::Sender<FromClient>,
 ) -> Ending
 where
     C: AsyncRead + AsyncWrite + Unpin,
-    U: AsyncRead + AsyncWrite + Unpin,
 {
-    let bytes_up = metrics.bytes.with_label_values(&["client_to_upstream"]);
     loop {
         let msg = match c_rx.next().await {
             None => return Ending::ClientGone,
@@ -256,81 +338,367 @@ where
             }
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
         };
-        let label = frame_type_label(&text);
-        let outgoing = match rewrite_client_frame(&text, auth) {
-            ClientAction::ForwardOriginal => text,
-            ClientAction::Forward(rewritten) => rewritten.into(),
-            ClientAction::Reply(reply) => {
-                stats.local_replies += 1;
-                metrics
-                    .frames
-                    .with_label_values(&["local_reply", label])
-                    .inc();
-                if replies.send(reply).await.is_err() {
-                    return Ending::ClientGone;
-                }
-                continue;
-            }
+        let item = match prepare_client_frame(&text) {
+            Prepared::Reply(reply) => FromClient::Reply(reply),
+            Prepared::Forward { kind, body } => FromClient::Frame {
+                label: match &kind {
+                    FrameKind::ConnectionInit => "connection_init",
+                    FrameKind::Subscribe { .. } => "subscribe",
+                    FrameKind::Unsubscribe { .. } => "unsubscribe",
+                    FrameKind::Publish => "publish",
+                    FrameKind::Other => frame_type_label(&text),
+                },
+                original: text,
+                kind,
+                body,
+            },
         };
-        let len = outgoing.len() as u64;
-        if u_tx.send(Message::Text(outgoing)).await.is_err() {
-            return Ending::UpstreamGone;
+        if to_up.send(item).await.is_err() {
+            return Ending::ClientGone;
         }
-        stats.frames_to_upstream += 1;
-        stats.bytes_to_upstream += len;
-        metrics
-            .frames
-            .with_label_values(&["client_to_upstream", label])
-            .inc();
-        bytes_up.inc_by(len);
     }
 }
 
-async fn upstream_to_client<C, U>(
-    u_rx: &mut SplitStream<WebSocketStream<U>>,
-    c_tx: &mut SplitSink<WebSocketStream<C>, Message>,
-    replies: &mut mpsc::Receiver<String>,
-    metrics: &Metrics,
-    stats: &mut Stats,
-) -> Ending
-where
-    C: AsyncRead + AsyncWrite + Unpin,
-    U: AsyncRead + AsyncWrite + Unpin,
-{
-    let bytes_down = metrics.bytes.with_label_values(&["upstream_to_client"]);
-    loop {
-        tokio::select! {
-            biased;
-            reply = replies.recv() => {
-                let Some(reply) = reply else { continue };
-                if c_tx.send(Message::Text(reply.into())).await.is_err() {
-                    return Ending::ClientGone;
-                }
-            }
-            msg = u_rx.next() => {
-                let msg = match msg {
-                    None | Some(Err(_)) => return Ending::UpstreamGone,
-                    Some(Ok(msg)) => msg,
-                };
-                let (len, label) = match &msg {
-                    Message::Text(t) => (t.len() as u64, frame_type_label(t)),
-                    Message::Binary(b) => (b.len() as u64, "binary"),
-                    Message::Close(frame) => {
-                        return Ending::UpstreamClosed(frame.as_ref().map(|f| u16::from(f.code)).unwrap_or(close::NORMAL))
+/// The upstream half of a connection (see the module docs).
+struct UpstreamSide {
+    state: Arc<RelayState>,
+    auth: UpstreamAuth,
+    expires_at: u64,
+    session: SessionState,
+    /// Cognito rotated the refresh token since the browser's cookie was set.
+    rotated: bool,
+    upstream: UpstreamSocket,
+    /// Active subscriptions, for replay after a re-dial.
+    subscriptions: HashMap<String, String>,
+    /// Replayed subscription ids whose `subscribe_success` the browser must not see twice.
+    replaying: HashSet<String>,
+    init_seen: bool,
+    /// Next token renewal (or retry).
+    due: Instant,
+    max_age_at: Option<Instant>,
+    stats: Stats,
+}
+
+impl UpstreamSide {
+    async fn pump<C>(
+        &mut self,
+        c_tx: &mut SplitSink<WebSocketStream<C>, Message>,
+        mut from_client: mpsc::Receiver<FromClient>,
+    ) -> Ending
+    where
+        C: AsyncRead + AsyncWrite + Unpin,
+    {
+        let metrics = self.state.metrics.clone();
+        let bytes_down = metrics.bytes.with_label_values(&["upstream_to_client"]);
+        let bytes_up = metrics.bytes.with_label_values(&["client_to_upstream"]);
+        loop {
+            let deadline = match self.max_age_at {
+                Some(max) if max < self.due => max,
+                _ => self.due,
+            };
+            tokio::select! {
+                biased;
+                item = from_client.recv() => {
+                    let Some(item) = item else { return Ending::ClientGone };
+                    match item {
+                        FromClient::Reply(reply) => {
+                            self.stats.local_replies += 1;
+                            metrics.frames.with_label_values(&["local_reply", frame_type_label(&reply)]).inc();
+                            if c_tx.send(Message::Text(reply.into())).await.is_err() {
+                                return Ending::ClientGone;
+                            }
+                        }
+                        FromClient::Frame { original, label, kind, body } => {
+                            if let Some(reply) = self.track(&kind) {
+                                if c_tx.send(Message::Text(reply.into())).await.is_err() {
+                                    return Ending::ClientGone;
+                                }
+                                continue;
+                            }
+                            let text: Utf8Bytes = render(body, &self.auth).map(Into::into).unwrap_or(original);
+                            let len = text.len() as u64;
+                            if self.upstream.send(Message::Text(text.clone())).await.is_err() {
+                                if let Err(e) = self.redial(Ending::UpstreamGone).await {
+                                    return e;
+                                }
+                                // Subscriptions were replayed; anything else is sent again once.
+                                if !matches!(kind, FrameKind::Subscribe { .. } | FrameKind::ConnectionInit)
+                                    && self.upstream.send(Message::Text(text)).await.is_err()
+                                {
+                                    return Ending::UpstreamGone;
+                                }
+                            }
+                            self.stats.frames_to_upstream += 1;
+                            self.stats.bytes_to_upstream += len;
+                            metrics.frames.with_label_values(&["client_to_upstream", label]).inc();
+                            bytes_up.inc_by(len);
+                        }
                     }
-                    Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
-                };
-                // Forwarded as received: the same bytes, no re-serialisation.
-                if c_tx.send(msg).await.is_err() {
-                    return Ending::ClientGone;
                 }
-                stats.frames_to_client += 1;
-                stats.bytes_to_client += len;
-                metrics.frames.with_label_values(&["upstream_to_client", label]).inc();
-                bytes_down.inc_by(len);
+                msg = self.upstream.next() => {
+                    let msg = match msg {
+                        None | Some(Err(_)) => {
+                            if let Err(e) = self.redial(Ending::UpstreamGone).await { return e; }
+                            continue;
+                        }
+                        Some(Ok(msg)) => msg,
+                    };
+                    let (len, label) = match &msg {
+                        Message::Text(t) => {
+                            let label = frame_type_label(t);
+                            if self.swallow(label, t) {
+                                continue;
+                            }
+                            (t.len() as u64, label)
+                        }
+                        Message::Binary(b) => (b.len() as u64, "binary"),
+                        Message::Close(frame) => {
+                            let code = frame.as_ref().map(|f| u16::from(f.code)).unwrap_or(close::NORMAL);
+                            if !redialable(code) {
+                                return Ending::UpstreamClosed(code);
+                            }
+                            if let Err(e) = self.redial(Ending::UpstreamClosed(code)).await { return e; }
+                            continue;
+                        }
+                        Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
+                    };
+                    // Forwarded as received: the same bytes, no re-serialisation.
+                    if c_tx.send(msg).await.is_err() {
+                        return Ending::ClientGone;
+                    }
+                    self.stats.frames_to_client += 1;
+                    self.stats.bytes_to_client += len;
+                    metrics.frames.with_label_values(&["upstream_to_client", label]).inc();
+                    bytes_down.inc_by(len);
+                }
+                _ = tokio::time::sleep_until(deadline) => {
+                    if self.max_age_at.is_some_and(|max| Instant::now() >= max) {
+                        return Ending::SessionEnded("max_session_age");
+                    }
+                    if let Err(e) = self.renew().await {
+                        return e;
+                    }
+                }
             }
         }
     }
+
+    /// Bookkeeping for a frame about to go upstream. Returns a local reply
+    /// instead when the frame must not go.
+    fn track(&mut self, kind: &FrameKind) -> Option<String> {
+        match kind {
+            FrameKind::ConnectionInit => self.init_seen = true,
+            FrameKind::Subscribe { id, channel } => {
+                if self.subscriptions.len() >= MAX_TRACKED_SUBSCRIPTIONS
+                    && !self.subscriptions.contains_key(id)
+                {
+                    return Some(crate::protocol::error_frame(
+                        "subscribe_error",
+                        Some(id),
+                        crate::protocol::error_type::BAD_REQUEST,
+                        "Too many subscriptions on this connection",
+                    ));
+                }
+                self.subscriptions.insert(id.clone(), channel.clone());
+            }
+            FrameKind::Unsubscribe { id } => {
+                self.subscriptions.remove(id);
+            }
+            FrameKind::Publish | FrameKind::Other => {}
+        }
+        None
+    }
+
+    /// Upstream frames the browser must not see (acknowledgements of
+    /// replayed subscriptions), and subscription bookkeeping. Parses only
+    /// `subscribe_*` frames, and only their `id`.
+    fn swallow(&mut self, label: &str, text: &str) -> bool {
+        if !matches!(label, "subscribe_success" | "subscribe_error") {
+            return false;
+        }
+        #[derive(serde::Deserialize)]
+        struct Ack {
+            id: Option<String>,
+        }
+        let Some(id) = serde_json::from_str::<Ack>(text).ok().and_then(|a| a.id) else {
+            return false;
+        };
+        if label == "subscribe_error" {
+            self.subscriptions.remove(&id);
+            self.replaying.remove(&id);
+            return false;
+        }
+        self.replaying.remove(&id)
+    }
+
+    /// Renews the token (or ends the session) when it is due.
+    async fn renew(&mut self) -> Result<(), Ending> {
+        let cfg = &self.state.config;
+        if !cfg.mid_connection_refresh {
+            return Err(Ending::Reauthenticate);
+        }
+        let Some(refresh_token) = self.session.refresh_token.clone() else {
+            // Nothing to renew with: the connection ends with the token.
+            if now_secs() + 1 >= self.expires_at {
+                return Err(Ending::SessionEnded("no_refresh_token"));
+            }
+            self.due = instant_at(self.expires_at);
+            return Ok(());
+        };
+        let outcome = self
+            .state
+            .refresher
+            .refresh(&refresh_token, &self.session.username)
+            .await;
+        let result = outcome
+            .as_ref()
+            .map(|_| "ok")
+            .unwrap_or_else(RefreshError::reason);
+        self.state
+            .metrics
+            .token_refreshes
+            .with_label_values(&["connection", result])
+            .inc();
+        let tokens = match outcome {
+            Ok(tokens) => tokens,
+            Err(RefreshError::Rejected(_)) => return Err(Ending::SessionEnded("refresh_rejected")),
+            Err(RefreshError::Unavailable(_)) => return self.retry_later(),
+        };
+        let Some(token) = forwarded_token(&tokens, cfg.token_use) else {
+            return self.retry_later();
+        };
+        let claims = match self.state.verifier.verify(token).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(reason = e.reason(), "refreshed token does not verify");
+                return self.retry_later();
+            }
+        };
+        self.auth = UpstreamAuth::new(token, self.auth.host());
+        self.expires_at = claims.exp;
+        self.due = instant_at(refresh_due_at(claims.exp, claims.iat, cfg.refresh_before));
+        self.stats.refreshes += 1;
+        if let Some(rotated) = &tokens.refresh_token {
+            self.session.refresh_token = Some(rotated.clone());
+            self.rotated = true;
+        }
+        // The browser's refresh token cookie is stale after a rotation: keep
+        // the current set for its next request through the relay.
+        if self.rotated {
+            if let Some(browser) = self.session.browser_refresh {
+                let latest = RefreshedTokens {
+                    access_token: tokens.access_token.clone(),
+                    id_token: tokens.id_token.clone(),
+                    refresh_token: self.session.refresh_token.clone(),
+                };
+                self.state
+                    .pending
+                    .record(browser, &self.session.username, Arc::new(latest));
+            }
+        }
+        Ok(())
+    }
+
+    fn retry_later(&mut self) -> Result<(), Ending> {
+        if now_secs() >= self.expires_at {
+            // Expired and Cognito unreachable: let the client reconnect; its
+            // handshake tries again and answers precisely.
+            return Err(Ending::Reauthenticate);
+        }
+        self.due = Instant::now() + REFRESH_RETRY;
+        Ok(())
+    }
+
+    /// Replaces a dropped upstream, keeping the browser's socket open.
+    async fn redial(&mut self, cause: Ending) -> Result<(), Ending> {
+        let attempts = self.state.config.upstream_redial_attempts;
+        if attempts == 0 {
+            return Err(cause);
+        }
+        let metrics = self.state.metrics.clone();
+        for attempt in 1..=attempts {
+            tokio::time::sleep(backoff(attempt)).await;
+            if now_secs() + 1 >= self.expires_at {
+                self.renew().await?;
+            }
+            match upstream::connect(&self.state.upstream, &self.auth).await {
+                Ok(socket) => {
+                    self.upstream = socket;
+                    match self.replay().await {
+                        Ok(()) => {
+                            self.stats.redials += 1;
+                            metrics.upstream_redials.with_label_values(&["ok"]).inc();
+                            tracing::info!(
+                                attempt,
+                                subscriptions = self.subscriptions.len(),
+                                "upstream re-dialled"
+                            );
+                            return Ok(());
+                        }
+                        Err(e) => tracing::info!(attempt, error = %e, "upstream replay failed"),
+                    }
+                }
+                Err(UpstreamError::Unauthorized(_)) => {
+                    // AppSync refuses the token we hold: renew before the next try.
+                    self.renew().await?;
+                }
+                Err(e) => tracing::info!(attempt, reason = e.reason(), "upstream re-dial failed"),
+            }
+        }
+        metrics
+            .upstream_redials
+            .with_label_values(&["gave_up"])
+            .inc();
+        Err(Ending::UpstreamGone)
+    }
+
+    /// Re-sends `connection_init` (waiting for the ack, which the browser
+    /// already had) and every subscription on a new upstream.
+    async fn replay(&mut self) -> Result<(), String> {
+        if self.init_seen {
+            self.upstream
+                .send(Message::Text(r#"{"type":"connection_init"}"#.into()))
+                .await
+                .map_err(|e| e.to_string())?;
+            let ack = tokio::time::timeout(REPLAY_TIMEOUT, async {
+                loop {
+                    match self.upstream.next().await {
+                        Some(Ok(Message::Text(t))) => match frame_type_label(&t) {
+                            "connection_ack" => return Ok(()),
+                            "ka" => continue,
+                            other => return Err(format!("expected connection_ack, got {other}")),
+                        },
+                        Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
+                            return Err("upstream closed during replay".to_string())
+                        }
+                        Some(Ok(_)) => continue,
+                    }
+                }
+            })
+            .await;
+            ack.map_err(|_| "no connection_ack".to_string())??;
+        }
+        self.replaying.clear();
+        for (id, channel) in &self.subscriptions {
+            let frame = subscribe_frame(id, channel, &self.auth);
+            self.upstream
+                .send(Message::Text(frame.into()))
+                .await
+                .map_err(|e| e.to_string())?;
+            self.replaying.insert(id.clone());
+        }
+        Ok(())
+    }
+}
+
+/// 100 ms, 200 ms, 400 ms … capped at 5 s, each ±50 % so a fleet of relays
+/// does not re-dial in lock-step after an AppSync blip.
+fn backoff(attempt: u32) -> Duration {
+    let base = 100u64
+        .saturating_mul(1 << attempt.saturating_sub(1).min(6))
+        .min(5_000);
+    let jitter = rand::random::<f64>() + 0.5;
+    Duration::from_millis((base as f64 * jitter) as u64)
 }
 
 #[cfg(test)]
@@ -358,5 +726,39 @@ mod tests {
         assert_eq!(Ending::ClientClosed(1005).close_codes(), (None, Some(1000)));
         assert_eq!(Ending::ClientGone.close_codes(), (None, Some(1001)));
         assert_eq!(Ending::Draining.close_codes(), (Some(1001), Some(1001)));
+        assert_eq!(
+            Ending::SessionEnded("x").close_codes(),
+            (Some(4401), Some(1000))
+        );
+        assert_eq!(
+            Ending::Reauthenticate.close_codes(),
+            (Some(4000), Some(1000))
+        );
+    }
+
+    #[test]
+    fn redial_only_on_codes_that_mean_going_away() {
+        for code in [1000, 1001, 1006, 1011, 1012, 1013, 1014] {
+            assert!(redialable(code), "{code}");
+        }
+        for code in [1003, 1007, 1008, 1009, 4000, 4401] {
+            assert!(!redialable(code), "{code}");
+        }
+    }
+
+    #[test]
+    fn refresh_is_due_before_expiry_but_not_before_half_life() {
+        let before = Duration::from_secs(60);
+        assert_eq!(refresh_due_at(10_000, Some(6_400), before), 9_940);
+        // A 10 s token is renewed at half-life, not 60 s before (= at once).
+        assert_eq!(refresh_due_at(1_010, Some(1_000), before), 1_005);
+        assert_eq!(refresh_due_at(1_000, None, before), 940);
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        assert!(backoff(1) <= Duration::from_millis(150));
+        assert!(backoff(20) <= Duration::from_millis(7_500));
+        assert!(backoff(20) >= Duration::from_millis(2_500));
     }
 }

@@ -98,84 +98,144 @@ fn strip_all_auth(msg: &mut Map<String, Value>) -> bool {
     removed
 }
 
-fn reply(client_type: &str, id: Option<&str>, kind: &str, message: &str) -> ClientAction {
-    ClientAction::Reply(protocol::error_frame(
+/// What a browser frame is, as far as the relay's bookkeeping cares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FrameKind {
+    ConnectionInit,
+    /// A subscription the relay must remember (to replay on re-dial).
+    Subscribe {
+        id: String,
+        channel: String,
+    },
+    Unsubscribe {
+        id: String,
+    },
+    Publish,
+    Other,
+}
+
+/// The bytes to send upstream, before the current token is known.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Body {
+    /// Send the frame exactly as received.
+    Original,
+    /// Send this object (client auth was stripped from it).
+    Stripped(Map<String, Value>),
+    /// Send this object with the relay's `authorization` set on it.
+    NeedsAuth(Map<String, Value>),
+}
+
+/// The decision for one browser frame, split from the final rendering so
+/// that the token is injected at the moment the frame is sent upstream (a
+/// frame queued across a token refresh carries the new token).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Prepared {
+    Forward { kind: FrameKind, body: Body },
+    Reply(String),
+}
+
+fn reject(client_type: &str, id: Option<&str>, message: &str) -> Prepared {
+    Prepared::Reply(protocol::error_frame(
         protocol::error_type_for(client_type),
         id,
-        kind,
+        error_type::BAD_REQUEST,
         message,
     ))
 }
 
-/// Decides what to do with a text frame from the browser.
-pub fn rewrite_client_frame(text: &str, auth: &UpstreamAuth) -> ClientAction {
+/// Validates a browser frame and strips any auth it carries.
+pub fn prepare_client_frame(text: &str) -> Prepared {
     let mut msg: Map<String, Value> = match serde_json::from_str(text) {
         Ok(Value::Object(m)) => m,
-        _ => {
-            return reply(
-                "",
-                None,
-                error_type::BAD_REQUEST,
-                "Message is not a JSON object",
-            )
-        }
+        _ => return reject("", None, "Message is not a JSON object"),
     };
     let msg_type = match msg.get("type") {
         Some(Value::String(t)) => t.clone(),
-        _ => return reply("", None, error_type::BAD_REQUEST, "Message has no type"),
+        _ => return reject("", None, "Message has no type"),
     };
     match msg_type.as_str() {
         "subscribe" | "publish" => {
             let publish = msg_type == "publish";
             let id = match msg.get("id") {
                 Some(Value::String(id)) if protocol::is_valid_id(id) => id.clone(),
-                _ => return reply(&msg_type, None, error_type::BAD_REQUEST, "Invalid id"),
+                _ => return reject(&msg_type, None, "Invalid id"),
             };
             let channel = match msg.get("channel") {
-                Some(Value::String(c)) => Channel::parse(c, !publish),
-                _ => {
-                    return reply(
-                        &msg_type,
-                        Some(&id),
-                        error_type::BAD_REQUEST,
-                        "Missing channel",
-                    )
-                }
+                Some(Value::String(c)) => match Channel::parse(c, !publish) {
+                    Ok(_) => c.clone(),
+                    Err(e) => return reject(&msg_type, Some(&id), &e.to_string()),
+                },
+                _ => return reject(&msg_type, Some(&id), "Missing channel"),
             };
-            if let Err(e) = channel {
-                return reply(
-                    &msg_type,
-                    Some(&id),
-                    error_type::BAD_REQUEST,
-                    &e.to_string(),
-                );
-            }
             if publish {
                 if let Err(message) = check_events(msg.get("events")) {
-                    return reply(&msg_type, Some(&id), error_type::BAD_REQUEST, message);
+                    return reject(&msg_type, Some(&id), message);
                 }
             }
             strip_all_auth(&mut msg);
-            msg.insert("authorization".into(), Value::Object(auth.as_map()));
-            ClientAction::Forward(Value::Object(msg).to_string())
+            let kind = if publish {
+                FrameKind::Publish
+            } else {
+                FrameKind::Subscribe { id, channel }
+            };
+            Prepared::Forward {
+                kind,
+                body: Body::NeedsAuth(msg),
+            }
         }
         "unsubscribe" => {
-            let id_ok =
-                matches!(msg.get("id"), Some(Value::String(id)) if protocol::is_valid_id(id));
-            if !id_ok {
-                return reply(&msg_type, None, error_type::BAD_REQUEST, "Invalid id");
-            }
-            forward_stripped(msg)
+            let id = match msg.get("id") {
+                Some(Value::String(id)) if protocol::is_valid_id(id) => id.clone(),
+                _ => return reject(&msg_type, None, "Invalid id"),
+            };
+            forward_stripped(FrameKind::Unsubscribe { id }, msg)
         }
-        _ => forward_stripped(msg),
+        "connection_init" => forward_stripped(FrameKind::ConnectionInit, msg),
+        _ => forward_stripped(FrameKind::Other, msg),
     }
 }
 
-fn forward_stripped(mut msg: Map<String, Value>) -> ClientAction {
-    if strip_all_auth(&mut msg) {
-        ClientAction::Forward(Value::Object(msg).to_string())
+fn forward_stripped(kind: FrameKind, mut msg: Map<String, Value>) -> Prepared {
+    let body = if strip_all_auth(&mut msg) {
+        Body::Stripped(msg)
     } else {
-        ClientAction::ForwardOriginal
+        Body::Original
+    };
+    Prepared::Forward { kind, body }
+}
+
+/// The text to send upstream for `body`: `None` means the original frame.
+pub fn render(body: Body, auth: &UpstreamAuth) -> Option<String> {
+    match body {
+        Body::Original => None,
+        Body::Stripped(msg) => Some(Value::Object(msg).to_string()),
+        Body::NeedsAuth(mut msg) => {
+            msg.insert("authorization".into(), Value::Object(auth.as_map()));
+            Some(Value::Object(msg).to_string())
+        }
+    }
+}
+
+/// A subscribe frame for replaying subscription `id` on a new upstream.
+pub fn subscribe_frame(id: &str, channel: &str, auth: &UpstreamAuth) -> String {
+    serde_json::json!({
+        "type": "subscribe",
+        "id": id,
+        "channel": channel,
+        "authorization": Value::Object(auth.as_map()),
+    })
+    .to_string()
+}
+
+/// Decides what to do with a text frame from the browser, in one step
+/// (prepare, then render with `auth`).
+pub fn rewrite_client_frame(text: &str, auth: &UpstreamAuth) -> ClientAction {
+    match prepare_client_frame(text) {
+        Prepared::Reply(r) => ClientAction::Reply(r),
+        Prepared::Forward { body, .. } => match render(body, auth) {
+            None => ClientAction::ForwardOriginal,
+            Some(s) => ClientAction::Forward(s),
+        },
     }
 }
 

@@ -7,9 +7,11 @@
 //! binds the configured addresses.
 
 use crate::config::Config;
+use crate::cookies::PendingCookies;
 use crate::error::{full, json_error, Body, RelayError};
 use crate::http_client::{self, HttpClient};
 use crate::metrics::Metrics;
+use crate::refresh::Refresher;
 use crate::tls::{self, CertStore};
 use crate::upgrade;
 use crate::upstream::UpstreamConfig;
@@ -35,6 +37,9 @@ use tokio_util::task::TaskTracker;
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest request head accepted.
 const MAX_HEADER_BYTES: usize = 64 * 1024;
+/// How long a renewal made on an open socket waits for its browser: as long
+/// as a connection can live upstream (AppSync closes at 24 h).
+const PENDING_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// What serves requests outside `<events-path>` on the public listener
 /// (the demo pages; later the SSR app proxy). Without one they get 404.
@@ -50,6 +55,9 @@ pub trait App: Send + Sync + 'static {
 pub struct RelayState {
     pub config: Config,
     pub verifier: Arc<Verifier>,
+    pub refresher: Arc<Refresher>,
+    /// Renewals made on open sockets, waiting for their browser.
+    pub pending: PendingCookies,
     pub upstream: UpstreamConfig,
     pub http: HttpClient,
     pub metrics: Arc<Metrics>,
@@ -80,6 +88,8 @@ impl RelayState {
             },
             http.clone(),
         );
+        let refresher = Refresher::new(config.refresh.clone(), http.clone());
+        let pending = PendingCookies::new(config.token_cache_size, PENDING_TTL);
         let ws_config = upgrade::ws_config(config.max_message_bytes);
         let upstream = UpstreamConfig {
             realtime_url: config.realtime_endpoint.to_string(),
@@ -92,6 +102,8 @@ impl RelayState {
         Arc::new(RelayState {
             config,
             verifier,
+            refresher,
+            pending,
             upstream,
             http,
             metrics: Arc::new(Metrics::new()),
@@ -101,6 +113,34 @@ impl RelayState {
             tracker: TaskTracker::new(),
             app,
         })
+    }
+
+    /// Whether the request reached the browser over HTTPS, which decides the
+    /// `Secure` attribute of cookies written back: our own TLS, an allowed
+    /// `https://` Origin (the page is on https), or `X-Forwarded-Proto:
+    /// https` from a peer in `--trust-forwarded`.
+    pub fn is_secure(&self, headers: &hyper::HeaderMap, peer: SocketAddr) -> bool {
+        if self.config.tls.is_some() {
+            return true;
+        }
+        let https_origin = headers
+            .get(hyper::header::ORIGIN)
+            .and_then(|o| o.to_str().ok())
+            .is_some_and(|o| o.starts_with("https://"));
+        let forwarded_https = self
+            .config
+            .trust_forwarded
+            .iter()
+            .any(|n| n.contains(peer.ip()))
+            && headers
+                .get("x-forwarded-proto")
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| {
+                    v.split(',')
+                        .next()
+                        .is_some_and(|p| p.trim().eq_ignore_ascii_case("https"))
+                });
+        https_origin || forwarded_https
     }
 
     /// Ready to take traffic: signing keys loaded and not shutting down.

@@ -421,6 +421,23 @@ impl Verifier {
     }
 }
 
+/// `exp` and `iat` of a JWT *without verifying it*: only for deciding how
+/// long to remember something about a token we already trust.
+pub fn unverified_times(token: &str) -> Option<(u64, Option<u64>)> {
+    use base64::Engine as _;
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .ok()?;
+    #[derive(Deserialize)]
+    struct Times {
+        exp: u64,
+        iat: Option<u64>,
+    }
+    let t: Times = serde_json::from_slice(&bytes).ok()?;
+    Some((t.exp, t.iat))
+}
+
 /// Reads the JOSE header ourselves, before jsonwebtoken sees the token, so
 /// that `alg` is checked against exactly `"RS256"` (not a parser's notion
 /// of known algorithms: `none`, `None`, `HS256`, `RS256 ` are all refused)

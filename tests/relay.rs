@@ -158,6 +158,12 @@ async fn refuses_bad_handshakes_with_the_contract_status() {
     };
 
     let cookie = |t: &str| amplify_cookies(Some(t), None);
+    let no_refresh = |c: &str| {
+        c.split("; ")
+            .filter(|p| !p.contains(".refreshToken="))
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
     let cases: Vec<(&str, Upgrade, u16, &str)> = vec![
         (
             "no cookie",
@@ -305,8 +311,14 @@ async fn refuses_bad_handshakes_with_the_contract_status() {
             "token_use",
         ),
         (
-            "expired",
+            "expired, refresh token unknown to Cognito",
             Upgrade::browser(&cookie(&sign(&expired, signing_key()))),
+            401,
+            "session_ended",
+        ),
+        (
+            "expired, no refresh token",
+            Upgrade::browser(&no_refresh(&cookie(&sign(&expired, signing_key())))),
             401,
             "token_expired",
         ),
@@ -515,8 +527,8 @@ async fn browser_vanishing_closes_upstream() {
 }
 
 #[tokio::test]
-async fn upstream_close_reaches_the_browser_with_a_matching_code() {
-    let stack = Stack::start().await;
+async fn upstream_close_passes_through_when_redial_is_off() {
+    let stack = Stack::start_with(&["--upstream-redial-attempts", "0"]).await;
     let mut a = connect(&stack.realtime_url(), &stack.good_cookies()).await;
     init(&mut a).await;
     stack.emulator.close_all(4003);
@@ -534,6 +546,86 @@ async fn upstream_close_reaches_the_browser_with_a_matching_code() {
         recv_close(&mut c).await,
         Some(1013),
         "upstream dropping must tell the browser to retry later"
+    );
+}
+
+/// Publishes from a fresh socket until `sub` receives it (the re-dialled
+/// subscription may take a moment to be in place upstream).
+async fn publish_until_received(stack: &Stack, sub: &mut Ws, channel: &str, marker: &str) {
+    let mut publisher = connect(&stack.realtime_url(), &stack.good_cookies()).await;
+    init(&mut publisher).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    for n in 0.. {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{marker} never delivered"
+        );
+        send_json(
+            &mut publisher,
+            amplify_publish(&format!("p{n}"), channel, &[json!({"m": marker})]),
+        )
+        .await;
+        assert_eq!(recv_json(&mut publisher).await["type"], "publish_success");
+        if let Ok(Some(Ok(Message::Text(t)))) = tokio::time::timeout(
+            Duration::from_millis(300),
+            futures_util::StreamExt::next(sub),
+        )
+        .await
+        {
+            let v: Value = serde_json::from_str(&t).unwrap();
+            if v["type"] == "data" && v["event"].as_str().unwrap().contains(marker) {
+                assert_eq!(v["id"], "sub-1");
+                return;
+            }
+            assert!(v["type"] == "data" || v["type"] == "ka", "browser saw {v}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn upstream_drop_is_redialled_without_closing_the_browser() {
+    let stack = Stack::start().await;
+    let mut sub = connect(&stack.realtime_url(), &stack.good_cookies()).await;
+    init(&mut sub).await;
+    send_json(&mut sub, amplify_subscribe("sub-1", "/default/redial")).await;
+    assert_eq!(recv_json(&mut sub).await["type"], "subscribe_success");
+
+    // AppSync ends the connection normally (as at its 24 h cap) ...
+    stack.emulator.close_all(1000);
+    publish_until_received(&stack, &mut sub, "/default/redial", "after-close").await;
+    // ... or the network drops it without a close frame.
+    stack.emulator.abort_all();
+    publish_until_received(&stack, &mut sub, "/default/redial", "after-abort").await;
+
+    // The subscriber never saw a second subscribe_success or connection_ack
+    // (3 acks: the subscriber's and the two publishers').
+    let (_, _, metrics) = http(stack.relay.admin_addr, "GET", "/metrics", &[], "").await;
+    assert!(
+        metrics.contains("appsync_relay_upstream_redials_total{result=\"ok\"} 2"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("appsync_relay_frames_total{direction=\"upstream_to_client\",type=\"subscribe_success\"} 1"), "{metrics}");
+    assert!(metrics.contains("appsync_relay_frames_total{direction=\"upstream_to_client\",type=\"connection_ack\"} 3"), "{metrics}");
+
+    // A policy close from upstream is not re-dialled: it reaches the browser.
+    stack.emulator.close_all(4003);
+    assert_eq!(recv_close(&mut sub).await, Some(4003));
+}
+
+#[tokio::test]
+async fn upstream_gone_for_good_closes_the_browser_with_1013() {
+    let stack = Stack::start_with(&["--upstream-redial-attempts", "2"]).await;
+    let mut ws = connect(&stack.realtime_url(), &stack.good_cookies()).await;
+    init(&mut ws).await;
+    let Stack {
+        emulator, relay, ..
+    } = stack;
+    emulator.shutdown().await;
+    assert_eq!(recv_close(&mut ws).await, Some(1013));
+    let (_, _, metrics) = http(relay.admin_addr, "GET", "/metrics", &[], "").await;
+    assert!(
+        metrics.contains("appsync_relay_upstream_redials_total{result=\"gave_up\"} 1"),
+        "{metrics}"
     );
 }
 

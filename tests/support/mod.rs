@@ -4,6 +4,8 @@
 //! WebSocket client that sends cookies and an Origin.
 #![allow(dead_code)]
 
+pub mod fake_cognito;
+
 use appsync_relay::config::{Cli, Command, Config};
 use appsync_relay::emulator::{self, EmulatorAuth, EmulatorConfig, EmulatorHandle};
 use appsync_relay::server::{self, RelayHandle};
@@ -292,6 +294,10 @@ pub fn relay_config(http_endpoint: &str, jwks: &JwksServer, extra: &[&str]) -> C
         "0",
         "--upstream-timeout",
         "2",
+        // Never the real AWS endpoint from a test: port 9 refuses at once.
+        // Stacks override this with their fake Cognito.
+        "--cognito-endpoint",
+        "http://127.0.0.1:9/",
     ];
     argv.extend_from_slice(extra);
     match Cli::try_parse_from(argv).expect("valid flags").command {
@@ -311,10 +317,12 @@ pub async fn start_relay(config: Config) -> RelayHandle {
     handle
 }
 
-/// Everything most tests need: JWKS, emulator, relay.
+/// Everything most tests need: JWKS, emulator, a fake Cognito for
+/// refreshes, and the relay.
 pub struct Stack {
     pub jwks: JwksServer,
     pub emulator: EmulatorHandle,
+    pub cognito: fake_cognito::FakeCognito,
     pub relay: RelayHandle,
 }
 
@@ -324,12 +332,22 @@ impl Stack {
     }
 
     pub async fn start_with(extra: &[&str]) -> Stack {
+        Stack::start_with_lifetime(extra, 3600).await
+    }
+
+    /// A stack whose fake Cognito issues tokens living `lifetime` seconds.
+    pub async fn start_with_lifetime(extra: &[&str], lifetime: u64) -> Stack {
         let jwks = JwksServer::start(json!({"keys": [signing_key().jwk()]})).await;
         let emulator = start_emulator(&jwks, CLIENT_ID).await;
-        let relay = start_relay(relay_config(&emulator.http_endpoint(), &jwks, extra)).await;
+        let cognito = fake_cognito::FakeCognito::start(jwks.issuer(), lifetime).await;
+        let endpoint = cognito.endpoint();
+        let mut args = vec!["--cognito-endpoint", endpoint.as_str()];
+        args.extend_from_slice(extra);
+        let relay = start_relay(relay_config(&emulator.http_endpoint(), &jwks, &args)).await;
         Stack {
             jwks,
             emulator,
+            cognito,
             relay,
         }
     }

@@ -1,0 +1,279 @@
+//! An in-process stand-in for the two Cognito refresh APIs, for what
+//! cognito-local cannot do: `GetTokensFromRefreshToken` with refresh-token
+//! rotation, counting calls, slow answers, and revocation on demand.
+//!
+//! It is strict about what it accepts: the `X-Amz-Target`, the client id,
+//! a known and unrevoked refresh token, and (when configured) the client
+//! secret / `SECRET_HASH`. Tokens are signed with the test key the JWKS
+//! serves, so the relay and the emulator verify them for real.
+
+use super::{access_claims, id_claims, now, sign, signing_key, CLIENT_ID};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+#[derive(Default)]
+struct Inner {
+    /// refresh token → (username, revoked)
+    refresh_tokens: HashMap<String, (String, bool)>,
+}
+
+pub struct FakeCognito {
+    pub addr: SocketAddr,
+    issuer: String,
+    inner: Arc<Mutex<Inner>>,
+    /// Calls per X-Amz-Target action.
+    calls: Arc<Mutex<HashMap<String, u64>>>,
+    pub token_lifetime: Arc<AtomicU64>,
+    pub rotate: Arc<AtomicBool>,
+    /// Delay before answering, to make concurrent callers overlap.
+    pub delay_ms: Arc<AtomicU64>,
+    pub client_secret: Arc<Mutex<Option<String>>>,
+}
+
+pub struct Session {
+    pub access: String,
+    pub id: String,
+    pub refresh: String,
+}
+
+fn mint(issuer: &str, username: &str, lifetime: u64) -> (String, String) {
+    let now = now();
+    let mut access = access_claims(issuer);
+    access["username"] = json!(username);
+    access["iat"] = json!(now);
+    access["exp"] = json!(now + lifetime);
+    let mut id = id_claims(issuer);
+    id["cognito:username"] = json!(username);
+    id["iat"] = json!(now);
+    id["exp"] = json!(now + lifetime);
+    (sign(&access, signing_key()), sign(&id, signing_key()))
+}
+
+fn error(kind: &str, message: &str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(
+        json!({"__type": kind, "message": message}).to_string(),
+    )));
+    *r.status_mut() = hyper::StatusCode::BAD_REQUEST;
+    r
+}
+
+impl FakeCognito {
+    pub async fn start(issuer: String, token_lifetime: u64) -> FakeCognito {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let fake = FakeCognito {
+            addr,
+            issuer,
+            inner: Arc::default(),
+            calls: Arc::default(),
+            token_lifetime: Arc::new(AtomicU64::new(token_lifetime)),
+            rotate: Arc::new(AtomicBool::new(false)),
+            delay_ms: Arc::new(AtomicU64::new(0)),
+            client_secret: Arc::default(),
+        };
+        let (inner, calls, lifetime, rotate, delay, secret, issuer) = (
+            fake.inner.clone(),
+            fake.calls.clone(),
+            fake.token_lifetime.clone(),
+            fake.rotate.clone(),
+            fake.delay_ms.clone(),
+            fake.client_secret.clone(),
+            fake.issuer.clone(),
+        );
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let (inner, calls, lifetime, rotate, delay, secret, issuer) = (
+                    inner.clone(),
+                    calls.clone(),
+                    lifetime.clone(),
+                    rotate.clone(),
+                    delay.clone(),
+                    secret.clone(),
+                    issuer.clone(),
+                );
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
+                        let (inner, calls, lifetime, rotate, delay, secret, issuer) = (
+                            inner.clone(),
+                            calls.clone(),
+                            lifetime.clone(),
+                            rotate.clone(),
+                            delay.clone(),
+                            secret.clone(),
+                            issuer.clone(),
+                        );
+                        async move {
+                            let target = req
+                                .headers()
+                                .get("x-amz-target")
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or("")
+                                .to_string();
+                            let body = req.into_body().collect().await.unwrap().to_bytes();
+                            let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                            let action = target.rsplit('.').next().unwrap_or("").to_string();
+                            *calls.lock().unwrap().entry(action.clone()).or_default() += 1;
+                            let ms = delay.load(Ordering::SeqCst);
+                            if ms > 0 {
+                                tokio::time::sleep(Duration::from_millis(ms)).await;
+                            }
+                            if !target.starts_with("AWSCognitoIdentityProviderService.") {
+                                return Ok::<_, Infallible>(error(
+                                    "UnknownOperationException",
+                                    "bad target",
+                                ));
+                            }
+                            if body["ClientId"] != CLIENT_ID {
+                                return Ok(error("ResourceNotFoundException", "unknown client"));
+                            }
+                            let (rt, given_secret) = match action.as_str() {
+                                "GetTokensFromRefreshToken" => (
+                                    body["RefreshToken"].as_str().unwrap_or("").to_string(),
+                                    body["ClientSecret"].as_str().map(str::to_string),
+                                ),
+                                "InitiateAuth" if body["AuthFlow"] == "REFRESH_TOKEN_AUTH" => (
+                                    body["AuthParameters"]["REFRESH_TOKEN"]
+                                        .as_str()
+                                        .unwrap_or("")
+                                        .to_string(),
+                                    body["AuthParameters"]["SECRET_HASH"]
+                                        .as_str()
+                                        .map(str::to_string),
+                                ),
+                                _ => return Ok(error("InvalidParameterException", "unsupported")),
+                            };
+                            let username = {
+                                let inner = inner.lock().unwrap();
+                                match inner.refresh_tokens.get(&rt) {
+                                    Some((u, false)) => u.clone(),
+                                    _ => {
+                                        return Ok(error(
+                                            "NotAuthorizedException",
+                                            "Invalid Refresh Token",
+                                        ))
+                                    }
+                                }
+                            };
+                            if let Some(expected) = secret.lock().unwrap().clone() {
+                                let ok = match action.as_str() {
+                                    "GetTokensFromRefreshToken" => {
+                                        given_secret.as_deref() == Some(expected.as_str())
+                                    }
+                                    _ => {
+                                        given_secret.as_deref()
+                                            == Some(
+                                                appsync_relay::refresh::secret_hash(
+                                                    &expected, &username, CLIENT_ID,
+                                                )
+                                                .as_str(),
+                                            )
+                                    }
+                                };
+                                if !ok {
+                                    return Ok(error(
+                                        "NotAuthorizedException",
+                                        "Unable to verify secret hash",
+                                    ));
+                                }
+                            }
+                            let (access, id) =
+                                mint(&issuer, &username, lifetime.load(Ordering::SeqCst));
+                            let mut result = json!({
+                                "AccessToken": access, "IdToken": id, "ExpiresIn": lifetime.load(Ordering::SeqCst),
+                                "TokenType": "Bearer",
+                            });
+                            if action == "GetTokensFromRefreshToken"
+                                && rotate.load(Ordering::SeqCst)
+                            {
+                                let new_rt = format!("rt-{}", rand::random::<u64>());
+                                inner
+                                    .lock()
+                                    .unwrap()
+                                    .refresh_tokens
+                                    .insert(new_rt.clone(), (username, false));
+                                result["RefreshToken"] = json!(new_rt);
+                            }
+                            let body = json!({"AuthenticationResult": result}).to_string();
+                            Ok(Response::new(Full::new(Bytes::from(body))))
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        fake
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://{}/", self.addr)
+    }
+
+    /// Signs a user in: tokens valid for `token_lifetime` and a refresh token.
+    pub fn sign_in(&self, username: &str) -> Session {
+        let (access, id) = mint(
+            &self.issuer,
+            username,
+            self.token_lifetime.load(Ordering::SeqCst),
+        );
+        let refresh = format!("rt-{}", rand::random::<u64>());
+        self.inner
+            .lock()
+            .unwrap()
+            .refresh_tokens
+            .insert(refresh.clone(), (username.to_string(), false));
+        Session {
+            access,
+            id,
+            refresh,
+        }
+    }
+
+    /// Revokes a refresh token (and, as Cognito does, every token rotated from it is unaffected).
+    pub fn revoke(&self, refresh: &str) {
+        if let Some(e) = self.inner.lock().unwrap().refresh_tokens.get_mut(refresh) {
+            e.1 = true;
+        }
+    }
+
+    /// Revokes every refresh token of `username`.
+    pub fn revoke_user(&self, username: &str) {
+        for (u, revoked) in self.inner.lock().unwrap().refresh_tokens.values_mut() {
+            if u == username {
+                *revoked = true;
+            }
+        }
+    }
+
+    pub fn calls(&self, action: &str) -> u64 {
+        self.calls.lock().unwrap().get(action).copied().unwrap_or(0)
+    }
+
+    pub fn total_calls(&self) -> u64 {
+        self.calls.lock().unwrap().values().sum()
+    }
+}
+
+/// A token that expired `ago` seconds ago but is otherwise genuine.
+pub fn expired_access(issuer: &str, username: &str, ago: u64) -> String {
+    let mut claims = access_claims(issuer);
+    claims["username"] = json!(username);
+    claims["iat"] = json!(now() - 3600 - ago);
+    claims["exp"] = json!(now() - ago);
+    sign(&claims, signing_key())
+}
