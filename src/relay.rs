@@ -207,9 +207,12 @@ pub fn refresh_due_at(expires_at: u64, issued_at: Option<u64>, refresh_before: D
     expires_at.saturating_sub(before.min(half_life))
 }
 
+/// The monotonic instant at which the wall clock reads `unix_secs`.
 fn instant_at(unix_secs: u64) -> Instant {
-    let now = now_secs();
-    Instant::now() + Duration::from_secs(unix_secs.saturating_sub(now))
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    Instant::now() + Duration::from_secs(unix_secs).saturating_sub(now)
 }
 
 /// Relays until either side ends or the relay drains, then closes both legs.

@@ -36,6 +36,8 @@ pub struct FakeCognito {
     calls: Arc<Mutex<HashMap<String, u64>>>,
     pub token_lifetime: Arc<AtomicU64>,
     pub rotate: Arc<AtomicBool>,
+    /// With rotation, kill the old refresh token at once (a 0 s grace period).
+    pub invalidate_rotated: Arc<AtomicBool>,
     /// Delay before answering, to make concurrent callers overlap.
     pub delay_ms: Arc<AtomicU64>,
     pub client_secret: Arc<Mutex<Option<String>>>,
@@ -79,10 +81,11 @@ impl FakeCognito {
             calls: Arc::default(),
             token_lifetime: Arc::new(AtomicU64::new(token_lifetime)),
             rotate: Arc::new(AtomicBool::new(false)),
+            invalidate_rotated: Arc::new(AtomicBool::new(false)),
             delay_ms: Arc::new(AtomicU64::new(0)),
             client_secret: Arc::default(),
         };
-        let (inner, calls, lifetime, rotate, delay, secret, issuer) = (
+        let (inner, calls, lifetime, rotate, delay, secret, issuer, invalidate) = (
             fake.inner.clone(),
             fake.calls.clone(),
             fake.token_lifetime.clone(),
@@ -90,13 +93,14 @@ impl FakeCognito {
             fake.delay_ms.clone(),
             fake.client_secret.clone(),
             fake.issuer.clone(),
+            fake.invalidate_rotated.clone(),
         );
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
-                let (inner, calls, lifetime, rotate, delay, secret, issuer) = (
+                let (inner, calls, lifetime, rotate, delay, secret, issuer, invalidate) = (
                     inner.clone(),
                     calls.clone(),
                     lifetime.clone(),
@@ -104,10 +108,11 @@ impl FakeCognito {
                     delay.clone(),
                     secret.clone(),
                     issuer.clone(),
+                    invalidate.clone(),
                 );
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
-                        let (inner, calls, lifetime, rotate, delay, secret, issuer) = (
+                        let (inner, calls, lifetime, rotate, delay, secret, issuer, invalidate) = (
                             inner.clone(),
                             calls.clone(),
                             lifetime.clone(),
@@ -115,6 +120,7 @@ impl FakeCognito {
                             delay.clone(),
                             secret.clone(),
                             issuer.clone(),
+                            invalidate.clone(),
                         );
                         async move {
                             let target = req
@@ -200,11 +206,15 @@ impl FakeCognito {
                                 && rotate.load(Ordering::SeqCst)
                             {
                                 let new_rt = format!("rt-{}", rand::random::<u64>());
+                                let mut inner = inner.lock().unwrap();
                                 inner
-                                    .lock()
-                                    .unwrap()
                                     .refresh_tokens
                                     .insert(new_rt.clone(), (username, false));
+                                if invalidate.load(Ordering::SeqCst) {
+                                    if let Some(old) = inner.refresh_tokens.get_mut(&rt) {
+                                        old.1 = true;
+                                    }
+                                }
                                 result["RefreshToken"] = json!(new_rt);
                             }
                             let body = json!({"AuthenticationResult": result}).to_string();
