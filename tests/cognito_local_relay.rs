@@ -184,3 +184,124 @@ async fn refuses_expired_cognito_local_tokens() {
         _ => panic!("expired token accepted"),
     }
 }
+
+/// The lifecycle against a Cognito we did not write: cognito-local issues
+/// 4-second tokens and renews them with `REFRESH_TOKEN_AUTH`; `RevokeToken`
+/// ends the session.
+#[tokio::test]
+async fn cognito_local_sessions_are_renewed_and_end_on_revocation() {
+    let cognito = CognitoLocal::start_with(cognito_local::ClientOptions {
+        access_token_validity: Some(Duration::from_secs(4)),
+        id_token_validity: Some(Duration::from_secs(4)),
+        ..Default::default()
+    })
+    .await;
+    cognito.create_user(USER, PASSWORD).await;
+    let tokens = cognito.sign_in(USER, PASSWORD).await;
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let host = listener.local_addr().unwrap().to_string();
+    let verifier = Verifier::new(
+        VerifierConfig {
+            issuer: cognito.issuer.clone(),
+            jwks_url: cognito.jwks_url.clone(),
+            client_id: cognito.client_id.clone(),
+            token_use: TokenUse::Access,
+            leeway: Duration::from_secs(0),
+            jwks_refetch_interval: Duration::from_secs(10),
+            fetch_timeout: Duration::from_secs(5),
+            cache_capacity: 100,
+        },
+        appsync_relay::http_client::build(Duration::from_secs(5)),
+    );
+    let mut cfg = EmulatorConfig::new(EmulatorAuth::Cognito(verifier));
+    cfg.http_host = Some(host);
+    let emulator = emulator::spawn(listener, cfg).await;
+    let endpoint = format!("{}/", cognito.base_url);
+    let argv = [
+        "appsync-relay",
+        "serve",
+        "--appsync-http-endpoint",
+        &emulator.http_endpoint(),
+        "--cognito-user-pool-id",
+        &cognito.user_pool_id,
+        "--cognito-client-id",
+        &cognito.client_id,
+        "--cognito-issuer",
+        &cognito.issuer,
+        "--cognito-jwks-url",
+        &cognito.jwks_url,
+        "--allowed-origin",
+        ORIGIN,
+        "--jwt-leeway",
+        "0",
+        "--cognito-endpoint",
+        &endpoint,
+        "--refresh-api",
+        "initiate-auth",
+        "--refresh-before",
+        "2",
+    ]
+    .map(str::to_string);
+    let config = match Cli::try_parse_from(argv).unwrap().command {
+        Command::Serve(args) => args.validate().unwrap(),
+        _ => unreachable!(),
+    };
+    let relay = start_relay(config).await;
+    let url = format!("ws://{}/event/realtime", relay.public_addr);
+
+    // Let the access token expire, then connect: the handshake renews it
+    // with cognito-local and writes the new cookies on the 101.
+    let exp = cognito_local::jwt_claims(&tokens.access_token)["exp"]
+        .as_u64()
+        .unwrap();
+    while now() <= exp {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let cookies = format!(
+        "{}; {}={}",
+        cookies_for(&cognito.client_id, USER, &tokens.access_token),
+        session::cookie_name(&cognito.client_id, USER, "refreshToken"),
+        tokens.refresh_token
+    );
+    let mut ws = match try_connect(&url, &Upgrade::browser(&cookies)).await {
+        Attempt::Open(ws, headers) => {
+            let renewed = headers
+                .get_all("set-cookie")
+                .iter()
+                .any(|c| c.to_str().unwrap().contains(".accessToken=eyJ"));
+            assert!(renewed, "no renewed access token cookie: {headers:?}");
+            *ws
+        }
+        Attempt::Refused(s, b) => panic!("refused {s} {b}"),
+        Attempt::Failed(e) => panic!("failed {e}"),
+    };
+    init(&mut ws).await;
+    send_json(&mut ws, amplify_subscribe("s1", "/default/life")).await;
+    assert_eq!(recv_json(&mut ws).await["type"], "subscribe_success");
+
+    // Past the renewed token's lifetime, a subscribe still succeeds: the
+    // relay renewed it in place (the emulator checks with zero leeway).
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    send_json(&mut ws, amplify_subscribe("s2", "/default/life2")).await;
+    let v = recv_json(&mut ws).await;
+    assert_eq!(v["type"], "subscribe_success", "{v}");
+
+    // Revoke the refresh token: the next renewal is refused, 4401.
+    cognito.revoke(&tokens.refresh_token).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(6);
+    let code = loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match tokio::time::timeout(left, futures_util::StreamExt::next(&mut ws))
+            .await
+            .expect("no close within one token lifetime")
+        {
+            Some(Ok(tokio_tungstenite::tungstenite::Message::Close(f))) => {
+                break f.map(|f| u16::from(f.code))
+            }
+            Some(Ok(_)) => continue,
+            other => panic!("ended without close: {other:?}"),
+        }
+    };
+    assert_eq!(code, Some(4401));
+}
