@@ -219,3 +219,82 @@ test('cognito-local: the browser path works with tokens from a Cognito we did no
 });
 
 if (!existsSync(dirname(SCREENSHOT))) mkdirSync(dirname(SCREENSHOT), { recursive: true });
+
+test('cookies written on the 101 are stored by Chromium and sent on the next request', async () => {
+  const cognito = await startCognitoLocal();
+  await cognito.provision();
+  // A client whose tokens live 3 s, so the browser's token is already
+  // expired when it connects and the handshake has to renew it.
+  const client = await cognito.call('CreateUserPoolClient', {
+    UserPoolId: cognito.userPoolId, ClientName: 'short', GenerateSecret: false,
+    ExplicitAuthFlows: ['ALLOW_USER_PASSWORD_AUTH', 'ALLOW_REFRESH_TOKEN_AUTH'],
+    AccessTokenValidity: 3, IdTokenValidity: 3, TokenValidityUnits: { AccessToken: 'seconds', IdToken: 'seconds' },
+  });
+  cognito.clientId = client.UserPoolClient.ClientId;
+  const username = 'dave@example.com';
+  await cognito.createUser(username, 'Passw0rd!');
+  const tokens = await cognito.signIn(username, 'Passw0rd!');
+  const exp = JSON.parse(Buffer.from(tokens.accessToken.split('.')[1], 'base64url')).exp;
+
+  const dir = mkdtempSync(join(tmpdir(), 'relay-browser-tls-'));
+  execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-days', '1',
+    '-subj', '/CN=localhost', '-addext', 'subjectAltName=DNS:localhost', '-keyout', join(dir, 'key.pem'), '-out', join(dir, 'cert.pem')], { stdio: 'ignore' });
+  const emuPort = await freePort();
+  const emulator = startChild('emulate', BIN, ['emulate', '--listen', `127.0.0.1:${emuPort}`, '--cognito-issuer', cognito.issuer,
+    '--cognito-jwks-url', cognito.jwksUrl, '--cognito-client-id', cognito.clientId, '--http-host', `127.0.0.1:${emuPort}`]);
+  await emulator.waitForLine(/emulator/i, 30_000);
+  const [port, admin] = [await freePort(), await freePort()];
+  const origin = `https://localhost:${port}`;
+  const relay = startChild('serve', BIN, ['serve', '--listen', `127.0.0.1:${port}`, '--admin-listen', `127.0.0.1:${admin}`,
+    '--appsync-http-endpoint', `http://127.0.0.1:${emuPort}/event`, '--cognito-user-pool-id', cognito.userPoolId,
+    '--cognito-client-id', cognito.clientId, '--cognito-issuer', cognito.issuer, '--cognito-jwks-url', cognito.jwksUrl,
+    '--cognito-endpoint', `${cognito.base}/`, '--refresh-api', 'initiate-auth', '--refresh-before', '1', '--jwt-leeway', '0',
+    '--allowed-origin', origin, '--tls-cert', join(dir, 'cert.pem'), '--tls-key', join(dir, 'key.pem')]);
+  await waitHttpOk(relay, `http://127.0.0.1:${admin}/readyz`, 30_000);
+  const refreshes = async () => {
+    const text = await (await fetch(`http://127.0.0.1:${admin}/metrics`)).text();
+    const m = text.match(/appsync_relay_token_refreshes_total\{phase="handshake",result="ok"\} (\d+)/);
+    return m ? Number(m[1]) : 0;
+  };
+  while (Date.now() / 1000 <= exp) await new Promise((r) => setTimeout(r, 100));
+
+  const browser = await launchBrowser(['--disable-features=LocalNetworkAccessChecks']);
+  try {
+    const context = await browser.newContext({ ignoreHTTPSErrors: true });
+    const user = encodeURIComponent(username).replace(/%(2[346B]|5E|60|7C)/g, decodeURIComponent);
+    const prefix = `CognitoIdentityServiceProvider.${cognito.clientId}`;
+    const cookie = (name, value) => ({ name, value, domain: 'localhost', path: '/', httpOnly: true, secure: true, sameSite: 'Strict' });
+    await context.addCookies([
+      cookie(`${prefix}.LastAuthUser`, user),
+      cookie(`${prefix}.${user}.accessToken`, tokens.accessToken),
+      cookie(`${prefix}.${user}.idToken`, tokens.idToken),
+      cookie(`${prefix}.${user}.refreshToken`, tokens.refreshToken),
+    ]);
+    const page = readFileSync(join(repo, 'src', 'demo', 'index.html'), 'utf8');
+    const bundle = readFileSync(join(repo, 'src', 'demo', 'amplify-events.js'), 'utf8');
+    await context.route(`${origin}/`, (r) => r.fulfill({ status: 200, contentType: 'text/html', body: page }));
+    await context.route(`${origin}/demo/amplify-events.js`, (r) => r.fulfill({ status: 200, contentType: 'text/javascript', body: bundle }));
+    const p = await context.newPage();
+    await p.goto(`${origin}/`);
+    await p.click('#connect');
+    await waitConnected(p);
+    assert.equal(await refreshes(), 1, 'the handshake renewed the expired token');
+
+    // Stored: the jar now holds the renewed token, still HTTP-only.
+    const jar = await context.cookies();
+    const access = jar.find((c) => c.name.endsWith('.accessToken'));
+    assert.notEqual(access.value, tokens.accessToken, 'the cookie from the 101 was not stored');
+    assert.equal(access.httpOnly, true);
+    assert.equal(access.secure, true);
+    assert.equal(access.sameSite, 'Strict');
+    // Sent: the next request (an HTTP publish) carries the renewed token, so
+    // the relay has nothing to renew.
+    await p.fill('#message', 'after-renewal');
+    await p.click('#publish-http');
+    await p.locator('#log').filter({ hasText: 'after-renewal' }).waitFor({ timeout: 15_000 });
+    assert.equal(await refreshes(), 1, 'the next request still carried the expired token');
+  } finally {
+    await browser.close();
+    await withDeadline(Promise.all([relay.stop(), emulator.stop()]), 15_000, 'children to stop');
+  }
+});
