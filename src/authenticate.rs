@@ -72,6 +72,53 @@ pub fn forwarded_token(tokens: &RefreshedTokens, token_use: TokenUse) -> Option<
     }
 }
 
+impl Authenticated {
+    /// The browser's own token, nothing renewed.
+    fn as_sent(token: &str, claims: Arc<Claims>, session: &Session) -> Authenticated {
+        Authenticated {
+            token: token.to_string(),
+            claims,
+            session: SessionState {
+                username: session.username.clone(),
+                refresh_token: session.refresh_token.clone(),
+                browser_refresh: session.refresh_token.as_deref().map(token_hash),
+            },
+            set_cookies: Vec::new(),
+            refreshed: false,
+        }
+    }
+
+    /// Renewed `tokens` for `username`, written back as cookies.
+    fn renewed(
+        cfg: &crate::config::Config,
+        username: String,
+        session: &Session,
+        tokens: &RefreshedTokens,
+        (token, claims): (String, Arc<Claims>),
+        secure: bool,
+    ) -> Authenticated {
+        // After this response the browser holds the rotated refresh token,
+        // if there was one, else the one it sent.
+        let refresh_token = tokens
+            .refresh_token
+            .clone()
+            .or(session.refresh_token.clone());
+        Authenticated {
+            set_cookies: cfg
+                .cookies
+                .set_cookies(&cfg.client_id, &username, tokens, secure),
+            token,
+            claims,
+            session: SessionState {
+                browser_refresh: refresh_token.as_deref().map(token_hash),
+                refresh_token,
+                username,
+            },
+            refreshed: true,
+        }
+    }
+}
+
 /// Authenticates a request whose response can carry cookies (`secure`
 /// decides their `Secure` attribute).
 pub async fn authenticate(
@@ -81,36 +128,25 @@ pub async fn authenticate(
 ) -> Result<Authenticated, RelayError> {
     let cfg = &state.config;
     let session = session::from_headers(headers, &cfg.client_id)?;
-    let browser_refresh = session.refresh_token.as_deref().map(token_hash);
 
     // A renewal made on an open socket of this session, not yet delivered.
-    if let Some(rt) = session.refresh_token.as_deref() {
-        if let Some((username, tokens)) = state.pending.lookup(rt) {
-            if let Some(token) = forwarded_token(&tokens, cfg.token_use) {
-                if let Ok(claims) = state.verifier.verify(token).await {
-                    if !due(&claims, cfg.refresh_before) {
-                        let set_cookies =
-                            cfg.cookies
-                                .set_cookies(&cfg.client_id, &username, &tokens, secure);
-                        return Ok(Authenticated {
-                            token: token.to_string(),
-                            claims,
-                            session: SessionState {
-                                browser_refresh: tokens
-                                    .refresh_token
-                                    .as_deref()
-                                    .map(token_hash)
-                                    .or(browser_refresh),
-                                refresh_token: tokens
-                                    .refresh_token
-                                    .clone()
-                                    .or(session.refresh_token.clone()),
-                                username,
-                            },
-                            set_cookies,
-                            refreshed: false,
-                        });
-                    }
+    if let Some((username, tokens)) = session
+        .refresh_token
+        .as_deref()
+        .and_then(|rt| state.pending.lookup(rt))
+    {
+        if let Some(token) = forwarded_token(&tokens, cfg.token_use) {
+            if let Ok(claims) = state.verifier.verify(token).await {
+                if !due(&claims, cfg.refresh_before) {
+                    let token = token.to_string();
+                    return Ok(Authenticated::renewed(
+                        cfg,
+                        username,
+                        &session,
+                        &tokens,
+                        (token, claims),
+                        secure,
+                    ));
                 }
             }
         }
@@ -126,75 +162,41 @@ pub async fn authenticate(
         Err(_) => false,
     };
     if !needs_refresh || session.refresh_token.is_none() {
-        let claims = verified?;
-        return Ok(Authenticated {
-            token: token.to_string(),
-            claims,
-            session: SessionState {
-                username: session.username.clone(),
-                refresh_token: session.refresh_token.clone(),
-                browser_refresh,
-            },
-            set_cookies: Vec::new(),
-            refreshed: false,
-        });
+        return Ok(Authenticated::as_sent(token, verified?, &session));
     }
 
     // Expired or about to: renew, but only for a token that is otherwise
     // genuine (signed by the pool, for this client).
     let genuine = state.verifier.verify_ignoring_expiry(token).await?;
     match refresh(state, &session, &genuine).await {
-        Ok((tokens, token, claims)) => {
-            let set_cookies =
-                cfg.cookies
-                    .set_cookies(&cfg.client_id, &session.username, &tokens, secure);
-            Ok(Authenticated {
-                token,
-                claims,
-                session: SessionState {
-                    username: session.username.clone(),
-                    browser_refresh: tokens
-                        .refresh_token
-                        .as_deref()
-                        .map(token_hash)
-                        .or(browser_refresh),
-                    refresh_token: tokens
-                        .refresh_token
-                        .clone()
-                        .or(session.refresh_token.clone()),
-                },
-                set_cookies,
-                refreshed: true,
-            })
-        }
+        Ok((tokens, renewed)) => Ok(Authenticated::renewed(
+            cfg,
+            session.username.clone(),
+            &session,
+            &tokens,
+            renewed,
+            secure,
+        )),
         // Still valid for a little while: use it, the next request retries.
         Err(e) if verified.is_ok() => {
             tracing::warn!(
                 reason = e.reason(),
                 "session refresh failed; token still valid, using it"
             );
-            let claims = verified?;
-            Ok(Authenticated {
-                token: token.to_string(),
-                claims,
-                session: SessionState {
-                    username: session.username.clone(),
-                    refresh_token: session.refresh_token.clone(),
-                    browser_refresh,
-                },
-                set_cookies: Vec::new(),
-                refreshed: false,
-            })
+            Ok(Authenticated::as_sent(token, verified?, &session))
         }
         Err(e) => Err(e),
     }
 }
 
+/// A renewal, and the token to forward from it with its verified claims.
+type Renewal = (Arc<RefreshedTokens>, (String, Arc<Claims>));
+
 async fn refresh(
     state: &RelayState,
     session: &Session,
     genuine: &Claims,
-) -> Result<(Arc<RefreshedTokens>, String, Arc<Claims>), RelayError> {
+) -> Result<Renewal, RelayError> {
     let Some(rt) = session.refresh_token.as_deref() else {
         return Err(RelayError::Token(VerifyError::Expired));
     };
@@ -220,5 +222,5 @@ async fn refresh(
         )))?
         .to_string();
     let claims = state.verifier.verify(&token).await?;
-    Ok((tokens, token, claims))
+    Ok((tokens, (token, claims)))
 }

@@ -7,7 +7,8 @@ mod cognito_local;
 mod support;
 
 use appsync_relay::config::{Cli, Command};
-use appsync_relay::emulator::{self, EmulatorAuth, EmulatorConfig};
+use appsync_relay::emulator::{self, EmulatorAuth, EmulatorConfig, EmulatorHandle};
+use appsync_relay::server::RelayHandle;
 use appsync_relay::session;
 use appsync_relay::verify::{TokenUse, Verifier, VerifierConfig};
 use clap::Parser;
@@ -29,13 +30,9 @@ fn cookies_for(client_id: &str, username: &str, access: &str) -> String {
     )
 }
 
-#[tokio::test]
-async fn relays_with_tokens_issued_by_cognito_local() {
-    let cognito = CognitoLocal::start().await;
-    cognito.create_user(USER, PASSWORD).await;
-    let tokens = cognito.sign_in(USER, PASSWORD).await;
-
-    // AppSync stand-in, trusting the same user pool.
+/// The emulator (as AppSync, trusting cognito-local's pool) and a relay in
+/// front of it configured through the real flags, plus `extra` flags.
+async fn stack_for(cognito: &CognitoLocal, extra: &[&str]) -> (EmulatorHandle, RelayHandle) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let host = listener.local_addr().unwrap().to_string();
     let verifier = Verifier::new(
@@ -54,9 +51,8 @@ async fn relays_with_tokens_issued_by_cognito_local() {
     let mut cfg = EmulatorConfig::new(EmulatorAuth::Cognito(verifier));
     cfg.http_host = Some(host);
     let emulator = emulator::spawn(listener, cfg).await;
-
     let http_endpoint = emulator.http_endpoint();
-    let argv = [
+    let mut argv = vec![
         "appsync-relay",
         "serve",
         "--appsync-http-endpoint",
@@ -72,11 +68,21 @@ async fn relays_with_tokens_issued_by_cognito_local() {
         "--allowed-origin",
         ORIGIN,
     ];
+    argv.extend_from_slice(extra);
     let config = match Cli::try_parse_from(argv).unwrap().command {
         Command::Serve(args) => args.validate().unwrap(),
         _ => unreachable!(),
     };
-    let relay = start_relay(config).await;
+    (emulator, start_relay(config).await)
+}
+
+#[tokio::test]
+async fn relays_with_tokens_issued_by_cognito_local() {
+    let cognito = CognitoLocal::start().await;
+    cognito.create_user(USER, PASSWORD).await;
+    let tokens = cognito.sign_in(USER, PASSWORD).await;
+
+    let (emulator, relay) = stack_for(&cognito, &[]).await;
     let url = format!("ws://{}/event/realtime", relay.public_addr);
 
     // The username has '@' and '+': the cookie name carries it encoded the
@@ -144,32 +150,7 @@ async fn refuses_expired_cognito_local_tokens() {
     .await;
     cognito.create_user(USER, PASSWORD).await;
     let tokens = cognito.sign_in(USER, PASSWORD).await;
-    let jwks = JwksServer::start(json!({"keys": []})).await;
-    let emulator = start_emulator(&jwks, "unused").await;
-    let argv = [
-        "appsync-relay",
-        "serve",
-        "--appsync-http-endpoint",
-        &emulator.http_endpoint(),
-        "--cognito-user-pool-id",
-        &cognito.user_pool_id,
-        "--cognito-client-id",
-        &cognito.client_id,
-        "--cognito-issuer",
-        &cognito.issuer,
-        "--cognito-jwks-url",
-        &cognito.jwks_url,
-        "--allowed-origin",
-        ORIGIN,
-        "--jwt-leeway",
-        "0",
-    ]
-    .map(str::to_string);
-    let config = match Cli::try_parse_from(argv).unwrap().command {
-        Command::Serve(args) => args.validate().unwrap(),
-        _ => unreachable!(),
-    };
-    let relay = start_relay(config).await;
+    let (_emulator, relay) = stack_for(&cognito, &["--jwt-leeway", "0"]).await;
     let url = format!("ws://{}/event/realtime", relay.public_addr);
     let claims = cognito_local::jwt_claims(&tokens.access_token);
     let exp = claims["exp"].as_u64().unwrap();
@@ -199,55 +180,21 @@ async fn cognito_local_sessions_are_renewed_and_end_on_revocation() {
     cognito.create_user(USER, PASSWORD).await;
     let tokens = cognito.sign_in(USER, PASSWORD).await;
 
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let host = listener.local_addr().unwrap().to_string();
-    let verifier = Verifier::new(
-        VerifierConfig {
-            issuer: cognito.issuer.clone(),
-            jwks_url: cognito.jwks_url.clone(),
-            client_id: cognito.client_id.clone(),
-            token_use: TokenUse::Access,
-            leeway: Duration::from_secs(0),
-            jwks_refetch_interval: Duration::from_secs(10),
-            fetch_timeout: Duration::from_secs(5),
-            cache_capacity: 100,
-        },
-        appsync_relay::http_client::build(Duration::from_secs(5)),
-    );
-    let mut cfg = EmulatorConfig::new(EmulatorAuth::Cognito(verifier));
-    cfg.http_host = Some(host);
-    let emulator = emulator::spawn(listener, cfg).await;
     let endpoint = format!("{}/", cognito.base_url);
-    let argv = [
-        "appsync-relay",
-        "serve",
-        "--appsync-http-endpoint",
-        &emulator.http_endpoint(),
-        "--cognito-user-pool-id",
-        &cognito.user_pool_id,
-        "--cognito-client-id",
-        &cognito.client_id,
-        "--cognito-issuer",
-        &cognito.issuer,
-        "--cognito-jwks-url",
-        &cognito.jwks_url,
-        "--allowed-origin",
-        ORIGIN,
-        "--jwt-leeway",
-        "0",
-        "--cognito-endpoint",
-        &endpoint,
-        "--refresh-api",
-        "initiate-auth",
-        "--refresh-before",
-        "2",
-    ]
-    .map(str::to_string);
-    let config = match Cli::try_parse_from(argv).unwrap().command {
-        Command::Serve(args) => args.validate().unwrap(),
-        _ => unreachable!(),
-    };
-    let relay = start_relay(config).await;
+    let (_emulator, relay) = stack_for(
+        &cognito,
+        &[
+            "--jwt-leeway",
+            "0",
+            "--cognito-endpoint",
+            &endpoint,
+            "--refresh-api",
+            "initiate-auth",
+            "--refresh-before",
+            "2",
+        ],
+    )
+    .await;
     let url = format!("ws://{}/event/realtime", relay.public_addr);
 
     // Let the access token expire, then connect: the handshake renews it

@@ -122,6 +122,66 @@ async function checkNoLeaks(context, pages, wires) {
   }
 }
 
+
+/** A throwaway self-signed certificate for localhost (cert.pem, key.pem). */
+function selfSignedCert() {
+  const dir = mkdtempSync(join(tmpdir(), 'relay-browser-tls-'));
+  execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-days', '1',
+    '-subj', '/CN=localhost', '-addext', 'subjectAltName=DNS:localhost', '-keyout', join(dir, 'key.pem'), '-out', join(dir, 'cert.pem')], { stdio: 'ignore' });
+  return { cert: join(dir, 'cert.pem'), key: join(dir, 'key.pem') };
+}
+
+/**
+ * `appsync-relay emulate` trusting cognito-local's pool, and `serve` over
+ * TLS in front of it on https://localhost:PORT, with `extra` flags.
+ */
+async function startServe(cognito, extra = []) {
+  const tls = selfSignedCert();
+  const emuPort = await freePort();
+  const emulator = startChild('emulate', BIN, ['emulate', '--listen', `127.0.0.1:${emuPort}`, '--cognito-issuer', cognito.issuer,
+    '--cognito-jwks-url', cognito.jwksUrl, '--cognito-client-id', cognito.clientId, '--http-host', `127.0.0.1:${emuPort}`]);
+  await emulator.waitForLine(/emulator/i, 30_000);
+  const [port, admin] = [await freePort(), await freePort()];
+  const origin = `https://localhost:${port}`;
+  const relay = startChild('serve', BIN, ['serve', '--listen', `127.0.0.1:${port}`, '--admin-listen', `127.0.0.1:${admin}`,
+    '--appsync-http-endpoint', `http://127.0.0.1:${emuPort}/event`, '--cognito-user-pool-id', cognito.userPoolId,
+    '--cognito-client-id', cognito.clientId, '--cognito-issuer', cognito.issuer, '--cognito-jwks-url', cognito.jwksUrl,
+    '--allowed-origin', origin, '--tls-cert', tls.cert, '--tls-key', tls.key, ...extra]);
+  await waitHttpOk(relay, `http://127.0.0.1:${admin}/readyz`, 30_000);
+  const stop = () => withDeadline(Promise.all([relay.stop(), emulator.stop()]), 15_000, 'children to stop');
+  return { origin, admin, stop };
+}
+
+/**
+ * A browser context holding what the SSR app's sign-in would have set
+ * (Amplify's cookies, HTTP-only), with the demo page served on `origin` by
+ * the browser's router (`serve` relays only /event*; the page is the SSR
+ * app's job).
+ */
+async function signedInContext(browser, origin, clientId, username, tokens) {
+  const context = await browser.newContext({ ignoreHTTPSErrors: true });
+  const user = encodeURIComponent(username).replace(/%(2[346B]|5E|60|7C)/g, decodeURIComponent);
+  const prefix = `CognitoIdentityServiceProvider.${clientId}`;
+  const cookie = (name, value) => ({ name, value, domain: 'localhost', path: '/', httpOnly: true, secure: true, sameSite: 'Strict' });
+  await context.addCookies([
+    cookie(`${prefix}.LastAuthUser`, user),
+    cookie(`${prefix}.${user}.accessToken`, tokens.accessToken),
+    cookie(`${prefix}.${user}.idToken`, tokens.idToken),
+    cookie(`${prefix}.${user}.refreshToken`, tokens.refreshToken),
+  ]);
+  const page = readFileSync(join(repo, 'src', 'demo', 'index.html'), 'utf8');
+  const bundle = readFileSync(join(repo, 'src', 'demo', 'amplify-events.js'), 'utf8');
+  await context.route(`${origin}/`, (r) => r.fulfill({ status: 200, contentType: 'text/html', body: page }));
+  await context.route(`${origin}/demo/amplify-events.js`, (r) => r.fulfill({ status: 200, contentType: 'text/javascript', body: bundle }));
+  return context;
+}
+
+// A page handed to Chromium by the test's router does not count as coming
+// from localhost, so Chromium would block its WebSocket to localhost as a
+// "local network" request. With the page served by a real server on the
+// same origin (the demo test) no such flag is needed.
+const ROUTED_PAGE_FLAGS = ['--disable-features=LocalNetworkAccessChecks'];
+
 test('demo: two pages exchange events through the relay and no token reaches page JavaScript', async () => {
   const demo = startChild('demo', BIN, ['demo', '--listen', '127.0.0.1:0', '--admin-listen', '127.0.0.1:0', '--token-lifetime', '300']);
   const [, url] = await demo.waitForLine(/open\s+(https:\/\/\S+)/, 60_000);
@@ -157,47 +217,11 @@ test('cognito-local: the browser path works with tokens from a Cognito we did no
   await cognito.createUser(username, 'Passw0rd!');
   const tokens = await cognito.signIn(username, 'Passw0rd!');
 
-  // TLS for `serve`: a throwaway self-signed certificate for localhost.
-  const dir = mkdtempSync(join(tmpdir(), 'relay-browser-tls-'));
-  execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-days', '1',
-    '-subj', '/CN=localhost', '-addext', 'subjectAltName=DNS:localhost', '-keyout', join(dir, 'key.pem'), '-out', join(dir, 'cert.pem')], { stdio: 'ignore' });
-
-  const emuPort = await freePort();
-  const emulator = startChild('emulate', BIN, ['emulate', '--listen', `127.0.0.1:${emuPort}`, '--cognito-issuer', cognito.issuer,
-    '--cognito-jwks-url', cognito.jwksUrl, '--cognito-client-id', cognito.clientId, '--http-host', `127.0.0.1:${emuPort}`]);
-  await emulator.waitForLine(/emulator/i, 30_000);
-  const [port, admin] = [await freePort(), await freePort()];
-  const origin = `https://localhost:${port}`;
-  const relay = startChild('serve', BIN, ['serve', '--listen', `127.0.0.1:${port}`, '--admin-listen', `127.0.0.1:${admin}`,
-    '--appsync-http-endpoint', `http://127.0.0.1:${emuPort}/event`, '--cognito-user-pool-id', cognito.userPoolId,
-    '--cognito-client-id', cognito.clientId, '--cognito-issuer', cognito.issuer, '--cognito-jwks-url', cognito.jwksUrl,
-    '--allowed-origin', origin, '--tls-cert', join(dir, 'cert.pem'), '--tls-key', join(dir, 'key.pem')]);
-  await waitHttpOk(relay, `http://127.0.0.1:${admin}/readyz`, 30_000);
-
-  // The page below is handed to Chromium by the test's router, so Chromium
-  // does not know it came from localhost and would block its WebSocket to
-  // localhost as a "local network" request. With the page served by a real
-  // server on the same origin (the demo test) no such flag is needed.
-  const browser = await launchBrowser(['--disable-features=LocalNetworkAccessChecks']);
+  const served = await startServe(cognito);
+  const { origin } = served;
+  const browser = await launchBrowser(ROUTED_PAGE_FLAGS);
   try {
-    const context = await browser.newContext({ ignoreHTTPSErrors: true });
-    // What the SSR app's sign-in would have set: Amplify's cookies, HTTP-only.
-    const user = encodeURIComponent(username).replace(/%(2[346B]|5E|60|7C)/g, decodeURIComponent);
-    const prefix = `CognitoIdentityServiceProvider.${cognito.clientId}`;
-    const cookie = (name, value) => ({ name, value, domain: 'localhost', path: '/', httpOnly: true, secure: true, sameSite: 'Strict' });
-    await context.addCookies([
-      cookie(`${prefix}.LastAuthUser`, user),
-      cookie(`${prefix}.${user}.accessToken`, tokens.accessToken),
-      cookie(`${prefix}.${user}.idToken`, tokens.idToken),
-      cookie(`${prefix}.${user}.refreshToken`, tokens.refreshToken),
-    ]);
-    // `serve` relays only /event*; the page itself (the SSR app's job) is
-    // the demo page, served on the same origin by the browser's router.
-    const page = readFileSync(join(repo, 'src', 'demo', 'index.html'), 'utf8');
-    const bundle = readFileSync(join(repo, 'src', 'demo', 'amplify-events.js'), 'utf8');
-    await context.route(`${origin}/`, (r) => r.fulfill({ status: 200, contentType: 'text/html', body: page }));
-    await context.route(`${origin}/demo/amplify-events.js`, (r) => r.fulfill({ status: 200, contentType: 'text/javascript', body: bundle }));
-
+    const context = await signedInContext(browser, origin, cognito.clientId, username, tokens);
     const pages = [];
     const wires = [];
     for (let i = 0; i < 2; i++) {
@@ -214,7 +238,7 @@ test('cognito-local: the browser path works with tokens from a Cognito we did no
     await checkNoLeaks(context, pages, wires);
   } finally {
     await browser.close();
-    await withDeadline(Promise.all([relay.stop(), emulator.stop()]), 15_000, 'children to stop');
+    await served.stop();
   }
 });
 
@@ -236,21 +260,9 @@ test('cookies written on the 101 are stored by Chromium and sent on the next req
   const tokens = await cognito.signIn(username, 'Passw0rd!');
   const exp = JSON.parse(Buffer.from(tokens.accessToken.split('.')[1], 'base64url')).exp;
 
-  const dir = mkdtempSync(join(tmpdir(), 'relay-browser-tls-'));
-  execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-days', '1',
-    '-subj', '/CN=localhost', '-addext', 'subjectAltName=DNS:localhost', '-keyout', join(dir, 'key.pem'), '-out', join(dir, 'cert.pem')], { stdio: 'ignore' });
-  const emuPort = await freePort();
-  const emulator = startChild('emulate', BIN, ['emulate', '--listen', `127.0.0.1:${emuPort}`, '--cognito-issuer', cognito.issuer,
-    '--cognito-jwks-url', cognito.jwksUrl, '--cognito-client-id', cognito.clientId, '--http-host', `127.0.0.1:${emuPort}`]);
-  await emulator.waitForLine(/emulator/i, 30_000);
-  const [port, admin] = [await freePort(), await freePort()];
-  const origin = `https://localhost:${port}`;
-  const relay = startChild('serve', BIN, ['serve', '--listen', `127.0.0.1:${port}`, '--admin-listen', `127.0.0.1:${admin}`,
-    '--appsync-http-endpoint', `http://127.0.0.1:${emuPort}/event`, '--cognito-user-pool-id', cognito.userPoolId,
-    '--cognito-client-id', cognito.clientId, '--cognito-issuer', cognito.issuer, '--cognito-jwks-url', cognito.jwksUrl,
-    '--cognito-endpoint', `${cognito.base}/`, '--refresh-api', 'initiate-auth', '--refresh-before', '1', '--jwt-leeway', '0',
-    '--allowed-origin', origin, '--tls-cert', join(dir, 'cert.pem'), '--tls-key', join(dir, 'key.pem')]);
-  await waitHttpOk(relay, `http://127.0.0.1:${admin}/readyz`, 30_000);
+  const served = await startServe(cognito, ['--cognito-endpoint', `${cognito.base}/`, '--refresh-api', 'initiate-auth',
+    '--refresh-before', '1', '--jwt-leeway', '0']);
+  const { origin, admin } = served;
   const refreshes = async () => {
     const text = await (await fetch(`http://127.0.0.1:${admin}/metrics`)).text();
     const m = text.match(/appsync_relay_token_refreshes_total\{phase="handshake",result="ok"\} (\d+)/);
@@ -258,22 +270,9 @@ test('cookies written on the 101 are stored by Chromium and sent on the next req
   };
   while (Date.now() / 1000 <= exp) await new Promise((r) => setTimeout(r, 100));
 
-  const browser = await launchBrowser(['--disable-features=LocalNetworkAccessChecks']);
+  const browser = await launchBrowser(ROUTED_PAGE_FLAGS);
   try {
-    const context = await browser.newContext({ ignoreHTTPSErrors: true });
-    const user = encodeURIComponent(username).replace(/%(2[346B]|5E|60|7C)/g, decodeURIComponent);
-    const prefix = `CognitoIdentityServiceProvider.${cognito.clientId}`;
-    const cookie = (name, value) => ({ name, value, domain: 'localhost', path: '/', httpOnly: true, secure: true, sameSite: 'Strict' });
-    await context.addCookies([
-      cookie(`${prefix}.LastAuthUser`, user),
-      cookie(`${prefix}.${user}.accessToken`, tokens.accessToken),
-      cookie(`${prefix}.${user}.idToken`, tokens.idToken),
-      cookie(`${prefix}.${user}.refreshToken`, tokens.refreshToken),
-    ]);
-    const page = readFileSync(join(repo, 'src', 'demo', 'index.html'), 'utf8');
-    const bundle = readFileSync(join(repo, 'src', 'demo', 'amplify-events.js'), 'utf8');
-    await context.route(`${origin}/`, (r) => r.fulfill({ status: 200, contentType: 'text/html', body: page }));
-    await context.route(`${origin}/demo/amplify-events.js`, (r) => r.fulfill({ status: 200, contentType: 'text/javascript', body: bundle }));
+    const context = await signedInContext(browser, origin, cognito.clientId, username, tokens);
     const p = await context.newPage();
     await p.goto(`${origin}/`);
     await p.click('#connect');
@@ -295,6 +294,6 @@ test('cookies written on the 101 are stored by Chromium and sent on the next req
     assert.equal(await refreshes(), 1, 'the next request still carried the expired token');
   } finally {
     await browser.close();
-    await withDeadline(Promise.all([relay.stop(), emulator.stop()]), 15_000, 'children to stop');
+    await served.stop();
   }
 });

@@ -28,19 +28,33 @@ struct Inner {
     refresh_tokens: HashMap<String, (String, bool)>,
 }
 
+/// Everything the fake's handler reads; shared with the test through
+/// [`FakeCognito`]'s `Deref`.
+#[derive(Default)]
+pub struct Shared {
+    issuer: String,
+    inner: Mutex<Inner>,
+    /// Calls per X-Amz-Target action.
+    calls: Mutex<HashMap<String, u64>>,
+    pub token_lifetime: AtomicU64,
+    pub rotate: AtomicBool,
+    /// With rotation, kill the old refresh token at once (a 0 s grace period).
+    pub invalidate_rotated: AtomicBool,
+    /// Delay before answering, to make concurrent callers overlap.
+    pub delay_ms: AtomicU64,
+    pub client_secret: Mutex<Option<String>>,
+}
+
 pub struct FakeCognito {
     pub addr: SocketAddr,
-    issuer: String,
-    inner: Arc<Mutex<Inner>>,
-    /// Calls per X-Amz-Target action.
-    calls: Arc<Mutex<HashMap<String, u64>>>,
-    pub token_lifetime: Arc<AtomicU64>,
-    pub rotate: Arc<AtomicBool>,
-    /// With rotation, kill the old refresh token at once (a 0 s grace period).
-    pub invalidate_rotated: Arc<AtomicBool>,
-    /// Delay before answering, to make concurrent callers overlap.
-    pub delay_ms: Arc<AtomicU64>,
-    pub client_secret: Arc<Mutex<Option<String>>>,
+    shared: Arc<Shared>,
+}
+
+impl std::ops::Deref for FakeCognito {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.shared
+    }
 }
 
 pub struct Session {
@@ -70,156 +84,104 @@ fn error(kind: &str, message: &str) -> Response<Full<Bytes>> {
     r
 }
 
+impl Shared {
+    async fn handle(&self, req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+        let target = req
+            .headers()
+            .get("x-amz-target")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let body = req.into_body().collect().await.unwrap().to_bytes();
+        let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        let action = target.rsplit('.').next().unwrap_or("").to_string();
+        *self
+            .calls
+            .lock()
+            .unwrap()
+            .entry(action.clone())
+            .or_default() += 1;
+        let ms = self.delay_ms.load(Ordering::SeqCst);
+        if ms > 0 {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
+        if !target.starts_with("AWSCognitoIdentityProviderService.") {
+            return error("UnknownOperationException", "bad target");
+        }
+        if body["ClientId"] != CLIENT_ID {
+            return error("ResourceNotFoundException", "unknown client");
+        }
+        let (rt, given_secret) = match action.as_str() {
+            "GetTokensFromRefreshToken" => (
+                body["RefreshToken"].as_str().unwrap_or("").to_string(),
+                body["ClientSecret"].as_str().map(str::to_string),
+            ),
+            "InitiateAuth" if body["AuthFlow"] == "REFRESH_TOKEN_AUTH" => (
+                body["AuthParameters"]["REFRESH_TOKEN"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string(),
+                body["AuthParameters"]["SECRET_HASH"]
+                    .as_str()
+                    .map(str::to_string),
+            ),
+            _ => return error("InvalidParameterException", "unsupported"),
+        };
+        let username = match self.inner.lock().unwrap().refresh_tokens.get(&rt) {
+            Some((u, false)) => u.clone(),
+            _ => return error("NotAuthorizedException", "Invalid Refresh Token"),
+        };
+        if let Some(expected) = self.client_secret.lock().unwrap().clone() {
+            let wanted = match action.as_str() {
+                "GetTokensFromRefreshToken" => expected,
+                _ => appsync_relay::refresh::secret_hash(&expected, &username, CLIENT_ID),
+            };
+            if given_secret.as_deref() != Some(wanted.as_str()) {
+                return error("NotAuthorizedException", "Unable to verify secret hash");
+            }
+        }
+        let lifetime = self.token_lifetime.load(Ordering::SeqCst);
+        let (access, id) = mint(&self.issuer, &username, lifetime);
+        let mut result = json!({"AccessToken": access, "IdToken": id, "ExpiresIn": lifetime, "TokenType": "Bearer"});
+        if action == "GetTokensFromRefreshToken" && self.rotate.load(Ordering::SeqCst) {
+            let new_rt = format!("rt-{}", rand::random::<u64>());
+            let mut inner = self.inner.lock().unwrap();
+            inner
+                .refresh_tokens
+                .insert(new_rt.clone(), (username, false));
+            if self.invalidate_rotated.load(Ordering::SeqCst) {
+                if let Some(old) = inner.refresh_tokens.get_mut(&rt) {
+                    old.1 = true;
+                }
+            }
+            result["RefreshToken"] = json!(new_rt);
+        }
+        Response::new(Full::new(Bytes::from(
+            json!({"AuthenticationResult": result}).to_string(),
+        )))
+    }
+}
+
 impl FakeCognito {
     pub async fn start(issuer: String, token_lifetime: u64) -> FakeCognito {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let fake = FakeCognito {
-            addr,
+        let shared = Arc::new(Shared {
             issuer,
-            inner: Arc::default(),
-            calls: Arc::default(),
-            token_lifetime: Arc::new(AtomicU64::new(token_lifetime)),
-            rotate: Arc::new(AtomicBool::new(false)),
-            invalidate_rotated: Arc::new(AtomicBool::new(false)),
-            delay_ms: Arc::new(AtomicU64::new(0)),
-            client_secret: Arc::default(),
-        };
-        let (inner, calls, lifetime, rotate, delay, secret, issuer, invalidate) = (
-            fake.inner.clone(),
-            fake.calls.clone(),
-            fake.token_lifetime.clone(),
-            fake.rotate.clone(),
-            fake.delay_ms.clone(),
-            fake.client_secret.clone(),
-            fake.issuer.clone(),
-            fake.invalidate_rotated.clone(),
-        );
+            token_lifetime: AtomicU64::new(token_lifetime),
+            ..Default::default()
+        });
+        let serving = shared.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
-                let (inner, calls, lifetime, rotate, delay, secret, issuer, invalidate) = (
-                    inner.clone(),
-                    calls.clone(),
-                    lifetime.clone(),
-                    rotate.clone(),
-                    delay.clone(),
-                    secret.clone(),
-                    issuer.clone(),
-                    invalidate.clone(),
-                );
+                let shared = serving.clone();
                 tokio::spawn(async move {
-                    let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
-                        let (inner, calls, lifetime, rotate, delay, secret, issuer, invalidate) = (
-                            inner.clone(),
-                            calls.clone(),
-                            lifetime.clone(),
-                            rotate.clone(),
-                            delay.clone(),
-                            secret.clone(),
-                            issuer.clone(),
-                            invalidate.clone(),
-                        );
-                        async move {
-                            let target = req
-                                .headers()
-                                .get("x-amz-target")
-                                .and_then(|v| v.to_str().ok())
-                                .unwrap_or("")
-                                .to_string();
-                            let body = req.into_body().collect().await.unwrap().to_bytes();
-                            let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                            let action = target.rsplit('.').next().unwrap_or("").to_string();
-                            *calls.lock().unwrap().entry(action.clone()).or_default() += 1;
-                            let ms = delay.load(Ordering::SeqCst);
-                            if ms > 0 {
-                                tokio::time::sleep(Duration::from_millis(ms)).await;
-                            }
-                            if !target.starts_with("AWSCognitoIdentityProviderService.") {
-                                return Ok::<_, Infallible>(error(
-                                    "UnknownOperationException",
-                                    "bad target",
-                                ));
-                            }
-                            if body["ClientId"] != CLIENT_ID {
-                                return Ok(error("ResourceNotFoundException", "unknown client"));
-                            }
-                            let (rt, given_secret) = match action.as_str() {
-                                "GetTokensFromRefreshToken" => (
-                                    body["RefreshToken"].as_str().unwrap_or("").to_string(),
-                                    body["ClientSecret"].as_str().map(str::to_string),
-                                ),
-                                "InitiateAuth" if body["AuthFlow"] == "REFRESH_TOKEN_AUTH" => (
-                                    body["AuthParameters"]["REFRESH_TOKEN"]
-                                        .as_str()
-                                        .unwrap_or("")
-                                        .to_string(),
-                                    body["AuthParameters"]["SECRET_HASH"]
-                                        .as_str()
-                                        .map(str::to_string),
-                                ),
-                                _ => return Ok(error("InvalidParameterException", "unsupported")),
-                            };
-                            let username = {
-                                let inner = inner.lock().unwrap();
-                                match inner.refresh_tokens.get(&rt) {
-                                    Some((u, false)) => u.clone(),
-                                    _ => {
-                                        return Ok(error(
-                                            "NotAuthorizedException",
-                                            "Invalid Refresh Token",
-                                        ))
-                                    }
-                                }
-                            };
-                            if let Some(expected) = secret.lock().unwrap().clone() {
-                                let ok = match action.as_str() {
-                                    "GetTokensFromRefreshToken" => {
-                                        given_secret.as_deref() == Some(expected.as_str())
-                                    }
-                                    _ => {
-                                        given_secret.as_deref()
-                                            == Some(
-                                                appsync_relay::refresh::secret_hash(
-                                                    &expected, &username, CLIENT_ID,
-                                                )
-                                                .as_str(),
-                                            )
-                                    }
-                                };
-                                if !ok {
-                                    return Ok(error(
-                                        "NotAuthorizedException",
-                                        "Unable to verify secret hash",
-                                    ));
-                                }
-                            }
-                            let (access, id) =
-                                mint(&issuer, &username, lifetime.load(Ordering::SeqCst));
-                            let mut result = json!({
-                                "AccessToken": access, "IdToken": id, "ExpiresIn": lifetime.load(Ordering::SeqCst),
-                                "TokenType": "Bearer",
-                            });
-                            if action == "GetTokensFromRefreshToken"
-                                && rotate.load(Ordering::SeqCst)
-                            {
-                                let new_rt = format!("rt-{}", rand::random::<u64>());
-                                let mut inner = inner.lock().unwrap();
-                                inner
-                                    .refresh_tokens
-                                    .insert(new_rt.clone(), (username, false));
-                                if invalidate.load(Ordering::SeqCst) {
-                                    if let Some(old) = inner.refresh_tokens.get_mut(&rt) {
-                                        old.1 = true;
-                                    }
-                                }
-                                result["RefreshToken"] = json!(new_rt);
-                            }
-                            let body = json!({"AuthenticationResult": result}).to_string();
-                            Ok(Response::new(Full::new(Bytes::from(body))))
-                        }
+                    let svc = service_fn(move |req| {
+                        let shared = shared.clone();
+                        async move { Ok::<_, Infallible>(shared.handle(req).await) }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), svc)
@@ -227,7 +189,7 @@ impl FakeCognito {
                 });
             }
         });
-        fake
+        FakeCognito { addr, shared }
     }
 
     pub fn endpoint(&self) -> String {
