@@ -44,11 +44,14 @@ const PENDING_TTL: Duration = Duration::from_secs(24 * 3600);
 /// What serves requests outside `<events-path>` on the public listener
 /// (the demo pages; later the SSR app proxy). Without one they get 404.
 pub trait App: Send + Sync + 'static {
-    fn handle(
-        &self,
+    /// Serves `req`; `state` gives access to the relay's configuration,
+    /// metrics and pending session renewals (to write them on responses).
+    fn handle<'a>(
+        &'a self,
+        state: &'a Arc<RelayState>,
         req: Request<Incoming>,
         peer: SocketAddr,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Response<Body>> + Send + '_>>;
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Response<Body>> + Send + 'a>>;
 }
 
 /// Everything a request handler needs, shared by all connections.
@@ -366,7 +369,7 @@ async fn route(state: Arc<RelayState>, req: Request<Incoming>, peer: SocketAddr)
         return RelayError::MethodNotAllowed.into_response();
     }
     match &state.app {
-        Some(app) => app.handle(req, peer).await,
+        Some(app) => app.handle(&state, req, peer).await,
         None => RelayError::NotFound.into_response(),
     }
 }

@@ -196,8 +196,9 @@ struct DemoApp {
 }
 
 impl App for DemoApp {
-    fn handle(
-        &self,
+    fn handle<'a>(
+        &'a self,
+        _state: &'a Arc<server::RelayState>,
         req: Request<Incoming>,
         _peer: SocketAddr,
     ) -> Pin<Box<dyn Future<Output = Response<Body>> + Send + '_>> {
