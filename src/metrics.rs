@@ -41,6 +41,11 @@ pub struct Metrics {
     pub sessions_ended: IntCounterVec,
     /// Upstream re-dials after an upstream drop, by result.
     pub upstream_redials: IntCounterVec,
+    /// Requests proxied to the SSR app, by outcome (status class,
+    /// `unreachable`, `timeout`, `upgrade`).
+    pub app_requests: IntCounterVec,
+    /// Requests or frames refused by a configured limit, by limit.
+    pub limits_hit: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -170,6 +175,18 @@ impl Metrics {
                 "upstream_redials_total",
                 "Upstream re-dials by result",
                 &["result"],
+            ),
+            app_requests: counter(
+                &registry,
+                "app_requests_total",
+                "Requests proxied to the SSR app by outcome",
+                &["outcome"],
+            ),
+            limits_hit: counter(
+                &registry,
+                "limits_hit_total",
+                "Requests or frames refused by a limit",
+                &["limit"],
             ),
             registry,
         }
