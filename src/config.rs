@@ -190,6 +190,85 @@ pub struct ServeArgs {
         default_value_t = 5
     )]
     pub upstream_redial_attempts: u32,
+    /// The SSR app to front: every request outside the events path is proxied there (http://host:port).
+    #[arg(long, env = "APPSYNC_RELAY_APP_UPSTREAM")]
+    pub app_upstream: Option<String>,
+    /// Seconds to connect to the app upstream before answering 502.
+    #[arg(long, env = "APPSYNC_RELAY_APP_CONNECT_TIMEOUT", default_value_t = 5)]
+    pub app_connect_timeout: u64,
+    /// Seconds to wait for the app's response headers before answering 504.
+    #[arg(long, env = "APPSYNC_RELAY_APP_TIMEOUT", default_value_t = 60)]
+    pub app_timeout: u64,
+    /// Seconds the listener keeps serving after SIGTERM while /readyz reports 503, so load balancers stop routing here first.
+    #[arg(long, env = "APPSYNC_RELAY_DRAIN_DELAY", default_value_t = 5)]
+    pub drain_delay: u64,
+    /// Log output: human-readable text or one JSON object per line.
+    #[arg(
+        long,
+        env = "APPSYNC_RELAY_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
+    /// Most relayed WebSockets at once (0 = no limit); beyond it handshakes get 429.
+    #[arg(long, env = "APPSYNC_RELAY_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+    /// Most relayed WebSockets per user (`sub`) at once (0 = no limit); beyond it 429.
+    #[arg(
+        long,
+        env = "APPSYNC_RELAY_MAX_CONNECTIONS_PER_USER",
+        default_value_t = 20
+    )]
+    pub max_connections_per_user: usize,
+    /// Most relayed WebSockets per client IP at once (0 = no limit); beyond it 429.
+    #[arg(
+        long,
+        env = "APPSYNC_RELAY_MAX_CONNECTIONS_PER_IP",
+        default_value_t = 200
+    )]
+    pub max_connections_per_ip: usize,
+    /// Seconds a client gets to complete TLS and send its request head (slow-loris guard).
+    #[arg(long, env = "APPSYNC_RELAY_HANDSHAKE_TIMEOUT", default_value_t = 10)]
+    pub handshake_timeout: u64,
+    /// Largest request head (request line + headers) accepted, in bytes (at least 8192).
+    #[arg(long, env = "APPSYNC_RELAY_MAX_HEADER_BYTES", default_value_t = 65_536)]
+    pub max_header_bytes: usize,
+    /// Most subscriptions per WebSocket; beyond it subscribe gets subscribe_error.
+    #[arg(long, env = "APPSYNC_RELAY_MAX_SUBSCRIPTIONS", default_value_t = 200)]
+    pub max_subscriptions: usize,
+    /// Publishes per second per WebSocket (token bucket, burst of the same size; 0 = no limit); beyond it publish gets publish_error.
+    #[arg(long, env = "APPSYNC_RELAY_PUBLISH_RATE", default_value_t = 50)]
+    pub publish_rate: u32,
+    /// Close WebSockets after this many seconds without a frame other than keep-alives either way (0 = never).
+    #[arg(long, env = "APPSYNC_RELAY_IDLE_TIMEOUT", default_value_t = 0)]
+    pub idle_timeout: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Configured limits (0 / `None` = unlimited).
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub max_connections_per_user: usize,
+    pub max_connections_per_ip: usize,
+    pub handshake_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_subscriptions: usize,
+    pub publish_rate: u32,
+    pub idle_timeout: Option<Duration>,
+}
+
+/// Where the SSR app is, when the relay fronts it.
+#[derive(Debug, Clone)]
+pub struct AppUpstream {
+    pub url: url::Url,
+    pub connect_timeout: Duration,
+    pub response_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -319,6 +398,10 @@ pub struct Config {
     pub trust_forwarded: Vec<IpNet>,
     pub max_session_age: Option<Duration>,
     pub upstream_redial_attempts: u32,
+    pub app_upstream: Option<AppUpstream>,
+    pub drain_delay: Duration,
+    pub log_format: LogFormat,
+    pub limits: Limits,
 }
 
 /// `host[:port]` as AppSync expects it in `host`: the port only when it is
@@ -519,6 +602,27 @@ impl ServeArgs {
                 errors.push(format!("--cookie-domain: '{domain}' is not a domain name"));
             }
         }
+        let app_upstream = self.app_upstream.as_ref().and_then(|u| {
+            let url = parse_http_url("app-upstream", u, &mut errors)?;
+            if let Err(e) = crate::proxy::check_upstream(&url) {
+                errors.push(format!("--app-upstream: {e}"));
+                return None;
+            }
+            Some(AppUpstream {
+                url,
+                connect_timeout: Duration::from_secs(self.app_connect_timeout.max(1)),
+                response_timeout: Duration::from_secs(self.app_timeout.max(1)),
+            })
+        });
+        if self.max_header_bytes < 8192 {
+            errors.push("--max-header-bytes: must be at least 8192".to_string());
+        }
+        if self.handshake_timeout == 0 {
+            errors.push("--handshake-timeout: must be at least 1 second".to_string());
+        }
+        if self.max_subscriptions == 0 {
+            errors.push("--max-subscriptions: must be at least 1".to_string());
+        }
         let http_host = http_endpoint.as_ref().and_then(host_with_port);
         match (
             errors.is_empty(),
@@ -574,6 +678,20 @@ impl ServeArgs {
                 max_session_age: (self.max_session_age > 0)
                     .then(|| Duration::from_secs(self.max_session_age)),
                 upstream_redial_attempts: self.upstream_redial_attempts,
+                app_upstream,
+                drain_delay: Duration::from_secs(self.drain_delay),
+                log_format: self.log_format,
+                limits: Limits {
+                    max_connections: self.max_connections,
+                    max_connections_per_user: self.max_connections_per_user,
+                    max_connections_per_ip: self.max_connections_per_ip,
+                    handshake_timeout: Duration::from_secs(self.handshake_timeout),
+                    max_header_bytes: self.max_header_bytes,
+                    max_subscriptions: self.max_subscriptions,
+                    publish_rate: self.publish_rate,
+                    idle_timeout: (self.idle_timeout > 0)
+                        .then(|| Duration::from_secs(self.idle_timeout)),
+                },
             }),
             _ => Err(errors),
         }

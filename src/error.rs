@@ -52,6 +52,8 @@ pub enum RelayError {
     MethodNotAllowed,
     #[error("not found")]
     NotFound,
+    #[error("limit reached: {0}")]
+    Limit(#[from] crate::limits::LimitHit),
     #[error("session could not be renewed: {0}")]
     Refresh(crate::refresh::RefreshError),
     // --- upstream: AppSync failed or refused ---
@@ -71,6 +73,7 @@ impl RelayError {
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
             }
             RelayError::Session(_) => StatusCode::UNAUTHORIZED,
+            RelayError::Limit(_) => StatusCode::TOO_MANY_REQUESTS,
             RelayError::Token(VerifyError::JwksUnavailable) => StatusCode::SERVICE_UNAVAILABLE,
             RelayError::Token(_) => StatusCode::UNAUTHORIZED,
             RelayError::Refresh(crate::refresh::RefreshError::Rejected(_)) => {
@@ -96,6 +99,7 @@ impl RelayError {
             RelayError::NoSubprotocol => "no_subprotocol",
             RelayError::Session(e) => e.reason(),
             RelayError::Token(e) => e.reason(),
+            RelayError::Limit(hit) => hit.reason(),
             RelayError::Refresh(crate::refresh::RefreshError::Rejected(_)) => "session_ended",
             RelayError::Refresh(_) => "refresh_unavailable",
             RelayError::BodyTooLarge => "body_too_large",
@@ -129,6 +133,7 @@ impl RelayError {
             StatusCode::BAD_GATEWAY => "bad_gateway",
             StatusCode::GATEWAY_TIMEOUT => "gateway_timeout",
             StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+            StatusCode::TOO_MANY_REQUESTS => "too_many_requests",
             _ => "internal",
         }
     }

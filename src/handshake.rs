@@ -13,6 +13,7 @@
 
 use crate::authenticate::{authenticate, Authenticated};
 use crate::error::{empty, Body, RelayError};
+use crate::limits::{ConnectionPermit, LimitHit};
 use crate::protocol;
 use crate::relay;
 use crate::relay::ConnectionContext;
@@ -38,6 +39,8 @@ struct Accepted {
     upstream: UpstreamSocket,
     auth: UpstreamAuth,
     authenticated: Authenticated,
+    /// This connection's slot in the admission limits, held until it ends.
+    permit: ConnectionPermit,
 }
 
 pub async fn handle(
@@ -75,6 +78,7 @@ pub async fn handle(
         upstream,
         auth,
         authenticated,
+        permit,
     } = accepted;
     let set_cookies = authenticated.set_cookies;
     let sub = authenticated.claims.sub.clone();
@@ -104,6 +108,7 @@ pub async fn handle(
         metrics.connections_active.inc();
         let opened = Instant::now();
         let outcome = relay::run(client, upstream, ctx).await;
+        drop(permit);
         metrics.connections_active.dec();
         metrics
             .connection_seconds
@@ -171,6 +176,10 @@ async fn accept(
     let accept_key = upgrade::check_upgrade(req)?;
     // 2. From one of our own origins (CSWSH defence).
     state.config.origins.check(req.headers())?;
+    // Full already? Refuse before spending any verification work.
+    if state.limits.total_full() {
+        return Err(limit_hit(state, LimitHit::Total));
+    }
     // 3. Speaking AppSync Events. Any `header-…` the browser offered holds a
     //    placeholder at best; it is never looked at or forwarded.
     if !upgrade::offered_protocols(req.headers()).contains(&protocol::SUBPROTOCOL) {
@@ -185,6 +194,12 @@ async fn accept(
         .handshake_seconds
         .with_label_values(&["verify"])
         .observe(verify_started.elapsed().as_secs_f64());
+    // Admission per user and per client address, now that the user is known.
+    let client_ip = state.client_ip(req.headers(), peer);
+    let permit = state
+        .limits
+        .try_acquire(&authenticated.claims.sub, client_ip)
+        .map_err(|hit| limit_hit(state, hit))?;
     // 5. Upstream, as that user.
     let auth = UpstreamAuth::new(
         authenticated.token.as_str(),
@@ -219,5 +234,15 @@ async fn accept(
         upstream,
         auth,
         authenticated,
+        permit,
     })
+}
+
+fn limit_hit(state: &RelayState, hit: LimitHit) -> RelayError {
+    state
+        .metrics
+        .limits_hit
+        .with_label_values(&[hit.reason()])
+        .inc();
+    RelayError::Limit(hit)
 }

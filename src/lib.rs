@@ -26,6 +26,8 @@
 //! - [`relay`]: the two-way pump and close-code mapping.
 //!   - [`rewrite`]: client frame policy and auth injection.
 //! - [`publish`]: HTTP publish.
+//! - [`proxy`]: everything else, to the SSR app (`--app-upstream`).
+//! - [`limits`]: admission limits and the publish token bucket.
 //! - [`protocol`]: AppSync Events rules shared with the [`emulator`], the
 //!   strict stand-in for AWS used by tests and local development.
 //! - [`demo`]: `appsync-relay demo`, relay + emulator + dev identity provider.
@@ -40,9 +42,11 @@ pub mod emulator;
 pub mod error;
 pub mod handshake;
 pub mod http_client;
+pub mod limits;
 pub mod metrics;
 pub mod origin;
 pub mod protocol;
+pub mod proxy;
 pub mod publish;
 pub mod refresh;
 pub mod relay;

@@ -1,7 +1,7 @@
 //! Wiring only: parse flags, set up logging, bind, run until a signal.
 #![forbid(unsafe_code)]
 
-use appsync_relay::config::{Cli, Command, EmulateArgs, ServeArgs};
+use appsync_relay::config::{Cli, Command, EmulateArgs, LogFormat, ServeArgs};
 use appsync_relay::emulator::{self, EmulatorAuth, EmulatorConfig};
 use appsync_relay::verify::{Verifier, VerifierConfig};
 use appsync_relay::{http_client, server};
@@ -13,13 +13,11 @@ use tokio::net::TcpListener;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("APPSYNC_RELAY_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let format = match &cli.command {
+        Command::Serve(args) => args.log_format,
+        _ => LogFormat::Text,
+    };
+    init_tracing(format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -34,6 +32,24 @@ fn main() -> ExitCode {
         Command::Serve(args) => runtime.block_on(serve(*args)),
         Command::Emulate(args) => runtime.block_on(emulate(args)),
         Command::Demo(args) => runtime.block_on(demo(args)),
+    }
+}
+
+/// Logs go to stderr, filtered by `APPSYNC_RELAY_LOG` (default `info`),
+/// as text or one JSON object per line.
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("APPSYNC_RELAY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
     }
 }
 
@@ -57,6 +73,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
         Err(errors) => return usage_error(&errors),
     };
     let drain = config.drain_timeout;
+    let drain_delay = config.drain_delay;
     let public = match bind("public", config.listen).await {
         Ok(l) => l,
         Err(code) => return code,
@@ -75,7 +92,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
     tracing::info!(public = %handle.public_addr, admin = %handle.admin_addr, "appsync-relay listening");
     shutdown_signal().await;
     tracing::info!(drain_timeout_s = drain.as_secs(), "shutting down");
-    handle.shutdown(drain).await;
+    handle.shutdown(drain_delay, drain).await;
     ExitCode::SUCCESS
 }
 
@@ -158,7 +175,9 @@ async fn demo(args: appsync_relay::demo::DemoArgs) -> ExitCode {
     );
     println!("Press Ctrl-C to stop.");
     shutdown_signal().await;
-    demo.relay.shutdown(Duration::from_secs(2)).await;
+    demo.relay
+        .shutdown(Duration::ZERO, Duration::from_secs(2))
+        .await;
     demo.emulator.shutdown().await;
     ExitCode::SUCCESS
 }

@@ -21,6 +21,7 @@
 //! short timeout. This module never logs frame contents or tokens.
 
 use crate::authenticate::{forwarded_token, now_secs, SessionState};
+use crate::limits::TokenBucket;
 use crate::metrics::frame_type_label;
 use crate::refresh::{RefreshError, RefreshedTokens};
 use crate::rewrite::{
@@ -64,8 +65,6 @@ const QUEUE: usize = 16;
 const REPLAY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Retry interval for a refresh that failed for a transient reason.
 const REFRESH_RETRY: Duration = Duration::from_secs(5);
-/// Most subscriptions remembered per connection for replay.
-const MAX_TRACKED_SUBSCRIPTIONS: usize = 10_000;
 
 /// Why the relay ended, and which close each leg gets.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,6 +86,8 @@ pub enum Ending {
     SessionEnded(&'static str),
     /// The client must reconnect so the handshake can renew and write cookies.
     Reauthenticate,
+    /// Nothing but keep-alives for `--idle-timeout`.
+    Idle,
 }
 
 impl Ending {
@@ -105,6 +106,7 @@ impl Ending {
             Ending::Draining => (Some(close::GOING_AWAY), Some(close::GOING_AWAY)),
             Ending::SessionEnded(_) => (Some(close::SESSION_ENDED), Some(close::NORMAL)),
             Ending::Reauthenticate => (Some(close::REAUTHENTICATE), Some(close::NORMAL)),
+            Ending::Idle => (Some(close::NORMAL), Some(close::NORMAL)),
         }
     }
 }
@@ -227,6 +229,7 @@ where
     let (mut c_tx, mut c_rx) = client.split();
     let (to_up, from_client) = mpsc::channel::<FromClient>(QUEUE);
     let shutdown = ctx.state.shutdown.clone();
+    let publish_rate = ctx.state.config.limits.publish_rate;
     let max_age_at = ctx
         .state
         .config
@@ -248,6 +251,8 @@ where
         replaying: HashSet::new(),
         init_seen: false,
         max_age_at,
+        publish_bucket: TokenBucket::new(publish_rate),
+        last_activity: Instant::now(),
         stats: Stats::default(),
     };
 
@@ -276,7 +281,36 @@ where
             .with_label_values(&["reauthenticate"])
             .inc();
     }
-    let (to_client, to_upstream) = ending.close_codes();
+    let (to_client, mut to_upstream) = ending.close_codes();
+    if ending == Ending::Draining {
+        // Close upstream first and pass on whatever it still sends until its
+        // close arrives: data AppSync already accepted for this browser is
+        // delivered before the browser's 1001.
+        let upstream = &mut side.upstream;
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+            if upstream
+                .send(close_frame(close::GOING_AWAY, ""))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            while let Some(Ok(msg)) = upstream.next().await {
+                match msg {
+                    Message::Text(_) | Message::Binary(_) => {
+                        side.stats.frames_to_client += 1;
+                        if c_tx.send(msg).await.is_err() {
+                            return;
+                        }
+                    }
+                    Message::Close(_) => return,
+                    _ => {}
+                }
+            }
+        })
+        .await;
+        to_upstream = None;
+    }
     let closing_client = async {
         match to_client {
             Some(code) => {
@@ -348,7 +382,7 @@ where
                     FrameKind::ConnectionInit => "connection_init",
                     FrameKind::Subscribe { .. } => "subscribe",
                     FrameKind::Unsubscribe { .. } => "unsubscribe",
-                    FrameKind::Publish => "publish",
+                    FrameKind::Publish { .. } => "publish",
                     FrameKind::Other => frame_type_label(&text),
                 },
                 original: text,
@@ -379,6 +413,10 @@ struct UpstreamSide {
     /// Next token renewal (or retry).
     due: Instant,
     max_age_at: Option<Instant>,
+    /// Publishes allowed per second on this connection.
+    publish_bucket: Option<TokenBucket>,
+    /// Last frame other than a keep-alive, either way (for `--idle-timeout`).
+    last_activity: Instant,
     stats: Stats,
 }
 
@@ -395,14 +433,22 @@ impl UpstreamSide {
         let bytes_down = metrics.bytes.with_label_values(&["upstream_to_client"]);
         let bytes_up = metrics.bytes.with_label_values(&["client_to_upstream"]);
         loop {
-            let deadline = match self.max_age_at {
-                Some(max) if max < self.due => max,
-                _ => self.due,
-            };
+            let idle_at = self
+                .state
+                .config
+                .limits
+                .idle_timeout
+                .map(|t| self.last_activity + t);
+            let deadline = [Some(self.due), self.max_age_at, idle_at]
+                .into_iter()
+                .flatten()
+                .min()
+                .unwrap_or(self.due);
             tokio::select! {
                 biased;
                 item = from_client.recv() => {
                     let Some(item) = item else { return Ending::ClientGone };
+                    self.last_activity = Instant::now();
                     match item {
                         FromClient::Reply(reply) => {
                             self.stats.local_replies += 1;
@@ -452,6 +498,9 @@ impl UpstreamSide {
                             if self.swallow(label, t) {
                                 continue;
                             }
+                            if label != "ka" {
+                                self.last_activity = Instant::now();
+                            }
                             (t.len() as u64, label)
                         }
                         Message::Binary(b) => (b.len() as u64, "binary"),
@@ -475,11 +524,18 @@ impl UpstreamSide {
                     bytes_down.inc_by(len);
                 }
                 _ = tokio::time::sleep_until(deadline) => {
-                    if self.max_age_at.is_some_and(|max| Instant::now() >= max) {
+                    let now = Instant::now();
+                    if self.max_age_at.is_some_and(|max| now >= max) {
                         return Ending::SessionEnded("max_session_age");
                     }
-                    if let Err(e) = self.renew().await {
-                        return e;
+                    if idle_at.is_some_and(|idle| now >= idle) {
+                        metrics.limits_hit.with_label_values(&["idle_timeout"]).inc();
+                        return Ending::Idle;
+                    }
+                    if now >= self.due {
+                        if let Err(e) = self.renew().await {
+                            return e;
+                        }
                     }
                 }
             }
@@ -492,9 +548,13 @@ impl UpstreamSide {
         match kind {
             FrameKind::ConnectionInit => self.init_seen = true,
             FrameKind::Subscribe { id, channel } => {
-                if self.subscriptions.len() >= MAX_TRACKED_SUBSCRIPTIONS
-                    && !self.subscriptions.contains_key(id)
-                {
+                let max = self.state.config.limits.max_subscriptions;
+                if self.subscriptions.len() >= max && !self.subscriptions.contains_key(id) {
+                    self.state
+                        .metrics
+                        .limits_hit
+                        .with_label_values(&["max_subscriptions"])
+                        .inc();
                     return Some(crate::protocol::error_frame(
                         "subscribe_error",
                         Some(id),
@@ -507,7 +567,24 @@ impl UpstreamSide {
             FrameKind::Unsubscribe { id } => {
                 self.subscriptions.remove(id);
             }
-            FrameKind::Publish | FrameKind::Other => {}
+            FrameKind::Publish { id } => {
+                if let Some(bucket) = &mut self.publish_bucket {
+                    if !bucket.try_take() {
+                        self.state
+                            .metrics
+                            .limits_hit
+                            .with_label_values(&["publish_rate"])
+                            .inc();
+                        return Some(crate::protocol::error_frame(
+                            "publish_error",
+                            Some(id),
+                            crate::protocol::error_type::BAD_REQUEST,
+                            "Publish rate exceeded; retry later",
+                        ));
+                    }
+                }
+            }
+            FrameKind::Other => {}
         }
         None
     }

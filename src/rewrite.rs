@@ -110,7 +110,9 @@ pub enum FrameKind {
     Unsubscribe {
         id: String,
     },
-    Publish,
+    Publish {
+        id: String,
+    },
     Other,
 }
 
@@ -174,7 +176,7 @@ pub fn prepare_client_frame(text: &str) -> Prepared {
             }
             strip_all_auth(&mut msg);
             let kind = if publish {
-                FrameKind::Publish
+                FrameKind::Publish { id }
             } else {
                 FrameKind::Subscribe { id, channel }
             };

@@ -10,6 +10,7 @@ use crate::config::Config;
 use crate::cookies::PendingCookies;
 use crate::error::{full, json_error, Body, RelayError};
 use crate::http_client::{self, HttpClient};
+use crate::limits::ConnectionLimits;
 use crate::metrics::Metrics;
 use crate::refresh::Refresher;
 use crate::tls::{self, CertStore};
@@ -33,10 +34,6 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// Deadline for a client to send its request head (slow-loris guard).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// Largest request head accepted.
-const MAX_HEADER_BYTES: usize = 64 * 1024;
 /// How long a renewal made on an open socket waits for its browser: as long
 /// as a connection can live upstream (AppSync closes at 24 h).
 const PENDING_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -65,14 +62,20 @@ pub struct RelayState {
     pub http: HttpClient,
     pub metrics: Arc<Metrics>,
     pub ws_config: WebSocketConfig,
-    /// Fires when shutdown starts: readiness drops, listeners stop accepting.
+    /// Fires when shutdown starts: readiness drops to 503.
     pub draining: CancellationToken,
+    /// Fires after the drain delay: listeners stop accepting.
+    pub stop_accepting: CancellationToken,
     /// Fires when open relays must close (1001 to the browser).
     pub shutdown: CancellationToken,
     /// Every relayed connection, so shutdown can wait for them.
     pub tracker: TaskTracker,
     /// Serves everything that is not a relay route.
     pub app: Option<Arc<dyn App>>,
+    /// Connection admission limits.
+    pub limits: Arc<ConnectionLimits>,
+    /// The AppSync real-time host resolved at the last check.
+    pub upstream_resolvable: std::sync::atomic::AtomicBool,
 }
 
 impl RelayState {
@@ -103,7 +106,6 @@ impl RelayState {
             tls: http_client::tls_client_config(),
         };
         Arc::new(RelayState {
-            config,
             verifier,
             refresher,
             pending,
@@ -112,9 +114,13 @@ impl RelayState {
             metrics: Arc::new(Metrics::new()),
             ws_config,
             draining: CancellationToken::new(),
+            stop_accepting: CancellationToken::new(),
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
+            limits: ConnectionLimits::new(config.limits.clone()),
+            upstream_resolvable: std::sync::atomic::AtomicBool::new(false),
             app,
+            config,
         })
     }
 
@@ -146,9 +152,36 @@ impl RelayState {
         https_origin || forwarded_https
     }
 
+    /// The client's IP: the TCP peer, or — when the peer is a trusted proxy
+    /// (`--trust-forwarded`) — the rightmost `X-Forwarded-For` entry that is
+    /// not itself trusted (entries further left are client-controlled).
+    pub fn client_ip(&self, headers: &hyper::HeaderMap, peer: SocketAddr) -> std::net::IpAddr {
+        let trusted =
+            |ip: std::net::IpAddr| self.config.trust_forwarded.iter().any(|n| n.contains(ip));
+        if !trusted(peer.ip()) {
+            return peer.ip();
+        }
+        let chain: Vec<std::net::IpAddr> = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|ip| ip.trim().parse().ok())
+            .collect();
+        chain
+            .into_iter()
+            .rev()
+            .find(|ip| !trusted(*ip))
+            .unwrap_or(peer.ip())
+    }
+
     /// Ready to take traffic: signing keys loaded and not shutting down.
     pub fn is_ready(&self) -> bool {
-        self.verifier.is_ready() && !self.draining.is_cancelled()
+        self.verifier.is_ready()
+            && self
+                .upstream_resolvable
+                .load(std::sync::atomic::Ordering::Acquire)
+            && !self.draining.is_cancelled()
     }
 }
 
@@ -179,10 +212,17 @@ impl RelayHandle {
 
     /// Stops accepting, closes every relayed socket with 1001 once
     /// `drain_timeout` has passed, and waits for all tasks to end.
-    pub async fn shutdown(self, drain_timeout: Duration) {
+    pub async fn shutdown(self, drain_delay: Duration, drain_timeout: Duration) {
         let state = self.state.clone();
-        // Readiness drops and listeners stop first; open relays keep going.
+        // Readiness drops at once; the listeners keep serving for the drain
+        // delay so load balancers see the 503 and stop sending new clients.
         state.draining.cancel();
+        tracing::info!(
+            drain_delay_ms = drain_delay.as_millis() as u64,
+            "draining: /readyz is 503"
+        );
+        tokio::time::sleep(drain_delay).await;
+        state.stop_accepting.cancel();
         state.tracker.close();
         self.tasks.close();
         let relays = state.tracker.clone();
@@ -216,6 +256,15 @@ pub fn spawn_with_app(
 ) -> std::io::Result<RelayHandle> {
     let public_addr = public.local_addr()?;
     let admin_addr = admin.local_addr()?;
+    // `--app-upstream` makes the relay front the SSR app.
+    let app = app.or_else(|| {
+        config.app_upstream.as_ref().map(|u| {
+            let mut proxy = crate::proxy::ProxyConfig::new(u.url.clone());
+            proxy.connect_timeout = u.connect_timeout;
+            proxy.response_timeout = u.response_timeout;
+            Arc::new(crate::proxy::AppProxy::new(proxy)) as Arc<dyn App>
+        })
+    });
     let tls = match &config.tls {
         Some(source) => {
             let store = CertStore::load(source.clone()).map_err(std::io::Error::other)?;
@@ -229,6 +278,7 @@ pub fn spawn_with_app(
     let state = RelayState::new(config, app);
     let tasks = TaskTracker::new();
     tasks.spawn(load_jwks(state.clone()));
+    tasks.spawn(watch_upstream_dns(state.clone()));
     let acceptor = match tls {
         Some((store, acceptor)) => {
             tasks.spawn(store.watch(state.draining.clone()));
@@ -249,6 +299,39 @@ pub fn spawn_with_app(
         admin_addr,
         tasks,
     })
+}
+
+/// Resolves the AppSync real-time host now and every 10 s: readiness
+/// follows it, so a pod whose DNS is broken takes no new traffic.
+async fn watch_upstream_dns(state: Arc<RelayState>) {
+    let url = &state.config.realtime_endpoint;
+    let host = url.host_str().unwrap_or_default().to_string();
+    let port = url.port_or_known_default().unwrap_or(443);
+    loop {
+        let lookup = tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio::net::lookup_host((host.as_str(), port)),
+        )
+        .await;
+        let ok = match lookup {
+            Ok(Ok(mut addrs)) => addrs.next().is_some(),
+            _ => false,
+        };
+        let was = state
+            .upstream_resolvable
+            .swap(ok, std::sync::atomic::Ordering::AcqRel);
+        if was != ok {
+            if ok {
+                tracing::info!(%host, "upstream host resolves");
+            } else {
+                tracing::warn!(%host, "upstream host does not resolve; not ready");
+            }
+        }
+        tokio::select! {
+            _ = state.draining.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+        }
+    }
 }
 
 /// Loads the JWKS until it succeeds, backing off; readiness waits for it.
@@ -296,7 +379,7 @@ async fn accept_loop(
 ) {
     loop {
         let (stream, peer) = tokio::select! {
-            _ = state.draining.cancelled() => return,
+            _ = state.stop_accepting.cancelled() => return,
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
@@ -316,7 +399,8 @@ async fn accept_loop(
                 Some(acceptor) => {
                     // The TLS handshake shares the request-head deadline:
                     // a client that stalls in either is dropped.
-                    match tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream)).await {
+                    let deadline = state.config.limits.handshake_timeout;
+                    match tokio::time::timeout(deadline, acceptor.accept(stream)).await {
                         Ok(Ok(tls_stream)) => serve_connection(tls_stream, state, kind, peer).await,
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -332,6 +416,10 @@ async fn serve_connection<S>(io: S, state: Arc<RelayState>, kind: Listener, peer
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let (handshake_timeout, max_header_bytes) = (
+        state.config.limits.handshake_timeout,
+        state.config.limits.max_header_bytes,
+    );
     let service = service_fn(move |req| {
         let state = state.clone();
         async move {
@@ -344,8 +432,8 @@ where
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .max_buf_size(MAX_HEADER_BYTES);
+        .header_read_timeout(handshake_timeout)
+        .max_buf_size(max_header_bytes);
     let conn = builder
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();

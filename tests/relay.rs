@@ -854,7 +854,7 @@ async fn drain_closes_open_sockets_with_1001() {
     } = stack;
     let admin = relay.admin_addr;
     let state = relay.state.clone();
-    let shutdown = tokio::spawn(relay.shutdown(Duration::from_millis(200)));
+    let shutdown = tokio::spawn(relay.shutdown(Duration::ZERO, Duration::from_millis(200)));
     assert_eq!(recv_close(&mut ws).await, Some(1001));
     shutdown.await.unwrap();
     assert!(!state.is_ready());

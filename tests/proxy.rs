@@ -1,0 +1,1026 @@
+//! The app reverse proxy (`--app-upstream`): a relay started with
+//! [`AppProxy`] in front of a small in-test hyper "app" that records every
+//! request it gets. Everything runs on ephemeral loopback ports; streaming is
+//! proved by handshakes between test and app (`Notify`), not by timing.
+
+mod support;
+
+use appsync_relay::proxy::{AppProxy, ProxyConfig};
+use appsync_relay::refresh::RefreshedTokens;
+use appsync_relay::server::{self, RelayHandle};
+use appsync_relay::session;
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::header::HeaderMap;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use sha2::{Digest, Sha256};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use support::*;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, Notify};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+const MIB: usize = 1024 * 1024;
+const CHUNK: usize = 64 * 1024;
+/// Bound on every wait in these tests: a hang is a failure, not a timeout.
+const WAIT: Duration = Duration::from_secs(10);
+
+type AppBody = BoxBody<Bytes, Infallible>;
+
+// === The app ===
+
+/// One request as the app saw it.
+#[derive(Debug, Clone)]
+struct Seen {
+    method: Method,
+    path: String,
+    headers: HeaderMap,
+}
+
+/// What the test and the app share.
+#[derive(Default)]
+struct AppShared {
+    seen: Mutex<Vec<Seen>>,
+    /// TCP connections the app accepted.
+    connections: AtomicUsize,
+    /// `/stream-request`: the app got the first body chunk.
+    first_chunk_arrived: Notify,
+    /// `/stream-response`: the test saw the first chunk; send the last.
+    release_last_chunk: Notify,
+}
+
+struct TestApp {
+    addr: SocketAddr,
+    shared: Arc<AppShared>,
+}
+
+impl TestApp {
+    async fn start() -> TestApp {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shared = Arc::new(AppShared::default());
+        let s = shared.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                s.connections.fetch_add(1, Ordering::SeqCst);
+                let s = s.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| {
+                        let s = s.clone();
+                        async move { Ok::<_, Infallible>(app(s, req).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .with_upgrades()
+                        .await;
+                });
+            }
+        });
+        TestApp { addr, shared }
+    }
+
+    fn url(&self) -> url::Url {
+        format!("http://{}", self.addr).parse().unwrap()
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.shared.seen.lock().unwrap().clone()
+    }
+
+    fn last(&self) -> Seen {
+        self.seen().pop().expect("the app got no request")
+    }
+
+    fn connections(&self) -> usize {
+        self.shared.connections.load(Ordering::SeqCst)
+    }
+}
+
+fn body(bytes: impl Into<Bytes>) -> AppBody {
+    Full::new(bytes.into()).boxed()
+}
+
+/// A body fed chunk by chunk from a channel.
+fn channel_body(rx: mpsc::Receiver<Bytes>) -> AppBody {
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
+    });
+    BodyExt::boxed(StreamBody::new(stream))
+}
+
+/// Deterministic bytes for the download route: byte `i` is `i * 31 % 251`.
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 31 % 251) as u8).collect()
+}
+
+async fn app(shared: Arc<AppShared>, mut req: Request<Incoming>) -> Response<AppBody> {
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_default();
+    shared.seen.lock().unwrap().push(Seen {
+        method: req.method().clone(),
+        path: path.clone(),
+        headers: req.headers().clone(),
+    });
+    let route = req.uri().path().to_string();
+    match route.as_str() {
+        "/_next/webpack-hmr" => websocket_echo(&mut req),
+        // Never answers: for the response timeout.
+        "/slow" => std::future::pending().await,
+        "/upload" => {
+            let mut hasher = Sha256::new();
+            let mut len = 0usize;
+            let mut body = req.into_body();
+            while let Some(frame) = body.frame().await {
+                if let Ok(data) = frame.unwrap().into_data() {
+                    len += data.len();
+                    hasher.update(&data);
+                }
+            }
+            let digest = hasher.finalize();
+            Response::new(body_text(format!("{len} {digest:x}")))
+        }
+        "/download" => {
+            let data = Bytes::from(pattern(8 * MIB));
+            let chunks: Vec<Result<Frame<Bytes>, Infallible>> = (0..data.len())
+                .step_by(CHUNK)
+                .map(|i| Ok(Frame::data(data.slice(i..(i + CHUNK).min(data.len())))))
+                .collect();
+            Response::new(BodyExt::boxed(StreamBody::new(futures_util::stream::iter(
+                chunks,
+            ))))
+        }
+        "/stream-request" => {
+            let mut body = req.into_body();
+            let mut len = 0usize;
+            let mut first = true;
+            while let Some(frame) = body.frame().await {
+                if let Ok(data) = frame.unwrap().into_data() {
+                    len += data.len();
+                    if first && !data.is_empty() {
+                        first = false;
+                        shared.first_chunk_arrived.notify_one();
+                    }
+                }
+            }
+            Response::new(body_text(len.to_string()))
+        }
+        "/stream-response" => {
+            let (tx, rx) = mpsc::channel(1);
+            let s = shared.clone();
+            tokio::spawn(async move {
+                let _ = tx.send(Bytes::from_static(b"first chunk;")).await;
+                s.release_last_chunk.notified().await;
+                let _ = tx.send(Bytes::from_static(b"last chunk")).await;
+            });
+            Response::new(channel_body(rx))
+        }
+        "/hop" => Response::builder()
+            .header("connection", "X-App-Hop")
+            .header("x-app-hop", "secret")
+            .header("keep-alive", "timeout=5")
+            .header("proxy-authenticate", "Basic realm=app")
+            .header("trailer", "x-foo")
+            .header("upgrade", "foo/1")
+            .header("x-app-e2e", "kept")
+            .body(body("hop"))
+            .unwrap(),
+        "/echo" => {
+            let method = req.method().clone();
+            let status = req
+                .headers()
+                .get("x-want-status")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u16>().ok())
+                .unwrap_or(200);
+            let content_type = req.headers().get("content-type").cloned();
+            let got = req.into_body().collect().await.unwrap().to_bytes();
+            let mut resp = Response::builder()
+                .status(status)
+                .header("x-app", "yes")
+                .header("content-type", "text/plain")
+                .header("set-cookie", "app=1; Path=/");
+            if let Some(ct) = content_type {
+                resp = resp.header("x-echo-content-type", ct);
+            }
+            let text = format!("{method} {path} {}", String::from_utf8_lossy(&got));
+            resp.body(body_text(text)).unwrap()
+        }
+        _ => Response::new(body_text("app")),
+    }
+}
+
+fn body_text(s: impl Into<String>) -> AppBody {
+    body(Bytes::from(s.into()))
+}
+
+/// The app's WebSocket (Next.js HMR stands in): 101, then greets and echoes.
+fn websocket_echo(req: &mut Request<Incoming>) -> Response<AppBody> {
+    let Some(key) = req.headers().get("sec-websocket-key").cloned() else {
+        return Response::builder()
+            .status(StatusCode::BAD_REQUEST)
+            .body(body("no key"))
+            .unwrap();
+    };
+    let offered = req.headers().get("sec-websocket-protocol").cloned();
+    let upgrade = hyper::upgrade::on(req);
+    tokio::spawn(async move {
+        let Ok(upgraded) = upgrade.await else { return };
+        let mut ws =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+        if ws
+            .send(Message::Text("hello from app".into()))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        while let Some(Ok(msg)) = ws.next().await {
+            let reply = match msg {
+                Message::Text(t) => Message::Text(format!("echo:{t}").into()),
+                Message::Binary(b) => Message::Binary(b),
+                Message::Close(_) => break,
+                _ => continue,
+            };
+            if ws.send(reply).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut resp = Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header("connection", "Upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-accept", derive_accept_key(key.as_bytes()));
+    // Like Next.js HMR: pick the subprotocol only when one is offered.
+    if let Some(offered) = offered {
+        resp = resp.header("sec-websocket-protocol", offered);
+    }
+    resp.body(body(Bytes::new())).unwrap()
+}
+
+// === The relay in front of it ===
+
+struct Proxied {
+    relay: RelayHandle,
+    _jwks: JwksServer,
+    _emulator: appsync_relay::emulator::EmulatorHandle,
+}
+
+impl Proxied {
+    fn addr(&self) -> SocketAddr {
+        self.relay.public_addr
+    }
+}
+
+fn proxy_config(upstream: url::Url) -> ProxyConfig {
+    ProxyConfig {
+        upstream,
+        connect_timeout: Duration::from_secs(2),
+        response_timeout: Duration::from_secs(10),
+        idle_pool_timeout: Duration::from_secs(30),
+        max_idle_per_host: 8,
+    }
+}
+
+async fn start_proxied(cfg: ProxyConfig, extra: &[&str]) -> Proxied {
+    start_proxied_tls(cfg, extra, None).await
+}
+
+/// The relay in front of the app, terminating TLS itself when `tls` is set.
+async fn start_proxied_tls(
+    cfg: ProxyConfig,
+    extra: &[&str],
+    tls: Option<appsync_relay::tls::TlsSource>,
+) -> Proxied {
+    let jwks = JwksServer::start(serde_json::json!({"keys": [signing_key().jwk()]})).await;
+    let emulator = start_emulator(&jwks, CLIENT_ID).await;
+    let mut config = relay_config(&emulator.http_endpoint(), &jwks, extra);
+    config.tls = tls;
+    let public = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let relay =
+        server::spawn_with_app(config, public, admin, Some(Arc::new(AppProxy::new(cfg)))).unwrap();
+    assert!(relay.wait_ready(WAIT).await, "relay never became ready");
+    Proxied {
+        relay,
+        _jwks: jwks,
+        _emulator: emulator,
+    }
+}
+
+// === A browser-side HTTP/1.1 client ===
+
+/// One keep-alive connection to the relay.
+struct Conn {
+    sender: hyper::client::conn::http1::SendRequest<AppBody>,
+}
+
+impl Conn {
+    async fn open(addr: SocketAddr) -> Conn {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        Conn { sender }
+    }
+
+    async fn send(&mut self, req: Request<AppBody>) -> Response<Incoming> {
+        self.sender.ready().await.unwrap();
+        tokio::time::timeout(WAIT, self.sender.send_request(req))
+            .await
+            .expect("no response head in time")
+            .unwrap()
+    }
+}
+
+/// A request with `Host: app.example.com` (the public host) and `headers`.
+fn request(method: &str, path: &str, headers: &[(&str, &str)], b: AppBody) -> Request<AppBody> {
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "app.example.com");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    req.body(b).unwrap()
+}
+
+async fn text(resp: Response<Incoming>) -> String {
+    let bytes = tokio::time::timeout(WAIT, resp.into_body().collect())
+        .await
+        .expect("body did not end in time")
+        .unwrap()
+        .to_bytes();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+async fn roundtrip(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    b: &str,
+) -> (StatusCode, HeaderMap, String) {
+    let mut conn = Conn::open(addr).await;
+    let resp = conn
+        .send(request(method, path, headers, body_text(b.to_string())))
+        .await;
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    (status, headers, text(resp).await)
+}
+
+async fn next_frame<S>(ws: &mut WebSocketStream<S>) -> Message
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    tokio::time::timeout(WAIT, ws.next())
+        .await
+        .expect("no frame in time")
+        .expect("tunnel closed")
+        .expect("tunnel error")
+}
+
+fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    h.get(name).map(|v| v.to_str().unwrap())
+}
+
+// === Tests ===
+
+#[tokio::test]
+async fn get_and_post_reach_the_app_with_status_headers_and_body_intact() {
+    let app = TestApp::start().await;
+    let relay = start_proxied(proxy_config(app.url()), &[]).await;
+
+    let (status, headers, body) = roundtrip(
+        relay.addr(),
+        "GET",
+        "/echo?q=1&r=%20x",
+        &[("x-custom", "v1"), ("x-want-status", "418")],
+        "",
+    )
+    .await;
+    assert_eq!(status, StatusCode::IM_A_TEAPOT);
+    assert_eq!(header(&headers, "x-app"), Some("yes"));
+    assert_eq!(header(&headers, "set-cookie"), Some("app=1; Path=/"));
+    assert_eq!(body, "GET /echo?q=1&r=%20x ");
+    let seen = app.last();
+    assert_eq!(seen.method, Method::GET);
+    assert_eq!(seen.path, "/echo?q=1&r=%20x");
+    assert_eq!(header(&seen.headers, "x-custom"), Some("v1"));
+    assert_eq!(
+        header(&seen.headers, "host"),
+        Some("app.example.com"),
+        "Host stays the public host"
+    );
+
+    let (status, headers, body) = roundtrip(
+        relay.addr(),
+        "POST",
+        "/echo",
+        &[
+            ("content-type", "application/x-www-form-urlencoded"),
+            ("x-want-status", "201"),
+        ],
+        "hello=world&x=1",
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(
+        header(&headers, "x-echo-content-type"),
+        Some("application/x-www-form-urlencoded")
+    );
+    assert_eq!(body, "POST /echo hello=world&x=1");
+    let seen = app.last();
+    assert_eq!(seen.method, Method::POST);
+    assert_eq!(header(&seen.headers, "content-length"), Some("15"));
+}
+
+#[tokio::test]
+async fn large_bodies_stream_through_intact_both_ways() {
+    let app = TestApp::start().await;
+    let relay = start_proxied(proxy_config(app.url()), &[]).await;
+    let mut conn = Conn::open(relay.addr()).await;
+
+    // 8 MiB up, sent chunk by chunk without a Content-Length.
+    let upload: Vec<u8> = (0..8 * MIB).map(|_| rand::random::<u8>()).collect();
+    let expected = format!("{} {:x}", upload.len(), Sha256::digest(&upload));
+    let (tx, rx) = mpsc::channel(4);
+    let feeder = tokio::spawn({
+        let upload = Bytes::from(upload);
+        async move {
+            for i in (0..upload.len()).step_by(CHUNK) {
+                let end = (i + CHUNK).min(upload.len());
+                tx.send(upload.slice(i..end)).await.unwrap();
+            }
+        }
+    });
+    let resp = conn
+        .send(request("POST", "/upload", &[], channel_body(rx)))
+        .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(text(resp).await, expected);
+    feeder.await.unwrap();
+    assert!(
+        header(&app.last().headers, "content-length").is_none(),
+        "a chunked upload stays chunked"
+    );
+
+    // 8 MiB down.
+    let resp = conn
+        .send(request("GET", "/download", &[], body(Bytes::new())))
+        .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let got = tokio::time::timeout(WAIT, resp.into_body().collect())
+        .await
+        .unwrap()
+        .unwrap()
+        .to_bytes();
+    assert_eq!(got.len(), 8 * MIB);
+    assert!(got == pattern(8 * MIB), "download corrupted");
+}
+
+#[tokio::test]
+async fn request_body_reaches_the_app_before_it_ends() {
+    let app = TestApp::start().await;
+    let relay = start_proxied(proxy_config(app.url()), &[]).await;
+    let mut conn = Conn::open(relay.addr()).await;
+
+    let (tx, rx) = mpsc::channel(1);
+    let shared = app.shared.clone();
+    let feeder = tokio::spawn(async move {
+        tx.send(Bytes::from_static(b"first;")).await.unwrap();
+        // A buffering proxy would wait for the end of the body before the
+        // app saw anything, and this would never return.
+        tokio::time::timeout(WAIT, shared.first_chunk_arrived.notified())
+            .await
+            .expect("the app did not see the first chunk before the body ended");
+        tx.send(Bytes::from_static(b"last")).await.unwrap();
+    });
+    let resp = conn
+        .send(request("POST", "/stream-request", &[], channel_body(rx)))
+        .await;
+    assert_eq!(text(resp).await, "10");
+    feeder.await.unwrap();
+}
+
+#[tokio::test]
+async fn response_body_reaches_the_browser_chunk_by_chunk() {
+    let app = TestApp::start().await;
+    let relay = start_proxied(proxy_config(app.url()), &[]).await;
+    let mut conn = Conn::open(relay.addr()).await;
+
+    let resp = conn
+        .send(request("GET", "/stream-response", &[], body(Bytes::new())))
+        .await;
+    let mut body = resp.into_body();
+    // The app holds its last chunk until we have seen the first one.
+    let first = tokio::time::timeout(WAIT, body.frame())
+        .await
+        .expect("first chunk was not relayed before the app finished")
+        .unwrap()
+        .unwrap()
+        .into_data()
+        .unwrap();
+    assert_eq!(&first[..], b"first chunk;");
+    app.shared.release_last_chunk.notify_one();
+    let rest = tokio::time::timeout(WAIT, body.collect())
+        .await
+        .unwrap()
+        .unwrap()
+        .to_bytes();
+    assert_eq!(&rest[..], b"last chunk");
+}
+
+#[tokio::test]
+async fn keep_alive_reuses_one_app_connection() {
+    let app = TestApp::start().await;
+    let relay = start_proxied(proxy_config(app.url()), &[]).await;
+    for i in 0..10 {
+        // A new browser connection each time: pooling is the relay's, not
+        // an artefact of one browser connection.
+        let (status, _, body) =
+            roundtrip(relay.addr(), "GET", &format!("/echo?n={i}"), &[], "").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, format!("GET /echo?n={i} "));
+    }
+    assert_eq!(app.seen().len(), 10);
+    assert_eq!(
+        app.connections(),
+        1,
+        "every request should reuse the pooled connection"
+    );
+}
+
+#[tokio::test]
+async fn forwarding_headers_from_an_untrusted_peer_are_replaced() {
+    let app = TestApp::start().await;
+    let relay = start_proxied(proxy_config(app.url()), &[]).await;
+    let (status, _, _) = roundtrip(
+        relay.addr(),
+        "GET",
+        "/",
+        &[
+            ("x-forwarded-for", "203.0.113.7"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "evil.example"),
+            ("x-forwarded-port", "8443"),
+            ("x-real-ip", "203.0.113.7"),
+            ("forwarded", "for=203.0.113.7;proto=https"),
+        ],
+        "",
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let h = app.last().headers;
+    assert_eq!(header(&h, "x-forwarded-for"), Some("127.0.0.1"));
+    assert_eq!(header(&h, "x-forwarded-proto"), Some("http"));
+    assert_eq!(header(&h, "x-forwarded-host"), Some("app.example.com"));
+    assert_eq!(header(&h, "host"), Some("app.example.com"));
+    for forged in ["x-forwarded-port", "x-real-ip", "forwarded"] {
+        assert!(
+            h.get(forged).is_none(),
+            "{forged} forwarded from an untrusted peer"
+        );
+    }
+    assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
+}
+
+#[tokio::test]
+async fn forwarding_headers_from_a_trusted_peer_are_kept_and_appended() {
+    let app = TestApp::start().await;
+    let relay = start_proxied(proxy_config(app.url()), &["--trust-forwarded", "127.0.0.1"]).await;
+    roundtrip(
+        relay.addr(),
+        "GET",
+        "/",
+        &[
+            ("x-forwarded-for", "203.0.113.7, 10.0.0.1"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "www.example.com"),
+            ("forwarded", "for=203.0.113.7;proto=https"),
+        ],
+        "",
+    )
+    .await;
+    let h = app.last().headers;
+    assert_eq!(
+        header(&h, "x-forwarded-for"),
+        Some("203.0.113.7, 10.0.0.1, 127.0.0.1")
+    );
+    assert_eq!(header(&h, "x-forwarded-proto"), Some("https"));
+    assert_eq!(header(&h, "x-forwarded-host"), Some("www.example.com"));
+    assert_eq!(header(&h, "forwarded"), Some("for=203.0.113.7;proto=https"));
+
+    // A trusted peer that sent none: the relay fills them in.
+    roundtrip(relay.addr(), "GET", "/", &[], "").await;
+    let h = app.last().headers;
+    assert_eq!(header(&h, "x-forwarded-for"), Some("127.0.0.1"));
+    assert_eq!(header(&h, "x-forwarded-proto"), Some("http"));
+    assert_eq!(header(&h, "x-forwarded-host"), Some("app.example.com"));
+}
+
+#[tokio::test]
+async fn hop_by_hop_headers_are_not_forwarded_either_way() {
+    let app = TestApp::start().await;
+    let relay = start_proxied(proxy_config(app.url()), &[]).await;
+    let (status, headers, body) = roundtrip(
+        relay.addr(),
+        "GET",
+        "/hop",
+        &[
+            ("connection", "keep-alive, Upgrade, X-Client-Hop"),
+            ("x-client-hop", "secret"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("trailer", "x-foo"),
+            ("upgrade", "h2c"),
+            ("proxy-connection", "keep-alive"),
+            ("proxy-authorization", "Basic Zm9vOmJhcg=="),
+            ("x-client-e2e", "kept"),
+        ],
+        "",
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, "hop");
+    let seen = app.last().headers;
+    for hop in [
+        "connection",
+        "x-client-hop",
+        "keep-alive",
+        "te",
+        "trailer",
+        "upgrade",
+        "proxy-connection",
+        "proxy-authorization",
+    ] {
+        assert!(seen.get(hop).is_none(), "{hop} reached the app: {seen:?}");
+    }
+    assert_eq!(header(&seen, "x-client-e2e"), Some("kept"));
+    for hop in [
+        "connection",
+        "x-app-hop",
+        "keep-alive",
+        "proxy-authenticate",
+        "trailer",
+        "upgrade",
+    ] {
+        assert!(
+            headers.get(hop).is_none(),
+            "{hop} reached the browser: {headers:?}"
+        );
+    }
+    assert_eq!(header(&headers, "x-app-e2e"), Some("kept"));
+}
+
+#[tokio::test]
+async fn websocket_on_other_paths_is_tunnelled_to_the_app() {
+    let app = TestApp::start().await;
+    let relay = start_proxied(proxy_config(app.url()), &[]).await;
+    let mut req = format!("ws://{}/_next/webpack-hmr?id=1", relay.addr())
+        .into_client_request()
+        .unwrap();
+    // Not an allowed origin: the app checks its own WebSockets, not the relay.
+    req.headers_mut()
+        .insert("origin", "http://localhost:3000".parse().unwrap());
+    req.headers_mut()
+        .insert("sec-websocket-protocol", "hmr".parse().unwrap());
+    let (mut ws, resp) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(req))
+        .await
+        .expect("upgrade did not finish")
+        .expect("upgrade refused");
+    assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+    assert_eq!(
+        header(resp.headers(), "sec-websocket-protocol"),
+        Some("hmr")
+    );
+
+    assert_eq!(
+        next_frame(&mut ws).await,
+        Message::Text("hello from app".into())
+    );
+    ws.send(Message::Text("ping-1".into())).await.unwrap();
+    assert_eq!(
+        next_frame(&mut ws).await,
+        Message::Text("echo:ping-1".into())
+    );
+    let binary = Bytes::from(pattern(200_000));
+    ws.send(Message::Binary(binary.clone())).await.unwrap();
+    assert_eq!(next_frame(&mut ws).await, Message::Binary(binary));
+    ws.close(None).await.unwrap();
+
+    let seen = app.last();
+    assert_eq!(seen.path, "/_next/webpack-hmr?id=1");
+    let h = &seen.headers;
+    assert_eq!(header(h, "connection"), Some("upgrade"));
+    assert_eq!(header(h, "upgrade"), Some("websocket"));
+    assert_eq!(header(h, "sec-websocket-version"), Some("13"));
+    assert!(h.get("sec-websocket-key").is_some());
+    assert_eq!(header(h, "sec-websocket-protocol"), Some("hmr"));
+    assert_eq!(header(h, "origin"), Some("http://localhost:3000"));
+    assert_eq!(header(h, "x-forwarded-for"), Some("127.0.0.1"));
+}
+
+#[tokio::test]
+async fn relay_routes_never_reach_the_app() {
+    let app = TestApp::start().await;
+    let relay = start_proxied(proxy_config(app.url()), &[]).await;
+    let origin = [("origin", ORIGIN)];
+
+    let (status, headers, _) = roundtrip(relay.addr(), "POST", "/event", &origin, "{}").await;
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "publish without a session"
+    );
+    assert_eq!(header(&headers, "content-type"), Some("application/json"));
+    let (status, _, _) = roundtrip(relay.addr(), "GET", "/event", &origin, "").await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    let (status, _, body) = roundtrip(relay.addr(), "GET", "/event/realtime", &origin, "").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body.contains("bad_upgrade"), "{body}");
+    assert!(
+        app.seen().is_empty(),
+        "relay routes reached the app: {:?}",
+        app.seen()
+    );
+
+    // Neighbours of the relay routes are the app's.
+    for path in ["/events", "/event/other", "/event/realtime/x"] {
+        let (status, _, body) = roundtrip(relay.addr(), "GET", path, &[], "").await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "app"), "{path}");
+    }
+    let paths: Vec<String> = app.seen().into_iter().map(|s| s.path).collect();
+    assert_eq!(paths, ["/events", "/event/other", "/event/realtime/x"]);
+}
+
+#[tokio::test]
+async fn app_down_is_a_plain_text_502_without_request_data() {
+    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = closed.local_addr().unwrap();
+    drop(closed);
+    let relay = start_proxied(proxy_config(format!("http://{addr}").parse().unwrap()), &[]).await;
+    let (status, headers, body) = roundtrip(
+        relay.addr(),
+        "POST",
+        "/page?marker=REQUEST-DATA",
+        &[
+            ("cookie", "session=REQUEST-DATA"),
+            ("x-marker", "REQUEST-DATA"),
+        ],
+        "REQUEST-DATA",
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert_eq!(
+        header(&headers, "content-type"),
+        Some("text/plain; charset=utf-8")
+    );
+    assert_eq!(body, "bad gateway: app upstream unreachable\n");
+    for (_, v) in headers.iter() {
+        assert!(!v.to_str().unwrap().contains("REQUEST-DATA"));
+    }
+}
+
+#[tokio::test]
+async fn slow_app_is_a_plain_text_504() {
+    let app = TestApp::start().await;
+    let mut cfg = proxy_config(app.url());
+    cfg.response_timeout = Duration::from_millis(300);
+    let relay = start_proxied(cfg, &[]).await;
+    let (status, headers, body) =
+        roundtrip(relay.addr(), "GET", "/slow?marker=REQUEST-DATA", &[], "").await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(
+        header(&headers, "content-type"),
+        Some("text/plain; charset=utf-8")
+    );
+    assert!(body.starts_with("gateway timeout"), "{body}");
+    assert!(!body.contains("REQUEST-DATA"));
+    assert_eq!(app.last().path, "/slow?marker=REQUEST-DATA");
+}
+
+#[tokio::test]
+async fn pending_renewal_reaches_the_app_and_the_browser() {
+    let app = TestApp::start().await;
+    let relay = start_proxied(proxy_config(app.url()), &[]).await;
+    let name = |suffix| session::cookie_name(CLIENT_ID, USERNAME, suffix);
+    let last_user = session::last_auth_user_cookie(CLIENT_ID);
+    let other_client = session::cookie_name("otherclient", USERNAME, "accessToken");
+    let old = format!(
+        "theme=dark; {last_user}=alice%40example.com; {}=OLD-ACCESS; {}=OLD-ID; \
+         {other_client}=OTHER-ACCESS; {}=OLD-REFRESH; _ga=GA1.2.3",
+        name("accessToken"),
+        name("idToken"),
+        name("refreshToken"),
+    );
+    relay.relay.state.pending.record(
+        appsync_relay::verify::token_hash("OLD-REFRESH"),
+        USERNAME,
+        Arc::new(RefreshedTokens {
+            access_token: "NEW-ACCESS".into(),
+            id_token: Some("NEW-ID".into()),
+            refresh_token: Some("NEW-REFRESH".into()),
+        }),
+    );
+
+    let (status, headers, _) =
+        roundtrip(relay.addr(), "GET", "/echo", &[("cookie", &old)], "").await;
+    assert_eq!(status, StatusCode::OK);
+    let seen = app.last().headers;
+    assert_eq!(
+        header(&seen, "cookie").unwrap(),
+        format!(
+            "theme=dark; {last_user}=alice%40example.com; {}=NEW-ACCESS; {}=NEW-ID; \
+             {other_client}=OTHER-ACCESS; {}=NEW-REFRESH; _ga=GA1.2.3",
+            name("accessToken"),
+            name("idToken"),
+            name("refreshToken"),
+        ),
+        "the app sees the renewed tokens, everything else as sent"
+    );
+    let set: Vec<&str> = headers
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    assert_eq!(set.len(), 4, "{set:?}");
+    assert!(set[0].starts_with(&format!("{}=NEW-ACCESS; ", name("accessToken"))));
+    assert!(set[1].starts_with(&format!("{}=NEW-ID; ", name("idToken"))));
+    assert!(set[2].starts_with(&format!("{}=NEW-REFRESH; ", name("refreshToken"))));
+    assert!(set[..3].iter().all(|c| c.contains("HttpOnly")));
+    assert_eq!(
+        set[3], "app=1; Path=/",
+        "the app's own cookie comes last and wins"
+    );
+
+    // A session with no pending renewal passes through byte for byte.
+    let untouched = old.replace("OLD-REFRESH", "SOME-OTHER-REFRESH");
+    let (_, headers, _) =
+        roundtrip(relay.addr(), "GET", "/echo", &[("cookie", &untouched)], "").await;
+    assert_eq!(
+        header(&app.last().headers, "cookie"),
+        Some(untouched.as_str())
+    );
+    assert_eq!(headers.get_all("set-cookie").iter().count(), 1);
+}
+
+#[tokio::test]
+async fn renewal_without_rotation_keeps_the_refresh_cookie() {
+    let app = TestApp::start().await;
+    let relay = start_proxied(proxy_config(app.url()), &[]).await;
+    let name = |suffix| session::cookie_name(CLIENT_ID, USERNAME, suffix);
+    let last_user = session::last_auth_user_cookie(CLIENT_ID);
+    let old = format!(
+        "{last_user}=alice%40example.com; {}=OLD-ACCESS; {}=KEPT-REFRESH",
+        name("accessToken"),
+        name("refreshToken"),
+    );
+    relay.relay.state.pending.record(
+        appsync_relay::verify::token_hash("KEPT-REFRESH"),
+        USERNAME,
+        Arc::new(RefreshedTokens {
+            access_token: "NEW-ACCESS".into(),
+            id_token: Some("NEW-ID".into()),
+            refresh_token: None,
+        }),
+    );
+    let (_, headers, _) = roundtrip(relay.addr(), "GET", "/", &[("cookie", &old)], "").await;
+    assert_eq!(
+        header(&app.last().headers, "cookie").unwrap(),
+        format!(
+            "{last_user}=alice%40example.com; {}=NEW-ACCESS; {}=KEPT-REFRESH; {}=NEW-ID",
+            name("accessToken"),
+            name("refreshToken"),
+            name("idToken"),
+        )
+    );
+    let set: Vec<&str> = headers
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    assert_eq!(set.len(), 2, "{set:?}");
+    assert!(!set.iter().any(|c| c.contains("refreshToken")));
+}
+
+#[tokio::test]
+async fn head_and_empty_bodies_pass_through() {
+    let app = TestApp::start().await;
+    let relay = start_proxied(proxy_config(app.url()), &[]).await;
+    let mut conn = Conn::open(relay.addr()).await;
+    let resp = conn
+        .send(request("HEAD", "/echo", &[], Empty::new().boxed()))
+        .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(text(resp).await, "");
+    // The connection is still usable afterwards.
+    let resp = conn
+        .send(request("GET", "/", &[], Empty::new().boxed()))
+        .await;
+    assert_eq!(text(resp).await, "app");
+}
+
+#[tokio::test]
+async fn behind_our_own_tls_the_app_hears_https() {
+    let app = TestApp::start().await;
+    let (cert_pem, key_pem) = appsync_relay::tls::self_signed(&["localhost"]).unwrap();
+    let relay = start_proxied_tls(
+        proxy_config(app.url()),
+        &[],
+        Some(appsync_relay::tls::TlsSource::InMemory {
+            cert_pem: cert_pem.clone(),
+            key_pem,
+        }),
+    )
+    .await;
+    let name = |suffix| session::cookie_name(CLIENT_ID, USERNAME, suffix);
+    relay.relay.state.pending.record(
+        appsync_relay::verify::token_hash("OLD-REFRESH"),
+        USERNAME,
+        Arc::new(RefreshedTokens {
+            access_token: "NEW-ACCESS".into(),
+            id_token: None,
+            refresh_token: None,
+        }),
+    );
+    let cookie = format!(
+        "{}=alice%40example.com; {}=OLD-ACCESS; {}=OLD-REFRESH",
+        session::last_auth_user_cookie(CLIENT_ID),
+        name("accessToken"),
+        name("refreshToken"),
+    );
+    let (status, headers, body) = https(
+        relay.addr(),
+        tls_client(&cert_pem),
+        "GET",
+        "/",
+        &[("x-forwarded-proto", "http"), ("cookie", &cookie)],
+        "",
+    )
+    .await;
+    assert_eq!((status, body.as_str()), (200, "app"));
+    let h = app.last().headers;
+    assert_eq!(header(&h, "x-forwarded-proto"), Some("https"));
+    let set = header(&headers, "set-cookie").unwrap();
+    assert!(set.starts_with(&format!("{}=NEW-ACCESS; ", name("accessToken"))));
+    assert!(set.contains("; Secure"), "{set}");
+}
+
+#[tokio::test]
+async fn shutdown_cuts_an_open_tunnel_after_the_drain_timeout() {
+    let app = TestApp::start().await;
+    let relay = start_proxied(proxy_config(app.url()), &[]).await;
+    let url = format!("ws://{}/_next/webpack-hmr", relay.addr());
+    let (mut ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        next_frame(&mut ws).await,
+        Message::Text("hello from app".into())
+    );
+    let Proxied {
+        relay,
+        _jwks,
+        _emulator,
+    } = relay;
+    // The tunnel is on the relay's tracker: shutdown waits for it through
+    // the drain timeout, then cuts it instead of hanging.
+    tokio::time::timeout(
+        WAIT,
+        relay.shutdown(Duration::ZERO, Duration::from_millis(200)),
+    )
+    .await
+    .expect("shutdown hung on an open app tunnel");
+    let end = tokio::time::timeout(WAIT, ws.next())
+        .await
+        .expect("the browser side stayed open");
+    assert!(
+        !matches!(end, Some(Ok(Message::Text(_)))),
+        "unexpected frame after shutdown: {end:?}"
+    );
+}
