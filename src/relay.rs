@@ -49,6 +49,7 @@ pub mod close {
     pub const GOING_AWAY: u16 = 1001;
     pub const PROTOCOL_ERROR: u16 = 1002;
     pub const UNSUPPORTED_DATA: u16 = 1003;
+    pub const INVALID_PAYLOAD: u16 = 1007;
     pub const TOO_BIG: u16 = 1009;
     pub const INTERNAL: u16 = 1011;
     pub const UPSTREAM_UNAVAILABLE: u16 = 1013;
@@ -76,6 +77,8 @@ pub enum Ending {
     ClientBinary,
     ClientTooBig,
     ClientProtocol,
+    /// A text frame that is not UTF-8.
+    ClientBadData,
     /// Upstream sent a close frame with this code and it was not re-dialled.
     UpstreamClosed(u16),
     /// Upstream went away and could not be re-dialled.
@@ -101,6 +104,7 @@ impl Ending {
             Ending::ClientBinary => (Some(close::UNSUPPORTED_DATA), Some(close::NORMAL)),
             Ending::ClientTooBig => (Some(close::TOO_BIG), Some(close::NORMAL)),
             Ending::ClientProtocol => (Some(close::PROTOCOL_ERROR), Some(close::NORMAL)),
+            Ending::ClientBadData => (Some(close::INVALID_PAYLOAD), Some(close::NORMAL)),
             Ending::UpstreamClosed(code) => (Some(map_upstream_close(*code)), None),
             Ending::UpstreamGone => (Some(close::UPSTREAM_UNAVAILABLE), None),
             Ending::Draining => (Some(close::GOING_AWAY), Some(close::GOING_AWAY)),
@@ -141,6 +145,7 @@ fn reason_for(code: u16) -> &'static str {
     match code {
         close::GOING_AWAY => "going away",
         close::UNSUPPORTED_DATA => "binary frames are not supported",
+        close::INVALID_PAYLOAD => "text frame is not UTF-8",
         close::TOO_BIG => "message too big",
         close::UPSTREAM_UNAVAILABLE => "upstream unavailable",
         close::REAUTHENTICATE => "reauthenticate",
@@ -346,7 +351,8 @@ where
 fn client_error(e: &WsError) -> Ending {
     match e {
         WsError::Capacity(_) => Ending::ClientTooBig,
-        WsError::Protocol(_) | WsError::Utf8(_) => Ending::ClientProtocol,
+        WsError::Utf8(_) => Ending::ClientBadData,
+        WsError::Protocol(_) => Ending::ClientProtocol,
         _ => Ending::ClientGone,
     }
 }
@@ -548,8 +554,19 @@ impl UpstreamSide {
         match kind {
             FrameKind::ConnectionInit => self.init_seen = true,
             FrameKind::Subscribe { id, channel } => {
+                // A second subscribe with a live id would be refused upstream,
+                // and that refusal would make the relay forget the first one
+                // (no replay after a re-dial). Refuse it here instead.
+                if self.subscriptions.contains_key(id) {
+                    return Some(crate::protocol::error_frame(
+                        "subscribe_error",
+                        Some(id),
+                        crate::protocol::error_type::BAD_REQUEST,
+                        "A subscription with this id is already active on this connection",
+                    ));
+                }
                 let max = self.state.config.limits.max_subscriptions;
-                if self.subscriptions.len() >= max && !self.subscriptions.contains_key(id) {
+                if self.subscriptions.len() >= max {
                     self.state
                         .metrics
                         .limits_hit

@@ -1,0 +1,623 @@
+//! The attack suite: every way in we could think of, kept as a test.
+//! Cross-site WebSocket hijacking, token and cookie forgery, hostile frames,
+//! and resource exhaustion. Every test also checks that nothing it received
+//! (frames, error bodies, metrics) contains a token.
+
+mod support;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use support::*;
+use tokio::io::AsyncWriteExt;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::Message;
+
+/// Asserts a refusal with `status` and `reason`, and that its body is
+/// free of tokens.
+async fn assert_refused(stack: &Stack, up: &Upgrade, status: u16, reason: &str, what: &str) {
+    match try_connect(&stack.realtime_url(), up).await {
+        Attempt::Refused(got, body) => {
+            assert_eq!(got, status, "{what}: {body}");
+            let body: Value =
+                serde_json::from_str(&body).unwrap_or_else(|_| panic!("{what}: {body}"));
+            assert_eq!(body["reason"], reason, "{what}");
+            assert!(
+                !body.to_string().contains("eyJ"),
+                "{what}: token in error body"
+            );
+        }
+        Attempt::Open(..) => panic!("{what}: got a 101"),
+        Attempt::Failed(e) => panic!("{what}: {e}"),
+    }
+}
+
+async fn assert_metrics_clean(stack: &Stack) {
+    let (_, _, metrics) = http(stack.relay.admin_addr, "GET", "/metrics", &[], "").await;
+    assert!(!metrics.contains("eyJ"), "token-shaped label in metrics");
+}
+
+// === Cross-site WebSocket hijacking ===
+
+#[tokio::test]
+async fn cross_site_websocket_hijacking_is_refused() {
+    let stack = Stack::start().await;
+    let good = stack.good_cookies();
+    for origin in [
+        "https://evil.example",
+        "null",
+        "http://app.example.com",
+        "https://app.example.com:444",
+        "https://APP.EXAMPLE.COM",
+        "https://app.example.com.",
+        "https://app.example.com.evil.test",
+        "https://evil.test/https://app.example.com",
+        "https://app.example.com@evil.test",
+        "https://app.example.com, https://evil.example",
+    ] {
+        let up = Upgrade {
+            origin: Some(origin.into()),
+            ..Upgrade::browser(&good)
+        };
+        assert_refused(&stack, &up, 403, "origin_forbidden", origin).await;
+    }
+    let missing = Upgrade {
+        origin: None,
+        ..Upgrade::browser(&good)
+    };
+    assert_refused(&stack, &missing, 403, "origin_missing", "missing Origin").await;
+    // HTTP publish from a foreign origin, with a CORS-simple content type.
+    let (status, _, body) = http(
+        stack.relay.public_addr,
+        "POST",
+        "/event",
+        &[
+            ("origin", "https://evil.example"),
+            ("cookie", &good),
+            ("content-type", "text/plain"),
+        ],
+        r#"{"channel":"/default/x","events":["1"]}"#,
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(
+        stack.emulator.seen_authorizations(),
+        Vec::<String>::new(),
+        "nothing reached upstream"
+    );
+    assert_metrics_clean(&stack).await;
+}
+
+// === Tokens and cookies ===
+
+#[tokio::test]
+async fn forged_and_foreign_tokens_are_refused() {
+    let stack = Stack::start().await;
+    let iss = stack.jwks.issuer();
+    let cookie = |t: &str| amplify_cookies(Some(t), None);
+
+    // Another user pool whose key happens to use the same kid.
+    let mut other_pool =
+        access_claims("https://cognito-idp.eu-west-1.amazonaws.com/eu-west-1_Other");
+    other_pool["client_id"] = json!(CLIENT_ID);
+    let cases = [
+        (
+            "another pool's key, same kid",
+            sign(&other_pool, forger_key()),
+            "token_signature",
+        ),
+        (
+            "our key, another pool's issuer",
+            sign(&other_pool, signing_key()),
+            "token_issuer",
+        ),
+    ];
+    for (what, token, reason) in cases {
+        assert_refused(
+            &stack,
+            &Upgrade::browser(&cookie(&token)),
+            401,
+            reason,
+            what,
+        )
+        .await;
+    }
+
+    // kid path and encoding tricks: never a key.
+    for kid in [
+        "../key-1",
+        "key-1/../key-1",
+        "key-1\u{0}",
+        "KEY-1",
+        " key-1",
+        "key-1 ",
+        "*",
+        "",
+    ] {
+        let header = json!({"alg": "RS256", "typ": "JWT", "kid": kid});
+        let token = raw_token(&header, &access_claims(&iss), b"sig");
+        let reason = if kid.is_empty() {
+            "token_missing_kid"
+        } else {
+            "token_unknown_kid"
+        };
+        assert_refused(&stack, &Upgrade::browser(&cookie(&token)), 401, reason, kid).await;
+    }
+    // Unknown kids refetch the JWKS at most once per interval.
+    assert!(
+        stack.jwks.fetch_count() <= 2,
+        "JWKS fetched {} times",
+        stack.jwks.fetch_count()
+    );
+
+    // Oversized tokens and cookie headers.
+    assert_refused(
+        &stack,
+        &Upgrade::browser(&cookie(&"A".repeat(40_000))),
+        401,
+        "token_too_large",
+        "40 KB token",
+    )
+    .await;
+
+    // A token whose header points at the attacker's keys (jku / x5u / jwk)
+    // must not make the relay fetch or trust them.
+    let attacker = JwksServer::start(json!({"keys": [forger_key().jwk()]})).await;
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    header.kid = Some("attacker-key".into());
+    header.jku = Some(attacker.jwks_url());
+    header.x5u = Some(attacker.jwks_url());
+    let enc = jsonwebtoken::EncodingKey::from_rsa_pem(forger_key().private_pem.as_bytes()).unwrap();
+    let token = jsonwebtoken::encode(&header, &access_claims(&iss), &enc).unwrap();
+    assert_refused(
+        &stack,
+        &Upgrade::browser(&cookie(&token)),
+        401,
+        "token_unknown_kid",
+        "jku/x5u",
+    )
+    .await;
+    let mut with_jwk = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    with_jwk.kid = Some("key-1".into());
+    with_jwk.jwk = serde_json::from_value(forger_key().jwk()).ok();
+    let token = jsonwebtoken::encode(&with_jwk, &access_claims(&iss), &enc).unwrap();
+    assert_refused(
+        &stack,
+        &Upgrade::browser(&cookie(&token)),
+        401,
+        "token_signature",
+        "embedded jwk",
+    )
+    .await;
+    assert_eq!(
+        attacker.fetch_count(),
+        0,
+        "the relay fetched keys from a URL in a token header"
+    );
+    assert_metrics_clean(&stack).await;
+}
+
+#[tokio::test]
+async fn cookie_tricks_are_refused() {
+    use appsync_relay::session::{cookie_name, last_auth_user_cookie};
+    let stack = Stack::start().await;
+    let token = stack.good_token();
+    let last = last_auth_user_cookie(CLIENT_ID);
+    let access = |user: &str| cookie_name(CLIENT_ID, user, "accessToken");
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "cookie tossing: two access tokens for the same name",
+            format!("{last}={USERNAME}; {}={token}; {}=attacker-planted", access(USERNAME), access(USERNAME)),
+            "ambiguous_session",
+        ),
+        (
+            "cookie tossing via an encoding variant of the name",
+            format!("{last}={USERNAME}; {}={token}; CognitoIdentityServiceProvider.{CLIENT_ID}.alice@example.com.accessToken=other", access(USERNAME)),
+            "ambiguous_session",
+        ),
+        (
+            "two LastAuthUser cookies",
+            format!("{last}={USERNAME}; {last}=mallory; {}={token}", access(USERNAME)),
+            "ambiguous_session",
+        ),
+        (
+            "LastAuthUser names a user without a token cookie",
+            format!("{last}=mallory; {}={token}", access(USERNAME)),
+            "no_session",
+        ),
+        (
+            "double-encoded username",
+            format!("{last}=alice%2540example.com; {}={token}", access(USERNAME)),
+            "no_session",
+        ),
+        (
+            "NUL in the username",
+            format!("{last}=alice%00; CognitoIdentityServiceProvider.{CLIENT_ID}.alice%00.accessToken={token}x"),
+            "token_malformed",
+        ),
+        (
+            "cookies of another app client",
+            format!(
+                "{}={USERNAME}; {}={token}",
+                last_auth_user_cookie("otherclient"),
+                cookie_name("otherclient", USERNAME, "accessToken")
+            ),
+            "no_session",
+        ),
+    ];
+    for (what, cookie, reason) in cases {
+        let up = Upgrade {
+            cookie: Some(cookie),
+            ..Upgrade::browser("")
+        };
+        assert_refused(&stack, &up, 401, reason, what).await;
+    }
+    assert_eq!(stack.emulator.seen_authorizations(), Vec::<String>::new());
+    // A huge Cookie header is refused before parsing (the request-head limit
+    // is raised here so the cookie limit is the one that bites).
+    let roomy = Stack::start_with(&["--max-header-bytes", "200000"]).await;
+    let huge = format!("{}; pad={}", roomy.good_cookies(), "x".repeat(70_000));
+    let up = Upgrade {
+        cookie: Some(huge),
+        ..Upgrade::browser("")
+    };
+    assert_refused(&roomy, &up, 431, "cookie_too_large", "70 KB cookie header").await;
+}
+
+// === Hostile frames ===
+
+async fn open(stack: &Stack) -> Ws {
+    let mut ws = connect(&stack.realtime_url(), &stack.good_cookies()).await;
+    init(&mut ws).await;
+    ws
+}
+
+#[tokio::test]
+async fn client_authorization_never_reaches_upstream_in_any_place() {
+    let stack = Stack::start().await;
+    let mut ws = open(&stack).await;
+    let stolen = "stolen-token-from-elsewhere";
+    let frames = [
+        json!({"type":"subscribe","id":"a","channel":"/default/x","authorization":{"Authorization":stolen}}),
+        json!({"type":"subscribe","id":"b","channel":"/default/x","Authorization":{"Authorization":stolen},"AUTHORIZATION":stolen}),
+        json!({"type":"subscribe","id":"c","channel":"/default/x","payload":{"extensions":{"authorization":{"Authorization":stolen}}}}),
+        json!({"type":"subscribe","id":"d","channel":"/default/x","Payload":{"Extensions":{"AuthoriZation":{"Authorization":stolen}}}}),
+        json!({"type":"subscribe","id":"e","channel":"/default/x","payload":{"authorization":{"x-api-key":stolen}}}),
+        json!({"type":"publish","id":"f","channel":"/default/x","events":["1"],"authorization":{"x-api-key":stolen}}),
+        json!({"type":"connection_init","authorization":{"Authorization":stolen}}),
+        json!({"type":"unsubscribe","id":"a","Authorization":stolen}),
+    ];
+    for f in frames {
+        send_json(&mut ws, f).await;
+    }
+    // Drain the answers (7 acks: 5 subscribes, 1 publish, 1 connection_ack, 1 unsubscribe).
+    let mut seen_types = Vec::new();
+    for _ in 0..8 {
+        let v = recv_json(&mut ws).await;
+        assert!(
+            !v.to_string().contains("eyJ"),
+            "token in a browser-bound frame: {v}"
+        );
+        seen_types.push(v["type"].as_str().unwrap().to_string());
+    }
+    assert!(
+        !seen_types.iter().any(|t| t.ends_with("_error")),
+        "{seen_types:?}"
+    );
+    let seen = stack.emulator.seen_authorizations();
+    assert!(
+        !seen.iter().any(|a| a.contains(stolen)),
+        "client auth reached upstream: {seen:?}"
+    );
+    assert!(
+        seen.iter().all(|a| a.starts_with("eyJ") && *a == seen[0]),
+        "{seen:?}"
+    );
+}
+
+#[tokio::test]
+async fn hostile_json_is_answered_locally_and_the_socket_survives() {
+    let stack = Stack::start().await;
+    let mut ws = open(&stack).await;
+    let before = stack.emulator.seen_authorizations().len();
+    let deep = format!(
+        r#"{{"type":"subscribe","id":"deep","channel":"/default/x","payload":{}{}}}"#,
+        "[".repeat(20_000),
+        "]".repeat(20_000)
+    );
+    let many_events =
+        json!({"type":"publish","id":"many","channel":"/default/x","events": vec!["1"; 100_000]});
+    let huge_id = json!({"type":"subscribe","id": "x".repeat(100_000),"channel":"/default/x"});
+    let bad_channel =
+        json!({"type":"subscribe","id":"c","channel": format!("/{}", "a/".repeat(10_000))});
+    for (frame, expected) in [
+        (deep, "error"),
+        (many_events.to_string(), "publish_error"),
+        (huge_id.to_string(), "subscribe_error"),
+        (bad_channel.to_string(), "subscribe_error"),
+        ("\"just a string\"".to_string(), "error"),
+        (
+            "{\"type\":\"subscribe\",\"id\":\"dup\",\"id\":\"dup2\"".to_string(),
+            "error",
+        ),
+    ] {
+        ws.send(Message::Text(frame.into())).await.unwrap();
+        let v = recv_json(&mut ws).await;
+        assert_eq!(v["type"], expected, "{v}");
+        assert!(!v.to_string().contains("eyJ"));
+    }
+    assert_eq!(
+        stack.emulator.seen_authorizations().len(),
+        before,
+        "hostile frames reached upstream"
+    );
+    send_json(&mut ws, amplify_subscribe("ok", "/default/x")).await;
+    assert_eq!(recv_json(&mut ws).await["type"], "subscribe_success");
+}
+
+#[tokio::test]
+async fn subscription_ids_cannot_collide_with_the_relays_bookkeeping() {
+    let stack = Stack::start().await;
+    let mut ws = open(&stack).await;
+    send_json(&mut ws, amplify_subscribe("same", "/default/a")).await;
+    assert_eq!(recv_json(&mut ws).await["type"], "subscribe_success");
+    // The same id again (for another channel) is refused by the relay; the
+    // first subscription stays tracked and is still replayed after a re-dial.
+    send_json(&mut ws, amplify_subscribe("same", "/default/b")).await;
+    let e = recv_json(&mut ws).await;
+    assert_eq!(
+        (e["type"].as_str(), e["id"].as_str()),
+        (Some("subscribe_error"), Some("same"))
+    );
+    stack.emulator.abort_all();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let redialled = || async {
+        let (_, _, m) = http(stack.relay.admin_addr, "GET", "/metrics", &[], "").await;
+        m.contains("appsync_relay_upstream_redials_total{result=\"ok\"} 1")
+    };
+    while !redialled().await || stack.emulator.subscription_count() != 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "subscription not replayed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, _, _) = http(
+        stack.relay.public_addr,
+        "POST",
+        "/event",
+        &[
+            ("origin", ORIGIN),
+            ("cookie", &stack.good_cookies()),
+            ("content-type", "application/json"),
+        ],
+        r#"{"channel":"/default/a","events":["{\"still\":\"here\"}"]}"#,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let data = recv_json(&mut ws).await;
+    assert_eq!(
+        (data["type"].as_str(), data["id"].as_str()),
+        (Some("data"), Some("same"))
+    );
+}
+
+async fn close_code(ws: &mut Ws) -> Option<u16> {
+    recv_close(ws).await
+}
+
+#[tokio::test]
+async fn non_utf8_text_closes_with_1007() {
+    let stack = Stack::start().await;
+    let mut ws = open(&stack).await;
+    ws.send(Message::Frame(Frame::message(
+        vec![0x7b, 0xff, 0xfe, 0x7d],
+        OpCode::Data(Data::Text),
+        true,
+    )))
+    .await
+    .unwrap();
+    assert_eq!(close_code(&mut ws).await, Some(1007));
+}
+
+#[tokio::test]
+async fn oversized_control_frames_close_with_1002() {
+    let stack = Stack::start().await;
+    let mut ws = open(&stack).await;
+    ws.send(Message::Frame(Frame::ping(vec![0u8; 300])))
+        .await
+        .unwrap();
+    assert_eq!(close_code(&mut ws).await, Some(1002));
+}
+
+#[tokio::test]
+async fn fragmented_messages_over_the_cap_close_with_1009() {
+    let stack = Stack::start_with(&["--max-message-bytes", "4096"]).await;
+    let mut ws = open(&stack).await;
+    ws.send(Message::Frame(Frame::message(
+        vec![b'{'; 3000],
+        OpCode::Data(Data::Text),
+        false,
+    )))
+    .await
+    .unwrap();
+    let _ = ws
+        .send(Message::Frame(Frame::message(
+            vec![b' '; 3000],
+            OpCode::Data(Data::Continue),
+            false,
+        )))
+        .await;
+    let _ = ws
+        .send(Message::Frame(Frame::message(
+            b"}".to_vec(),
+            OpCode::Data(Data::Continue),
+            true,
+        )))
+        .await;
+    assert_eq!(close_code(&mut ws).await, Some(1009));
+}
+
+#[tokio::test]
+async fn ping_floods_are_absorbed() {
+    let stack = Stack::start().await;
+    let ws = open(&stack).await;
+    let (mut tx, mut rx) = ws.split();
+    let pongs = Arc::new(AtomicUsize::new(0));
+    let counter = pongs.clone();
+    let reader = tokio::spawn(async move {
+        while let Some(Ok(msg)) = rx.next().await {
+            match msg {
+                Message::Pong(_) => {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+                Message::Text(t) if t.contains("subscribe_success") => return (rx, true),
+                _ => {}
+            }
+        }
+        (rx, false)
+    });
+    for _ in 0..20_000 {
+        tx.feed(Message::Ping(b"flood".to_vec().into()))
+            .await
+            .unwrap();
+    }
+    tx.flush().await.unwrap();
+    tx.send(Message::Text(
+        amplify_subscribe("after-flood", "/default/x")
+            .to_string()
+            .into(),
+    ))
+    .await
+    .unwrap();
+    let (_, subscribed) = tokio::time::timeout(Duration::from_secs(20), reader)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(subscribed, "the socket stopped working after a ping flood");
+    assert!(pongs.load(Ordering::Relaxed) > 0);
+}
+
+// === Resource exhaustion ===
+
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Half-open connections, slow and oversized request heads, and rapid
+/// connect/disconnect churn, all at once.
+async fn attack(stack: &Stack) {
+    let addr = stack.relay.public_addr;
+    let mut half_open = Vec::new();
+    for _ in 0..300 {
+        if let Ok(mut s) = tokio::net::TcpStream::connect(addr).await {
+            let _ = s
+                .write_all(b"GET /event/realtime HTTP/1.1\r\nHost: x\r\n")
+                .await;
+            half_open.push(s);
+        }
+    }
+    let churn = (0..8).map(|_| {
+        let url = stack.realtime_url();
+        let cookies = stack.good_cookies();
+        tokio::spawn(async move {
+            for _ in 0..25 {
+                if let Attempt::Open(ws, _) = try_connect(&url, &Upgrade::browser(&cookies)).await {
+                    let mut ws = *ws;
+                    let _ = ws.close(None).await;
+                }
+                // Some that vanish without a close frame.
+                let _ = tokio::net::TcpStream::connect(
+                    url.trim_start_matches("ws://").split('/').next().unwrap(),
+                )
+                .await;
+            }
+        })
+    });
+    let big = (0..50).map(|_| {
+        tokio::spawn(async move {
+            if let Ok(mut s) = tokio::net::TcpStream::connect(addr).await {
+                let _ = s
+                    .write_all(
+                        format!(
+                            "GET / HTTP/1.1\r\nHost: x\r\nX: {}\r\n\r\n",
+                            "y".repeat(100_000)
+                        )
+                        .as_bytes(),
+                    )
+                    .await;
+            }
+        })
+    });
+    let tasks: Vec<_> = churn.chain(big).collect();
+    // Well-behaved clients are served while all of this goes on.
+    let mut served = 0;
+    let started = tokio::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(3) {
+        let t = tokio::time::Instant::now();
+        let mut ws = connect(&stack.realtime_url(), &stack.good_cookies()).await;
+        init(&mut ws).await;
+        send_json(&mut ws, amplify_subscribe("good", "/default/x")).await;
+        assert_eq!(recv_json(&mut ws).await["type"], "subscribe_success");
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "a good client waited {:?}",
+            t.elapsed()
+        );
+        served += 1;
+        let _ = ws.close(None).await;
+    }
+    assert!(
+        served >= 3,
+        "only {served} good clients served in 3 s under attack"
+    );
+    for t in tasks {
+        let _ = t.await;
+    }
+    drop(half_open);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resource_attacks_leave_good_clients_served_and_memory_flat() {
+    let stack =
+        Stack::start_with(&["--handshake-timeout", "1", "--max-header-bytes", "16384"]).await;
+    attack(&stack).await; // warm-up: allocator pools, caches
+    let settle = || async {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while stack.relay.state.limits.active() != 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "connections never drained"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(1500)).await; // half-open ones time out
+    };
+    settle().await;
+    let baseline = rss_kib();
+    for _ in 0..2 {
+        attack(&stack).await;
+        settle().await;
+    }
+    let after = rss_kib();
+    assert_eq!(stack.relay.state.limits.active(), 0);
+    assert!(
+        after <= baseline + 16 * 1024,
+        "memory grew across repeated attacks: {baseline} KiB -> {after} KiB"
+    );
+    let (_, _, metrics) = http(stack.relay.admin_addr, "GET", "/metrics", &[], "").await;
+    assert!(
+        metrics.contains("appsync_relay_connections_active 0"),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("eyJ"));
+}
