@@ -372,9 +372,14 @@ fn json_logs_are_one_object_per_line() {
         .unwrap();
     let stderr = child.stderr.take().unwrap();
     let mut lines = std::io::BufReader::new(stderr).lines();
-    let mut parsed = Vec::new();
-    // The first two lines: "listening" and "JWKS not loaded yet".
-    for _ in 0..2 {
+    let mut parsed: Vec<Value> = Vec::new();
+    // Every line is JSON; read until the "listening" line (it races with the
+    // background tasks' first lines), at most 10.
+    while !parsed
+        .iter()
+        .any(|v| v["message"] == "appsync-relay listening")
+    {
+        assert!(parsed.len() < 10, "no listening line in {parsed:?}");
         let line = lines.next().expect("a log line").unwrap();
         let v: Value =
             serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
