@@ -190,20 +190,32 @@ pub fn prepare_client_frame(text: &str) -> Prepared {
                 Some(Value::String(id)) if protocol::is_valid_id(id) => id.clone(),
                 _ => return reject(&msg_type, None, "Invalid id"),
             };
-            forward_stripped(FrameKind::Unsubscribe { id }, msg)
+            forward_stripped(FrameKind::Unsubscribe { id }, text, msg)
         }
-        "connection_init" => forward_stripped(FrameKind::ConnectionInit, msg),
-        _ => forward_stripped(FrameKind::Other, msg),
+        "connection_init" => forward_stripped(FrameKind::ConnectionInit, text, msg),
+        _ => forward_stripped(FrameKind::Other, text, msg),
     }
 }
 
-fn forward_stripped(kind: FrameKind, mut msg: Map<String, Value>) -> Prepared {
-    let body = if strip_all_auth(&mut msg) {
+fn forward_stripped(kind: FrameKind, text: &str, mut msg: Map<String, Value>) -> Prepared {
+    let stripped = strip_all_auth(&mut msg);
+    // The original bytes go upstream only when they provably carry no auth:
+    // the parsed map keeps the *last* of duplicate keys, so a shadowed
+    // `payload` (or a key spelled with `\u` escapes) could hide one that
+    // AppSync's parser might read. Otherwise the cleaned map is re-serialised.
+    let body = if stripped || text.contains('\\') || contains_ignore_ascii_case(text, "authoriz") {
         Body::Stripped(msg)
     } else {
         Body::Original
     };
     Prepared::Forward { kind, body }
+}
+
+fn contains_ignore_ascii_case(haystack: &str, needle: &str) -> bool {
+    haystack
+        .as_bytes()
+        .windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
 }
 
 /// The text to send upstream for `body`: `None` means the original frame.
@@ -381,6 +393,24 @@ mod tests {
         let sneaky = r#"{"type":"connection_init","authorization":{"Authorization":"stolen"}}"#;
         let out = forwarded(rewrite_client_frame(sneaky, &auth()));
         assert_eq!(out, json!({"type":"connection_init"}));
+    }
+
+    #[test]
+    fn shadowed_duplicate_keys_cannot_smuggle_auth_upstream() {
+        for text in [
+            r#"{"type":"connection_init","payload":{"authorization":{"x-api-key":"k"}},"payload":1}"#,
+            r#"{"type":"unsubscribe","id":"s1","payload":{"extensions":{"authorization":{"Authorization":"X"}}},"payload":{}}"#,
+            r#"{"type":"connection_init","payload":{"\u0061uthorization":"X"},"payload":1}"#,
+        ] {
+            let out = forwarded(rewrite_client_frame(text, &auth()));
+            let s = out.to_string();
+            assert!(
+                !s.to_ascii_lowercase().contains("authoriz")
+                    && !s.contains("\"X\"")
+                    && !s.contains("\"k\""),
+                "{s}"
+            );
+        }
     }
 
     #[test]

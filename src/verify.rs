@@ -451,14 +451,29 @@ fn check_header(token: &str) -> Result<String, VerifyError> {
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(header_b64)
         .map_err(|_| VerifyError::Malformed)?;
-    let Ok(Value::Object(header)) = serde_json::from_slice::<Value>(&bytes) else {
+    // A struct (not a map): serde refuses a duplicate `alg` or `kid`, so
+    // `{"alg":"none","alg":"RS256"}` cannot pass this gate on its last value.
+    #[derive(Deserialize)]
+    struct JoseHeader {
+        #[serde(default)]
+        alg: Option<Value>,
+        #[serde(default)]
+        kid: Option<Value>,
+    }
+    // And a JSON object that is valid UTF-8 throughout (the struct parse
+    // alone would take an array, and skips ignored fields unchecked).
+    if !matches!(
+        serde_json::from_slice::<Value>(&bytes),
+        Ok(Value::Object(_))
+    ) {
         return Err(VerifyError::Malformed);
-    };
-    if header.get("alg").and_then(Value::as_str) != Some("RS256") {
+    }
+    let header: JoseHeader = serde_json::from_slice(&bytes).map_err(|_| VerifyError::Malformed)?;
+    if header.alg.as_ref().and_then(Value::as_str) != Some("RS256") {
         return Err(VerifyError::Algorithm);
     }
-    match header.get("kid") {
-        Some(Value::String(kid)) if !kid.is_empty() => Ok(kid.clone()),
+    match header.kid {
+        Some(Value::String(kid)) if !kid.is_empty() => Ok(kid),
         _ => Err(VerifyError::MissingKid),
     }
 }
@@ -533,6 +548,32 @@ mod tests {
             Err(JwksError::NoKeys)
         ));
         assert!(matches!(parse_jwks(b"nope"), Err(JwksError::Invalid(_))));
+    }
+
+    #[test]
+    fn duplicate_header_fields_are_malformed() {
+        use base64::Engine as _;
+        let enc = |v: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
+        let token = format!(
+            "{}.{}.sig",
+            enc(r#"{"alg":"none","alg":"RS256","kid":"k"}"#),
+            enc("{}")
+        );
+        assert_eq!(check_header(&token), Err(VerifyError::Malformed));
+        let token = format!(
+            "{}.{}.sig",
+            enc(r#"{"alg":"RS256","kid":"a","kid":"b"}"#),
+            enc("{}")
+        );
+        assert_eq!(check_header(&token), Err(VerifyError::Malformed));
+        let token = format!("{}.{}.sig", enc(r#"["RS256","k"]"#), enc("{}"));
+        assert_eq!(check_header(&token), Err(VerifyError::Malformed));
+        let token = format!(
+            "{}.{}.sig",
+            enc(r#"{"alg":"RS256","kid":"k","typ":"JWT"}"#),
+            enc("{}")
+        );
+        assert_eq!(check_header(&token), Ok("k".to_string()));
     }
 
     #[test]
