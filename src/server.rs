@@ -99,7 +99,6 @@ impl RelayState {
         let ws_config = upgrade::ws_config(config.max_message_bytes);
         let upstream = UpstreamConfig {
             realtime_url: config.realtime_endpoint.to_string(),
-            http_url: config.http_endpoint.to_string(),
             http_host: config.http_host.clone(),
             connect_timeout: config.upstream_timeout,
             ws_config,

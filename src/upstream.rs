@@ -23,8 +23,6 @@ pub type UpstreamSocket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 pub struct UpstreamConfig {
     /// `wss://…/event/realtime` (or `ws://` for a local emulator).
     pub realtime_url: String,
-    /// `https://…/event` (or `http://`): the HTTP publish endpoint.
-    pub http_url: String,
     /// Host (with port when not the default) of the HTTP endpoint: AppSync
     /// wants this in every authorization object, even on the socket.
     pub http_host: String,
@@ -37,7 +35,6 @@ impl std::fmt::Debug for UpstreamConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("UpstreamConfig")
             .field("realtime_url", &self.realtime_url)
-            .field("http_url", &self.http_url)
             .field("http_host", &self.http_host)
             .field("connect_timeout", &self.connect_timeout)
             .finish_non_exhaustive()

@@ -97,42 +97,23 @@ async fn per_ip_limit_counts_the_client_behind_a_trusted_proxy() {
     ])
     .await;
     let url = stack.realtime_url();
-    let from = |ip: &str| {
-        let mut up = Upgrade::browser(&cookies_for_sub(&stack, &format!("user-{ip}")));
-        up.cookie = up.cookie.map(|c| c.to_string());
-        (up, ip.to_string())
+    // A user `user` whose request arrives through the proxy for client `ip`.
+    let via = |user: &str, ip: &str| Upgrade {
+        headers: vec![("x-forwarded-for", ip.to_string())],
+        ..Upgrade::browser(&cookies_for_sub(&stack, user))
     };
     // Two clients behind the same (trusted) proxy address are told apart by
-    // X-Forwarded-For; the same client twice is refused.
-    let (up1, ip1) = from("203.0.113.1");
-    let (up2, ip2) = from("203.0.113.2");
-    let _c1 = connect_via(&url, &up1, &ip1).await.expect("first client");
-    let _c2 = connect_via(&url, &up2, &ip2).await.expect("second client");
-    let (up3, _) = from("203.0.113.9");
-    let again = connect_via(&url, &up3, &ip1).await;
+    // X-Forwarded-For; the same client address twice is refused.
+    let _c1 = connect_as(&url, &via("u1", "203.0.113.1")).await;
+    let _c2 = connect_as(&url, &via("u2", "203.0.113.2")).await;
+    let again = match try_connect(&url, &via("u3", "203.0.113.1")).await {
+        Attempt::Refused(status, _) => Err(status),
+        _ => Ok(()),
+    };
     assert_eq!(again.err(), Some(429));
     assert!(metrics(&stack)
         .await
         .contains("appsync_relay_limits_hit_total{limit=\"max_connections_per_ip\"} 1"));
-}
-
-/// Upgrade with an `X-Forwarded-For` header; `Err(status)` on refusal.
-async fn connect_via(url: &str, up: &Upgrade, xff: &str) -> Result<Ws, u16> {
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    let mut req = url.into_client_request().unwrap();
-    let h = req.headers_mut();
-    h.insert("origin", ORIGIN.parse().unwrap());
-    h.insert("cookie", up.cookie.as_deref().unwrap().parse().unwrap());
-    h.insert(
-        "sec-websocket-protocol",
-        "aws-appsync-event-ws".parse().unwrap(),
-    );
-    h.insert("x-forwarded-for", xff.parse().unwrap());
-    match tokio_tungstenite::connect_async(req).await {
-        Ok((ws, _)) => Ok(ws),
-        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => Err(resp.status().as_u16()),
-        Err(e) => panic!("{e}"),
-    }
 }
 
 #[tokio::test]

@@ -405,10 +405,6 @@ async fn subscription_ids_cannot_collide_with_the_relays_bookkeeping() {
     );
 }
 
-async fn close_code(ws: &mut Ws) -> Option<u16> {
-    recv_close(ws).await
-}
-
 #[tokio::test]
 async fn non_utf8_text_closes_with_1007() {
     let stack = Stack::start().await;
@@ -420,7 +416,7 @@ async fn non_utf8_text_closes_with_1007() {
     )))
     .await
     .unwrap();
-    assert_eq!(close_code(&mut ws).await, Some(1007));
+    assert_eq!(recv_close(&mut ws).await, Some(1007));
 }
 
 #[tokio::test]
@@ -430,7 +426,7 @@ async fn oversized_control_frames_close_with_1002() {
     ws.send(Message::Frame(Frame::ping(vec![0u8; 300])))
         .await
         .unwrap();
-    assert_eq!(close_code(&mut ws).await, Some(1002));
+    assert_eq!(recv_close(&mut ws).await, Some(1002));
 }
 
 #[tokio::test]
@@ -458,7 +454,7 @@ async fn fragmented_messages_over_the_cap_close_with_1009() {
             true,
         )))
         .await;
-    assert_eq!(close_code(&mut ws).await, Some(1009));
+    assert_eq!(recv_close(&mut ws).await, Some(1009));
 }
 
 #[tokio::test]

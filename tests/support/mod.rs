@@ -381,6 +381,8 @@ pub struct Upgrade {
     pub origin: Option<String>,
     pub cookie: Option<String>,
     pub protocols: Option<String>,
+    /// Any other request headers (e.g. `X-Forwarded-For`).
+    pub headers: Vec<(&'static str, String)>,
 }
 
 impl Upgrade {
@@ -392,6 +394,7 @@ impl Upgrade {
                 "aws-appsync-event-ws, {}",
                 placeholder_header_protocol()
             )),
+            headers: Vec::new(),
         }
     }
 }
@@ -442,6 +445,9 @@ pub async fn try_connect_with(
     if let Some(p) = &up.protocols {
         h.insert("sec-websocket-protocol", p.parse().unwrap());
     }
+    for (name, value) in &up.headers {
+        h.insert(*name, value.parse().unwrap());
+    }
     let connector = tls.map(tokio_tungstenite::Connector::Rustls);
     let attempt = tokio::time::timeout(
         Duration::from_secs(10),
@@ -465,7 +471,12 @@ pub async fn try_connect_with(
 }
 
 pub async fn connect(url: &str, cookie: &str) -> Ws {
-    match try_connect(url, &Upgrade::browser(cookie)).await {
+    connect_as(url, &Upgrade::browser(cookie)).await
+}
+
+/// Opens a socket with this upgrade, or panics with the refusal.
+pub async fn connect_as(url: &str, up: &Upgrade) -> Ws {
+    match try_connect(url, up).await {
         Attempt::Open(ws, _) => *ws,
         Attempt::Refused(status, body) => panic!("handshake refused: {status} {body}"),
         Attempt::Failed(e) => panic!("handshake failed: {e}"),
