@@ -1,22 +1,25 @@
 //! From a request's cookies to a verified token the relay can act with,
-//! renewing the session first when its token has expired or is about to.
+//! renewing the session first when its token has expired or is about to;
+//! and [`renew`], the one renewal path used both here and by open sockets.
 //!
 //! Order: read the session cookies; if a renewal made on an open socket is
-//! waiting for this browser (see [`crate::cookies`]), use it; else verify
-//! the token; if it expires within `--refresh-before` (or already has, but
-//! is otherwise valid — signature, issuer, client) and a refresh token is
-//! present, ask Cognito for new tokens (single flight), verify those, and
-//! return them with the `Set-Cookie` headers the browser needs. A refresh
-//! that fails while the old token is still valid is not fatal.
+//! waiting for this browser (see [`crate::session::pending`]), use it; else
+//! verify the token; if it expires within `--refresh-before` (or already
+//! has, but is otherwise valid — signature, issuer, client) and a refresh
+//! token is present, renew (single flight), and return the new token with
+//! the `Set-Cookie` headers the browser needs. A refresh that fails while
+//! the old token is still valid is not fatal.
+//!
+//! Nothing here logs a token; `SessionState`'s `Debug` redacts it.
 
+use crate::clock::is_due;
 use crate::error::RelayError;
-use crate::refresh::{RefreshError, RefreshedTokens};
-use crate::server::RelayState;
-use crate::session::{self, Session, SessionError};
+use crate::refresh::RefreshError;
+use crate::session::{self, Session, SessionError, TokenSet};
+use crate::state::RelayState;
 use crate::verify::{token_hash, Claims, TokenUse, VerifyError};
 use hyper::header::{HeaderMap, HeaderValue};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// The session as the relay carries it for the life of a connection.
 #[derive(Clone)]
@@ -52,25 +55,101 @@ pub struct Authenticated {
     pub refreshed: bool,
 }
 
-pub fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-/// Whether a token should be renewed now.
-fn due(claims: &Claims, refresh_before: std::time::Duration) -> bool {
-    now_secs() >= crate::relay::refresh_due_at(claims.exp, claims.iat, refresh_before)
-}
-
-/// Picks the token `--token-use` forwards out of a refresh answer.
-pub fn forwarded_token(tokens: &RefreshedTokens, token_use: TokenUse) -> Option<&str> {
+/// Picks the token `--token-use` forwards out of a token set.
+pub fn forwarded_token(tokens: &TokenSet, token_use: TokenUse) -> Option<&str> {
     match token_use {
         TokenUse::Access => Some(tokens.access_token.as_str()),
         TokenUse::Id => tokens.id_token.as_deref(),
     }
 }
+
+// === Renewal ===
+
+/// Where a renewal happens: the `phase` label of `token_refreshes_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// A handshake or HTTP publish (the response can carry cookies).
+    Handshake,
+    /// An open socket (the renewal waits in the pending store).
+    Connection,
+}
+
+impl Phase {
+    fn label(self) -> &'static str {
+        match self {
+            Phase::Handshake => "handshake",
+            Phase::Connection => "connection",
+        }
+    }
+}
+
+/// A renewal: the new token set, and the token to forward from it with its
+/// verified claims.
+pub struct Renewed {
+    pub tokens: Arc<TokenSet>,
+    pub token: String,
+    pub claims: Arc<Claims>,
+}
+
+/// Why a renewal produced no usable token.
+#[derive(Debug)]
+pub enum RenewError {
+    /// Cognito refused (the session is over) or could not be asked.
+    Refresh(RefreshError),
+    /// Cognito answered without a token of the configured `--token-use`.
+    NoToken,
+    /// The token Cognito issued does not verify.
+    Verify(VerifyError),
+}
+
+/// Renews a session with its refresh token (single flight across every
+/// caller with the same token), counts it, and verifies the result.
+/// `username` is Cognito's, for `SECRET_HASH`.
+pub async fn renew(
+    state: &RelayState,
+    refresh_token: &str,
+    username: &str,
+    phase: Phase,
+) -> Result<Renewed, RenewError> {
+    let outcome = state.refresher.refresh(refresh_token, username).await;
+    let result = outcome
+        .as_ref()
+        .map(|_| "ok")
+        .unwrap_or_else(RefreshError::reason);
+    state
+        .metrics
+        .token_refreshes
+        .with_label_values(&[phase.label(), result])
+        .inc();
+    let tokens = outcome.map_err(RenewError::Refresh)?;
+    let token = forwarded_token(&tokens, state.config.token_use)
+        .ok_or(RenewError::NoToken)?
+        .to_string();
+    let claims = state
+        .verifier
+        .verify(&token)
+        .await
+        .map_err(RenewError::Verify)?;
+    Ok(Renewed {
+        tokens,
+        token,
+        claims,
+    })
+}
+
+impl From<RenewError> for RelayError {
+    fn from(e: RenewError) -> RelayError {
+        match e {
+            RenewError::Refresh(e) => RelayError::Refresh(e),
+            RenewError::NoToken => RelayError::Refresh(RefreshError::Unavailable(
+                "no token of the configured use".into(),
+            )),
+            RenewError::Verify(e) => RelayError::Token(e),
+        }
+    }
+}
+
+// === Authentication of a request ===
 
 impl Authenticated {
     /// The browser's own token, nothing renewed.
@@ -93,7 +172,7 @@ impl Authenticated {
         cfg: &crate::config::Config,
         username: String,
         session: &Session,
-        tokens: &RefreshedTokens,
+        tokens: &TokenSet,
         (token, claims): (String, Arc<Claims>),
         secure: bool,
     ) -> Authenticated {
@@ -117,6 +196,11 @@ impl Authenticated {
             refreshed: true,
         }
     }
+}
+
+/// Whether a verified token should be renewed now.
+fn due(claims: &Claims, refresh_before: std::time::Duration) -> bool {
+    is_due(claims.exp, claims.iat, refresh_before)
 }
 
 /// Authenticates a request whose response can carry cookies (`secure`
@@ -161,66 +245,34 @@ pub async fn authenticate(
         Err(VerifyError::Expired) => true,
         Err(_) => false,
     };
-    if !needs_refresh || session.refresh_token.is_none() {
+    let Some(refresh_token) = session.refresh_token.as_deref().filter(|_| needs_refresh) else {
         return Ok(Authenticated::as_sent(token, verified?, &session));
-    }
+    };
 
     // Expired or about to: renew, but only for a token that is otherwise
-    // genuine (signed by the pool, for this client).
+    // genuine (signed by the pool, for this client). SECRET_HASH wants
+    // Cognito's username (the `username` claim), which can differ from the
+    // cookie's LastAuthUser (e.g. email aliases).
     let genuine = state.verifier.verify_ignoring_expiry(token).await?;
-    match refresh(state, &session, &genuine).await {
-        Ok((tokens, renewed)) => Ok(Authenticated::renewed(
+    let username = genuine.username().unwrap_or(&session.username);
+    match renew(state, refresh_token, username, Phase::Handshake).await {
+        Ok(r) => Ok(Authenticated::renewed(
             cfg,
             session.username.clone(),
             &session,
-            &tokens,
-            renewed,
+            &r.tokens,
+            (r.token, r.claims),
             secure,
         )),
         // Still valid for a little while: use it, the next request retries.
         Err(e) if verified.is_ok() => {
+            let e = RelayError::from(e);
             tracing::warn!(
                 reason = e.reason(),
                 "session refresh failed; token still valid, using it"
             );
             Ok(Authenticated::as_sent(token, verified?, &session))
         }
-        Err(e) => Err(e),
+        Err(e) => Err(e.into()),
     }
-}
-
-/// A renewal, and the token to forward from it with its verified claims.
-type Renewal = (Arc<RefreshedTokens>, (String, Arc<Claims>));
-
-async fn refresh(
-    state: &RelayState,
-    session: &Session,
-    genuine: &Claims,
-) -> Result<Renewal, RelayError> {
-    let Some(rt) = session.refresh_token.as_deref() else {
-        return Err(RelayError::Token(VerifyError::Expired));
-    };
-    // SECRET_HASH wants Cognito's username (the `username` claim), which
-    // can differ from the cookie's LastAuthUser (e.g. email aliases).
-    let username = genuine.username().unwrap_or(&session.username);
-    let outcome = state.refresher.refresh(rt, username).await;
-    state
-        .metrics
-        .token_refreshes
-        .with_label_values(&[
-            "handshake",
-            outcome
-                .as_ref()
-                .map(|_| "ok")
-                .unwrap_or_else(RefreshError::reason),
-        ])
-        .inc();
-    let tokens = outcome.map_err(RelayError::Refresh)?;
-    let token = forwarded_token(&tokens, state.config.token_use)
-        .ok_or(RelayError::Refresh(RefreshError::Unavailable(
-            "no token of the configured use".into(),
-        )))?
-        .to_string();
-    let claims = state.verifier.verify(&token).await?;
-    Ok((tokens, (token, claims)))
 }

@@ -5,31 +5,15 @@
 //! strings from this file, so an error body can never echo a token, a cookie
 //! or anything else the client or upstream sent.
 
+use crate::limits::LimitHit;
 use crate::origin::OriginError;
+use crate::refresh::RefreshError;
+use crate::response::{json_error, Body};
 use crate::session::SessionError;
 use crate::upgrade::UpgradeError;
 use crate::upstream::UpstreamError;
 use crate::verify::VerifyError;
-use bytes::Bytes;
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full};
-use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
 use hyper::{Response, StatusCode};
-
-/// Error type of response bodies: boxed so proxied streams can share it.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-/// The body of every response the relay produces.
-pub type Body = BoxBody<Bytes, BoxError>;
-
-pub fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into())
-        .map_err(|never| match never {})
-        .boxed()
-}
-
-pub fn empty() -> Body {
-    full(Bytes::new())
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
@@ -53,9 +37,9 @@ pub enum RelayError {
     #[error("not found")]
     NotFound,
     #[error("limit reached: {0}")]
-    Limit(#[from] crate::limits::LimitHit),
+    Limit(#[from] LimitHit),
     #[error("session could not be renewed: {0}")]
-    Refresh(crate::refresh::RefreshError),
+    Refresh(RefreshError),
     // --- upstream: AppSync failed or refused ---
     #[error("{0}")]
     Upstream(#[from] UpstreamError),
@@ -76,9 +60,7 @@ impl RelayError {
             RelayError::Limit(_) => StatusCode::TOO_MANY_REQUESTS,
             RelayError::Token(VerifyError::JwksUnavailable) => StatusCode::SERVICE_UNAVAILABLE,
             RelayError::Token(_) => StatusCode::UNAUTHORIZED,
-            RelayError::Refresh(crate::refresh::RefreshError::Rejected(_)) => {
-                StatusCode::UNAUTHORIZED
-            }
+            RelayError::Refresh(RefreshError::Rejected(_)) => StatusCode::UNAUTHORIZED,
             RelayError::Refresh(_) => StatusCode::SERVICE_UNAVAILABLE,
             RelayError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             RelayError::BodyRead => StatusCode::BAD_REQUEST,
@@ -100,7 +82,7 @@ impl RelayError {
             RelayError::Session(e) => e.reason(),
             RelayError::Token(e) => e.reason(),
             RelayError::Limit(hit) => hit.reason(),
-            RelayError::Refresh(crate::refresh::RefreshError::Rejected(_)) => "session_ended",
+            RelayError::Refresh(RefreshError::Rejected(_)) => "session_ended",
             RelayError::Refresh(_) => "refresh_unavailable",
             RelayError::BodyTooLarge => "body_too_large",
             RelayError::BodyRead => "body_unreadable",
@@ -141,18 +123,6 @@ impl RelayError {
     pub fn into_response(self) -> Response<Body> {
         json_error(self.status(), self.category(), self.reason())
     }
-}
-
-/// A small JSON error response; both strings must be bounded labels.
-pub fn json_error(status: StatusCode, error: &'static str, reason: &'static str) -> Response<Body> {
-    let body = serde_json::json!({ "error": error, "reason": reason }).to_string();
-    let mut resp = Response::new(full(body));
-    *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    resp.headers_mut()
-        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    resp
 }
 
 #[cfg(test)]

@@ -1,24 +1,26 @@
 //! `GET <events-path>/realtime`: deciding whether a browser gets a 101, in
-//! the order DESIGN.md §3 fixes, then handing both sockets to the relay.
+//! the contract's order, then handing both sockets to the relay.
 //!
 //! 1. valid WebSocket upgrade → else 400
-//! 2. Origin in the allowlist → else 403
+//! 2. Origin in the allowlist → else 403 (then: relay full → 429)
 //! 3. `aws-appsync-event-ws` offered → else 400 (`header-…` offers ignored)
-//! 4. session cookie present and its token verifies → else 401
-//! 5. upstream connected with the token → 401 / 502 / 504
-//! 6. 101 selecting `aws-appsync-event-ws`
+//! 4. session cookie present and its token verifies, renewed if due → else 401
+//! 5. admission per user and per client IP → else 429
+//! 6. upstream connected with the token → 401 / 502 / 504
+//! 7. 101 selecting `aws-appsync-event-ws`
 //!
-//! Each refusal is logged once, with a bounded reason and never a token or
-//! cookie value, and counted in `handshakes_total{outcome=<reason>}`.
+//! [`accept`] is that list as code. Each refusal is logged once, with a
+//! bounded reason and never a token or cookie value, and counted in
+//! `handshakes_total{outcome=<reason>}`.
 
 use crate::authenticate::{authenticate, Authenticated};
-use crate::error::{empty, Body, RelayError};
+use crate::error::RelayError;
 use crate::limits::{ConnectionPermit, LimitHit};
 use crate::protocol;
-use crate::relay;
-use crate::relay::ConnectionContext;
+use crate::relay::{self, ConnectionContext, RelayOutcome};
+use crate::response::{empty, Body};
 use crate::rewrite::UpstreamAuth;
-use crate::server::RelayState;
+use crate::state::RelayState;
 use crate::upgrade;
 use crate::upstream::{self, UpstreamSocket};
 use hyper::body::Incoming;
@@ -43,36 +45,92 @@ struct Accepted {
     permit: ConnectionPermit,
 }
 
-pub async fn handle(
+/// Answers an upgrade request: a 101 (and the relay task), or the refusal.
+pub async fn respond(
     state: Arc<RelayState>,
     mut req: Request<Incoming>,
     peer: SocketAddr,
 ) -> Response<Body> {
     let started = Instant::now();
-    let accepted = match accept(&state, &req, peer).await {
-        Ok(a) => a,
-        Err(e) => {
-            state
-                .metrics
-                .handshakes
-                .with_label_values(&[e.reason()])
-                .inc();
-            tracing::info!(%peer, status = e.status().as_u16(), reason = e.reason(), side = e.side(), error = %e, "websocket handshake refused");
-            return e.into_response();
+    match accept(&state, &req, peer).await {
+        Ok(accepted) => {
+            record_accepted(&state, started);
+            let on_upgrade = hyper::upgrade::on(&mut req);
+            switch_protocols(state, accepted, on_upgrade, peer)
         }
-    };
-    state
-        .metrics
-        .handshakes
-        .with_label_values(&["accepted"])
-        .inc();
-    state
-        .metrics
-        .handshake_seconds
-        .with_label_values(&["total"])
-        .observe(started.elapsed().as_secs_f64());
+        Err(e) => {
+            record_refused(&state, &e, peer);
+            e.into_response()
+        }
+    }
+}
 
-    let on_upgrade = hyper::upgrade::on(&mut req);
+/// The phases, in contract order.
+async fn accept(
+    state: &RelayState,
+    req: &Request<Incoming>,
+    peer: SocketAddr,
+) -> Result<Accepted, RelayError> {
+    let accept_key = upgrade::check_upgrade(req)?;
+    state.config.origins.check(req.headers())?;
+    // Full already? Refuse before spending any verification work.
+    if state.limits.total_full() {
+        return Err(limit_hit(state, LimitHit::Total));
+    }
+    // Any `header-…` the browser offered holds a placeholder at best; it is
+    // never looked at or forwarded.
+    if !upgrade::offered_protocols(req.headers()).contains(&protocol::SUBPROTOCOL) {
+        return Err(RelayError::NoSubprotocol);
+    }
+    let authenticated = timed(state, "verify", async {
+        let secure = state.is_secure(req.headers(), peer);
+        authenticate(state, req.headers(), secure).await
+    })
+    .await?;
+    let permit = state
+        .limits
+        .try_acquire(
+            &authenticated.claims.sub,
+            state.client_ip(req.headers(), peer),
+        )
+        .map_err(|hit| limit_hit(state, hit))?;
+    let auth = UpstreamAuth::new(
+        authenticated.token.as_str(),
+        state.config.http_host.as_str(),
+    );
+    let upstream = timed(state, "upstream_connect", connect_upstream(state, &auth)).await?;
+    Ok(Accepted {
+        accept_key,
+        upstream,
+        auth,
+        authenticated,
+        permit,
+    })
+}
+
+/// Opens the upstream as the user `auth` stands for, counting the result.
+async fn connect_upstream(
+    state: &RelayState,
+    auth: &UpstreamAuth,
+) -> Result<UpstreamSocket, RelayError> {
+    let result = upstream::connect(&state.upstream, auth).await;
+    let label = result.as_ref().map(|_| "ok").unwrap_or_else(|e| e.reason());
+    state
+        .metrics
+        .upstream_connects
+        .with_label_values(&[label])
+        .inc();
+    Ok(result?)
+}
+
+/// The 101, with the relay task spawned to take over once hyper has
+/// written it.
+fn switch_protocols(
+    state: Arc<RelayState>,
+    accepted: Accepted,
+    on_upgrade: hyper::upgrade::OnUpgrade,
+    peer: SocketAddr,
+) -> Response<Body> {
     let Accepted {
         accept_key,
         upstream,
@@ -80,7 +138,6 @@ pub async fn handle(
         authenticated,
         permit,
     } = accepted;
-    let set_cookies = authenticated.set_cookies;
     let sub = authenticated.claims.sub.clone();
     let ctx = ConnectionContext {
         state: state.clone(),
@@ -110,27 +167,7 @@ pub async fn handle(
         let outcome = relay::run(client, upstream, ctx).await;
         drop(permit);
         metrics.connections_active.dec();
-        metrics
-            .connection_seconds
-            .observe(opened.elapsed().as_secs_f64());
-        let code = outcome.client_close.unwrap_or(0);
-        metrics
-            .connections_closed
-            .with_label_values(&[close_label(code)])
-            .inc();
-        tracing::info!(
-            %peer,
-            sub = %sub,
-            duration_ms = opened.elapsed().as_millis() as u64,
-            ending = ?outcome.ending,
-            close_code = code,
-            frames_to_upstream = outcome.stats.frames_to_upstream,
-            frames_to_client = outcome.stats.frames_to_client,
-            local_replies = outcome.stats.local_replies,
-            refreshes = outcome.stats.refreshes,
-            redials = outcome.stats.redials,
-            "websocket relay ended"
-        );
+        record_ended(&task_state, &outcome, opened, peer, &sub);
     });
 
     let mut resp = Response::new(empty());
@@ -144,10 +181,92 @@ pub async fn handle(
         HeaderValue::from_static(protocol::SUBPROTOCOL),
     );
     // Renewed session cookies ride on the 101 (Chromium stores them; see README).
-    for cookie in set_cookies {
+    for cookie in authenticated.set_cookies {
         h.append(SET_COOKIE, cookie);
     }
     resp
+}
+
+// === Metrics and logs ===
+
+/// Runs a phase, observing its duration in `handshake_seconds{phase}`
+/// when it succeeds.
+async fn timed<T>(
+    state: &RelayState,
+    phase: &'static str,
+    fut: impl std::future::Future<Output = Result<T, RelayError>>,
+) -> Result<T, RelayError> {
+    let started = Instant::now();
+    let result = fut.await?;
+    state
+        .metrics
+        .handshake_seconds
+        .with_label_values(&[phase])
+        .observe(started.elapsed().as_secs_f64());
+    Ok(result)
+}
+
+fn record_accepted(state: &RelayState, started: Instant) {
+    state
+        .metrics
+        .handshakes
+        .with_label_values(&["accepted"])
+        .inc();
+    state
+        .metrics
+        .handshake_seconds
+        .with_label_values(&["total"])
+        .observe(started.elapsed().as_secs_f64());
+}
+
+fn record_refused(state: &RelayState, e: &RelayError, peer: SocketAddr) {
+    state
+        .metrics
+        .handshakes
+        .with_label_values(&[e.reason()])
+        .inc();
+    tracing::info!(%peer, status = e.status().as_u16(), reason = e.reason(), side = e.side(), error = %e, "websocket handshake refused");
+}
+
+fn limit_hit(state: &RelayState, hit: LimitHit) -> RelayError {
+    state
+        .metrics
+        .limits_hit
+        .with_label_values(&[hit.reason()])
+        .inc();
+    RelayError::Limit(hit)
+}
+
+/// The connection's closing figures: metrics and its one log line.
+fn record_ended(
+    state: &RelayState,
+    outcome: &RelayOutcome,
+    opened: Instant,
+    peer: SocketAddr,
+    sub: &str,
+) {
+    let metrics = &state.metrics;
+    metrics
+        .connection_seconds
+        .observe(opened.elapsed().as_secs_f64());
+    let code = outcome.client_close.unwrap_or(0);
+    metrics
+        .connections_closed
+        .with_label_values(&[close_label(code)])
+        .inc();
+    tracing::info!(
+        %peer,
+        sub = %sub,
+        duration_ms = opened.elapsed().as_millis() as u64,
+        ending = ?outcome.ending,
+        close_code = code,
+        frames_to_upstream = outcome.stats.frames_to_upstream,
+        frames_to_client = outcome.stats.frames_to_client,
+        local_replies = outcome.stats.local_replies,
+        refreshes = outcome.stats.refreshes,
+        redials = outcome.stats.redials,
+        "websocket relay ended"
+    );
 }
 
 /// Bounded label for a close code.
@@ -166,84 +285,4 @@ fn close_label(code: u16) -> &'static str {
         4401 => "4401",
         _ => "other",
     }
-}
-
-async fn accept(
-    state: &RelayState,
-    req: &Request<Incoming>,
-    peer: SocketAddr,
-) -> Result<Accepted, RelayError> {
-    // 1. A well-formed upgrade.
-    let accept_key = upgrade::check_upgrade(req)?;
-    // 2. From one of our own origins (CSWSH defence).
-    state.config.origins.check(req.headers())?;
-    // Full already? Refuse before spending any verification work.
-    if state.limits.total_full() {
-        return Err(limit_hit(state, LimitHit::Total));
-    }
-    // 3. Speaking AppSync Events. Any `header-…` the browser offered holds a
-    //    placeholder at best; it is never looked at or forwarded.
-    if !upgrade::offered_protocols(req.headers()).contains(&protocol::SUBPROTOCOL) {
-        return Err(RelayError::NoSubprotocol);
-    }
-    // 4. A session whose token verifies (renewed first if it is due).
-    let verify_started = Instant::now();
-    let authenticated =
-        authenticate(state, req.headers(), state.is_secure(req.headers(), peer)).await?;
-    state
-        .metrics
-        .handshake_seconds
-        .with_label_values(&["verify"])
-        .observe(verify_started.elapsed().as_secs_f64());
-    // Admission per user and per client address, now that the user is known.
-    let client_ip = state.client_ip(req.headers(), peer);
-    let permit = state
-        .limits
-        .try_acquire(&authenticated.claims.sub, client_ip)
-        .map_err(|hit| limit_hit(state, hit))?;
-    // 5. Upstream, as that user.
-    let auth = UpstreamAuth::new(
-        authenticated.token.as_str(),
-        state.config.http_host.as_str(),
-    );
-    let connect_started = Instant::now();
-    let upstream = match upstream::connect(&state.upstream, &auth).await {
-        Ok(u) => {
-            state
-                .metrics
-                .upstream_connects
-                .with_label_values(&["ok"])
-                .inc();
-            u
-        }
-        Err(e) => {
-            state
-                .metrics
-                .upstream_connects
-                .with_label_values(&[e.reason()])
-                .inc();
-            return Err(e.into());
-        }
-    };
-    state
-        .metrics
-        .handshake_seconds
-        .with_label_values(&["upstream_connect"])
-        .observe(connect_started.elapsed().as_secs_f64());
-    Ok(Accepted {
-        accept_key,
-        upstream,
-        auth,
-        authenticated,
-        permit,
-    })
-}
-
-fn limit_hit(state: &RelayState, hit: LimitHit) -> RelayError {
-    state
-        .metrics
-        .limits_hit
-        .with_label_values(&[hit.reason()])
-        .inc();
-    RelayError::Limit(hit)
 }

@@ -1,6 +1,7 @@
-//! The outbound HTTP client (JWKS fetches, HTTP publish to AppSync): hyper's
-//! pooled client over rustls with the webpki roots, speaking `http://` too so
-//! local emulators work.
+//! Outbound HTTP: hyper's pooled client over rustls with the webpki roots,
+//! speaking `http://` too so local emulators work. Used for JWKS fetches,
+//! Cognito refreshes and HTTP publish to AppSync; the app proxy builds its
+//! own pool on the same connector.
 //!
 //! It owns transport only; callers set their own timeouts per request.
 
@@ -33,18 +34,25 @@ pub fn tls_client_config() -> Arc<rustls::ClientConfig> {
     }
 }
 
-pub fn build(connect_timeout: Duration) -> HttpClient {
+/// A connector for `http://` and `https://` URIs (HTTP/1.1, no Nagle),
+/// giving up on TCP connect after `connect_timeout`.
+pub fn https_connector(connect_timeout: Duration) -> HttpsConnector<HttpConnector> {
     let mut http = HttpConnector::new();
+    // The HTTPS wrapper decides per scheme; the inner connector must let
+    // `https://` URIs through to it.
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(connect_timeout));
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
+    hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config((*tls_client_config()).clone())
         .https_or_http()
         .enable_http1()
-        .wrap_connector(http);
+        .wrap_connector(http)
+}
+
+pub fn build(connect_timeout: Duration) -> HttpClient {
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(60))
         .pool_max_idle_per_host(32)
-        .build(https)
+        .build(https_connector(connect_timeout))
 }

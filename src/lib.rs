@@ -10,50 +10,60 @@
 //!
 //! # Layout
 //!
-//! Follows a request from accept to relay:
+//! Layers, bottom to top; a module imports only modules of lower layers (and,
+//! inside a folder, its own children). `docs/ARCHITECTURE.md` has the rules,
+//! the handshake walk and where new code goes; `tests/architecture.rs`
+//! checks them.
 //!
-//! - [`server`]: listeners, routing, admin endpoints, JWKS loader, shutdown.
-//!   - [`tls`]: the public listener's certificate, reloaded when it changes.
-//! - [`handshake`]: the upgrade phases in contract order, then the relay task.
-//!   - [`upgrade`]: what a valid RFC 6455 upgrade is; socket buffer config.
-//!   - [`origin`]: the Origin allowlist (CSWSH defence).
-//!   - [`authenticate`]: cookies → a verified token, renewing it if due.
-//!     - [`session`]: Amplify's cookies → the user's tokens.
-//!     - [`verify`]: Cognito JWT verification and the JWKS cache.
-//!     - [`refresh`]: Cognito refresh, single flight.
-//!     - [`cookies`]: `Set-Cookie` for renewed tokens; renewals pending delivery.
-//!   - [`upstream`]: the AppSync connection with the `header-` subprotocol.
-//! - [`relay`]: the two-way pump and close-code mapping.
-//!   - [`rewrite`]: client frame policy and auth injection.
-//! - [`publish`]: HTTP publish.
-//! - [`proxy`]: everything else, to the SSR app (`--app-upstream`).
-//! - [`limits`]: admission limits and the publish token bucket.
-//! - [`protocol`]: AppSync Events rules shared with the [`emulator`], the
-//!   strict stand-in for AWS used by tests and local development.
-//! - [`demo`]: `appsync-relay demo`, relay + emulator + dev identity provider.
-//! - [`config`], [`error`], [`metrics`], [`http_client`]: plumbing.
+//! 1. Leaves: [`clock`], [`protocol`], [`response`], [`forwarded`],
+//!    [`origin`], [`limits`], [`metrics`], [`tls`], [`http_client`].
+//! 2. Wire and tokens: [`upgrade`], [`rewrite`], [`upstream`], [`verify`].
+//! 3. Session: [`session`] (reads and writes Amplify's cookies, pending
+//!    renewals), [`refresh`] (Cognito, single flight), and the strict
+//!    AppSync stand-in [`emulator`].
+//! 4. Configuration: [`cli`] (the flags), [`config`] (validated, once).
+//! 5. Shared state: [`state`], [`error`].
+//! 6. [`authenticate`]: cookies → a verified token; the one `renew()`.
+//! 7. [`relay`]: one connection's pump, subscriptions, token, re-dial, close.
+//! 8. Request handlers: [`handshake`], [`publish`], [`proxy`], [`admin`].
+//! 9. [`server`]: listeners, routing, shutdown.
+//! 10. [`demo`]: relay + emulator + development identity provider.
 #![forbid(unsafe_code)]
 
-pub mod authenticate;
-pub mod config;
-pub mod cookies;
-pub mod demo;
-pub mod emulator;
-pub mod error;
-pub mod handshake;
+pub mod clock;
+pub mod forwarded;
 pub mod http_client;
 pub mod limits;
 pub mod metrics;
 pub mod origin;
 pub mod protocol;
-pub mod proxy;
-pub mod publish;
-pub mod refresh;
-pub mod relay;
-pub mod rewrite;
-pub mod server;
-pub mod session;
+pub mod response;
 pub mod tls;
+
+pub mod rewrite;
 pub mod upgrade;
 pub mod upstream;
 pub mod verify;
+
+pub mod emulator;
+pub mod refresh;
+pub mod session;
+
+pub mod cli;
+pub mod config;
+
+pub mod error;
+pub mod state;
+
+pub mod authenticate;
+
+pub mod relay;
+
+pub mod admin;
+pub mod handshake;
+pub mod proxy;
+pub mod publish;
+
+pub mod server;
+
+pub mod demo;

@@ -6,12 +6,24 @@
 //! the slot back, so counts cannot leak. Per-user and per-IP maps only hold
 //! keys with live connections. Nothing here logs or stores a token.
 
-use crate::config::Limits;
 use dashmap::DashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// Configured limits (0 / `None` = unlimited).
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub max_connections_per_user: usize,
+    pub max_connections_per_ip: usize,
+    pub handshake_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_subscriptions: usize,
+    pub publish_rate: u32,
+    pub idle_timeout: Option<Duration>,
+}
 
 /// Which limit refused a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -170,7 +182,6 @@ impl TokenBucket {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     fn limits(total: usize, user: usize, ip: usize) -> Arc<ConnectionLimits> {
         ConnectionLimits::new(Limits {

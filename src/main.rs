@@ -1,7 +1,8 @@
 //! Wiring only: parse flags, set up logging, bind, run until a signal.
 #![forbid(unsafe_code)]
 
-use appsync_relay::config::{Cli, Command, EmulateArgs, LogFormat, ServeArgs};
+use appsync_relay::cli::{Cli, Command, DemoArgs, EmulateArgs, LogFormat, ServeArgs};
+use appsync_relay::config::Config;
 use appsync_relay::emulator::{self, EmulatorAuth, EmulatorConfig};
 use appsync_relay::verify::{Verifier, VerifierConfig};
 use appsync_relay::{http_client, server};
@@ -68,7 +69,7 @@ async fn bind(what: &str, addr: std::net::SocketAddr) -> Result<TcpListener, Exi
 }
 
 async fn serve(args: ServeArgs) -> ExitCode {
-    let config = match args.validate() {
+    let config = match Config::from_args(&args) {
         Ok(c) => c,
         Err(errors) => return usage_error(&errors),
     };
@@ -139,7 +140,7 @@ async fn emulate(args: EmulateArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-async fn demo(args: appsync_relay::demo::DemoArgs) -> ExitCode {
+async fn demo(args: DemoArgs) -> ExitCode {
     let public = match bind("demo", args.listen).await {
         Ok(l) => l,
         Err(code) => return code,

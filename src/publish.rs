@@ -7,8 +7,9 @@
 //! other header the browser sent is dropped, never forwarded.
 
 use crate::authenticate::authenticate;
-use crate::error::{full, Body, RelayError};
-use crate::server::RelayState;
+use crate::error::RelayError;
+use crate::response::{full, Body};
+use crate::state::RelayState;
 use crate::upstream::UpstreamError;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -21,7 +22,8 @@ use std::sync::Arc;
 /// AppSync's publish answers are small; cap what we buffer from it.
 const MAX_UPSTREAM_RESPONSE_BYTES: usize = 1024 * 1024;
 
-pub async fn handle(
+/// Answers an HTTP publish: AppSync's answer, or the refusal.
+pub async fn respond(
     state: Arc<RelayState>,
     req: Request<Incoming>,
     peer: SocketAddr,

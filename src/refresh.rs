@@ -1,7 +1,7 @@
 //! Renewing a session with Cognito, once per refresh token however many
 //! connections ask at the same moment.
 //!
-//! Two Cognito APIs are supported (DESIGN.md §2):
+//! Two Cognito APIs are supported (docs/PROTOCOL.md, "Cognito"):
 //! - `GetTokensFromRefreshToken` (current Amplify): may rotate, returning a
 //!   new refresh token; the old one dies after a grace period.
 //! - `InitiateAuth` with `REFRESH_TOKEN_AUTH` (older clients): never rotates.
@@ -19,8 +19,10 @@
 //! token; Cognito's error *messages* are not logged either (they can echo
 //! input), only its error type.
 
+use crate::clock::{now_secs, refresh_due_at};
 use crate::http_client::HttpClient;
-use crate::verify::token_hash;
+use crate::session::TokenSet;
+use crate::verify::{token_hash, unverified_times};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use bytes::Bytes;
@@ -58,7 +60,7 @@ pub struct RefreshConfig {
     /// Most refresh results / in-flight calls remembered.
     pub capacity: usize,
     /// A remembered result is reused only until its token is due for
-    /// renewal itself (see [`crate::relay::refresh_due_at`]).
+    /// renewal itself (see [`crate::clock::refresh_due_at`]).
     pub refresh_before: Duration,
 }
 
@@ -72,23 +74,6 @@ impl fmt::Debug for RefreshConfig {
                 &self.client_secret.as_ref().map(|_| "<redacted>"),
             )
             .field("api", &self.api)
-            .finish_non_exhaustive()
-    }
-}
-
-/// New tokens from Cognito.
-#[derive(Clone, PartialEq, Eq)]
-pub struct RefreshedTokens {
-    pub access_token: String,
-    pub id_token: Option<String>,
-    /// Present only when Cognito rotated the refresh token.
-    pub refresh_token: Option<String>,
-}
-
-impl fmt::Debug for RefreshedTokens {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RefreshedTokens")
-            .field("rotated", &self.refresh_token.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -112,10 +97,11 @@ impl RefreshError {
     }
 }
 
-type Outcome = Result<Arc<RefreshedTokens>, RefreshError>;
+/// What one refresh produced, shared by every caller of the same flight.
+pub type RefreshOutcome = Result<Arc<TokenSet>, RefreshError>;
 
 struct Slot {
-    cell: Arc<OnceCell<Outcome>>,
+    cell: Arc<OnceCell<RefreshOutcome>>,
     created: Instant,
 }
 
@@ -123,8 +109,6 @@ pub struct Refresher {
     cfg: RefreshConfig,
     http: HttpClient,
     slots: DashMap<[u8; 32], Slot>,
-    /// Calls actually made to Cognito (for tests and metrics).
-    calls: std::sync::atomic::AtomicU64,
 }
 
 impl fmt::Debug for Refresher {
@@ -150,7 +134,6 @@ impl Refresher {
             cfg,
             http,
             slots: DashMap::new(),
-            calls: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -158,22 +141,13 @@ impl Refresher {
         &self.cfg
     }
 
-    /// Calls made to Cognito so far.
-    pub fn calls(&self) -> u64 {
-        self.calls.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
     /// New tokens for `refresh_token` (whose user is `username`, needed for
     /// `SECRET_HASH`). Concurrent and recent callers share one Cognito call.
-    pub async fn refresh(&self, refresh_token: &str, username: &str) -> Outcome {
+    pub async fn refresh(&self, refresh_token: &str, username: &str) -> RefreshOutcome {
         let key = token_hash(refresh_token);
         let cell = self.slot(key);
         let outcome = cell
-            .get_or_init(|| async {
-                self.calls
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                self.call(refresh_token, username).await.map(Arc::new)
-            })
+            .get_or_init(|| async { self.call(refresh_token, username).await.map(Arc::new) })
             .await
             .clone();
         // A transient failure must not be remembered: the next caller retries.
@@ -193,17 +167,14 @@ impl Refresher {
             // In flight: join it.
             None => true,
             Some(Err(_)) => true,
-            Some(Ok(tokens)) => match crate::verify::unverified_times(&tokens.access_token) {
-                Some((exp, iat)) => {
-                    crate::authenticate::now_secs()
-                        < crate::relay::refresh_due_at(exp, iat, self.cfg.refresh_before)
-                }
+            Some(Ok(tokens)) => match unverified_times(&tokens.access_token) {
+                Some((exp, iat)) => now_secs() < refresh_due_at(exp, iat, self.cfg.refresh_before),
                 None => false,
             },
         }
     }
 
-    fn slot(&self, key: [u8; 32]) -> Arc<OnceCell<Outcome>> {
+    fn slot(&self, key: [u8; 32]) -> Arc<OnceCell<RefreshOutcome>> {
         if let Some(slot) = self.slots.get(&key) {
             if self.usable(&slot) {
                 return slot.cell.clone();
@@ -230,11 +201,7 @@ impl Refresher {
         entry.cell.clone()
     }
 
-    async fn call(
-        &self,
-        refresh_token: &str,
-        username: &str,
-    ) -> Result<RefreshedTokens, RefreshError> {
+    async fn call(&self, refresh_token: &str, username: &str) -> Result<TokenSet, RefreshError> {
         let (target, body) = match self.cfg.api {
             RefreshApi::GetTokens => {
                 let mut body =
@@ -311,7 +278,7 @@ impl Refresher {
             .filter(|t| !t.is_empty())
             .ok_or_else(|| RefreshError::Unavailable("answer has no AccessToken".into()))?
             .to_string();
-        Ok(RefreshedTokens {
+        Ok(TokenSet {
             access_token,
             id_token: result["IdToken"].as_str().map(str::to_string),
             refresh_token: result["RefreshToken"]
@@ -337,7 +304,7 @@ mod tests {
 
     #[test]
     fn debug_redacts_tokens_and_secret() {
-        let t = RefreshedTokens {
+        let t = TokenSet {
             access_token: "AAA".into(),
             id_token: Some("III".into()),
             refresh_token: Some("RRR".into()),

@@ -39,10 +39,6 @@ impl UpstreamAuth {
         }
     }
 
-    pub fn token(&self) -> &str {
-        &self.token
-    }
-
     pub fn host(&self) -> &str {
         &self.host
     }
@@ -57,7 +53,10 @@ impl UpstreamAuth {
     }
 }
 
-/// What to do with one text frame from the browser.
+/// What to do with one text frame from the browser, in one step: the
+/// shape tests, benches and fuzz targets check. The relay itself uses
+/// [`prepare_client_frame`] and [`render`], so the token is injected only
+/// when the frame is sent.
 #[derive(Debug, PartialEq, Eq)]
 pub enum ClientAction {
     /// Forward the frame exactly as received.
@@ -118,7 +117,7 @@ pub enum FrameKind {
 
 /// The bytes to send upstream, before the current token is known.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Body {
+pub enum Outgoing {
     /// Send the frame exactly as received.
     Original,
     /// Send this object (client auth was stripped from it).
@@ -132,7 +131,7 @@ pub enum Body {
 /// frame queued across a token refresh carries the new token).
 #[derive(Debug, PartialEq, Eq)]
 pub enum Prepared {
-    Forward { kind: FrameKind, body: Body },
+    Forward { kind: FrameKind, body: Outgoing },
     Reply(String),
 }
 
@@ -182,7 +181,7 @@ pub fn prepare_client_frame(text: &str) -> Prepared {
             };
             Prepared::Forward {
                 kind,
-                body: Body::NeedsAuth(msg),
+                body: Outgoing::NeedsAuth(msg),
             }
         }
         "unsubscribe" => {
@@ -204,9 +203,9 @@ fn forward_stripped(kind: FrameKind, text: &str, mut msg: Map<String, Value>) ->
     // `payload` (or a key spelled with `\u` escapes) could hide one that
     // AppSync's parser might read. Otherwise the cleaned map is re-serialised.
     let body = if stripped || text.contains('\\') || contains_ignore_ascii_case(text, "authoriz") {
-        Body::Stripped(msg)
+        Outgoing::Stripped(msg)
     } else {
-        Body::Original
+        Outgoing::Original
     };
     Prepared::Forward { kind, body }
 }
@@ -219,11 +218,11 @@ fn contains_ignore_ascii_case(haystack: &str, needle: &str) -> bool {
 }
 
 /// The text to send upstream for `body`: `None` means the original frame.
-pub fn render(body: Body, auth: &UpstreamAuth) -> Option<String> {
+pub fn render(body: Outgoing, auth: &UpstreamAuth) -> Option<String> {
     match body {
-        Body::Original => None,
-        Body::Stripped(msg) => Some(Value::Object(msg).to_string()),
-        Body::NeedsAuth(mut msg) => {
+        Outgoing::Original => None,
+        Outgoing::Stripped(msg) => Some(Value::Object(msg).to_string()),
+        Outgoing::NeedsAuth(mut msg) => {
             msg.insert("authorization".into(), Value::Object(auth.as_map()));
             Some(Value::Object(msg).to_string())
         }
@@ -242,7 +241,7 @@ pub fn subscribe_frame(id: &str, channel: &str, auth: &UpstreamAuth) -> String {
 }
 
 /// Decides what to do with a text frame from the browser, in one step
-/// (prepare, then render with `auth`).
+/// (prepare, then render with `auth`): for tests, benches and fuzz targets.
 pub fn rewrite_client_frame(text: &str, auth: &UpstreamAuth) -> ClientAction {
     match prepare_client_frame(text) {
         Prepared::Reply(r) => ClientAction::Reply(r),

@@ -1,28 +1,22 @@
-//! Listeners and routing: the public listener (relay routes), the admin
-//! listener (`/healthz`, `/readyz`, `/metrics`), the JWKS loader, and the
-//! handle that shuts it all down.
+//! Listeners and routing: the public listener (relay routes, then the app),
+//! the admin listener ([`crate::admin`]), TLS on accept, and the handle
+//! that shuts it all down.
 //!
 //! The public listener never serves admin routes and vice versa. Listeners
 //! are passed in already bound, so tests bind `127.0.0.1:0` and `main`
 //! binds the configured addresses.
 
 use crate::config::Config;
-use crate::cookies::PendingCookies;
-use crate::error::{full, json_error, Body, RelayError};
-use crate::http_client::{self, HttpClient};
-use crate::limits::ConnectionLimits;
-use crate::metrics::Metrics;
-use crate::refresh::Refresher;
+use crate::error::RelayError;
+use crate::proxy::{AppProxy, ProxyConfig};
+use crate::response::Body;
+use crate::state::{App, RelayState};
 use crate::tls::{self, CertStore};
-use crate::upgrade;
-use crate::upstream::UpstreamConfig;
-use crate::verify::{Verifier, VerifierConfig};
-use crate::{handshake, publish};
+use crate::{admin, handshake, publish};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Method, Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -30,159 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-
-/// How long a renewal made on an open socket waits for its browser: as long
-/// as a connection can live upstream (AppSync closes at 24 h).
-const PENDING_TTL: Duration = Duration::from_secs(24 * 3600);
-
-/// What serves requests outside `<events-path>` on the public listener
-/// (the demo pages; later the SSR app proxy). Without one they get 404.
-pub trait App: Send + Sync + 'static {
-    /// Serves `req`; `state` gives access to the relay's configuration,
-    /// metrics and pending session renewals (to write them on responses).
-    fn handle<'a>(
-        &'a self,
-        state: &'a Arc<RelayState>,
-        req: Request<Incoming>,
-        peer: SocketAddr,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Response<Body>> + Send + 'a>>;
-}
-
-/// Everything a request handler needs, shared by all connections.
-pub struct RelayState {
-    pub config: Config,
-    pub verifier: Arc<Verifier>,
-    pub refresher: Arc<Refresher>,
-    /// Renewals made on open sockets, waiting for their browser.
-    pub pending: PendingCookies,
-    pub upstream: UpstreamConfig,
-    pub http: HttpClient,
-    pub metrics: Arc<Metrics>,
-    pub ws_config: WebSocketConfig,
-    /// Fires when shutdown starts: readiness drops to 503.
-    pub draining: CancellationToken,
-    /// Fires after the drain delay: listeners stop accepting.
-    pub stop_accepting: CancellationToken,
-    /// Fires when open relays must close (1001 to the browser).
-    pub shutdown: CancellationToken,
-    /// Every relayed connection, so shutdown can wait for them.
-    pub tracker: TaskTracker,
-    /// Serves everything that is not a relay route.
-    pub app: Option<Arc<dyn App>>,
-    /// Connection admission limits.
-    pub limits: Arc<ConnectionLimits>,
-    /// The AppSync real-time host resolved at the last check.
-    pub upstream_resolvable: std::sync::atomic::AtomicBool,
-}
-
-impl RelayState {
-    pub fn new(config: Config, app: Option<Arc<dyn App>>) -> Arc<RelayState> {
-        let http = http_client::build(config.upstream_timeout);
-        let verifier = Verifier::new(
-            VerifierConfig {
-                issuer: config.issuer.clone(),
-                jwks_url: config.jwks_url.clone(),
-                client_id: config.client_id.clone(),
-                token_use: config.token_use,
-                leeway: config.jwt_leeway,
-                jwks_refetch_interval: config.jwks_refetch_interval,
-                fetch_timeout: config.upstream_timeout,
-                cache_capacity: config.token_cache_size,
-            },
-            http.clone(),
-        );
-        let refresher = Refresher::new(config.refresh.clone(), http.clone());
-        let pending = PendingCookies::new(config.token_cache_size, PENDING_TTL);
-        let ws_config = upgrade::ws_config(config.max_message_bytes);
-        let upstream = UpstreamConfig {
-            realtime_url: config.realtime_endpoint.to_string(),
-            http_host: config.http_host.clone(),
-            connect_timeout: config.upstream_timeout,
-            ws_config,
-            tls: http_client::tls_client_config(),
-        };
-        Arc::new(RelayState {
-            verifier,
-            refresher,
-            pending,
-            upstream,
-            http,
-            metrics: Arc::new(Metrics::new()),
-            ws_config,
-            draining: CancellationToken::new(),
-            stop_accepting: CancellationToken::new(),
-            shutdown: CancellationToken::new(),
-            tracker: TaskTracker::new(),
-            limits: ConnectionLimits::new(config.limits.clone()),
-            upstream_resolvable: std::sync::atomic::AtomicBool::new(false),
-            app,
-            config,
-        })
-    }
-
-    /// Whether the request reached the browser over HTTPS, which decides the
-    /// `Secure` attribute of cookies written back: our own TLS, an allowed
-    /// `https://` Origin (the page is on https), or `X-Forwarded-Proto:
-    /// https` from a peer in `--trust-forwarded`.
-    pub fn is_secure(&self, headers: &hyper::HeaderMap, peer: SocketAddr) -> bool {
-        if self.config.tls.is_some() {
-            return true;
-        }
-        let https_origin = headers
-            .get(hyper::header::ORIGIN)
-            .and_then(|o| o.to_str().ok())
-            .is_some_and(|o| o.starts_with("https://"));
-        let forwarded_https = self
-            .config
-            .trust_forwarded
-            .iter()
-            .any(|n| n.contains(peer.ip()))
-            && headers
-                .get("x-forwarded-proto")
-                .and_then(|v| v.to_str().ok())
-                .is_some_and(|v| {
-                    v.split(',')
-                        .next()
-                        .is_some_and(|p| p.trim().eq_ignore_ascii_case("https"))
-                });
-        https_origin || forwarded_https
-    }
-
-    /// The client's IP: the TCP peer, or — when the peer is a trusted proxy
-    /// (`--trust-forwarded`) — the rightmost `X-Forwarded-For` entry that is
-    /// not itself trusted (entries further left are client-controlled).
-    pub fn client_ip(&self, headers: &hyper::HeaderMap, peer: SocketAddr) -> std::net::IpAddr {
-        let trusted =
-            |ip: std::net::IpAddr| self.config.trust_forwarded.iter().any(|n| n.contains(ip));
-        if !trusted(peer.ip()) {
-            return peer.ip();
-        }
-        let chain: Vec<std::net::IpAddr> = headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|ip| ip.trim().parse().ok())
-            .collect();
-        chain
-            .into_iter()
-            .rev()
-            .find(|ip| !trusted(*ip))
-            .unwrap_or(peer.ip())
-    }
-
-    /// Ready to take traffic: signing keys loaded and not shutting down.
-    pub fn is_ready(&self) -> bool {
-        self.verifier.is_ready()
-            && self
-                .upstream_resolvable
-                .load(std::sync::atomic::Ordering::Acquire)
-            && !self.draining.is_cancelled()
-    }
-}
 
 /// A running relay.
 pub struct RelayHandle {
@@ -258,10 +100,10 @@ pub fn spawn_with_app(
     // `--app-upstream` makes the relay front the SSR app.
     let app = app.or_else(|| {
         config.app_upstream.as_ref().map(|u| {
-            let mut proxy = crate::proxy::ProxyConfig::new(u.url.clone());
+            let mut proxy = ProxyConfig::new(u.target.clone());
             proxy.connect_timeout = u.connect_timeout;
             proxy.response_timeout = u.response_timeout;
-            Arc::new(crate::proxy::AppProxy::new(proxy)) as Arc<dyn App>
+            Arc::new(AppProxy::new(proxy)) as Arc<dyn App>
         })
     });
     let tls = match &config.tls {
@@ -276,8 +118,8 @@ pub fn spawn_with_app(
     };
     let state = RelayState::new(config, app);
     let tasks = TaskTracker::new();
-    tasks.spawn(load_jwks(state.clone()));
-    tasks.spawn(watch_upstream_dns(state.clone()));
+    tasks.spawn(admin::load_jwks(state.clone()));
+    tasks.spawn(admin::watch_upstream_dns(state.clone()));
     let acceptor = match tls {
         Some((store, acceptor)) => {
             tasks.spawn(store.watch(state.draining.clone()));
@@ -298,70 +140,6 @@ pub fn spawn_with_app(
         admin_addr,
         tasks,
     })
-}
-
-/// Resolves the AppSync real-time host now and every 10 s: readiness
-/// follows it, so a pod whose DNS is broken takes no new traffic.
-async fn watch_upstream_dns(state: Arc<RelayState>) {
-    let url = &state.config.realtime_endpoint;
-    let host = url.host_str().unwrap_or_default().to_string();
-    let port = url.port_or_known_default().unwrap_or(443);
-    loop {
-        let lookup = tokio::time::timeout(
-            Duration::from_secs(5),
-            tokio::net::lookup_host((host.as_str(), port)),
-        )
-        .await;
-        let ok = match lookup {
-            Ok(Ok(mut addrs)) => addrs.next().is_some(),
-            _ => false,
-        };
-        let was = state
-            .upstream_resolvable
-            .swap(ok, std::sync::atomic::Ordering::AcqRel);
-        if was != ok {
-            if ok {
-                tracing::info!(%host, "upstream host resolves");
-            } else {
-                tracing::warn!(%host, "upstream host does not resolve; not ready");
-            }
-        }
-        tokio::select! {
-            _ = state.draining.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_secs(10)) => {}
-        }
-    }
-}
-
-/// Loads the JWKS until it succeeds, backing off; readiness waits for it.
-async fn load_jwks(state: Arc<RelayState>) {
-    let mut delay = Duration::from_millis(250);
-    loop {
-        let attempt = tokio::select! {
-            _ = state.draining.cancelled() => return,
-            r = state.verifier.load_jwks() => r,
-        };
-        match attempt {
-            Ok(keys) => {
-                state.metrics.jwks_fetches.with_label_values(&["ok"]).inc();
-                tracing::info!(keys, jwks_url = %state.config.jwks_url, "signing keys loaded");
-                return;
-            }
-            Err(e) => {
-                state
-                    .metrics
-                    .jwks_fetches
-                    .with_label_values(&["error"])
-                    .inc();
-                tracing::warn!(error = %e, jwks_url = %state.config.jwks_url, retry_in_ms = delay.as_millis() as u64, "JWKS not loaded yet; not ready");
-            }
-        }
-        tokio::select! {
-            _ = state.draining.cancelled() => return,
-            _ = tokio::time::sleep(delay) => {}
-        }
-        delay = (delay * 2).min(Duration::from_secs(30));
-    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -424,7 +202,7 @@ where
         async move {
             Ok::<_, Infallible>(match kind {
                 Listener::Public => route(state, req, peer).await,
-                Listener::Admin => admin(&state, &req),
+                Listener::Admin => admin::respond(&state, &req),
             })
         }
     });
@@ -445,47 +223,18 @@ async fn route(state: Arc<RelayState>, req: Request<Incoming>, peer: SocketAddr)
     let path = req.uri().path();
     if path == state.config.realtime_path {
         if req.method() == Method::GET {
-            return handshake::handle(state, req, peer).await;
+            return handshake::respond(state, req, peer).await;
         }
         return RelayError::MethodNotAllowed.into_response();
     }
     if path == state.config.events_path {
         if req.method() == Method::POST {
-            return publish::handle(state, req, peer).await;
+            return publish::respond(state, req, peer).await;
         }
         return RelayError::MethodNotAllowed.into_response();
     }
     match &state.app {
-        Some(app) => app.handle(&state, req, peer).await,
+        Some(app) => app.respond(&state, req, peer).await,
         None => RelayError::NotFound.into_response(),
     }
-}
-
-/// The admin listener: `/healthz` (alive), `/readyz` (keys loaded, not
-/// draining), `/metrics` (Prometheus text).
-fn admin(state: &RelayState, req: &Request<Incoming>) -> Response<Body> {
-    match req.uri().path() {
-        "/healthz" => text(StatusCode::OK, "ok\n"),
-        "/readyz" if state.is_ready() => text(StatusCode::OK, "ready\n"),
-        "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
-        "/metrics" => {
-            let mut resp = text(StatusCode::OK, state.metrics.render());
-            resp.headers_mut().insert(
-                CONTENT_TYPE,
-                HeaderValue::from_static("text/plain; version=0.0.4"),
-            );
-            resp
-        }
-        _ => json_error(StatusCode::NOT_FOUND, "not_found", "not_found"),
-    }
-}
-
-fn text(status: StatusCode, body: impl Into<bytes::Bytes>) -> Response<Body> {
-    let mut resp = Response::new(full(body));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    resp
 }

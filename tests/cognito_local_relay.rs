@@ -6,7 +6,8 @@
 mod cognito_local;
 mod support;
 
-use appsync_relay::config::{Cli, Command};
+use appsync_relay::cli::{Cli, Command};
+use appsync_relay::config::Config;
 use appsync_relay::emulator::{self, EmulatorAuth, EmulatorConfig, EmulatorHandle};
 use appsync_relay::server::RelayHandle;
 use appsync_relay::session;
@@ -70,7 +71,7 @@ async fn stack_for(cognito: &CognitoLocal, extra: &[&str]) -> (EmulatorHandle, R
     ];
     argv.extend_from_slice(extra);
     let config = match Cli::try_parse_from(argv).unwrap().command {
-        Command::Serve(args) => args.validate().unwrap(),
+        Command::Serve(args) => Config::from_args(&args).unwrap(),
         _ => unreachable!(),
     };
     (emulator, start_relay(config).await)

@@ -3,7 +3,8 @@
 
 mod support;
 
-use appsync_relay::demo::{self, DemoArgs};
+use appsync_relay::cli::DemoArgs;
+use appsync_relay::demo;
 use serde_json::{json, Value};
 use std::time::Duration;
 use support::*;

@@ -116,11 +116,11 @@ fn mismatched_or_missing_tls_files_are_start_up_errors() {
             "--tls-key",
             key,
         ];
-        match appsync_relay::config::Cli::try_parse_from(argv)
+        match appsync_relay::cli::Cli::try_parse_from(argv)
             .unwrap()
             .command
         {
-            appsync_relay::config::Command::Serve(a) => a.validate(),
+            appsync_relay::cli::Command::Serve(a) => appsync_relay::config::Config::from_args(&a),
             _ => unreachable!(),
         }
     };
@@ -136,7 +136,7 @@ fn mismatched_or_missing_tls_files_are_start_up_errors() {
     );
     assert!(parse(&dir.join("tls.key").display().to_string()).is_ok());
     // --tls-cert without --tls-key is refused by the parser itself.
-    let lone = appsync_relay::config::Cli::try_parse_from([
+    let lone = appsync_relay::cli::Cli::try_parse_from([
         "appsync-relay",
         "serve",
         "--appsync-http-endpoint",

@@ -20,11 +20,13 @@
 
 mod idp;
 
-use crate::config::{Cli, Command};
+use crate::cli::{Cli, Command, DemoArgs};
+use crate::config::Config;
 use crate::emulator::{self, EmulatorAuth, EmulatorConfig};
-use crate::error::{full, json_error, Body};
-use crate::server::{self, App, RelayHandle};
+use crate::response::{full, json_error, Body};
+use crate::server::{self, RelayHandle};
 use crate::session;
+use crate::state::{App, RelayState};
 use crate::verify::{TokenUse, Verifier, VerifierConfig};
 use clap::Parser;
 use http_body_util::{BodyExt, Limited};
@@ -48,37 +50,6 @@ const PAGE: &str = include_str!("index.html");
 /// The real aws-amplify v6 `events` client, bundled for the page by
 /// `npm run build:demo` in `tests/node` (source: `tests/node/demo-client/entry.js`).
 const AMPLIFY_EVENTS_JS: &str = include_str!("amplify-events.js");
-
-#[derive(Debug, Clone, clap::Args)]
-pub struct DemoArgs {
-    /// Public listener (HTTPS): the demo page, the login route and the relay routes.
-    #[arg(
-        long,
-        env = "APPSYNC_RELAY_DEMO_LISTEN",
-        default_value = "127.0.0.1:8443"
-    )]
-    pub listen: SocketAddr,
-    /// Admin listener (/healthz, /readyz, /metrics).
-    #[arg(
-        long,
-        env = "APPSYNC_RELAY_DEMO_ADMIN_LISTEN",
-        default_value = "127.0.0.1:9090"
-    )]
-    pub admin_listen: SocketAddr,
-    /// Lifetime of the access and ID tokens the demo issues, in seconds.
-    #[arg(
-        long,
-        env = "APPSYNC_RELAY_DEMO_TOKEN_LIFETIME",
-        default_value_t = 3600
-    )]
-    pub token_lifetime: u64,
-    /// PEM certificate to serve instead of a generated self-signed one (with --tls-key).
-    #[arg(long, env = "APPSYNC_RELAY_DEMO_TLS_CERT", requires = "tls_key")]
-    pub tls_cert: Option<std::path::PathBuf>,
-    /// PEM private key for --tls-cert.
-    #[arg(long, env = "APPSYNC_RELAY_DEMO_TLS_KEY", requires = "tls_cert")]
-    pub tls_key: Option<std::path::PathBuf>,
-}
 
 /// A running demo: relay, emulator and identity provider.
 pub struct Demo {
@@ -167,9 +138,9 @@ pub async fn start(
         ]);
     }
     let config = match Cli::try_parse_from(argv).map(|c| c.command) {
-        Ok(Command::Serve(serve)) => serve
-            .validate()
-            .map_err(|errors| std::io::Error::other(errors.join("; ")))?,
+        Ok(Command::Serve(serve)) => {
+            Config::from_args(&serve).map_err(|errors| std::io::Error::other(errors.join("; ")))?
+        }
         Ok(_) => return Err(std::io::Error::other("demo built a non-serve command")),
         Err(e) => return Err(std::io::Error::other(e.to_string())),
     };
@@ -196,9 +167,9 @@ struct DemoApp {
 }
 
 impl App for DemoApp {
-    fn handle<'a>(
+    fn respond<'a>(
         &'a self,
-        _state: &'a Arc<server::RelayState>,
+        _state: &'a Arc<RelayState>,
         req: Request<Incoming>,
         _peer: SocketAddr,
     ) -> Pin<Box<dyn Future<Output = Response<Body>> + Send + '_>> {

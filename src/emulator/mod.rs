@@ -1,6 +1,6 @@
 //! A strict, in-process stand-in for an AWS AppSync Events API: the
 //! real-time WebSocket endpoint (`GET /event/realtime`) and the HTTP publish
-//! endpoint (`POST /event`), written from DESIGN.md §2. Every test and
+//! endpoint (`POST /event`), written from the facts in docs/PROTOCOL.md. Every test and
 //! benchmark talks to this instead of AWS, so it must reject whatever AWS
 //! rejects: it checks authorization on the handshake and on every message,
 //! enforces id and channel rules and publish limits, and fans published
@@ -14,6 +14,9 @@
 //!
 //! - `mod.rs`: configuration, the accept loop, routing, and the
 //!   [`EmulatorHandle`] tests use to inspect and disturb the emulator.
+//! - `config`: [`EmulatorConfig`] and its defaults.
+//! - `shared`: the state every connection shares, and AppSync-shaped error
+//!   responses.
 //! - [`auth`]: the yes/no decision on an authorization object.
 //! - `realtime`: the WebSocket handshake and the per-connection message loop.
 //! - `publish`: `POST /event` and the event-list rules shared with WebSocket
@@ -32,9 +35,11 @@
 //!   limit) a connection is closed with 1000.
 
 pub mod auth;
+mod config;
 mod publish;
 mod realtime;
 mod registry;
+mod shared;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -45,130 +50,34 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use serde_json::{json, Map, Value};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 pub use auth::{AuthFailure, EmulatorAuth, TokenVerifier, VerifyFuture};
+pub use config::{
+    EmulatorConfig, DEFAULT_AUTH_LOG_CAPACITY, DEFAULT_DRAIN_TIMEOUT, DEFAULT_KA_INTERVAL,
+    DEFAULT_MAX_CONNECTION_DURATION, DEFAULT_MAX_HTTP_BODY_BYTES, DEFAULT_MAX_MESSAGE_BYTES,
+    DEFAULT_OUTBOUND_QUEUE,
+};
 pub use registry::SLOW_CONSUMER_CLOSE_CODE;
 
-use registry::{AuthLog, CloseCmd, Registry};
+use registry::CloseCmd;
+use shared::{error_response, Shared};
 
 /// Path of the real-time WebSocket endpoint.
 pub const REALTIME_PATH: &str = "/event/realtime";
 /// Path of the HTTP publish endpoint.
 pub const PUBLISH_PATH: &str = "/event";
 
-/// Keep-alive interval AppSync uses (~60 s).
-pub const DEFAULT_KA_INTERVAL: Duration = Duration::from_secs(60);
-/// Largest WebSocket message accepted: room for a publish of five maximal
-/// events with JSON escaping overhead.
-pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 2 * 1024 * 1024;
-/// Frames queued per connection before it counts as a slow consumer.
-pub const DEFAULT_OUTBOUND_QUEUE: usize = 1024;
-/// Largest `POST /event` body accepted.
-pub const DEFAULT_MAX_HTTP_BODY_BYTES: usize = 2 * 1024 * 1024;
-/// AppSync closes connections after 24 hours.
-pub const DEFAULT_MAX_CONNECTION_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
-/// Credential values remembered for [`EmulatorHandle::seen_authorizations`].
-pub const DEFAULT_AUTH_LOG_CAPACITY: usize = 10_000;
-/// How long shutdown waits for connections to finish their close handshake.
-pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a client may take to send its request headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Pause after a failed `accept` (e.g. out of file descriptors) so the loop
 /// does not spin.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
-
-/// Everything that shapes the emulated API. Build with
-/// [`EmulatorConfig::new`] and adjust fields.
-#[derive(Clone, Debug)]
-pub struct EmulatorConfig {
-    /// Host of the emulated HTTP endpoint. When set, every authorization
-    /// object's `host` (and the `Host` header of `POST /event`) must equal
-    /// it, as AppSync requires; `None` skips the check.
-    pub http_host: Option<String>,
-    /// The auth mode every connect, subscribe and publish must satisfy.
-    pub auth: EmulatorAuth,
-    /// Interval between `ka` frames after `connection_ack`.
-    pub ka_interval: Duration,
-    /// Largest WebSocket message (and frame) accepted; bigger ones get 1009.
-    pub max_message_bytes: usize,
-    /// Outbound frames queued per connection before it is dropped as slow.
-    pub outbound_queue: usize,
-    /// Largest `POST /event` body accepted; bigger ones get 413.
-    pub max_http_body_bytes: usize,
-    /// Connections are closed (1000) after this long.
-    pub max_connection_duration: Duration,
-    /// Size of the ring behind [`EmulatorHandle::seen_authorizations`].
-    pub auth_log_capacity: usize,
-    /// How long shutdown waits for open connections to close.
-    pub drain_timeout: Duration,
-}
-
-impl EmulatorConfig {
-    pub fn new(auth: EmulatorAuth) -> Self {
-        EmulatorConfig {
-            http_host: None,
-            auth,
-            ka_interval: DEFAULT_KA_INTERVAL,
-            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
-            outbound_queue: DEFAULT_OUTBOUND_QUEUE,
-            max_http_body_bytes: DEFAULT_MAX_HTTP_BODY_BYTES,
-            max_connection_duration: DEFAULT_MAX_CONNECTION_DURATION,
-            auth_log_capacity: DEFAULT_AUTH_LOG_CAPACITY,
-            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
-        }
-    }
-}
-
-/// State shared by the accept loop, every connection and the handle.
-pub(crate) struct Shared {
-    cfg: EmulatorConfig,
-    registry: Registry,
-    auth_log: AuthLog,
-    /// Cancelled once to stop accepting and close every connection (1001).
-    shutdown: CancellationToken,
-    /// Every HTTP connection and WebSocket session, so shutdown can wait.
-    tracker: TaskTracker,
-}
-
-// === impl Shared ===
-
-impl Shared {
-    fn new(cfg: EmulatorConfig) -> Arc<Self> {
-        Arc::new(Shared {
-            auth_log: AuthLog::new(cfg.auth_log_capacity),
-            registry: Registry::default(),
-            shutdown: CancellationToken::new(),
-            tracker: TaskTracker::new(),
-            cfg,
-        })
-    }
-
-    /// Records the credentials in `auth`, then decides on it.
-    async fn authorize(&self, auth: &Map<String, Value>) -> Result<(), AuthFailure> {
-        for credential in auth::credentials(auth) {
-            self.auth_log.record(credential);
-        }
-        let result = self
-            .cfg
-            .auth
-            .authorize(auth, self.cfg.http_host.as_deref())
-            .await;
-        if let Err(failure) = &result {
-            tracing::debug!(%failure, "emulator: authorization refused");
-        }
-        result
-    }
-}
 
 /// Control of a running emulator, for tests. Dropping it shuts the emulator
 /// down (without waiting); [`EmulatorHandle::shutdown`] also waits.
@@ -343,28 +252,7 @@ async fn serve_http(shared: Arc<Shared>, stream: TcpStream) {
 async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Full<Bytes>> {
     match req.uri().path() {
         REALTIME_PATH => realtime::handshake(shared, req).await,
-        PUBLISH_PATH => publish::handle(shared, req).await,
+        PUBLISH_PATH => publish::respond(shared, req).await,
         _ => error_response(StatusCode::NOT_FOUND, "NotFoundException", "no such route"),
     }
-}
-
-/// An AppSync-shaped HTTP error: `{"errors":[{"errorType","message"}]}`.
-pub(crate) fn error_response(
-    status: StatusCode,
-    error_type: &str,
-    message: &str,
-) -> Response<Full<Bytes>> {
-    json_response(
-        status,
-        &json!({"errors": crate::protocol::errors(error_type, message)}),
-    )
-}
-
-pub(crate) fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
-    *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    response
 }

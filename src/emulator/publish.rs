@@ -17,11 +17,11 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Map, Value};
 
 use super::auth::{API_KEY_FIELD, HOST_FIELD, JWT_FIELD};
-use super::{error_response, json_response, Shared};
+use super::shared::{error_response, json_response, Shared};
 use crate::protocol::{error_type, Channel, ChannelError, MAX_EVENTS_PER_PUBLISH, MAX_EVENT_BYTES};
 
 /// Handles a request to the publish path.
-pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+pub(crate) async fn respond(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Full<Bytes>> {
     if req.method() != Method::POST {
         let mut response = error_response(
             StatusCode::METHOD_NOT_ALLOWED,

@@ -28,9 +28,10 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
+use super::auth::AuthFailure;
 use super::publish::{parse_publish_channel, successful, validate_events};
 use super::registry::{CloseCmd, ConnId, Registration};
-use super::{error_response, AuthFailure, Shared};
+use super::shared::{error_response, Shared};
 use crate::protocol::{
     decode_header_subprotocol, error_frame, error_type, is_valid_id, Channel,
     CONNECTION_TIMEOUT_MS, HEADER_SUBPROTOCOL_PREFIX, SUBPROTOCOL,

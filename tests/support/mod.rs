@@ -4,9 +4,11 @@
 //! WebSocket client that sends cookies and an Origin.
 #![allow(dead_code)]
 
+pub mod app;
 pub mod fake_cognito;
 
-use appsync_relay::config::{Cli, Command, Config};
+use appsync_relay::cli::{Cli, Command};
+use appsync_relay::config::Config;
 use appsync_relay::emulator::{self, EmulatorAuth, EmulatorConfig, EmulatorHandle};
 use appsync_relay::server::{self, RelayHandle};
 use appsync_relay::session;
@@ -301,7 +303,7 @@ pub fn relay_config(http_endpoint: &str, jwks: &JwksServer, extra: &[&str]) -> C
     ];
     argv.extend_from_slice(extra);
     match Cli::try_parse_from(argv).expect("valid flags").command {
-        Command::Serve(args) => args.validate().expect("valid config"),
+        Command::Serve(args) => Config::from_args(&args).expect("valid config"),
         _ => unreachable!(),
     }
 }

@@ -17,8 +17,8 @@
 
 use appsync_relay::protocol::{is_valid_id, Channel};
 use appsync_relay::rewrite::{
-    check_events, prepare_client_frame, render, rewrite_client_frame, Body, ClientAction,
-    FrameKind, Prepared, UpstreamAuth,
+    check_events, prepare_client_frame, render, rewrite_client_frame, ClientAction, FrameKind,
+    Outgoing, Prepared, UpstreamAuth,
 };
 use fuzz_support::{auth_key_paths, auth_key_paths_value, RawJson};
 use libfuzzer_sys::fuzz_target;
@@ -48,7 +48,7 @@ fuzz_target!(|data: &[u8]| {
     let (kind, expected) = match prepared {
         Prepared::Reply(r) => (None, ClientAction::Reply(r)),
         Prepared::Forward { kind, body } => {
-            let original = matches!(body, Body::Original);
+            let original = matches!(body, Outgoing::Original);
             let rendered = render(body, &auth);
             assert_eq!(original, rendered.is_none());
             let a = match rendered {

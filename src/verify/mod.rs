@@ -13,25 +13,24 @@
 //! Verified tokens are cached by SHA-256 of the token until their `exp`, so
 //! repeated handshakes skip RSA. This module never logs or returns a token.
 
+mod jose;
+mod jwks;
+
+pub use jose::{unverified_times, MAX_TOKEN_BYTES};
+pub use jwks::JwksError;
+
+use crate::clock::now_secs;
 use crate::http_client::HttpClient;
-use bytes::Bytes;
 use dashmap::DashMap;
-use http_body_util::{BodyExt, Full, Limited};
-use jsonwebtoken::jwk::{AlgorithmParameters, Jwk, KeyAlgorithm};
+use jose::HeaderError;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use jwks::KeyStore;
 use serde::Deserialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
-/// Tokens longer than this are refused before any parsing (Cognito tokens
-/// are 1–2 KB; a huge one is an attack on the parser or the cache).
-pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
-/// JWKS documents larger than this are refused.
-const MAX_JWKS_BYTES: usize = 256 * 1024;
+use std::time::{Duration, Instant};
 
 /// Which Cognito token the relay forwards and therefore verifies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -118,19 +117,14 @@ impl VerifyError {
     }
 }
 
-/// Why fetching the JWKS failed (never fatal once keys are cached).
-#[derive(Debug, thiserror::Error)]
-pub enum JwksError {
-    #[error("JWKS request failed: {0}")]
-    Request(String),
-    #[error("JWKS endpoint answered HTTP {0}")]
-    Status(u16),
-    #[error("JWKS fetch timed out")]
-    Timeout,
-    #[error("JWKS document is invalid: {0}")]
-    Invalid(String),
-    #[error("JWKS has no usable RS256 signing key")]
-    NoKeys,
+impl From<HeaderError> for VerifyError {
+    fn from(e: HeaderError) -> VerifyError {
+        match e {
+            HeaderError::Malformed => VerifyError::Malformed,
+            HeaderError::Algorithm => VerifyError::Algorithm,
+            HeaderError::MissingKid => VerifyError::MissingKid,
+        }
+    }
 }
 
 /// The claims the relay uses. Cognito tokens carry more; they are ignored.
@@ -168,11 +162,6 @@ struct CachedToken {
     claims: Arc<Claims>,
 }
 
-#[derive(Default)]
-struct KeyStore {
-    keys: HashMap<String, DecodingKey>,
-}
-
 pub struct Verifier {
     cfg: VerifierConfig,
     http: HttpClient,
@@ -192,13 +181,6 @@ impl std::fmt::Debug for Verifier {
             .field("ready", &self.is_ready())
             .finish_non_exhaustive()
     }
-}
-
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// SHA-256 of a token: the cache key, so the cache never holds a token.
@@ -255,7 +237,7 @@ impl Verifier {
     }
 
     async fn fetch_and_store(&self) -> Result<usize, JwksError> {
-        let store = self.fetch().await?;
+        let store = jwks::fetch(&self.http, &self.cfg.jwks_url, self.cfg.fetch_timeout).await?;
         let count = store.keys.len();
         match self.keys.write() {
             Ok(mut guard) => *guard = Arc::new(store),
@@ -263,32 +245,6 @@ impl Verifier {
         }
         self.ready.store(true, Ordering::Release);
         Ok(count)
-    }
-
-    async fn fetch(&self) -> Result<KeyStore, JwksError> {
-        let req = hyper::Request::get(&self.cfg.jwks_url)
-            .header(hyper::header::ACCEPT, "application/json")
-            .body(Full::new(Bytes::new()))
-            .map_err(|e| JwksError::Request(e.to_string()))?;
-        let fut = async {
-            let resp = self
-                .http
-                .request(req)
-                .await
-                .map_err(|e| JwksError::Request(e.to_string()))?;
-            if !resp.status().is_success() {
-                return Err(JwksError::Status(resp.status().as_u16()));
-            }
-            Limited::new(resp.into_body(), MAX_JWKS_BYTES)
-                .collect()
-                .await
-                .map(|b| b.to_bytes())
-                .map_err(|e| JwksError::Request(e.to_string()))
-        };
-        let body = tokio::time::timeout(self.cfg.fetch_timeout, fut)
-            .await
-            .map_err(|_| JwksError::Timeout)??;
-        parse_jwks(&body)
     }
 
     /// Verifies `token` and returns its claims.
@@ -303,22 +259,7 @@ impl Verifier {
             self.check_time(&claims)?;
             return Ok(claims);
         }
-        let kid = check_header(token)?;
-        let key = self.key_for(&kid).await?;
-        let data = jsonwebtoken::decode::<Claims>(token, &key, &self.validation).map_err(|e| {
-            use jsonwebtoken::errors::ErrorKind as K;
-            match e.kind() {
-                K::ExpiredSignature => VerifyError::Expired,
-                K::ImmatureSignature => VerifyError::NotYetValid,
-                K::InvalidIssuer => VerifyError::Issuer,
-                K::InvalidSignature => VerifyError::Signature,
-                K::InvalidAlgorithm | K::InvalidAlgorithmName => VerifyError::Algorithm,
-                _ => VerifyError::Malformed,
-            }
-        })?;
-        let claims = data.claims;
-        self.check_audience(&claims)?;
-        let claims = Arc::new(claims);
+        let claims = Arc::new(self.decode(token, &self.validation).await?);
         self.remember(hash, claims.clone());
         Ok(claims)
     }
@@ -329,16 +270,25 @@ impl Verifier {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(VerifyError::TooLarge);
         }
-        let kid = check_header(token)?;
-        let key = self.key_for(&kid).await?;
         let mut validation = self.validation.clone();
         validation.validate_exp = false;
         validation.validate_nbf = false;
-        let data = jsonwebtoken::decode::<Claims>(token, &key, &validation).map_err(|e| {
+        self.decode(token, &validation).await
+    }
+
+    /// Header gate, key lookup, signature and claims under `validation`,
+    /// then the audience rule: every check but the cache and the size cap.
+    async fn decode(&self, token: &str, validation: &Validation) -> Result<Claims, VerifyError> {
+        let kid = jose::check_header(token)?;
+        let key = self.key_for(&kid).await?;
+        let data = jsonwebtoken::decode::<Claims>(token, &key, validation).map_err(|e| {
             use jsonwebtoken::errors::ErrorKind as K;
             match e.kind() {
+                K::ExpiredSignature => VerifyError::Expired,
+                K::ImmatureSignature => VerifyError::NotYetValid,
                 K::InvalidIssuer => VerifyError::Issuer,
                 K::InvalidSignature => VerifyError::Signature,
+                K::InvalidAlgorithm | K::InvalidAlgorithmName => VerifyError::Algorithm,
                 _ => VerifyError::Malformed,
             }
         })?;
@@ -421,160 +371,9 @@ impl Verifier {
     }
 }
 
-/// `exp` and `iat` of a JWT *without verifying it*: only for deciding how
-/// long to remember something about a token we already trust.
-pub fn unverified_times(token: &str) -> Option<(u64, Option<u64>)> {
-    use base64::Engine as _;
-    let payload = token.split('.').nth(1)?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload)
-        .ok()?;
-    #[derive(Deserialize)]
-    struct Times {
-        exp: u64,
-        iat: Option<u64>,
-    }
-    let t: Times = serde_json::from_slice(&bytes).ok()?;
-    Some((t.exp, t.iat))
-}
-
-/// Reads the JOSE header ourselves, before jsonwebtoken sees the token, so
-/// that `alg` is checked against exactly `"RS256"` (not a parser's notion
-/// of known algorithms: `none`, `None`, `HS256`, `RS256 ` are all refused)
-/// and the `kid` is returned. No other header field is ever used.
-fn check_header(token: &str) -> Result<String, VerifyError> {
-    use base64::Engine as _;
-    let (header_b64, rest) = token.split_once('.').ok_or(VerifyError::Malformed)?;
-    if rest.split('.').count() != 2 {
-        return Err(VerifyError::Malformed);
-    }
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(header_b64)
-        .map_err(|_| VerifyError::Malformed)?;
-    // A struct (not a map): serde refuses a duplicate `alg` or `kid`, so
-    // `{"alg":"none","alg":"RS256"}` cannot pass this gate on its last value.
-    #[derive(Deserialize)]
-    struct JoseHeader {
-        #[serde(default)]
-        alg: Option<Value>,
-        #[serde(default)]
-        kid: Option<Value>,
-    }
-    // And a JSON object that is valid UTF-8 throughout (the struct parse
-    // alone would take an array, and skips ignored fields unchecked).
-    if !matches!(
-        serde_json::from_slice::<Value>(&bytes),
-        Ok(Value::Object(_))
-    ) {
-        return Err(VerifyError::Malformed);
-    }
-    let header: JoseHeader = serde_json::from_slice(&bytes).map_err(|_| VerifyError::Malformed)?;
-    if header.alg.as_ref().and_then(Value::as_str) != Some("RS256") {
-        return Err(VerifyError::Algorithm);
-    }
-    match header.kid {
-        Some(Value::String(kid)) if !kid.is_empty() => Ok(kid),
-        _ => Err(VerifyError::MissingKid),
-    }
-}
-
-#[derive(Deserialize)]
-struct RawJwks {
-    keys: Vec<Value>,
-}
-
-/// Keeps only RSA keys meant for RS256 signatures; skips anything else
-/// rather than failing the whole document.
-fn parse_jwks(body: &[u8]) -> Result<KeyStore, JwksError> {
-    let raw: RawJwks =
-        serde_json::from_slice(body).map_err(|e| JwksError::Invalid(e.to_string()))?;
-    let mut keys = HashMap::new();
-    for value in raw.keys {
-        let Ok(jwk) = serde_json::from_value::<Jwk>(value) else {
-            continue;
-        };
-        let Some(kid) = jwk.common.key_id.clone() else {
-            continue;
-        };
-        if !matches!(jwk.algorithm, AlgorithmParameters::RSA(_)) {
-            continue;
-        }
-        if jwk
-            .common
-            .key_algorithm
-            .is_some_and(|a| a != KeyAlgorithm::RS256)
-        {
-            continue;
-        }
-        if jwk
-            .common
-            .public_key_use
-            .as_ref()
-            .is_some_and(|u| *u != jsonwebtoken::jwk::PublicKeyUse::Signature)
-        {
-            continue;
-        }
-        if let Ok(key) = DecodingKey::from_jwk(&jwk) {
-            keys.insert(kid, key);
-        }
-    }
-    if keys.is_empty() {
-        return Err(JwksError::NoKeys);
-    }
-    Ok(KeyStore { keys })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn jwks_parser_keeps_only_rs256_rsa_signing_keys() {
-        let doc = serde_json::json!({"keys": [
-            {"kty":"RSA","kid":"a","alg":"RS256","use":"sig","n":"sXchDaQebHnPiGvyDOAT4saGEUetSyo9MKLOoWFsueri23bOdgWp4Dy1WlUzewbgBHod5pcM9H95GQRV3JDXboIRROSBigeC5yjU1hGzHHyXss8UDprecbAYxknTcQkhslANGRUZmdTOQ5qTRsLAt6BTYuyvVRdhS8exSZEy_c4gs_7svlJJQ4H9_NxsiIoLwAEk7-Q3UXERGYw_75IDrGA84-lA_-Ct4eTlXHBIY2EaV7t7LjJaynVJCpkv4LKjTTAumiGUIuQhrNhZLuF_RJLqHpM2kgWFLU7-VTdL1VbC2tejvcI2BlMkEpk1BzBZI0KQB0GaDWFLN-aEAw3vRw","e":"AQAB"},
-            {"kty":"RSA","kid":"enc","use":"enc","n":"sXch","e":"AQAB"},
-            {"kty":"RSA","kid":"ps","alg":"PS256","n":"sXch","e":"AQAB"},
-            {"kty":"oct","kid":"h","k":"c2VjcmV0"},
-            {"kty":"weird"}
-        ]});
-        let store = parse_jwks(doc.to_string().as_bytes()).unwrap();
-        assert_eq!(store.keys.keys().collect::<Vec<_>>(), vec!["a"]);
-    }
-
-    #[test]
-    fn jwks_without_usable_keys_is_an_error() {
-        assert!(matches!(
-            parse_jwks(br#"{"keys":[]}"#),
-            Err(JwksError::NoKeys)
-        ));
-        assert!(matches!(parse_jwks(b"nope"), Err(JwksError::Invalid(_))));
-    }
-
-    #[test]
-    fn duplicate_header_fields_are_malformed() {
-        use base64::Engine as _;
-        let enc = |v: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
-        let token = format!(
-            "{}.{}.sig",
-            enc(r#"{"alg":"none","alg":"RS256","kid":"k"}"#),
-            enc("{}")
-        );
-        assert_eq!(check_header(&token), Err(VerifyError::Malformed));
-        let token = format!(
-            "{}.{}.sig",
-            enc(r#"{"alg":"RS256","kid":"a","kid":"b"}"#),
-            enc("{}")
-        );
-        assert_eq!(check_header(&token), Err(VerifyError::Malformed));
-        let token = format!("{}.{}.sig", enc(r#"["RS256","k"]"#), enc("{}"));
-        assert_eq!(check_header(&token), Err(VerifyError::Malformed));
-        let token = format!(
-            "{}.{}.sig",
-            enc(r#"{"alg":"RS256","kid":"k","typ":"JWT"}"#),
-            enc("{}")
-        );
-        assert_eq!(check_header(&token), Ok("k".to_string()));
-    }
 
     #[test]
     fn token_hash_is_stable_and_not_the_token() {

@@ -1,28 +1,15 @@
 //! Reading the user's session out of the `Cookie` header, the way Amplify's
-//! server-side auth writes it:
-//!
-//! ```text
-//! CognitoIdentityServiceProvider.<clientId>.LastAuthUser = <username>
-//! CognitoIdentityServiceProvider.<clientId>.<username>.accessToken
-//! CognitoIdentityServiceProvider.<clientId>.<username>.idToken
-//! CognitoIdentityServiceProvider.<clientId>.<username>.refreshToken
-//! ```
-//!
-//! The username inside a cookie *name* is percent-encoded (js-cookie's
-//! `encodeURIComponent` variant: `@` becomes `%40` while `# $ & + ^ \` |`
-//! stay literal), so names are percent-decoded before matching. Cookies for
+//! server-side auth writes it (names in [`super::names`]). Cookies for
 //! other app clients are ignored. Two cookies that decode to the same name
 //! with different values (cookie tossing from a sibling subdomain) make the
 //! session ambiguous and it is refused rather than guessed.
 //!
 //! This module never logs and its `Debug` output redacts every token.
 
+use super::names::{decode, COOKIE_PREFIX};
 use crate::verify::TokenUse;
 use hyper::header::{HeaderMap, COOKIE};
-use percent_encoding::percent_decode_str;
 use std::fmt;
-
-pub const COOKIE_PREFIX: &str = "CognitoIdentityServiceProvider";
 /// Cookie headers larger than this are not parsed (browsers cap a cookie at
 /// 4 KiB and send ~180 per domain at most).
 pub const MAX_COOKIE_HEADER_BYTES: usize = 64 * 1024;
@@ -76,19 +63,6 @@ impl Session {
             TokenUse::Access => self.access_token.as_deref(),
             TokenUse::Id => self.id_token.as_deref(),
         }
-    }
-}
-
-/// Decodes a cookie name (or value) the way js-cookie encodes it. Invalid
-/// percent sequences or non-UTF-8 results are kept verbatim, which can then
-/// only fail to match.
-fn decode(raw: &str) -> std::borrow::Cow<'_, str> {
-    if !raw.contains('%') {
-        return raw.into();
-    }
-    match percent_decode_str(raw).decode_utf8() {
-        Ok(s) => s,
-        Err(_) => raw.into(),
     }
 }
 
@@ -156,47 +130,9 @@ pub fn from_headers(headers: &HeaderMap, client_id: &str) -> Result<Session, Ses
     Ok(session)
 }
 
-/// Encodes a username for use inside a cookie name, as Amplify (js-cookie)
-/// does: `encodeURIComponent`, then `# $ & + ^ \` |` restored.
-pub fn encode_username(username: &str) -> String {
-    use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
-    // encodeURIComponent leaves A-Z a-z 0-9 - _ . ! ~ * ' ( ) alone; js-cookie
-    // additionally leaves # $ & + ^ ` | alone in names.
-    const SET: &AsciiSet = &NON_ALPHANUMERIC
-        .remove(b'-')
-        .remove(b'_')
-        .remove(b'.')
-        .remove(b'!')
-        .remove(b'~')
-        .remove(b'*')
-        .remove(b'\'')
-        .remove(b'(')
-        .remove(b')')
-        .remove(b'#')
-        .remove(b'$')
-        .remove(b'&')
-        .remove(b'+')
-        .remove(b'^')
-        .remove(b'`')
-        .remove(b'|');
-    utf8_percent_encode(username, SET).to_string()
-}
-
-/// The cookie name Amplify uses for one of the user's tokens.
-pub fn cookie_name(client_id: &str, username: &str, suffix: &str) -> String {
-    format!(
-        "{COOKIE_PREFIX}.{client_id}.{}.{suffix}",
-        encode_username(username)
-    )
-}
-
-/// The `LastAuthUser` cookie name for an app client.
-pub fn last_auth_user_cookie(client_id: &str) -> String {
-    format!("{COOKIE_PREFIX}.{client_id}.LastAuthUser")
-}
-
 #[cfg(test)]
 mod tests {
+    use super::super::names::{cookie_name, last_auth_user_cookie};
     use super::*;
     use hyper::header::HeaderValue;
 

@@ -1,0 +1,233 @@
+//! The local stack: a JWKS (in this process), the emulator and the relay
+//! (as `appsync-relay` child processes, the binary rebuilt if stale) and
+//! nginx, and the three targets (direct, nginx, relay) they offer clients.
+
+use crate::clients::{appsync_endpoint, browser_endpoint};
+use crate::common;
+use crate::measure::{Kind, Target};
+use crate::monitor::{children_of, Monitor};
+use crate::nginx::start_nginx;
+use crate::processes::{free_port, http_status, tcp_open, wait_for, which, Proc, TempDir};
+use crate::{MANIFEST_DIR, ORIGIN_HEADER, RELAY_BIN, USERNAME};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Makes sure the relay binary exists and is not older than the sources
+/// (`cargo bench` builds it with the bench; a bench binary run by hand may
+/// find it missing or stale).
+fn ensure_relay_binary() -> Result<(), String> {
+    fn newest(dir: &Path) -> std::time::SystemTime {
+        let mut t = std::time::UNIX_EPOCH;
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            let m = if p.is_dir() {
+                newest(&p)
+            } else {
+                e.metadata()
+                    .and_then(|m| m.modified())
+                    .unwrap_or(std::time::UNIX_EPOCH)
+            };
+            t = t.max(m);
+        }
+        t
+    }
+    let built = std::fs::metadata(RELAY_BIN).and_then(|m| m.modified()).ok();
+    let sources = newest(&Path::new(MANIFEST_DIR).join("src"));
+    if built.is_some_and(|b| b >= sources) {
+        return Ok(());
+    }
+    eprintln!("building {RELAY_BIN} (missing or older than src/)");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "--release", "--bin", "appsync-relay"])
+        .current_dir(MANIFEST_DIR)
+        .status()
+        .map_err(|e| format!("cargo build: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("cargo build --release failed ({status})"))
+    }
+}
+
+/// The local stack: JWKS, emulator, relay and (if installed) nginx.
+pub(crate) struct Stack {
+    token: String,
+    pub(crate) emu_host: String,
+    emulator: Proc,
+    relay: Proc,
+    pub(crate) relay_addr: SocketAddr,
+    pub(crate) nginx: Option<(Proc, SocketAddr)>,
+    _idp: common::Idp,
+    // Last, so the processes are stopped before their directory goes.
+    _dir: TempDir,
+}
+
+impl Stack {
+    pub(crate) fn start(with_nginx: bool) -> Result<Stack, String> {
+        ensure_relay_binary()?;
+        let dir = TempDir::new()?;
+        let idp = common::Idp::start();
+        // Long-lived, so no renewal happens during the run; one user, so
+        // every handshake after the first hits the relay's token cache.
+        let token = idp.access_token(USERNAME, Duration::from_secs(6 * 3600));
+
+        let emu_port = free_port();
+        let emu_host = format!("127.0.0.1:{emu_port}");
+        let mut cmd = Command::new(RELAY_BIN);
+        cmd.args(["emulate", "--listen", &emu_host])
+            .args(["--cognito-issuer", &idp.issuer()])
+            .args(["--cognito-jwks-url", &idp.jwks_url()])
+            .args(["--cognito-client-id", common::CLIENT_ID])
+            .args(["--http-host", &emu_host])
+            .env("APPSYNC_RELAY_LOG", "warn");
+        let mut emulator = Proc::spawn("emulator", cmd, &dir.0)?;
+        let emu_addr: SocketAddr = emu_host.parse().map_err(|_| "emulator address")?;
+        wait_for("emulator", &mut emulator, || tcp_open(emu_addr))?;
+
+        let relay_addr: SocketAddr = format!("127.0.0.1:{}", free_port())
+            .parse()
+            .map_err(|_| "relay address")?;
+        let admin_addr: SocketAddr = format!("127.0.0.1:{}", free_port())
+            .parse()
+            .map_err(|_| "admin address")?;
+        let mut cmd = Command::new(RELAY_BIN);
+        cmd.arg("serve")
+            .args(["--listen", &relay_addr.to_string()])
+            .args(["--admin-listen", &admin_addr.to_string()])
+            .args([
+                "--appsync-http-endpoint",
+                &format!("http://{emu_host}/event"),
+            ])
+            .args(["--cognito-user-pool-id", common::POOL_ID])
+            .args(["--cognito-client-id", common::CLIENT_ID])
+            .args(["--cognito-issuer", &idp.issuer()])
+            .args(["--cognito-jwks-url", &idp.jwks_url()])
+            // Never contacted (tokens outlive the run); never AWS either.
+            .args(["--cognito-endpoint", "http://127.0.0.1:9/"])
+            .args(["--allowed-origin", ORIGIN_HEADER])
+            .args(["--max-connections", "0"])
+            .args(["--max-connections-per-user", "0"])
+            .args(["--max-connections-per-ip", "0"])
+            .args(["--publish-rate", "0"])
+            .args(["--max-subscriptions", "100000"])
+            .args(["--drain-delay", "0", "--drain-timeout", "2"])
+            .args(["--log-format", "json"])
+            .env("APPSYNC_RELAY_LOG", "warn");
+        // Profiling hook, e.g. LOAD_BENCH_RELAY_WRAPPER="valgrind --tool=dhat
+        // --dhat-out-file=/tmp/relay.dhat" (see benches/README.md).
+        if let Ok(wrapper) = std::env::var("LOAD_BENCH_RELAY_WRAPPER") {
+            let mut words = wrapper.split_whitespace();
+            if let Some(program) = words.next() {
+                let mut wrapped = Command::new(program);
+                wrapped.args(words).arg(RELAY_BIN).args(cmd.get_args());
+                for (k, v) in cmd.get_envs() {
+                    if let Some(v) = v {
+                        wrapped.env(k, v);
+                    }
+                }
+                cmd = wrapped;
+            }
+        }
+        let mut relay = Proc::spawn("relay", cmd, &dir.0)?;
+        wait_for("relay", &mut relay, || {
+            http_status(admin_addr, "/readyz") == Some(200)
+        })?;
+
+        let nginx = if with_nginx {
+            match which("nginx") {
+                Some(bin) => Some(start_nginx(&bin, &dir.0, &emu_host)?),
+                None => {
+                    println!(
+                        "nginx not found on PATH: skipping the nginx baseline (apt-get install nginx-light)"
+                    );
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        Ok(Stack {
+            token,
+            emu_host,
+            emulator,
+            relay,
+            relay_addr,
+            nginx,
+            _idp: idp,
+            _dir: dir,
+        })
+    }
+
+    fn cookie(&self) -> String {
+        use appsync_relay::session::{cookie_name, last_auth_user_cookie};
+        format!(
+            "{}={USERNAME}; {}={}",
+            last_auth_user_cookie(common::CLIENT_ID),
+            cookie_name(common::CLIENT_ID, USERNAME, "accessToken"),
+            self.token
+        )
+    }
+
+    pub(crate) fn targets(&self, sources: &Arc<Vec<Ipv4Addr>>) -> Vec<Target> {
+        let mut out = Vec::new();
+        let mut direct = appsync_endpoint(
+            format!("ws://{}/event/realtime", self.emu_host),
+            &self.token,
+            &self.emu_host,
+        );
+        direct.sources = sources.clone();
+        out.push(Target {
+            kind: Kind::Direct,
+            ep: direct,
+            proxy: None,
+        });
+        if let Some((nginx, addr)) = &self.nginx {
+            let mut ep = appsync_endpoint(
+                format!("ws://{addr}/event/realtime"),
+                &self.token,
+                &self.emu_host,
+            );
+            ep.sources = sources.clone();
+            let mut pids = vec![nginx.pid()];
+            pids.extend(children_of(nginx.pid()));
+            out.push(Target {
+                kind: Kind::Nginx,
+                ep,
+                proxy: Some(Monitor { pids }),
+            });
+        }
+        let mut ep = browser_endpoint(
+            format!("ws://{}/event/realtime", self.relay_addr),
+            self.cookie(),
+            Some(ORIGIN_HEADER.into()),
+        );
+        ep.sources = sources.clone();
+        out.push(Target {
+            kind: Kind::Relay,
+            ep,
+            proxy: Some(Monitor {
+                pids: vec![self.relay.pid()],
+            }),
+        });
+        out
+    }
+
+    pub(crate) fn emulator_monitor(&self) -> Monitor {
+        Monitor {
+            pids: vec![self.emulator.pid()],
+        }
+    }
+
+    pub(crate) fn check_alive(&mut self) -> Result<(), String> {
+        self.emulator.check_alive()?;
+        self.relay.check_alive()?;
+        if let Some((n, _)) = &mut self.nginx {
+            n.check_alive()?;
+        }
+        Ok(())
+    }
+}

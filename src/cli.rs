@@ -1,0 +1,322 @@
+//! The command line: every subcommand's flags, each with an
+//! `APPSYNC_RELAY_*` (or `APPSYNC_EMULATOR_*`) environment variable.
+//!
+//! This is only the surface clap parses. What the values mean, and whether
+//! they are acceptable together, is decided once, in the `config` module.
+
+use crate::refresh::RefreshApi;
+use crate::session::SameSite;
+use crate::verify::TokenUse;
+use clap::{Args, Parser, Subcommand};
+use std::net::SocketAddr;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "appsync-relay",
+    version,
+    about = "Relay browser WebSockets to AWS AppSync Events with the Cognito token from HTTP-only cookies"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the relay.
+    Serve(Box<ServeArgs>),
+    /// Run the built-in strict AppSync Events emulator (for local development and tests).
+    Emulate(EmulateArgs),
+    /// Run everything locally: relay, emulator and a development identity provider, with a demo page.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+#[command(args_override_self = true)]
+pub struct ServeArgs {
+    /// Public listener (browser traffic).
+    #[arg(long, env = "APPSYNC_RELAY_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+    /// Admin listener: /healthz, /readyz, /metrics. Keep it off the public network.
+    #[arg(
+        long,
+        env = "APPSYNC_RELAY_ADMIN_LISTEN",
+        default_value = "127.0.0.1:9090"
+    )]
+    pub admin_listen: SocketAddr,
+    /// AppSync Events HTTP endpoint, e.g. https://<id>.appsync-api.<region>.amazonaws.com/event
+    #[arg(long, env = "APPSYNC_RELAY_APPSYNC_HTTP_ENDPOINT")]
+    pub appsync_http_endpoint: String,
+    /// Real-time endpoint; derived from the HTTP endpoint when omitted
+    /// (appsync-api → appsync-realtime-api, https → wss, + /realtime).
+    #[arg(long, env = "APPSYNC_RELAY_APPSYNC_REALTIME_ENDPOINT")]
+    pub appsync_realtime_endpoint: Option<String>,
+    /// Cognito user pool id, e.g. eu-west-1_AbCdEf123.
+    #[arg(long, env = "APPSYNC_RELAY_COGNITO_USER_POOL_ID")]
+    pub cognito_user_pool_id: String,
+    /// Cognito app client id whose cookies and tokens are accepted.
+    #[arg(long, env = "APPSYNC_RELAY_COGNITO_CLIENT_ID")]
+    pub cognito_client_id: String,
+    /// Expected `iss`; defaults to https://cognito-idp.<region>.amazonaws.com/<pool id>.
+    #[arg(long, env = "APPSYNC_RELAY_COGNITO_ISSUER")]
+    pub cognito_issuer: Option<String>,
+    /// JWKS URL; defaults to <issuer>/.well-known/jwks.json.
+    #[arg(long, env = "APPSYNC_RELAY_COGNITO_JWKS_URL")]
+    pub cognito_jwks_url: Option<String>,
+    /// Which Cognito token to verify and forward.
+    #[arg(
+        long,
+        env = "APPSYNC_RELAY_TOKEN_USE",
+        value_enum,
+        default_value = "access"
+    )]
+    pub token_use: TokenUse,
+    /// Origin allowed to open the WebSocket or publish (scheme://host[:port]); repeatable.
+    #[arg(
+        long = "allowed-origin",
+        env = "APPSYNC_RELAY_ALLOWED_ORIGINS",
+        value_delimiter = ',',
+        required = true
+    )]
+    pub allowed_origins: Vec<String>,
+    /// Accept requests with no Origin header (non-browser clients).
+    #[arg(long, env = "APPSYNC_RELAY_ALLOW_MISSING_ORIGIN")]
+    pub allow_missing_origin: bool,
+    /// Path prefix of the relayed routes: <path>/realtime (WebSocket) and <path> (POST publish).
+    #[arg(long, env = "APPSYNC_RELAY_EVENTS_PATH", default_value = "/event")]
+    pub events_path: String,
+    /// Clock skew tolerated on exp/nbf, in seconds.
+    #[arg(long, env = "APPSYNC_RELAY_JWT_LEEWAY", default_value_t = 10)]
+    pub jwt_leeway: u64,
+    /// Minimum seconds between JWKS refetches triggered by an unknown kid.
+    #[arg(
+        long,
+        env = "APPSYNC_RELAY_JWKS_REFETCH_INTERVAL",
+        default_value_t = 10
+    )]
+    pub jwks_refetch_interval: u64,
+    /// Upstream connect (TCP + TLS + WebSocket handshake) deadline, seconds; beyond it the browser gets 504.
+    #[arg(long, env = "APPSYNC_RELAY_UPSTREAM_TIMEOUT", default_value_t = 10)]
+    pub upstream_timeout: u64,
+    /// Largest WebSocket message or HTTP publish body accepted, in bytes (AppSync: 5 events × 240 KB).
+    #[arg(
+        long,
+        env = "APPSYNC_RELAY_MAX_MESSAGE_BYTES",
+        default_value_t = 1_310_720
+    )]
+    pub max_message_bytes: usize,
+    /// Most verified tokens cached (by hash) to skip repeated RSA checks.
+    #[arg(
+        long,
+        env = "APPSYNC_RELAY_TOKEN_CACHE_SIZE",
+        default_value_t = 100_000
+    )]
+    pub token_cache_size: usize,
+    /// Seconds open relays get to finish after shutdown starts before they are closed with 1001.
+    #[arg(long, env = "APPSYNC_RELAY_DRAIN_TIMEOUT", default_value_t = 30)]
+    pub drain_timeout: u64,
+    /// PEM certificate chain for TLS on the public listener (with --tls-key). Reloaded when it changes.
+    #[arg(long, env = "APPSYNC_RELAY_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) for --tls-cert.
+    #[arg(long, env = "APPSYNC_RELAY_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+    /// Seconds between checks of the certificate files for changes.
+    #[arg(long, env = "APPSYNC_RELAY_TLS_RELOAD_INTERVAL", default_value_t = 10)]
+    pub tls_reload_interval: u64,
+    /// Cognito IdP endpoint for refreshes; defaults to https://cognito-idp.<region>.amazonaws.com/.
+    #[arg(long, env = "APPSYNC_RELAY_COGNITO_ENDPOINT")]
+    pub cognito_endpoint: Option<String>,
+    /// App client secret, for app clients that have one (SECRET_HASH / ClientSecret).
+    #[arg(
+        long,
+        env = "APPSYNC_RELAY_COGNITO_CLIENT_SECRET",
+        hide_env_values = true
+    )]
+    pub cognito_client_secret: Option<String>,
+    /// Cognito API used to refresh sessions.
+    #[arg(
+        long,
+        env = "APPSYNC_RELAY_REFRESH_API",
+        value_enum,
+        default_value = "get-tokens"
+    )]
+    pub refresh_api: RefreshApi,
+    /// Refresh a token this many seconds before it expires (at the handshake and on open sockets).
+    #[arg(long, env = "APPSYNC_RELAY_REFRESH_BEFORE", default_value_t = 60)]
+    pub refresh_before: u64,
+    /// On open sockets, refresh tokens in place (on), or close with 4000 "reauthenticate" before expiry so the client reconnects and the handshake writes the cookies (off).
+    #[arg(
+        long,
+        env = "APPSYNC_RELAY_MID_CONNECTION_REFRESH",
+        value_enum,
+        default_value = "on"
+    )]
+    pub mid_connection_refresh: OnOff,
+    /// SameSite attribute of the cookies the relay writes.
+    #[arg(
+        long,
+        env = "APPSYNC_RELAY_COOKIE_SAME_SITE",
+        value_enum,
+        default_value = "strict"
+    )]
+    pub cookie_same_site: SameSite,
+    /// Max-Age (seconds) of the cookies the relay writes.
+    #[arg(
+        long,
+        env = "APPSYNC_RELAY_COOKIE_MAX_AGE",
+        default_value_t = 31_536_000
+    )]
+    pub cookie_max_age: u64,
+    /// Domain attribute of the cookies the relay writes (host-only when omitted, as Amplify by default).
+    #[arg(long, env = "APPSYNC_RELAY_COOKIE_DOMAIN")]
+    pub cookie_domain: Option<String>,
+    /// Peers (IP or CIDR; repeatable) whose X-Forwarded-Proto is believed.
+    #[arg(
+        long = "trust-forwarded",
+        env = "APPSYNC_RELAY_TRUST_FORWARDED",
+        value_delimiter = ','
+    )]
+    pub trust_forwarded: Vec<String>,
+    /// Close relayed connections this many seconds after they opened with 4401 (0 = no limit; AppSync's own cap is 24 h).
+    #[arg(long, env = "APPSYNC_RELAY_MAX_SESSION_AGE", default_value_t = 0)]
+    pub max_session_age: u64,
+    /// Times the relay re-dials AppSync when the upstream connection drops, keeping the browser's socket open (0 = never).
+    #[arg(
+        long,
+        env = "APPSYNC_RELAY_UPSTREAM_REDIAL_ATTEMPTS",
+        default_value_t = 5
+    )]
+    pub upstream_redial_attempts: u32,
+    /// The SSR app to front: every request outside the events path is proxied there (http://host:port).
+    #[arg(long, env = "APPSYNC_RELAY_APP_UPSTREAM")]
+    pub app_upstream: Option<String>,
+    /// Seconds to connect to the app upstream before answering 502.
+    #[arg(long, env = "APPSYNC_RELAY_APP_CONNECT_TIMEOUT", default_value_t = 5)]
+    pub app_connect_timeout: u64,
+    /// Seconds to wait for the app's response headers before answering 504.
+    #[arg(long, env = "APPSYNC_RELAY_APP_TIMEOUT", default_value_t = 60)]
+    pub app_timeout: u64,
+    /// Seconds the listener keeps serving after SIGTERM while /readyz reports 503, so load balancers stop routing here first.
+    #[arg(long, env = "APPSYNC_RELAY_DRAIN_DELAY", default_value_t = 5)]
+    pub drain_delay: u64,
+    /// Log output: human-readable text or one JSON object per line.
+    #[arg(
+        long,
+        env = "APPSYNC_RELAY_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
+    /// Most relayed WebSockets at once (0 = no limit); beyond it handshakes get 429.
+    #[arg(long, env = "APPSYNC_RELAY_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+    /// Most relayed WebSockets per user (`sub`) at once (0 = no limit); beyond it 429.
+    #[arg(
+        long,
+        env = "APPSYNC_RELAY_MAX_CONNECTIONS_PER_USER",
+        default_value_t = 20
+    )]
+    pub max_connections_per_user: usize,
+    /// Most relayed WebSockets per client IP at once (0 = no limit); beyond it 429.
+    #[arg(
+        long,
+        env = "APPSYNC_RELAY_MAX_CONNECTIONS_PER_IP",
+        default_value_t = 200
+    )]
+    pub max_connections_per_ip: usize,
+    /// Seconds a client gets to complete TLS and send its request head (slow-loris guard).
+    #[arg(long, env = "APPSYNC_RELAY_HANDSHAKE_TIMEOUT", default_value_t = 10)]
+    pub handshake_timeout: u64,
+    /// Largest request head (request line + headers) accepted, in bytes (at least 8192).
+    #[arg(long, env = "APPSYNC_RELAY_MAX_HEADER_BYTES", default_value_t = 65_536)]
+    pub max_header_bytes: usize,
+    /// Most subscriptions per WebSocket; beyond it subscribe gets subscribe_error.
+    #[arg(long, env = "APPSYNC_RELAY_MAX_SUBSCRIPTIONS", default_value_t = 200)]
+    pub max_subscriptions: usize,
+    /// Publishes per second per WebSocket (token bucket, burst of the same size; 0 = no limit); beyond it publish gets publish_error.
+    #[arg(long, env = "APPSYNC_RELAY_PUBLISH_RATE", default_value_t = 50)]
+    pub publish_rate: u32,
+    /// Close WebSockets after this many seconds without a frame other than keep-alives either way (0 = never).
+    #[arg(long, env = "APPSYNC_RELAY_IDLE_TIMEOUT", default_value_t = 0)]
+    pub idle_timeout: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnOff {
+    On,
+    Off,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct EmulateArgs {
+    /// Listener for the emulated AppSync Events API (/event and /event/realtime).
+    #[arg(
+        long,
+        env = "APPSYNC_EMULATOR_LISTEN",
+        default_value = "127.0.0.1:8081"
+    )]
+    pub listen: SocketAddr,
+    /// Accept this API key (x-api-key). Either this or the Cognito settings.
+    #[arg(long, env = "APPSYNC_EMULATOR_API_KEY")]
+    pub api_key: Option<String>,
+    /// Expected token issuer (Cognito mode).
+    #[arg(long, env = "APPSYNC_EMULATOR_COGNITO_ISSUER")]
+    pub cognito_issuer: Option<String>,
+    /// JWKS URL (Cognito mode); defaults to <issuer>/.well-known/jwks.json.
+    #[arg(long, env = "APPSYNC_EMULATOR_COGNITO_JWKS_URL")]
+    pub cognito_jwks_url: Option<String>,
+    /// App client id the tokens must be issued to (Cognito mode).
+    #[arg(long, env = "APPSYNC_EMULATOR_COGNITO_CLIENT_ID")]
+    pub cognito_client_id: Option<String>,
+    #[arg(
+        long,
+        env = "APPSYNC_EMULATOR_TOKEN_USE",
+        value_enum,
+        default_value = "access"
+    )]
+    pub token_use: TokenUse,
+    /// Host that every authorization object must name (the HTTP endpoint's host); unchecked when omitted.
+    #[arg(long, env = "APPSYNC_EMULATOR_HTTP_HOST")]
+    pub http_host: Option<String>,
+    /// Seconds between keep-alive (ka) messages.
+    #[arg(long, env = "APPSYNC_EMULATOR_KA_INTERVAL", default_value_t = 60)]
+    pub ka_interval: u64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    /// Public listener (HTTPS): the demo page, the login route and the relay routes.
+    #[arg(
+        long,
+        env = "APPSYNC_RELAY_DEMO_LISTEN",
+        default_value = "127.0.0.1:8443"
+    )]
+    pub listen: SocketAddr,
+    /// Admin listener (/healthz, /readyz, /metrics).
+    #[arg(
+        long,
+        env = "APPSYNC_RELAY_DEMO_ADMIN_LISTEN",
+        default_value = "127.0.0.1:9090"
+    )]
+    pub admin_listen: SocketAddr,
+    /// Lifetime of the access and ID tokens the demo issues, in seconds.
+    #[arg(
+        long,
+        env = "APPSYNC_RELAY_DEMO_TOKEN_LIFETIME",
+        default_value_t = 3600
+    )]
+    pub token_lifetime: u64,
+    /// PEM certificate to serve instead of a generated self-signed one (with --tls-key).
+    #[arg(long, env = "APPSYNC_RELAY_DEMO_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "APPSYNC_RELAY_DEMO_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+}

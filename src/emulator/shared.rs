@@ -1,0 +1,78 @@
+//! The state every emulator connection shares (configuration, subscription
+//! registry, credential log, shutdown), and the AppSync-shaped HTTP error
+//! responses both endpoints answer with. Children of the emulator import
+//! this, never `mod.rs`.
+
+use super::auth::{self, AuthFailure};
+use super::config::EmulatorConfig;
+use super::registry::{AuthLog, Registry};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::{Response, StatusCode};
+use serde_json::{json, Map, Value};
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// State shared by the accept loop, every connection and the handle.
+pub(crate) struct Shared {
+    pub(crate) cfg: EmulatorConfig,
+    pub(crate) registry: Registry,
+    pub(crate) auth_log: AuthLog,
+    /// Cancelled once to stop accepting and close every connection (1001).
+    pub(crate) shutdown: CancellationToken,
+    /// Every HTTP connection and WebSocket session, so shutdown can wait.
+    pub(crate) tracker: TaskTracker,
+}
+
+// === impl Shared ===
+
+impl Shared {
+    pub(crate) fn new(cfg: EmulatorConfig) -> Arc<Self> {
+        Arc::new(Shared {
+            auth_log: AuthLog::new(cfg.auth_log_capacity),
+            registry: Registry::default(),
+            shutdown: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+            cfg,
+        })
+    }
+
+    /// Records the credentials in `auth`, then decides on it.
+    pub(crate) async fn authorize(&self, auth: &Map<String, Value>) -> Result<(), AuthFailure> {
+        for credential in auth::credentials(auth) {
+            self.auth_log.record(credential);
+        }
+        let result = self
+            .cfg
+            .auth
+            .authorize(auth, self.cfg.http_host.as_deref())
+            .await;
+        if let Err(failure) = &result {
+            tracing::debug!(%failure, "emulator: authorization refused");
+        }
+        result
+    }
+}
+
+/// An AppSync-shaped HTTP error: `{"errors":[{"errorType","message"}]}`.
+pub(crate) fn error_response(
+    status: StatusCode,
+    error_type: &str,
+    message: &str,
+) -> Response<Full<Bytes>> {
+    json_response(
+        status,
+        &json!({"errors": crate::protocol::errors(error_type, message)}),
+    )
+}
+
+pub(crate) fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}

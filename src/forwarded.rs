@@ -1,0 +1,185 @@
+//! The one trust rule for headers a proxy in front of the relay adds:
+//! `X-Forwarded-For`, `X-Forwarded-Proto`. They are believed only from a TCP
+//! peer in `--trust-forwarded`; from anyone else they are forgeries.
+//!
+//! It decides the client's IP (for per-IP limits), whether the browser used
+//! HTTPS (for the `Secure` cookie attribute), and the `X-Forwarded-For`
+//! chain passed on to the SSR app. It never reads anything else a client
+//! sent.
+
+use hyper::header::{HeaderMap, HeaderValue};
+use std::net::{IpAddr, SocketAddr};
+
+const X_FORWARDED_FOR: &str = "x-forwarded-for";
+const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
+
+/// An IP network (`10.0.0.0/8`, `::1/128`, or a bare address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpNet {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl IpNet {
+    pub fn parse(s: &str) -> Result<IpNet, String> {
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = addr
+            .trim()
+            .parse()
+            .map_err(|_| format!("'{s}' is not an IP address or CIDR"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("'{s}' has an invalid prefix length"))?,
+            None => max,
+        };
+        Ok(IpNet { addr, prefix })
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+/// The proxies (`--trust-forwarded`) whose forwarding headers are believed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrustedProxies(Vec<IpNet>);
+
+impl TrustedProxies {
+    pub fn new(nets: Vec<IpNet>) -> TrustedProxies {
+        TrustedProxies(nets)
+    }
+
+    pub fn trusts(&self, ip: IpAddr) -> bool {
+        self.0.iter().any(|n| n.contains(ip))
+    }
+
+    /// The client's IP: the TCP peer, or — when the peer is trusted — the
+    /// rightmost `X-Forwarded-For` entry that is not itself trusted (entries
+    /// further left are client-controlled).
+    pub fn client_ip(&self, headers: &HeaderMap, peer: SocketAddr) -> IpAddr {
+        if !self.trusts(peer.ip()) {
+            return peer.ip();
+        }
+        let chain: Vec<IpAddr> = headers
+            .get_all(X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|ip| ip.trim().parse().ok())
+            .collect();
+        chain
+            .into_iter()
+            .rev()
+            .find(|ip| !self.trusts(*ip))
+            .unwrap_or(peer.ip())
+    }
+
+    /// Whether a trusted peer says the browser's request was HTTPS
+    /// (`X-Forwarded-Proto: https`, first hop).
+    pub fn forwarded_https(&self, headers: &HeaderMap, peer: SocketAddr) -> bool {
+        self.trusts(peer.ip())
+            && headers
+                .get(X_FORWARDED_PROTO)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| {
+                    v.split(',')
+                        .next()
+                        .is_some_and(|p| p.trim().eq_ignore_ascii_case("https"))
+                })
+    }
+
+    /// The `X-Forwarded-For` to pass on: a trusted peer's chain with the peer
+    /// appended, else the peer alone.
+    pub fn x_forwarded_for(&self, headers: &HeaderMap, peer: SocketAddr) -> HeaderValue {
+        let ip = peer.ip().to_canonical();
+        let ip_value = HeaderValue::from_str(&ip.to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        if !self.trusts(ip) {
+            return ip_value;
+        }
+        let chain: Vec<u8> = headers
+            .get_all(X_FORWARDED_FOR)
+            .iter()
+            .map(HeaderValue::as_bytes)
+            .chain(std::iter::once(ip_value.as_bytes()))
+            .collect::<Vec<_>>()
+            .join(&b", "[..]);
+        // Joining valid values with ", " yields a valid value; fall back to
+        // the peer alone rather than trust a chain we could not rebuild.
+        HeaderValue::from_bytes(&chain).unwrap_or(ip_value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ip_networks() {
+        let n = IpNet::parse("10.0.0.0/8").unwrap();
+        assert!(n.contains("10.1.2.3".parse().unwrap()));
+        assert!(!n.contains("11.0.0.1".parse().unwrap()));
+        assert!(n.contains("::ffff:10.0.0.1".parse().unwrap()));
+        assert!(IpNet::parse("127.0.0.1")
+            .unwrap()
+            .contains("127.0.0.1".parse().unwrap()));
+        assert!(IpNet::parse("::1")
+            .unwrap()
+            .contains("::1".parse().unwrap()));
+        assert!(IpNet::parse("0.0.0.0/0")
+            .unwrap()
+            .contains("8.8.8.8".parse().unwrap()));
+        assert!(IpNet::parse("10.0.0.0/33").is_err());
+        assert!(IpNet::parse("nope").is_err());
+    }
+
+    #[test]
+    fn forwarded_headers_count_only_from_trusted_peers() {
+        let trusted = TrustedProxies::new(vec![IpNet::parse("10.0.0.0/8").unwrap()]);
+        let mut h = HeaderMap::new();
+        h.insert(
+            X_FORWARDED_FOR,
+            HeaderValue::from_static("1.1.1.1, 10.0.0.7"),
+        );
+        h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+        let proxy: SocketAddr = "10.0.0.1:1".parse().unwrap();
+        let stranger: SocketAddr = "8.8.8.8:1".parse().unwrap();
+        assert_eq!(
+            trusted.client_ip(&h, proxy),
+            "1.1.1.1".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(trusted.client_ip(&h, stranger), stranger.ip());
+        assert!(trusted.forwarded_https(&h, proxy));
+        assert!(!trusted.forwarded_https(&h, stranger));
+        assert_eq!(
+            trusted.x_forwarded_for(&h, proxy),
+            "1.1.1.1, 10.0.0.7, 10.0.0.1"
+        );
+        assert_eq!(trusted.x_forwarded_for(&h, stranger), "8.8.8.8");
+    }
+}

@@ -1,0 +1,120 @@
+//! The life of one relayed connection after both handshakes: pumping frames
+//! both ways, keeping the session's token fresh, re-dialling AppSync when
+//! the upstream connection drops, and closing both legs with the right code.
+//!
+//! # Layout
+//!
+//! - `mod.rs`: [`run`], which owns the connection from the 101 to the
+//!   closing log line's figures.
+//! - [`pump`]: the `select!` loop and the per-frame limits.
+//! - [`subscriptions`]: what the browser subscribed to, for replay.
+//! - [`token`]: the token in use and its renewal.
+//! - [`redial`]: a new upstream with everything replayed.
+//! - [`close`]: endings, close codes, the closing handshake.
+//! - [`counters`]: per-connection figures and metric handles.
+
+pub mod close;
+pub mod counters;
+pub mod pump;
+pub mod redial;
+pub mod subscriptions;
+pub mod token;
+
+use crate::authenticate::SessionState;
+use crate::rewrite::UpstreamAuth;
+use crate::state::RelayState;
+use crate::upstream::UpstreamSocket;
+use close::{close_legs, Ending};
+use counters::Stats;
+use pump::Connection;
+use std::sync::Arc;
+use token::TokenState;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_tungstenite::WebSocketStream;
+
+/// How a relayed connection ended, for its closing log line and metrics.
+#[derive(Debug, Clone)]
+pub struct RelayOutcome {
+    pub ending: Ending,
+    /// Close code sent to the browser (or echoed to its close).
+    pub client_close: Option<u16>,
+    pub stats: Stats,
+}
+
+/// Everything the relay needs about the user besides the sockets.
+pub struct ConnectionContext {
+    pub state: Arc<RelayState>,
+    /// The token (and AppSync host) upstream was opened with.
+    pub auth: UpstreamAuth,
+    /// `exp` and `iat` of that token.
+    pub expires_at: u64,
+    pub issued_at: Option<u64>,
+    pub session: SessionState,
+}
+
+/// Relays until either side ends or the relay drains, then closes both legs.
+pub async fn run<C>(
+    client: WebSocketStream<C>,
+    upstream: UpstreamSocket,
+    ctx: ConnectionContext,
+) -> RelayOutcome
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut client = client;
+    let state = ctx.state;
+    let shutdown = state.shutdown.clone();
+    let token = TokenState::new(
+        ctx.auth,
+        ctx.expires_at,
+        ctx.issued_at,
+        ctx.session,
+        state.config.refresh_before,
+    );
+    let mut conn = Connection::new(state.clone(), upstream, token);
+
+    let ending = {
+        let pump = conn.pump(&mut client);
+        // Shutdown is polled last: it fires once per process, the pump on
+        // every frame.
+        tokio::select! {
+            biased;
+            e = pump => e,
+            _ = shutdown.cancelled() => Ending::Draining,
+        }
+    };
+
+    let ended_session = match &ending {
+        Ending::SessionEnded(reason) => Some(*reason),
+        Ending::Reauthenticate => Some("reauthenticate"),
+        _ => None,
+    };
+    if let Some(reason) = ended_session {
+        state
+            .metrics
+            .sessions_ended
+            .with_label_values(&[reason])
+            .inc();
+    }
+    let (to_client, to_upstream) = ending.close_codes();
+    // Boxed: closing is a cold path, and inlined it would enlarge every
+    // idle connection's task.
+    Box::pin(close_legs(
+        &ending,
+        to_client,
+        to_upstream,
+        &mut client,
+        &mut conn.upstream,
+        &mut conn.stats,
+    ))
+    .await;
+
+    RelayOutcome {
+        client_close: to_client.or(match ending {
+            Ending::ClientClosed(code) => Some(code),
+            _ => None,
+        }),
+        ending,
+        stats: conn.stats,
+    }
+}

@@ -1,0 +1,128 @@
+//! The token an open socket relays with, and keeping it fresh: when it is
+//! due, renew it in place ([`crate::authenticate::renew`]), keep a rotated
+//! refresh token for the browser's next request, or end the session.
+//!
+//! Nothing here logs a token.
+
+use super::close::Ending;
+use crate::authenticate::{renew, Phase, RenewError, SessionState};
+use crate::clock::{instant_at, now_secs, refresh_due_at};
+use crate::refresh::RefreshError;
+use crate::rewrite::UpstreamAuth;
+use crate::session::TokenSet;
+use crate::state::RelayState;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Retry interval for a refresh that failed for a transient reason.
+const REFRESH_RETRY: Duration = Duration::from_secs(5);
+
+pub struct TokenState {
+    /// The token (and AppSync host) injected into every frame.
+    pub auth: UpstreamAuth,
+    /// `exp` of that token.
+    pub expires_at: u64,
+    /// Next renewal (or retry).
+    pub due: Instant,
+    session: SessionState,
+    /// Cognito rotated the refresh token since the browser's cookie was set.
+    rotated: bool,
+}
+
+impl TokenState {
+    pub fn new(
+        auth: UpstreamAuth,
+        expires_at: u64,
+        issued_at: Option<u64>,
+        session: SessionState,
+        refresh_before: Duration,
+    ) -> TokenState {
+        TokenState {
+            due: instant_at(refresh_due_at(expires_at, issued_at, refresh_before)),
+            auth,
+            expires_at,
+            session,
+            rotated: false,
+        }
+    }
+
+    /// Whether the token has at most a second left.
+    pub fn expiring(&self) -> bool {
+        now_secs() + 1 >= self.expires_at
+    }
+
+    /// Renews the token (or ends the session). `Ok(true)` when a new token
+    /// is in place, `Ok(false)` when the next attempt was scheduled.
+    pub async fn renew(&mut self, state: &RelayState) -> Result<bool, Ending> {
+        let cfg = &state.config;
+        if !cfg.mid_connection_refresh {
+            return Err(Ending::Reauthenticate);
+        }
+        let Some(refresh_token) = self.session.refresh_token.clone() else {
+            // Nothing to renew with: the connection ends with the token.
+            if self.expiring() {
+                return Err(Ending::SessionEnded("no_refresh_token"));
+            }
+            self.due = instant_at(self.expires_at);
+            return Ok(false);
+        };
+        let renewed = match renew(
+            state,
+            &refresh_token,
+            &self.session.username,
+            Phase::Connection,
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(RenewError::Refresh(RefreshError::Rejected(_))) => {
+                return Err(Ending::SessionEnded("refresh_rejected"))
+            }
+            Err(RenewError::Refresh(RefreshError::Unavailable(_)) | RenewError::NoToken) => {
+                return self.retry_later()
+            }
+            Err(RenewError::Verify(e)) => {
+                tracing::warn!(reason = e.reason(), "refreshed token does not verify");
+                return self.retry_later();
+            }
+        };
+        self.auth = UpstreamAuth::new(renewed.token, self.auth.host());
+        self.expires_at = renewed.claims.exp;
+        self.due = instant_at(refresh_due_at(
+            renewed.claims.exp,
+            renewed.claims.iat,
+            cfg.refresh_before,
+        ));
+        let tokens = renewed.tokens;
+        if let Some(rotated) = &tokens.refresh_token {
+            self.session.refresh_token = Some(rotated.clone());
+            self.rotated = true;
+        }
+        // The browser's refresh token cookie is stale after a rotation: keep
+        // the current set for its next request through the relay.
+        if self.rotated {
+            if let Some(browser) = self.session.browser_refresh {
+                let latest = TokenSet {
+                    access_token: tokens.access_token.clone(),
+                    id_token: tokens.id_token.clone(),
+                    refresh_token: self.session.refresh_token.clone(),
+                };
+                state
+                    .pending
+                    .record(browser, &self.session.username, Arc::new(latest));
+            }
+        }
+        Ok(true)
+    }
+
+    fn retry_later(&mut self) -> Result<bool, Ending> {
+        if now_secs() >= self.expires_at {
+            // Expired and Cognito unreachable: let the client reconnect; its
+            // handshake tries again and answers precisely.
+            return Err(Ending::Reauthenticate);
+        }
+        self.due = Instant::now() + REFRESH_RETRY;
+        Ok(false)
+    }
+}

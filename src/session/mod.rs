@@ -1,0 +1,27 @@
+//! The user's session as Amplify's server-side auth keeps it: HTTP-only
+//! cookies holding the Cognito tokens. This layer reads them ([`read`]),
+//! writes renewed ones back ([`write`]), and holds renewals made on open
+//! sockets until a request can carry them ([`pending`]).
+//!
+//! It never logs, and every `Debug` it implements redacts tokens.
+//!
+//! # Layout
+//!
+//! - [`names`]: the cookie names and the username encoding inside them.
+//! - [`tokens`]: [`TokenSet`], the tokens a refresh hands out.
+//! - [`read`]: `Cookie` → [`Session`] (refusing ambiguous sessions).
+//! - [`write`]: [`CookiePolicy`] for `Set-Cookie`, and the `Cookie` rewrite
+//!   for requests proxied to the app.
+//! - [`pending`]: [`PendingRenewals`], keyed by refresh-token hash.
+
+pub mod names;
+pub mod pending;
+pub mod read;
+pub mod tokens;
+pub mod write;
+
+pub use names::{cookie_name, encode_username, last_auth_user_cookie, COOKIE_PREFIX};
+pub use pending::PendingRenewals;
+pub use read::{from_headers, Session, SessionError, MAX_COOKIE_HEADER_BYTES};
+pub use tokens::TokenSet;
+pub use write::{rewrite_cookie_header, CookiePolicy, SameSite};

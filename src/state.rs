@@ -1,0 +1,148 @@
+//! What every request handler shares: the validated configuration and the
+//! long-lived parts built from it (verifier, refresher, pending renewals,
+//! metrics, limits, shutdown signals), and the [`App`] seam for everything
+//! that is not a relay route.
+//!
+//! It builds and holds; it decides nothing about a request beyond the two
+//! questions every handler asks the same way (is this browser on HTTPS,
+//! which IP is it).
+
+use crate::config::Config;
+use crate::http_client::{self, HttpClient};
+use crate::limits::ConnectionLimits;
+use crate::metrics::Metrics;
+use crate::refresh::Refresher;
+use crate::response::Body;
+use crate::session::PendingRenewals;
+use crate::upgrade;
+use crate::upstream::UpstreamConfig;
+use crate::verify::{Verifier, VerifierConfig};
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// How long a renewal made on an open socket waits for its browser: as long
+/// as a connection can live upstream (AppSync closes at 24 h).
+const PENDING_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// What serves requests outside `<events-path>` on the public listener
+/// (the demo pages, or the SSR app proxy). Without one they get 404.
+pub trait App: Send + Sync + 'static {
+    /// Answers `req`; `state` gives access to the relay's configuration,
+    /// metrics and pending session renewals (to write them on responses).
+    fn respond<'a>(
+        &'a self,
+        state: &'a Arc<RelayState>,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Pin<Box<dyn Future<Output = Response<Body>> + Send + 'a>>;
+}
+
+/// Everything a request handler needs, shared by all connections.
+pub struct RelayState {
+    pub config: Config,
+    pub verifier: Arc<Verifier>,
+    pub refresher: Arc<Refresher>,
+    /// Renewals made on open sockets, waiting for their browser.
+    pub pending: PendingRenewals,
+    pub upstream: UpstreamConfig,
+    pub http: HttpClient,
+    pub metrics: Arc<Metrics>,
+    pub ws_config: WebSocketConfig,
+    /// Fires when shutdown starts: readiness drops to 503.
+    pub draining: CancellationToken,
+    /// Fires after the drain delay: listeners stop accepting.
+    pub stop_accepting: CancellationToken,
+    /// Fires when open relays must close (1001 to the browser).
+    pub shutdown: CancellationToken,
+    /// Every relayed connection, so shutdown can wait for them.
+    pub tracker: TaskTracker,
+    /// Serves everything that is not a relay route.
+    pub app: Option<Arc<dyn App>>,
+    /// Connection admission limits.
+    pub limits: Arc<ConnectionLimits>,
+    /// The AppSync real-time host resolved at the last check.
+    pub upstream_resolvable: AtomicBool,
+}
+
+impl RelayState {
+    pub fn new(config: Config, app: Option<Arc<dyn App>>) -> Arc<RelayState> {
+        let http = http_client::build(config.upstream_timeout);
+        let verifier = Verifier::new(
+            VerifierConfig {
+                issuer: config.issuer.clone(),
+                jwks_url: config.jwks_url.clone(),
+                client_id: config.client_id.clone(),
+                token_use: config.token_use,
+                leeway: config.jwt_leeway,
+                jwks_refetch_interval: config.jwks_refetch_interval,
+                fetch_timeout: config.upstream_timeout,
+                cache_capacity: config.token_cache_size,
+            },
+            http.clone(),
+        );
+        let refresher = Refresher::new(config.refresh.clone(), http.clone());
+        let pending = PendingRenewals::new(config.token_cache_size, PENDING_TTL);
+        let ws_config = upgrade::ws_config(config.max_message_bytes);
+        let upstream = UpstreamConfig {
+            realtime_url: config.realtime_endpoint.to_string(),
+            http_host: config.http_host.clone(),
+            connect_timeout: config.upstream_timeout,
+            ws_config,
+            tls: http_client::tls_client_config(),
+        };
+        Arc::new(RelayState {
+            verifier,
+            refresher,
+            pending,
+            upstream,
+            http,
+            metrics: Arc::new(Metrics::new()),
+            ws_config,
+            draining: CancellationToken::new(),
+            stop_accepting: CancellationToken::new(),
+            shutdown: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+            limits: ConnectionLimits::new(config.limits.clone()),
+            upstream_resolvable: AtomicBool::new(false),
+            app,
+            config,
+        })
+    }
+
+    /// Whether the request reached the browser over HTTPS, which decides the
+    /// `Secure` attribute of cookies written back: our own TLS, an allowed
+    /// `https://` Origin (the page is on https), or `X-Forwarded-Proto:
+    /// https` from a peer in `--trust-forwarded`.
+    pub fn is_secure(&self, headers: &hyper::HeaderMap, peer: SocketAddr) -> bool {
+        if self.config.tls.is_some() {
+            return true;
+        }
+        let https_origin = headers
+            .get(hyper::header::ORIGIN)
+            .and_then(|o| o.to_str().ok())
+            .is_some_and(|o| o.starts_with("https://"));
+        https_origin || self.config.trust_forwarded.forwarded_https(headers, peer)
+    }
+
+    /// The client's IP (see [`crate::forwarded::TrustedProxies::client_ip`]).
+    pub fn client_ip(&self, headers: &hyper::HeaderMap, peer: SocketAddr) -> IpAddr {
+        self.config.trust_forwarded.client_ip(headers, peer)
+    }
+
+    /// Ready to take traffic: signing keys loaded, upstream resolvable, and
+    /// not shutting down.
+    pub fn is_ready(&self) -> bool {
+        self.verifier.is_ready()
+            && self.upstream_resolvable.load(Ordering::Acquire)
+            && !self.draining.is_cancelled()
+    }
+}
