@@ -127,12 +127,6 @@ impl CertStore {
         }))
     }
 
-    /// The certificate being served now (its end-entity DER), for tests and logs.
-    pub fn current_cert_der(&self) -> Vec<u8> {
-        let key = self.current();
-        key.cert.first().map(|c| c.to_vec()).unwrap_or_default()
-    }
-
     fn current(&self) -> Arc<CertifiedKey> {
         match self.current.read() {
             Ok(g) => g.clone(),
