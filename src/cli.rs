@@ -240,6 +240,9 @@ pub struct ServeArgs {
     /// Close WebSockets after this many seconds without a frame other than keep-alives either way (0 = never).
     #[arg(long, env = "APPSYNC_RELAY_IDLE_TIMEOUT", default_value_t = 0)]
     pub idle_timeout: u64,
+    /// Seconds one frame may take to be written to either side; a browser that stops reading is disconnected, an upstream that stops reading is re-dialled.
+    #[arg(long, env = "APPSYNC_RELAY_SEND_TIMEOUT", default_value_t = 30)]
+    pub send_timeout: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

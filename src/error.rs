@@ -36,6 +36,8 @@ pub enum RelayError {
     MethodNotAllowed,
     #[error("not found")]
     NotFound,
+    #[error("the relay is shutting down")]
+    Draining,
     #[error("limit reached: {0}")]
     Limit(#[from] LimitHit),
     #[error("session could not be renewed: {0}")]
@@ -58,6 +60,7 @@ impl RelayError {
             }
             RelayError::Session(_) => StatusCode::UNAUTHORIZED,
             RelayError::Limit(_) => StatusCode::TOO_MANY_REQUESTS,
+            RelayError::Draining => StatusCode::SERVICE_UNAVAILABLE,
             RelayError::Token(VerifyError::JwksUnavailable) => StatusCode::SERVICE_UNAVAILABLE,
             RelayError::Token(_) => StatusCode::UNAUTHORIZED,
             RelayError::Refresh(RefreshError::Rejected(_)) => StatusCode::UNAUTHORIZED,
@@ -82,6 +85,7 @@ impl RelayError {
             RelayError::Session(e) => e.reason(),
             RelayError::Token(e) => e.reason(),
             RelayError::Limit(hit) => hit.reason(),
+            RelayError::Draining => "draining",
             RelayError::Refresh(RefreshError::Rejected(_)) => "session_ended",
             RelayError::Refresh(_) => "refresh_unavailable",
             RelayError::BodyTooLarge => "body_too_large",

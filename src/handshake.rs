@@ -1,6 +1,9 @@
 //! `GET <events-path>/realtime`: deciding whether a browser gets a 101, in
 //! the contract's order, then handing both sockets to the relay.
 //!
+//! 0. listeners still accepting → else 503 (during the drain delay new
+//!    clients are still served; after it, a keep-alive connection could
+//!    still carry a new upgrade, and gets 503)
 //! 1. valid WebSocket upgrade → else 400
 //! 2. Origin in the allowlist → else 403 (then: relay full → 429)
 //! 3. `aws-appsync-event-ws` offered → else 400 (`header-…` offers ignored)
@@ -10,8 +13,9 @@
 //! 7. 101 selecting `aws-appsync-event-ws`
 //!
 //! [`accept`] is that list as code. Each refusal is logged once, with a
-//! bounded reason and never a token or cookie value, and counted in
-//! `handshakes_total{outcome=<reason>}`.
+//! bounded reason and never a token or cookie value, counted in
+//! `handshakes_total{outcome=<reason>}`, and sent with `Connection: close`:
+//! a refused upgrade's connection is not kept alive to hold memory.
 
 use crate::authenticate::{authenticate, Authenticated};
 use crate::error::RelayError;
@@ -60,7 +64,10 @@ pub async fn respond(
         }
         Err(e) => {
             record_refused(&state, &e, peer);
-            e.into_response()
+            let mut resp = e.into_response();
+            resp.headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
+            resp
         }
     }
 }
@@ -71,6 +78,9 @@ async fn accept(
     req: &Request<Incoming>,
     peer: SocketAddr,
 ) -> Result<Accepted, RelayError> {
+    if state.stop_accepting.is_cancelled() {
+        return Err(RelayError::Draining);
+    }
     let accept_key = upgrade::check_upgrade(req)?;
     state.config.origins.check(req.headers())?;
     // Full already? Refuse before spending any verification work.

@@ -18,7 +18,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => args.log_format,
         _ => LogFormat::Text,
     };
-    init_tracing(format);
+    let _log_flush = init_tracing(format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -36,14 +36,28 @@ fn main() -> ExitCode {
     }
 }
 
+/// Log lines that may wait for stderr before new ones are dropped.
+const LOG_QUEUE_LINES: usize = 65_536;
+
 /// Logs go to stderr, filtered by `APPSYNC_RELAY_LOG` (default `info`),
 /// as text or one JSON object per line.
-fn init_tracing(format: LogFormat) {
+///
+/// Lines are written by a dedicated thread through a bounded queue, and
+/// dropped (not waited for) when the queue is full: a slow or stuck log
+/// consumer (an undrained pipe, a blocked terminal) must never stop the
+/// runtime's threads from relaying. The returned guard flushes what is
+/// queued when `main` returns.
+fn init_tracing(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_env("APPSYNC_RELAY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(LOG_QUEUE_LINES)
+        .thread_name("appsync-relay-log")
+        .finish(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder
@@ -52,6 +66,7 @@ fn init_tracing(format: LogFormat) {
             .with_current_span(false)
             .init(),
     }
+    guard
 }
 
 fn usage_error(errors: &[String]) -> ExitCode {

@@ -617,3 +617,103 @@ async fn resource_attacks_leave_good_clients_served_and_memory_flat() {
     );
     assert!(!metrics.contains("eyJ"));
 }
+
+/// A raw upgrade request head for the realtime path.
+fn raw_upgrade(cookie: Option<&str>) -> String {
+    let cookie = cookie
+        .map(|c| format!("Cookie: {c}\r\n"))
+        .unwrap_or_default();
+    format!(
+        "GET /event/realtime HTTP/1.1\r\nHost: relay\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Protocol: aws-appsync-event-ws\r\nOrigin: {ORIGIN}\r\n{cookie}\r\n"
+    )
+}
+
+/// Reads one response head (up to the blank line) from `stream`.
+async fn read_head(stream: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut byte))
+            .await
+            .expect("response head in time")
+            .unwrap();
+        assert!(n == 1, "connection closed before a response head");
+        buf.push(byte[0]);
+    }
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+#[tokio::test]
+async fn refused_upgrades_do_not_keep_their_connection_alive() {
+    use tokio::io::AsyncReadExt;
+    let stack = Stack::start().await;
+    let mut tcp = tokio::net::TcpStream::connect(stack.relay.public_addr)
+        .await
+        .unwrap();
+    tcp.write_all(raw_upgrade(None).as_bytes()).await.unwrap();
+    let head = read_head(&mut tcp).await;
+    assert!(head.starts_with("HTTP/1.1 401"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("connection: close"),
+        "{head}"
+    );
+    // The relay closes after the body: the socket reads to its end.
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(3), tcp.read_to_end(&mut rest)).await;
+    assert!(
+        matches!(closed, Ok(Ok(_))),
+        "a refused upgrade's connection was kept open"
+    );
+}
+
+#[tokio::test]
+async fn no_upgrade_is_accepted_once_the_listeners_stopped_accepting() {
+    let Stack {
+        relay,
+        jwks,
+        emulator,
+        cognito,
+    } = Stack::start().await;
+    let token = sign(&access_claims(&jwks.issuer()), signing_key());
+    let cookie = amplify_cookies(Some(&token), None);
+    // A keep-alive connection opened before the drain: one request on it.
+    let mut tcp = tokio::net::TcpStream::connect(relay.public_addr)
+        .await
+        .unwrap();
+    tcp.write_all(b"GET /nowhere HTTP/1.1\r\nHost: relay\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_head(&mut tcp).await;
+    assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length: ")
+                .map(|v| v.trim().parse().unwrap())
+        })
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    tokio::io::AsyncReadExt::read_exact(&mut tcp, &mut body)
+        .await
+        .unwrap();
+
+    let state = relay.state.clone();
+    let drain = tokio::spawn(relay.shutdown(Duration::from_millis(100), Duration::from_secs(3)));
+    while !state.stop_accepting.is_cancelled() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tcp.write_all(raw_upgrade(Some(&cookie)).as_bytes())
+        .await
+        .unwrap();
+    let head = read_head(&mut tcp).await;
+    assert!(
+        head.starts_with("HTTP/1.1 503"),
+        "an upgrade after the listeners closed got: {head}"
+    );
+    drain.await.unwrap();
+    drop((jwks, emulator, cognito));
+}

@@ -63,6 +63,8 @@ pub struct Config {
     pub drain_delay: Duration,
     pub log_format: LogFormat,
     pub limits: Limits,
+    /// How long one frame may take to be written to either side.
+    pub send_timeout: Duration,
 }
 
 impl Config {
@@ -225,6 +227,9 @@ impl Config {
         if args.handshake_timeout == 0 {
             errors.push("--handshake-timeout: must be at least 1 second".to_string());
         }
+        if args.send_timeout == 0 || args.send_timeout > 3600 {
+            errors.push("--send-timeout: must be between 1 and 3600 seconds".to_string());
+        }
         if args.max_subscriptions == 0 {
             errors.push("--max-subscriptions: must be at least 1".to_string());
         }
@@ -285,6 +290,7 @@ impl Config {
                 app_upstream,
                 drain_delay: Duration::from_secs(args.drain_delay),
                 log_format: args.log_format,
+                send_timeout: Duration::from_secs(args.send_timeout),
                 limits: Limits {
                     max_connections: args.max_connections,
                     max_connections_per_user: args.max_connections_per_user,

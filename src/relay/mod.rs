@@ -9,6 +9,7 @@
 //! - [`pump`]: the `select!` loop and the per-frame limits.
 //! - [`subscriptions`]: what the browser subscribed to, for replay.
 //! - [`token`]: the token in use and its renewal.
+//! - [`slot`]: the one frame in flight per direction, and its send timeout.
 //! - [`redial`]: a new upstream with everything replayed.
 //! - [`close`]: endings, close codes, the closing handshake.
 //! - [`counters`]: per-connection figures and metric handles.
@@ -17,6 +18,7 @@ pub mod close;
 pub mod counters;
 pub mod pump;
 pub mod redial;
+pub mod slot;
 pub mod subscriptions;
 pub mod token;
 

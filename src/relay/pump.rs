@@ -1,29 +1,39 @@
-//! The per-connection loop: one task owns both sockets and waits, in one
-//! `select!`, for a browser frame, an upstream frame, or its next deadline
-//! (token renewal, max age, idle).
+//! The per-connection loop: one task owns both sockets and waits for the
+//! next event — a browser frame, an upstream frame, a write completing, or a
+//! deadline (token renewal, max age, idle, a write that takes too long).
 //!
 //! - a **browser frame** is validated and stripped of any auth it carries
 //!   ([`crate::rewrite::prepare_client_frame`]), checked against the
-//!   connection's limits, and sent with the *current* token injected; bad
-//!   frames are answered locally;
-//! - an **upstream frame** is forwarded to the browser as the same bytes it
+//!   connection's limits, and queued for upstream with the *current* token
+//!   injected; bad frames are answered locally;
+//! - an **upstream frame** is queued for the browser as the same bytes it
 //!   arrived in (no parse, no copy), except acknowledgements of replayed
 //!   subscriptions;
 //! - on an upstream drop the connection re-dials ([`super::redial`]).
 //!
-//! While a frame is being written to one side, neither side is read: each
-//! peer's TCP window is the only buffer, so a slow peer slows its own
-//! traffic instead of growing the relay's memory (measured: dropping the
-//! per-connection channel and stream split took idle cost from 21.8 to
-//! 16.5 KiB and removed the split lock from the hot path). Cold paths
-//! (re-dial, renewal) are boxed so they do not enlarge every idle
-//! connection's task. Pings are answered by tungstenite on each leg. This
-//! module never logs frame contents or tokens.
+//! **Full duplex, one frame in flight per direction.** Each direction has
+//! one write slot. While the slot towards upstream is busy, the browser is
+//! not read (its TCP window is the buffer, so a slow AppSync slows that
+//! browser's publishes instead of growing the relay's memory); frames from
+//! upstream keep flowing to the browser meanwhile, and the other way round.
+//! A relay that stopped reading both sides while one write was pending
+//! could deadlock with any peer that also writes before it reads: each
+//! side's buffer full, each waiting for the other (the stall
+//! `tests/stall.rs` reproduces). Local replies wait in a short queue for the
+//! browser's slot; when it is full the browser is not read either.
+//!
+//! Every write is bounded by `--send-timeout`: a browser that stops reading
+//! is disconnected, an upstream that stops reading is re-dialled, and the
+//! connection's timers keep running either way. Cold paths (re-dial,
+//! renewal) are boxed so they do not enlarge every idle connection's task.
+//! Pings are answered by tungstenite on each leg. This module never logs
+//! frame contents or tokens.
 
 use super::close::{self, client_error, redialable, Ending};
 use super::counters::{FrameCounters, Stats};
 use super::redial::redial;
-use super::subscriptions::Subscriptions;
+use super::slot::WriteSlot;
+use super::subscriptions::{Refusal, Subscriptions};
 use super::token::TokenState;
 use crate::limits::TokenBucket;
 use crate::metrics::frame_type_label;
@@ -31,12 +41,30 @@ use crate::protocol::{error_frame, error_type};
 use crate::rewrite::{prepare_client_frame, render, FrameKind, Prepared};
 use crate::state::RelayState;
 use crate::upstream::UpstreamSocket;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::Stream;
+use std::collections::VecDeque;
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
+use tokio_tungstenite::tungstenite::error::Error as WsError;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
+
+/// Local replies (errors for refused frames) that may wait for the
+/// browser's write slot before the browser is no longer read.
+const MAX_QUEUED_REPLIES: usize = 16;
+
+/// What woke the loop.
+enum Event {
+    Client(Option<Result<Message, WsError>>),
+    Upstream(Option<Result<Message, WsError>>),
+    ClientWriteFailed,
+    UpstreamWriteFailed,
+    Timer,
+}
 
 /// Everything one relayed connection owns besides the browser's socket.
 pub struct Connection {
@@ -44,6 +72,9 @@ pub struct Connection {
     token: TokenState,
     subs: Subscriptions,
     pub upstream: UpstreamSocket,
+    to_upstream: WriteSlot,
+    to_client: WriteSlot,
+    replies: VecDeque<String>,
     max_age_at: Option<Instant>,
     /// Publishes allowed per second on this connection.
     publish_bucket: Option<TokenBucket>,
@@ -56,12 +87,18 @@ impl Connection {
     pub fn new(state: Arc<RelayState>, upstream: UpstreamSocket, token: TokenState) -> Connection {
         let now = Instant::now();
         Connection {
-            max_age_at: state.config.max_session_age.map(|age| now + age),
+            max_age_at: state
+                .config
+                .max_session_age
+                .and_then(|age| now.checked_add(age)),
             publish_bucket: TokenBucket::new(state.config.limits.publish_rate),
             state,
             token,
             subs: Subscriptions::default(),
             upstream,
+            to_upstream: WriteSlot::default(),
+            to_client: WriteSlot::default(),
+            replies: VecDeque::new(),
             last_activity: now,
             stats: Stats::default(),
         }
@@ -81,23 +118,13 @@ impl Connection {
         let sleep = tokio::time::sleep_until(self.token.due);
         tokio::pin!(sleep);
         loop {
-            let idle_at = self
-                .state
-                .config
-                .limits
-                .idle_timeout
-                .map(|t| self.last_activity + t);
-            let deadline = [Some(self.token.due), self.max_age_at, idle_at]
-                .into_iter()
-                .flatten()
-                .min()
-                .unwrap_or(self.token.due);
+            let deadline = self.next_deadline();
             if sleep.deadline() != deadline {
                 sleep.as_mut().reset(deadline);
             }
-            tokio::select! {
-                biased;
-                msg = client.next() => {
+            let event = poll_fn(|cx| self.poll_event(client, sleep.as_mut(), cx)).await;
+            match event {
+                Event::Client(msg) => {
                     let msg = match msg {
                         None => return Ending::ClientGone,
                         Some(Err(e)) => return client_error(&e),
@@ -107,7 +134,9 @@ impl Connection {
                         Message::Text(text) => text,
                         Message::Binary(_) => return Ending::ClientBinary,
                         Message::Close(frame) => {
-                            return Ending::ClientClosed(frame.map(|f| u16::from(f.code)).unwrap_or(close::NORMAL))
+                            return Ending::ClientClosed(
+                                frame.map(|f| u16::from(f.code)).unwrap_or(close::NORMAL),
+                            )
                         }
                         Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
                     };
@@ -115,10 +144,10 @@ impl Connection {
                     let (kind, body) = match prepare_client_frame(&original) {
                         Prepared::Reply(reply) => {
                             self.stats.local_replies += 1;
-                            frame_counters.get(&metrics, "local_reply", frame_type_label(&reply)).inc();
-                            if client.send(Message::Text(reply.into())).await.is_err() {
-                                return Ending::ClientGone;
-                            }
+                            frame_counters
+                                .get(&metrics, "local_reply", frame_type_label(&reply))
+                                .inc();
+                            self.replies.push_back(reply);
                             continue;
                         }
                         Prepared::Forward { kind, body } => (kind, body),
@@ -131,33 +160,31 @@ impl Connection {
                         FrameKind::Other => frame_type_label(&original),
                     };
                     if let Some(reply) = self.admit(&kind) {
-                        if client.send(Message::Text(reply.into())).await.is_err() {
-                            return Ending::ClientGone;
-                        }
+                        self.replies.push_back(reply);
                         continue;
                     }
-                    let text: Utf8Bytes = render(body, &self.token.auth).map(Into::into).unwrap_or(original);
+                    let text: Utf8Bytes = render(body, &self.token.auth)
+                        .map(Into::into)
+                        .unwrap_or(original);
                     let len = text.len() as u64;
-                    if self.upstream.send(Message::Text(text.clone())).await.is_err() {
-                        if let Err(e) = Box::pin(self.redial(Ending::UpstreamGone)).await {
-                            return e;
-                        }
-                        // Subscriptions were replayed; anything else is sent again once.
-                        if !matches!(kind, FrameKind::Subscribe { .. } | FrameKind::ConnectionInit)
-                            && self.upstream.send(Message::Text(text)).await.is_err()
-                        {
-                            return Ending::UpstreamGone;
-                        }
-                    }
+                    let resend = !matches!(
+                        kind,
+                        FrameKind::Subscribe { .. } | FrameKind::ConnectionInit
+                    );
+                    self.to_upstream.put(Message::Text(text), resend);
                     self.stats.frames_to_upstream += 1;
                     self.stats.bytes_to_upstream += len;
-                    frame_counters.get(&metrics, "client_to_upstream", label).inc();
+                    frame_counters
+                        .get(&metrics, "client_to_upstream", label)
+                        .inc();
                     bytes_up.inc_by(len);
                 }
-                msg = self.upstream.next() => {
+                Event::Upstream(msg) => {
                     let msg = match msg {
                         None | Some(Err(_)) => {
-                            if let Err(e) = Box::pin(self.redial(Ending::UpstreamGone)).await { return e; }
+                            if let Err(e) = Box::pin(self.redial(Ending::UpstreamGone)).await {
+                                return e;
+                            }
                             continue;
                         }
                         Some(Ok(msg)) => msg,
@@ -175,41 +202,146 @@ impl Connection {
                         }
                         Message::Binary(b) => (b.len() as u64, "binary"),
                         Message::Close(frame) => {
-                            let code = frame.as_ref().map(|f| u16::from(f.code)).unwrap_or(close::NORMAL);
+                            let code = frame
+                                .as_ref()
+                                .map(|f| u16::from(f.code))
+                                .unwrap_or(close::NORMAL);
                             if !redialable(code) {
                                 return Ending::UpstreamClosed(code);
                             }
-                            if let Err(e) = Box::pin(self.redial(Ending::UpstreamClosed(code))).await { return e; }
+                            if let Err(e) =
+                                Box::pin(self.redial(Ending::UpstreamClosed(code))).await
+                            {
+                                return e;
+                            }
                             continue;
                         }
                         Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
                     };
                     // Forwarded as received: the same bytes, no re-serialisation.
-                    if client.send(msg).await.is_err() {
-                        return Ending::ClientGone;
-                    }
+                    self.to_client.put(msg, false);
                     self.stats.frames_to_client += 1;
                     self.stats.bytes_to_client += len;
-                    frame_counters.get(&metrics, "upstream_to_client", label).inc();
+                    frame_counters
+                        .get(&metrics, "upstream_to_client", label)
+                        .inc();
                     bytes_down.inc_by(len);
                 }
-                _ = &mut sleep => {
-                    let now = Instant::now();
-                    if self.max_age_at.is_some_and(|max| now >= max) {
-                        return Ending::SessionEnded("max_session_age");
+                Event::ClientWriteFailed => return Ending::ClientGone,
+                Event::UpstreamWriteFailed => {
+                    if let Err(e) = Box::pin(self.redial(Ending::UpstreamGone)).await {
+                        return e;
                     }
-                    if idle_at.is_some_and(|idle| now >= idle) {
-                        metrics.limits_hit.with_label_values(&["idle_timeout"]).inc();
-                        return Ending::Idle;
-                    }
-                    if now >= self.token.due {
-                        if let Err(e) = Box::pin(self.renew()).await {
-                            return e;
-                        }
+                }
+                Event::Timer => {
+                    if let Some(ending) = self.on_timer().await {
+                        return ending;
                     }
                 }
             }
         }
+    }
+
+    /// The earliest of every deadline the connection has.
+    fn next_deadline(&self) -> Instant {
+        let send_timeout = self.state.config.send_timeout;
+        let idle_at = self
+            .state
+            .config
+            .limits
+            .idle_timeout
+            .and_then(|t| self.last_activity.checked_add(t));
+        let writes = [&self.to_client, &self.to_upstream]
+            .into_iter()
+            .filter_map(|slot| slot.deadline(send_timeout));
+        [Some(self.token.due), self.max_age_at, idle_at]
+            .into_iter()
+            .flatten()
+            .chain(writes)
+            .min()
+            .unwrap_or(self.token.due)
+    }
+
+    /// Writes first (they free slots), then reads where a slot is free,
+    /// then the timer.
+    fn poll_event<C>(
+        &mut self,
+        client: &mut WebSocketStream<C>,
+        sleep: Pin<&mut Sleep>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Event>
+    where
+        C: AsyncRead + AsyncWrite + Unpin,
+    {
+        loop {
+            if !self.to_client.is_busy() {
+                if let Some(reply) = self.replies.pop_front() {
+                    self.to_client.put(Message::Text(reply.into()), false);
+                }
+            }
+            let mut progressed = false;
+            if self.to_client.is_busy() {
+                match self.to_client.drive(client, cx) {
+                    Poll::Ready(true) => progressed = true,
+                    Poll::Ready(false) => return Poll::Ready(Event::ClientWriteFailed),
+                    Poll::Pending => {}
+                }
+            }
+            if self.to_upstream.is_busy() {
+                match self.to_upstream.drive(&mut self.upstream, cx) {
+                    Poll::Ready(true) => progressed = true,
+                    Poll::Ready(false) => return Poll::Ready(Event::UpstreamWriteFailed),
+                    Poll::Pending => {}
+                }
+            }
+            if !progressed {
+                break;
+            }
+        }
+        if !self.to_upstream.is_busy() && self.replies.len() < MAX_QUEUED_REPLIES {
+            if let Poll::Ready(msg) = Pin::new(&mut *client).poll_next(cx) {
+                return Poll::Ready(Event::Client(msg));
+            }
+        }
+        if !self.to_client.is_busy() {
+            if let Poll::Ready(msg) = Pin::new(&mut self.upstream).poll_next(cx) {
+                return Poll::Ready(Event::Upstream(msg));
+            }
+        }
+        sleep.poll(cx).map(|()| Event::Timer)
+    }
+
+    /// Whichever deadline passed: a write that takes too long, max age,
+    /// idle, or the token's renewal.
+    async fn on_timer(&mut self) -> Option<Ending> {
+        let now = Instant::now();
+        let send_timeout = self.state.config.send_timeout;
+        if self.to_client.overdue(now, send_timeout) {
+            self.limit_hit("send_timeout");
+            return Some(Ending::ClientGone);
+        }
+        if self.to_upstream.overdue(now, send_timeout) {
+            self.limit_hit("send_timeout");
+            if let Err(e) = Box::pin(self.redial(Ending::UpstreamGone)).await {
+                return Some(e);
+            }
+            return None;
+        }
+        if self.max_age_at.is_some_and(|max| now >= max) {
+            return Some(Ending::SessionEnded("max_session_age"));
+        }
+        let idle_timeout = self.state.config.limits.idle_timeout;
+        let idle_at = idle_timeout.and_then(|t| self.last_activity.checked_add(t));
+        if idle_at.is_some_and(|idle| now >= idle) {
+            self.limit_hit("idle_timeout");
+            return Some(Ending::Idle);
+        }
+        if now >= self.token.due {
+            if let Err(e) = Box::pin(self.renew()).await {
+                return Some(e);
+            }
+        }
+        None
     }
 
     /// Bookkeeping and limits for a frame about to go upstream. Returns a
@@ -220,7 +352,7 @@ impl Connection {
             FrameKind::Subscribe { id, channel } => {
                 let max = self.state.config.limits.max_subscriptions;
                 if let Err(refusal) = self.subs.add(id, channel, max) {
-                    if refusal == super::subscriptions::Refusal::TooMany {
+                    if refusal == Refusal::TooMany {
                         self.limit_hit("max_subscriptions");
                     }
                     return Some(error_frame(
@@ -265,6 +397,8 @@ impl Connection {
         Ok(())
     }
 
+    /// A new upstream; a frame that was on its way up is sent again on it
+    /// unless the replay re-created it.
     async fn redial(&mut self, cause: Ending) -> Result<(), Ending> {
         let socket = redial(
             &self.state,
@@ -275,6 +409,7 @@ impl Connection {
         )
         .await?;
         self.upstream = socket;
+        self.to_upstream.after_redial();
         Ok(())
     }
 }
