@@ -82,6 +82,7 @@ fn verifier(
             leeway: Duration::from_secs(10),
             jwks_refetch_interval: Duration::from_secs(10),
             fetch_timeout: Duration::from_secs(5),
+            jwks_refresh_interval: Duration::from_secs(600),
             cache_capacity,
         },
         appsync_relay::http_client::build(Duration::from_secs(5)),

@@ -191,6 +191,16 @@ pub struct ServeArgs {
     /// The SSR app to front: every request outside the events path is proxied there (http://host:port).
     #[arg(long, env = "APPSYNC_RELAY_APP_UPSTREAM")]
     pub app_upstream: Option<String>,
+    /// Request header never passed from the browser to the app (repeatable; replaces the default list: Next.js's x-middleware-subrequest and its other internal x-middleware-* / x-invoke-* headers; give "none" to strip nothing).
+    #[arg(
+        long = "strip-request-header",
+        env = "APPSYNC_RELAY_STRIP_REQUEST_HEADERS",
+        value_delimiter = ','
+    )]
+    pub strip_request_headers: Vec<String>,
+    /// The origin browsers use (scheme://host[:port]) when a proxy in front terminates TLS without sending X-Forwarded-Proto: https here makes the cookies the relay writes Secure.
+    #[arg(long, env = "APPSYNC_RELAY_PUBLIC_ORIGIN")]
+    pub public_origin: Option<String>,
     /// Seconds to connect to the app upstream before answering 502.
     #[arg(long, env = "APPSYNC_RELAY_APP_CONNECT_TIMEOUT", default_value_t = 5)]
     pub app_connect_timeout: u64,
@@ -240,6 +250,33 @@ pub struct ServeArgs {
     /// Close WebSockets after this many seconds without a frame other than keep-alives either way (0 = never).
     #[arg(long, env = "APPSYNC_RELAY_IDLE_TIMEOUT", default_value_t = 0)]
     pub idle_timeout: u64,
+    /// Seconds the signing keys are kept before the JWKS is fetched again (a key withdrawn from it stops verifying within about this long).
+    #[arg(
+        long,
+        env = "APPSYNC_RELAY_JWKS_REFRESH_INTERVAL",
+        default_value_t = 600
+    )]
+    pub jwks_refresh_interval: u64,
+    /// Lifetime of the app client's refresh tokens, seconds (Cognito's default: 30 days): a token issued longer ago than this is refused without asking Cognito.
+    #[arg(
+        long,
+        env = "APPSYNC_RELAY_REFRESH_TOKEN_VALIDITY",
+        default_value_t = 2_592_000
+    )]
+    pub refresh_token_validity: u64,
+    /// Cognito refresh calls per minute per client IP (burst of the same size; 0 = no limit); over it the request gets 429.
+    #[arg(long, env = "APPSYNC_RELAY_REFRESH_RATE_PER_IP", default_value_t = 60)]
+    pub refresh_rate_per_ip: u32,
+    /// Cognito refresh calls per minute per user (`sub`; burst of the same size; 0 = no limit); over it 429.
+    #[arg(
+        long,
+        env = "APPSYNC_RELAY_REFRESH_RATE_PER_USER",
+        default_value_t = 10
+    )]
+    pub refresh_rate_per_user: u32,
+    /// Seconds an HTTP publish body may take to arrive; beyond it 408.
+    #[arg(long, env = "APPSYNC_RELAY_BODY_TIMEOUT", default_value_t = 10)]
+    pub body_timeout: u64,
     /// Seconds one frame may take to be written to either side; a browser that stops reading is disconnected, an upstream that stops reading is re-dialled.
     #[arg(long, env = "APPSYNC_RELAY_SEND_TIMEOUT", default_value_t = 30)]
     pub send_timeout: u64,

@@ -32,6 +32,8 @@ pub enum RelayError {
     BodyTooLarge,
     #[error("could not read the request body")]
     BodyRead,
+    #[error("the request body did not arrive in time")]
+    BodyTimeout,
     #[error("method not allowed")]
     MethodNotAllowed,
     #[error("not found")]
@@ -67,6 +69,7 @@ impl RelayError {
             RelayError::Refresh(_) => StatusCode::SERVICE_UNAVAILABLE,
             RelayError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             RelayError::BodyRead => StatusCode::BAD_REQUEST,
+            RelayError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             RelayError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             RelayError::NotFound => StatusCode::NOT_FOUND,
             RelayError::Upstream(UpstreamError::Unauthorized(_)) => StatusCode::UNAUTHORIZED,
@@ -90,6 +93,7 @@ impl RelayError {
             RelayError::Refresh(_) => "refresh_unavailable",
             RelayError::BodyTooLarge => "body_too_large",
             RelayError::BodyRead => "body_unreadable",
+            RelayError::BodyTimeout => "body_timeout",
             RelayError::MethodNotAllowed => "method_not_allowed",
             RelayError::NotFound => "not_found",
             RelayError::Upstream(e) => e.reason(),
@@ -115,6 +119,7 @@ impl RelayError {
             StatusCode::NOT_FOUND => "not_found",
             StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
             StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+            StatusCode::REQUEST_TIMEOUT => "request_timeout",
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => "headers_too_large",
             StatusCode::BAD_GATEWAY => "bad_gateway",
             StatusCode::GATEWAY_TIMEOUT => "gateway_timeout",

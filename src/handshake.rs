@@ -7,17 +7,21 @@
 //! 1. valid WebSocket upgrade → else 400
 //! 2. Origin in the allowlist → else 403 (then: relay full → 429)
 //! 3. `aws-appsync-event-ws` offered → else 400 (`header-…` offers ignored)
-//! 4. session cookie present and its token verifies, renewed if due → else 401
+//! 4. session cookie present and its token genuine → else 401
 //! 5. admission per user and per client IP → else 429
-//! 6. upstream connected with the token → 401 / 502 / 504
-//! 7. 101 selecting `aws-appsync-event-ws`
+//! 6. token renewed if due (within the refresh budgets) → else 401 / 429 / 503
+//! 7. upstream connected with the token → 401 / 502 / 504
+//! 8. 101 selecting `aws-appsync-event-ws`
+//!
+//! Once the session was renewed, every answer carries the new cookies, the
+//! refusals too.
 //!
 //! [`accept`] is that list as code. Each refusal is logged once, with a
 //! bounded reason and never a token or cookie value, counted in
 //! `handshakes_total{outcome=<reason>}`, and sent with `Connection: close`:
 //! a refused upgrade's connection is not kept alive to hold memory.
 
-use crate::authenticate::{authenticate, Authenticated};
+use crate::authenticate::{complete, identify, Authenticated};
 use crate::error::RelayError;
 use crate::limits::{ConnectionPermit, LimitHit};
 use crate::protocol;
@@ -49,6 +53,26 @@ struct Accepted {
     permit: ConnectionPermit,
 }
 
+/// A refusal, with the renewed session cookies it must still carry when
+/// the session was renewed (or a pending renewal taken) before the step
+/// that failed: Cognito may already have rotated the refresh token.
+struct Refused {
+    error: RelayError,
+    set_cookies: Vec<HeaderValue>,
+}
+
+impl<E> From<E> for Refused
+where
+    RelayError: From<E>,
+{
+    fn from(error: E) -> Refused {
+        Refused {
+            error: error.into(),
+            set_cookies: Vec::new(),
+        }
+    }
+}
+
 /// Answers an upgrade request: a 101 (and the relay task), or the refusal.
 pub async fn respond(
     state: Arc<RelayState>,
@@ -62,11 +86,14 @@ pub async fn respond(
             let on_upgrade = hyper::upgrade::on(&mut req);
             switch_protocols(state, accepted, on_upgrade, peer)
         }
-        Err(e) => {
-            record_refused(&state, &e, peer);
-            let mut resp = e.into_response();
-            resp.headers_mut()
-                .insert(CONNECTION, HeaderValue::from_static("close"));
+        Err(Refused { error, set_cookies }) => {
+            record_refused(&state, &error, peer);
+            let mut resp = error.into_response();
+            let h = resp.headers_mut();
+            h.insert(CONNECTION, HeaderValue::from_static("close"));
+            for cookie in set_cookies {
+                h.append(SET_COOKIE, cookie);
+            }
             resp
         }
     }
@@ -77,38 +104,55 @@ async fn accept(
     state: &RelayState,
     req: &Request<Incoming>,
     peer: SocketAddr,
-) -> Result<Accepted, RelayError> {
+) -> Result<Accepted, Refused> {
     if state.stop_accepting.is_cancelled() {
-        return Err(RelayError::Draining);
+        return Err(RelayError::Draining.into());
     }
     let accept_key = upgrade::check_upgrade(req)?;
     state.config.origins.check(req.headers())?;
     // Full already? Refuse before spending any verification work.
     if state.limits.total_full() {
-        return Err(limit_hit(state, LimitHit::Total));
+        return Err(limit_hit(state, LimitHit::Total).into());
     }
     // Any `header-…` the browser offered holds a placeholder at best; it is
     // never looked at or forwarded.
     if !upgrade::offered_protocols(req.headers()).contains(&protocol::SUBPROTOCOL) {
-        return Err(RelayError::NoSubprotocol);
+        return Err(RelayError::NoSubprotocol.into());
     }
-    let authenticated = timed(state, "verify", async {
-        let secure = state.is_secure(req.headers(), peer);
-        authenticate(state, req.headers(), secure).await
-    })
+    let (secure, client_ip) = (
+        state.is_secure(req.headers(), peer),
+        state.client_ip(req.headers(), peer),
+    );
+    let identified = timed(state, "verify", identify(state, req.headers())).await?;
+    // Admission before any Cognito call: a refused request spends none.
+    let permit = match state.limits.try_acquire(identified.sub(), client_ip) {
+        Ok(permit) => permit,
+        Err(hit) => {
+            return Err(Refused {
+                error: limit_hit(state, hit),
+                set_cookies: identified.undelivered_cookies(state, secure),
+            })
+        }
+    };
+    let authenticated = timed(
+        state,
+        "renew",
+        complete(state, identified, secure, client_ip),
+    )
     .await?;
-    let permit = state
-        .limits
-        .try_acquire(
-            &authenticated.claims.sub,
-            state.client_ip(req.headers(), peer),
-        )
-        .map_err(|hit| limit_hit(state, hit))?;
     let auth = UpstreamAuth::new(
         authenticated.token.as_str(),
         state.config.http_host.as_str(),
     );
-    let upstream = timed(state, "upstream_connect", connect_upstream(state, &auth)).await?;
+    let upstream = match timed(state, "upstream_connect", connect_upstream(state, &auth)).await {
+        Ok(upstream) => upstream,
+        Err(error) => {
+            return Err(Refused {
+                error,
+                set_cookies: authenticated.set_cookies,
+            })
+        }
+    };
     Ok(Accepted {
         accept_key,
         upstream,

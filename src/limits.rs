@@ -1,5 +1,8 @@
 //! Admission and rate limits: how many relayed WebSockets in total, per user
-//! (`sub`) and per client IP, and the per-connection publish token bucket.
+//! (`sub`) and per client IP; the publish token bucket (per connection, and
+//! per user for HTTP publish); Cognito refreshes per client IP and per user.
+//! IPv6 clients are counted per /64 (one host usually holds a whole /64, so
+//! per-address limits would not limit it).
 //!
 //! A connection holds a [`ConnectionPermit`] for its whole life; dropping it
 //! (however the connection ends, or if the upgrade never completes) gives
@@ -22,6 +25,9 @@ pub struct Limits {
     pub max_header_bytes: usize,
     pub max_subscriptions: usize,
     pub publish_rate: u32,
+    /// Cognito refresh calls per minute per client IP / per user (0 = none).
+    pub refresh_rate_per_ip: u32,
+    pub refresh_rate_per_user: u32,
     pub idle_timeout: Option<Duration>,
 }
 
@@ -34,6 +40,12 @@ pub enum LimitHit {
     PerUser,
     #[error("too many connections from this address")]
     PerIp,
+    #[error("too many session refreshes from this address")]
+    RefreshPerIp,
+    #[error("too many session refreshes for this user")]
+    RefreshPerUser,
+    #[error("too many publishes for this user")]
+    PublishRate,
 }
 
 impl LimitHit {
@@ -42,6 +54,9 @@ impl LimitHit {
             LimitHit::Total => "max_connections",
             LimitHit::PerUser => "max_connections_per_user",
             LimitHit::PerIp => "max_connections_per_ip",
+            LimitHit::RefreshPerIp => "refresh_rate_per_ip",
+            LimitHit::RefreshPerUser => "refresh_rate_per_user",
+            LimitHit::PublishRate => "publish_rate",
         }
     }
 }
@@ -95,6 +110,7 @@ impl ConnectionLimits {
         user: &str,
         ip: IpAddr,
     ) -> Result<ConnectionPermit, LimitHit> {
+        let ip = ip_bucket(ip);
         let max = self.cfg.max_connections;
         let admitted = self
             .total
@@ -147,10 +163,107 @@ impl Drop for ConnectionPermit {
     }
 }
 
+/// The key a client IP is limited under: IPv4 (and v4-mapped IPv6) as is,
+/// other IPv6 addresses by their /64.
+pub fn ip_bucket(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6) & (u128::MAX << 64);
+            IpAddr::V6(std::net::Ipv6Addr::from(bits))
+        }
+        v4 => v4,
+    }
+}
+
+/// Token buckets by key, bounded: when the table is full, keys whose
+/// bucket has refilled (idle for a whole period) are dropped first.
+#[derive(Debug)]
+pub struct KeyedRate<K: std::hash::Hash + Eq> {
+    per_period: u32,
+    period: Duration,
+    capacity: usize,
+    buckets: DashMap<K, TokenBucket>,
+}
+
+impl<K: std::hash::Hash + Eq + Clone> KeyedRate<K> {
+    /// `per_period` events per `period` per key, burst of the same size;
+    /// `None` when `per_period` is 0 (unlimited).
+    pub fn new(per_period: u32, period: Duration, capacity: usize) -> Option<KeyedRate<K>> {
+        (per_period > 0).then(|| KeyedRate {
+            per_period,
+            period,
+            capacity: capacity.max(1),
+            buckets: DashMap::new(),
+        })
+    }
+
+    pub fn try_take(&self, key: &K) -> bool {
+        if self.buckets.len() >= self.capacity && !self.buckets.contains_key(key) {
+            let period = self.period;
+            self.buckets.retain(|_, b| b.last.elapsed() < period);
+            if self.buckets.len() >= self.capacity {
+                // Still full of active keys: start over rather than grow.
+                self.buckets.clear();
+            }
+        }
+        let mut bucket = self
+            .buckets
+            .entry(key.clone())
+            .or_insert_with(|| TokenBucket::per(self.per_period, self.period));
+        bucket.try_take()
+    }
+}
+
+/// The request-rate limits that need the user or address: Cognito
+/// refreshes per client IP and per user (per minute), HTTP publishes per
+/// user (per second, the `--publish-rate` a socket has).
+#[derive(Debug)]
+pub struct SessionRates {
+    refresh_per_ip: Option<KeyedRate<IpAddr>>,
+    refresh_per_user: Option<KeyedRate<String>>,
+    publish_per_user: Option<KeyedRate<String>>,
+}
+
+impl SessionRates {
+    pub fn new(cfg: &Limits, capacity: usize) -> SessionRates {
+        let minute = Duration::from_secs(60);
+        SessionRates {
+            refresh_per_ip: KeyedRate::new(cfg.refresh_rate_per_ip, minute, capacity),
+            refresh_per_user: KeyedRate::new(cfg.refresh_rate_per_user, minute, capacity),
+            publish_per_user: KeyedRate::new(cfg.publish_rate, Duration::from_secs(1), capacity),
+        }
+    }
+
+    /// One Cognito refresh for `sub` from `ip`, if both budgets allow.
+    pub fn refresh(&self, ip: IpAddr, sub: &str) -> Result<(), LimitHit> {
+        if let Some(r) = &self.refresh_per_ip {
+            if !r.try_take(&ip_bucket(ip)) {
+                return Err(LimitHit::RefreshPerIp);
+            }
+        }
+        if let Some(r) = &self.refresh_per_user {
+            if !r.try_take(&sub.to_string()) {
+                return Err(LimitHit::RefreshPerUser);
+            }
+        }
+        Ok(())
+    }
+
+    /// One HTTP publish by `sub`.
+    pub fn http_publish(&self, sub: &str) -> Result<(), LimitHit> {
+        match &self.publish_per_user {
+            Some(r) if !r.try_take(&sub.to_string()) => Err(LimitHit::PublishRate),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// A token bucket: `rate` tokens per second, holding at most `rate`.
 #[derive(Debug)]
 pub struct TokenBucket {
+    /// Tokens per second.
     rate: f64,
+    burst: f64,
     tokens: f64,
     last: Instant,
 }
@@ -158,17 +271,23 @@ pub struct TokenBucket {
 impl TokenBucket {
     /// `None` when `rate` is 0 (unlimited).
     pub fn new(rate: u32) -> Option<TokenBucket> {
-        (rate > 0).then(|| TokenBucket {
-            rate: f64::from(rate),
-            tokens: f64::from(rate),
+        (rate > 0).then(|| TokenBucket::per(rate, Duration::from_secs(1)))
+    }
+
+    /// `n` tokens per `period`, holding at most `n`.
+    fn per(n: u32, period: Duration) -> TokenBucket {
+        TokenBucket {
+            rate: f64::from(n) / period.as_secs_f64().max(1e-9),
+            burst: f64::from(n),
+            tokens: f64::from(n),
             last: Instant::now(),
-        })
+        }
     }
 
     pub fn try_take(&mut self) -> bool {
         let now = Instant::now();
         let refill = now.duration_since(self.last).as_secs_f64() * self.rate;
-        self.tokens = (self.tokens + refill).min(self.rate);
+        self.tokens = (self.tokens + refill).min(self.burst);
         self.last = now;
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
@@ -192,6 +311,8 @@ mod tests {
             max_header_bytes: 8192,
             max_subscriptions: 1,
             publish_rate: 0,
+            refresh_rate_per_ip: 0,
+            refresh_rate_per_user: 0,
             idle_timeout: None,
         })
     }
@@ -235,5 +356,28 @@ mod tests {
         assert!(b.try_take() && b.try_take());
         assert!(!b.try_take());
         assert!(TokenBucket::new(0).is_none());
+    }
+
+    #[test]
+    fn ipv6_clients_share_their_64() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::9".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(ip_bucket(a), ip_bucket(b));
+        assert_ne!(ip_bucket(a), ip_bucket(other));
+        let v4: IpAddr = "10.0.0.1".parse().unwrap();
+        assert_eq!(ip_bucket("::ffff:10.0.0.1".parse().unwrap()), v4);
+        let l = limits(0, 0, 1);
+        let _held = l.try_acquire("alice", a).unwrap();
+        assert_eq!(l.try_acquire("bob", b).unwrap_err(), LimitHit::PerIp);
+    }
+
+    #[test]
+    fn keyed_rates_are_per_key() {
+        let r = KeyedRate::new(2, Duration::from_secs(60), 10).unwrap();
+        assert!(r.try_take(&"a") && r.try_take(&"a"));
+        assert!(!r.try_take(&"a"));
+        assert!(r.try_take(&"b"));
+        assert!(KeyedRate::<&str>::new(0, Duration::from_secs(1), 1).is_none());
     }
 }

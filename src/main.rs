@@ -130,6 +130,7 @@ async fn emulate(args: EmulateArgs) -> ExitCode {
                     leeway: Duration::from_secs(5),
                     jwks_refetch_interval: Duration::from_secs(10),
                     fetch_timeout: Duration::from_secs(10),
+                    jwks_refresh_interval: Duration::from_secs(600),
                     cache_capacity: 10_000,
                 },
                 http_client::build(Duration::from_secs(10)),

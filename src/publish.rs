@@ -1,12 +1,16 @@
 //! `POST <events-path>`: HTTP publish on behalf of the signed-in user.
 //!
-//! Same gate as the WebSocket (Origin, session, token), then the body is
-//! sent to AppSync's `/event` with the user's token as `Authorization`, and
-//! AppSync's status and body come back to the browser. Only `content-type`
-//! is copied from the browser's request: any `Authorization`, `x-api-key` or
-//! other header the browser sent is dropped, never forwarded.
+//! Same gate as the WebSocket (Origin, session, token, renewal), plus the
+//! per-user publish budget (`--publish-rate`, the budget a socket has),
+//! then the body — read within `--body-timeout` and `--max-message-bytes`
+//! — is sent to AppSync's `/event` with the user's token as
+//! `Authorization`, and AppSync's status and body come back to the browser.
+//! Once the session was renewed, every answer carries the new cookies,
+//! errors included. Only `content-type` is copied from the browser's
+//! request: any `Authorization`, `x-api-key` or other header the browser
+//! sent is dropped, never forwarded.
 
-use crate::authenticate::authenticate;
+use crate::authenticate::{complete, identify};
 use crate::error::RelayError;
 use crate::response::{full, Body};
 use crate::state::RelayState;
@@ -42,51 +46,78 @@ pub async fn respond(
                 .inc();
             resp
         }
-        Err(e) => {
+        Err((e, set_cookies)) => {
             state
                 .metrics
                 .publish_requests
                 .with_label_values(&[e.reason()])
                 .inc();
             tracing::info!(%peer, status = e.status().as_u16(), reason = e.reason(), side = e.side(), error = %e, "http publish refused");
-            e.into_response()
+            let mut resp = e.into_response();
+            for cookie in set_cookies {
+                resp.headers_mut().append(SET_COOKIE, cookie);
+            }
+            resp
         }
     }
 }
+
+/// A refusal and the cookies it must carry (see the module docs).
+type Refused = (RelayError, Vec<HeaderValue>);
 
 async fn publish(
     state: &RelayState,
     req: Request<Incoming>,
     peer: SocketAddr,
-) -> Result<Response<Body>, RelayError> {
-    state.config.origins.check(req.headers())?;
-    let secure = state.is_secure(req.headers(), peer);
-    let authenticated = authenticate(state, req.headers(), secure).await?;
+) -> Result<Response<Body>, Refused> {
+    let no_cookies = |e: RelayError| (e, Vec::new());
+    state
+        .config
+        .origins
+        .check(req.headers())
+        .map_err(|e| no_cookies(e.into()))?;
+    let (secure, client_ip) = (
+        state.is_secure(req.headers(), peer),
+        state.client_ip(req.headers(), peer),
+    );
+    let identified = identify(state, req.headers()).await.map_err(no_cookies)?;
+    if let Err(hit) = state.rates.http_publish(identified.sub()) {
+        state
+            .metrics
+            .limits_hit
+            .with_label_values(&[hit.reason()])
+            .inc();
+        let cookies = identified.undelivered_cookies(state, secure);
+        return Err((RelayError::Limit(hit), cookies));
+    }
+    let authenticated = complete(state, identified, secure, client_ip)
+        .await
+        .map_err(no_cookies)?;
+    let cookies = authenticated.set_cookies.clone();
+    let with_cookies = |e: RelayError| (e, cookies.clone());
     let token = HeaderValue::from_str(&authenticated.token)
-        .map_err(|_| RelayError::Internal("token is not header-safe"))?;
+        .map_err(|_| with_cookies(RelayError::Internal("token is not header-safe")))?;
 
     let content_type = req
         .headers()
         .get(CONTENT_TYPE)
         .cloned()
         .unwrap_or_else(|| HeaderValue::from_static("application/json"));
-    let body = Limited::new(req.into_body(), state.config.max_message_bytes)
-        .collect()
-        .await
-        .map_err(|e| {
-            if e.is::<http_body_util::LengthLimitError>() {
-                RelayError::BodyTooLarge
-            } else {
-                RelayError::BodyRead
-            }
-        })?
-        .to_bytes();
+    let read = Limited::new(req.into_body(), state.config.max_message_bytes).collect();
+    let body = match tokio::time::timeout(state.config.body_timeout, read).await {
+        Err(_) => return Err(with_cookies(RelayError::BodyTimeout)),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            return Err(with_cookies(RelayError::BodyTooLarge))
+        }
+        Ok(Err(_)) => return Err(with_cookies(RelayError::BodyRead)),
+        Ok(Ok(collected)) => collected.to_bytes(),
+    };
 
     let upstream_req = Request::post(state.config.http_endpoint.as_str())
         .header(CONTENT_TYPE, content_type)
         .header(AUTHORIZATION, token)
         .body(Full::new(body))
-        .map_err(|_| RelayError::Internal("could not build the upstream request"))?;
+        .map_err(|_| with_cookies(RelayError::Internal("could not build the upstream request")))?;
     let timeout = state.config.upstream_timeout;
     let exchange = async {
         let resp = state
@@ -102,9 +133,11 @@ async fn publish(
             .to_bytes();
         Ok::<_, UpstreamError>((parts, bytes))
     };
-    let (parts, bytes): (_, Bytes) = tokio::time::timeout(timeout, exchange)
-        .await
-        .map_err(|_| UpstreamError::Timeout(timeout))??;
+    let (parts, bytes): (_, Bytes) = match tokio::time::timeout(timeout, exchange).await {
+        Err(_) => return Err(with_cookies(UpstreamError::Timeout(timeout).into())),
+        Ok(Err(e)) => return Err(with_cookies(e.into())),
+        Ok(Ok(answer)) => answer,
+    };
 
     let mut resp = Response::new(full(bytes));
     *resp.status_mut() = parts.status;

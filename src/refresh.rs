@@ -14,8 +14,15 @@
 //! bounded.
 //!
 //! Errors are split by what the caller should do: [`RefreshError::Rejected`]
-//! means the session is over (revoked, expired, user disabled);
-//! [`RefreshError::Unavailable`] means try again later. Nothing here logs a
+//! means the session is over (revoked, expired, user disabled or gone: the
+//! exception types Cognito documents for those, and nothing else);
+//! [`RefreshError::Unavailable`] means try again later (throttling, quota,
+//! Lambda trigger failures, 5xx, anything unrecognised). A rejected refresh
+//! token is remembered (by hash) so a replay costs no Cognito call.
+//!
+//! Single flight never turns itself off: when the table of flights is full
+//! of calls in progress, a new caller is told to retry (`Unavailable`)
+//! rather than sent to Cognito uncoordinated. Nothing here logs a
 //! token; Cognito's error *messages* are not logged either (they can echo
 //! input), only its error type.
 
@@ -36,8 +43,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::OnceCell;
 
-/// How long a refresh result is reused for the same refresh token.
-pub const RESULT_TTL: Duration = Duration::from_secs(60);
+/// How long a finished refresh is reused for the same refresh token: long
+/// enough for the other tabs of a reconnect storm, racing the first
+/// response's `Set-Cookie`, to get the same answer instead of calling with
+/// a token Cognito just rotated out; short, because for that long the old
+/// refresh token (with a genuine token of the same user) still obtains the
+/// answer.
+pub const RESULT_TTL: Duration = Duration::from_secs(5);
+/// How long a rejected refresh token is remembered. It never becomes valid
+/// again; the bound only keeps the table small.
+const REJECTED_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Largest Cognito answer read.
 const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 
@@ -109,6 +124,8 @@ pub struct Refresher {
     cfg: RefreshConfig,
     http: HttpClient,
     slots: DashMap<[u8; 32], Slot>,
+    /// Refresh tokens Cognito refused, by hash, with when.
+    rejected: DashMap<[u8; 32], Instant>,
 }
 
 impl fmt::Debug for Refresher {
@@ -134,6 +151,7 @@ impl Refresher {
             cfg,
             http,
             slots: DashMap::new(),
+            rejected: DashMap::new(),
         })
     }
 
@@ -145,17 +163,71 @@ impl Refresher {
     /// `SECRET_HASH`). Concurrent and recent callers share one Cognito call.
     pub async fn refresh(&self, refresh_token: &str, username: &str) -> RefreshOutcome {
         let key = token_hash(refresh_token);
-        let cell = self.slot(key);
+        if self.is_rejected(&key) {
+            return Err(RefreshError::Rejected("remembered".into()));
+        }
+        let cell = self.slot(key)?;
         let outcome = cell
             .get_or_init(|| async { self.call(refresh_token, username).await.map(Arc::new) })
             .await
             .clone();
-        // A transient failure must not be remembered: the next caller retries.
-        if matches!(outcome, Err(RefreshError::Unavailable(_))) {
-            self.slots
-                .remove_if(&key, |_, slot| Arc::ptr_eq(&slot.cell, &cell));
+        match &outcome {
+            // A transient failure must not be remembered: the next caller retries.
+            Err(RefreshError::Unavailable(_)) => {
+                self.slots
+                    .remove_if(&key, |_, slot| Arc::ptr_eq(&slot.cell, &cell));
+            }
+            Err(RefreshError::Rejected(_)) => self.remember_rejected(key),
+            Ok(_) => {}
         }
         outcome
+    }
+
+    /// Whether a call for this refresh token is in flight or its result is
+    /// still reused: a caller would join it, not call Cognito.
+    pub fn has_flight(&self, refresh_token: &str) -> bool {
+        self.slots
+            .get(&token_hash(refresh_token))
+            .is_some_and(|slot| self.usable(&slot))
+    }
+
+    /// Forgets every remembered answer that issued tokens to `sub`: its
+    /// session ended, and an answer reused for the next seconds would revive it.
+    pub fn forget_answers_for(&self, sub: &str) {
+        #[derive(serde::Deserialize)]
+        struct Sub {
+            sub: Option<String>,
+        }
+        let of = |token: &str| -> Option<String> {
+            use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+            let payload = token.split('.').nth(1)?;
+            let bytes = URL_SAFE_NO_PAD.decode(payload).ok()?;
+            serde_json::from_slice::<Sub>(&bytes).ok()?.sub
+        };
+        self.slots.retain(|_, slot| match slot.cell.get() {
+            Some(Ok(tokens)) => of(&tokens.access_token).as_deref() != Some(sub),
+            _ => true,
+        });
+    }
+
+    /// Whether Cognito already refused this refresh token.
+    pub fn is_rejected(&self, key: &[u8; 32]) -> bool {
+        self.rejected
+            .get(key)
+            .is_some_and(|at| at.elapsed() < REJECTED_TTL)
+    }
+
+    fn remember_rejected(&self, key: [u8; 32]) {
+        if self.rejected.len() >= self.cfg.capacity {
+            self.rejected.retain(|_, at| at.elapsed() < REJECTED_TTL);
+            if self.rejected.len() >= self.cfg.capacity {
+                // Still full: forget the oldest half's worth at once rather
+                // than scan on every insert. A forgotten token costs one
+                // Cognito call to be refused again.
+                self.rejected.clear();
+            }
+        }
+        self.rejected.insert(key, Instant::now());
     }
 
     /// Whether a remembered slot may still be handed out.
@@ -174,19 +246,27 @@ impl Refresher {
         }
     }
 
-    fn slot(&self, key: [u8; 32]) -> Arc<OnceCell<RefreshOutcome>> {
+    fn slot(&self, key: [u8; 32]) -> Result<Arc<OnceCell<RefreshOutcome>>, RefreshError> {
         if let Some(slot) = self.slots.get(&key) {
             if self.usable(&slot) {
-                return slot.cell.clone();
+                return Ok(slot.cell.clone());
             }
         }
         if self.slots.len() >= self.cfg.capacity {
-            self.slots.retain(|_, s| s.created.elapsed() < RESULT_TTL);
+            // Finished results are only a cache: drop them first.
+            self.slots
+                .retain(|_, s| s.created.elapsed() < RESULT_TTL && s.cell.get().is_none());
         }
-        if self.slots.len() >= self.cfg.capacity {
-            // Still full of live entries: serve this caller without
-            // remembering (it still gets single flight with nobody).
-            return Arc::new(OnceCell::new());
+        if self.slots.len() >= self.cfg.capacity && !self.slots.contains_key(&key) {
+            // Full of calls in progress: refuse rather than call Cognito
+            // outside single flight.
+            tracing::warn!(
+                in_flight = self.slots.len(),
+                "refresh table full of calls in progress; asking the client to retry"
+            );
+            return Err(RefreshError::Unavailable(
+                "too many refreshes in flight".into(),
+            ));
         }
         let mut entry = self.slots.entry(key).or_insert_with(|| Slot {
             cell: Arc::new(OnceCell::new()),
@@ -198,7 +278,7 @@ impl Refresher {
                 created: Instant::now(),
             };
         }
-        entry.cell.clone()
+        Ok(entry.cell.clone())
     }
 
     async fn call(&self, refresh_token: &str, username: &str) -> Result<TokenSet, RefreshError> {
@@ -257,20 +337,7 @@ impl Refresher {
                 .next()
                 .unwrap_or("")
                 .to_string();
-            return Err(match kind.as_str() {
-                "NotAuthorizedException"
-                | "UserNotFoundException"
-                | "UserNotConfirmedException"
-                | "PasswordResetRequiredException"
-                | "RefreshTokenReuseException" => RefreshError::Rejected(kind),
-                "" => RefreshError::Unavailable(format!("HTTP {status}")),
-                _ if status >= 500 => RefreshError::Unavailable(format!("HTTP {status} {kind}")),
-                // Throttling and the like: not the session's fault.
-                "TooManyRequestsException" | "InternalErrorException" => {
-                    RefreshError::Unavailable(kind)
-                }
-                _ => RefreshError::Rejected(kind),
-            });
+            return Err(classify(status, kind));
         }
         let result = &body["AuthenticationResult"];
         let access_token = result["AccessToken"]
@@ -289,9 +356,62 @@ impl Refresher {
     }
 }
 
+/// What a Cognito error means for the session. Only the exceptions that
+/// say the refresh token or its user is no longer good end it (Cognito API
+/// reference, `GetTokensFromRefreshToken` / `InitiateAuth` errors):
+/// `NotAuthorizedException` (invalid, expired or revoked token; user
+/// disabled), `UserNotFoundException`, `UserNotConfirmedException`,
+/// `PasswordResetRequiredException`, `RefreshTokenReuseException`. Every
+/// other answer — throttling (`TooManyRequestsException`,
+/// `LimitExceededException`), Lambda trigger failures, `InternalErrorException`,
+/// 5xx, configuration errors, anything unrecognised — is not the session's
+/// fault and is retried.
+fn classify(status: u16, kind: String) -> RefreshError {
+    match kind.as_str() {
+        "NotAuthorizedException"
+        | "UserNotFoundException"
+        | "UserNotConfirmedException"
+        | "PasswordResetRequiredException"
+        | "RefreshTokenReuseException" => RefreshError::Rejected(kind),
+        "" => RefreshError::Unavailable(format!("HTTP {status}")),
+        _ => RefreshError::Unavailable(format!("HTTP {status} {kind}")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_dead_tokens_and_users_end_a_session() {
+        for kind in [
+            "NotAuthorizedException",
+            "UserNotFoundException",
+            "RefreshTokenReuseException",
+        ] {
+            assert!(
+                matches!(classify(400, kind.into()), RefreshError::Rejected(_)),
+                "{kind}"
+            );
+        }
+        for kind in [
+            "TooManyRequestsException",
+            "LimitExceededException",
+            "UnexpectedLambdaException",
+            "UserLambdaValidationException",
+            "InvalidLambdaResponseException",
+            "InternalErrorException",
+            "ResourceNotFoundException",
+            "InvalidParameterException",
+            "SomethingNewException",
+            "",
+        ] {
+            assert!(
+                matches!(classify(400, kind.into()), RefreshError::Unavailable(_)),
+                "{kind}"
+            );
+        }
+    }
 
     #[test]
     fn secret_hash_matches_aws_reference() {

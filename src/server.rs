@@ -103,6 +103,7 @@ pub fn spawn_with_app(
             let mut proxy = ProxyConfig::new(u.target.clone());
             proxy.connect_timeout = u.connect_timeout;
             proxy.response_timeout = u.response_timeout;
+            proxy.strip_headers = u.strip_headers.clone();
             Arc::new(AppProxy::new(proxy)) as Arc<dyn App>
         })
     });

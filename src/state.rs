@@ -9,11 +9,11 @@
 
 use crate::config::Config;
 use crate::http_client::{self, HttpClient};
-use crate::limits::ConnectionLimits;
+use crate::limits::{ConnectionLimits, SessionRates};
 use crate::metrics::Metrics;
 use crate::refresh::Refresher;
 use crate::response::Body;
-use crate::session::PendingRenewals;
+use crate::session::{PendingRenewals, SessionProof};
 use crate::upgrade;
 use crate::upstream::UpstreamConfig;
 use crate::verify::{Verifier, VerifierConfig};
@@ -69,6 +69,8 @@ pub struct RelayState {
     pub app: Option<Arc<dyn App>>,
     /// Connection admission limits.
     pub limits: Arc<ConnectionLimits>,
+    /// Refresh and HTTP publish rates per user and per client IP.
+    pub rates: SessionRates,
     /// The AppSync real-time host resolved at the last check.
     pub upstream_resolvable: AtomicBool,
 }
@@ -85,12 +87,16 @@ impl RelayState {
                 leeway: config.jwt_leeway,
                 jwks_refetch_interval: config.jwks_refetch_interval,
                 fetch_timeout: config.upstream_timeout,
+                jwks_refresh_interval: config.jwks_refresh_interval,
                 cache_capacity: config.token_cache_size,
             },
             http.clone(),
         );
         let refresher = Refresher::new(config.refresh.clone(), http.clone());
-        let pending = PendingRenewals::new(config.token_cache_size, PENDING_TTL);
+        let pending = PendingRenewals::new(
+            config.token_cache_size,
+            PENDING_TTL.min(config.refresh_token_validity),
+        );
         let ws_config = upgrade::ws_config(config.max_message_bytes);
         let upstream = UpstreamConfig {
             realtime_url: config.realtime_endpoint.to_string(),
@@ -112,30 +118,35 @@ impl RelayState {
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
             limits: ConnectionLimits::new(config.limits.clone()),
+            rates: SessionRates::new(&config.limits, config.token_cache_size),
             upstream_resolvable: AtomicBool::new(false),
             app,
             config,
         })
     }
 
-    /// Whether the request reached the browser over HTTPS, which decides the
-    /// `Secure` attribute of cookies written back: our own TLS, an allowed
-    /// `https://` Origin (the page is on https), or `X-Forwarded-Proto:
-    /// https` from a peer in `--trust-forwarded`.
+    /// Whether the browser reached us over HTTPS, which decides the
+    /// `Secure` attribute of cookies written back: our own TLS, an https
+    /// `--public-origin`, or `X-Forwarded-Proto: https` from a peer in
+    /// `--trust-forwarded`. Never a header any client can send (such as
+    /// `Origin`).
     pub fn is_secure(&self, headers: &hyper::HeaderMap, peer: SocketAddr) -> bool {
-        if self.config.tls.is_some() {
-            return true;
-        }
-        let https_origin = headers
-            .get(hyper::header::ORIGIN)
-            .and_then(|o| o.to_str().ok())
-            .is_some_and(|o| o.starts_with("https://"));
-        https_origin || self.config.trust_forwarded.forwarded_https(headers, peer)
+        self.config.tls.is_some()
+            || self.config.public_https
+            || self.config.trust_forwarded.forwarded_https(headers, peer)
     }
 
     /// The client's IP (see [`crate::forwarded::TrustedProxies::client_ip`]).
     pub fn client_ip(&self, headers: &hyper::HeaderMap, peer: SocketAddr) -> IpAddr {
         self.config.trust_forwarded.client_ip(headers, peer)
+    }
+
+    /// A session is over (its refresh token was refused, or its identity
+    /// changed): nothing remembered may revive it — neither a renewal
+    /// waiting for its browser nor a refresh answer kept for reuse.
+    pub fn end_session(&self, proof: &SessionProof) {
+        self.pending.end_session(proof);
+        self.refresher.forget_answers_for(&proof.sub);
     }
 
     /// Ready to take traffic: signing keys loaded, upstream resolvable, and

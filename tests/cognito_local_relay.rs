@@ -45,6 +45,7 @@ async fn stack_for(cognito: &CognitoLocal, extra: &[&str]) -> (EmulatorHandle, R
             leeway: Duration::from_secs(0),
             jwks_refetch_interval: Duration::from_secs(10),
             fetch_timeout: Duration::from_secs(5),
+            jwks_refresh_interval: Duration::from_secs(600),
             cache_capacity: 100,
         },
         appsync_relay::http_client::build(Duration::from_secs(5)),

@@ -334,7 +334,7 @@ async fn max_session_age_ends_connections() {
 
 #[tokio::test]
 async fn http_publish_refreshes_an_expired_session_and_sets_cookies() {
-    let stack = Stack::start().await;
+    let stack = Stack::start_with(&["--public-origin", ORIGIN]).await;
     let s = stack.cognito.sign_in(USERNAME);
     let expired = expired_access(&stack.jwks.issuer(), USERNAME, 30);
     let (status, headers, body) = http(
@@ -353,7 +353,7 @@ async fn http_publish_refreshes_an_expired_session_and_sets_cookies() {
     let written = set_cookies(&headers);
     assert!(
         written["accessToken"].1.contains("Secure"),
-        "https Origin means Secure cookies"
+        "an https public origin means Secure cookies"
     );
     let seen = stack.emulator.seen_authorizations();
     assert_eq!(seen, vec![written["accessToken"].0.clone()]);

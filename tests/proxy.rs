@@ -445,10 +445,15 @@ async fn pending_renewal_reaches_the_app_and_the_browser() {
     let app = TestApp::start().await;
     let relay = start_proxied(proxy_config(app.url()), &[]).await;
     let name = |suffix| session::cookie_name(CLIENT_ID, USERNAME, suffix);
+    // A genuine token of the session: what a pending renewal is handed to.
+    let old_access = sign(
+        &access_claims(&relay.relay.state.config.issuer),
+        signing_key(),
+    );
     let last_user = session::last_auth_user_cookie(CLIENT_ID);
     let other_client = session::cookie_name("otherclient", USERNAME, "accessToken");
     let old = format!(
-        "theme=dark; {last_user}=alice%40example.com; {}=OLD-ACCESS; {}=OLD-ID; \
+        "theme=dark; {last_user}=alice%40example.com; {}={old_access}; {}=OLD-ID; \
          {other_client}=OTHER-ACCESS; {}=OLD-REFRESH; _ga=GA1.2.3",
         name("accessToken"),
         name("idToken"),
@@ -462,6 +467,7 @@ async fn pending_renewal_reaches_the_app_and_the_browser() {
             id_token: Some("NEW-ID".into()),
             refresh_token: Some("NEW-REFRESH".into()),
         }),
+        session_proof(),
     );
 
     let (status, headers, _) =
@@ -510,9 +516,14 @@ async fn renewal_without_rotation_keeps_the_refresh_cookie() {
     let app = TestApp::start().await;
     let relay = start_proxied(proxy_config(app.url()), &[]).await;
     let name = |suffix| session::cookie_name(CLIENT_ID, USERNAME, suffix);
+    // A genuine token of the session: what a pending renewal is handed to.
+    let old_access = sign(
+        &access_claims(&relay.relay.state.config.issuer),
+        signing_key(),
+    );
     let last_user = session::last_auth_user_cookie(CLIENT_ID);
     let old = format!(
-        "{last_user}=alice%40example.com; {}=OLD-ACCESS; {}=KEPT-REFRESH",
+        "{last_user}=alice%40example.com; {}={old_access}; {}=KEPT-REFRESH",
         name("accessToken"),
         name("refreshToken"),
     );
@@ -524,6 +535,7 @@ async fn renewal_without_rotation_keeps_the_refresh_cookie() {
             id_token: Some("NEW-ID".into()),
             refresh_token: None,
         }),
+        session_proof(),
     );
     let (_, headers, _) = roundtrip(relay.addr(), "GET", "/", &[("cookie", &old)], "").await;
     assert_eq!(
@@ -575,6 +587,11 @@ async fn behind_our_own_tls_the_app_hears_https() {
     )
     .await;
     let name = |suffix| session::cookie_name(CLIENT_ID, USERNAME, suffix);
+    // A genuine token of the session: what a pending renewal is handed to.
+    let old_access = sign(
+        &access_claims(&relay.relay.state.config.issuer),
+        signing_key(),
+    );
     relay.relay.state.pending.record(
         appsync_relay::verify::token_hash("OLD-REFRESH"),
         USERNAME,
@@ -583,9 +600,10 @@ async fn behind_our_own_tls_the_app_hears_https() {
             id_token: None,
             refresh_token: None,
         }),
+        session_proof(),
     );
     let cookie = format!(
-        "{}=alice%40example.com; {}=OLD-ACCESS; {}=OLD-REFRESH",
+        "{}=alice%40example.com; {}={old_access}; {}=OLD-REFRESH",
         session::last_auth_user_cookie(CLIENT_ID),
         name("accessToken"),
         name("refreshToken"),

@@ -2,9 +2,61 @@
 //! target is parsed and checked once, at start-up, and the proxy only ever
 //! uses the parsed form.
 
+use hyper::header::HeaderName;
 use hyper::http::uri::{Authority, PathAndQuery, Scheme};
 use hyper::Uri;
 use std::time::Duration;
+
+/// Headers internal to Next.js that a browser must never be able to set:
+/// `x-middleware-subrequest` lets a request skip middleware (CVE-2025-29927);
+/// the others carry the results of middleware or internal routing between
+/// Next.js's own processes. `x-nextjs-data` is not here: the client router
+/// sends it legitimately.
+pub const FRAMEWORK_INTERNAL_HEADERS: &[&str] = &[
+    "x-middleware-subrequest",
+    "x-middleware-invoke",
+    "x-middleware-next",
+    "x-middleware-rewrite",
+    "x-middleware-redirect",
+    "x-middleware-set-cookie",
+    "x-middleware-override-headers",
+    "x-middleware-prefetch",
+    "x-invoke-path",
+    "x-invoke-query",
+    "x-invoke-output",
+    "x-invoke-status",
+    "x-invoke-error",
+];
+
+pub fn default_strip_headers() -> Vec<HeaderName> {
+    FRAMEWORK_INTERNAL_HEADERS
+        .iter()
+        .map(|h| HeaderName::from_static(h))
+        .collect()
+}
+
+/// `--strip-request-header` values as header names: the default list when
+/// none are given, nothing for `none`.
+pub fn strip_headers(given: &[String], errors: &mut Vec<String>) -> Vec<HeaderName> {
+    if given.is_empty() {
+        return default_strip_headers();
+    }
+    if given.len() == 1 && given[0].eq_ignore_ascii_case("none") {
+        return Vec::new();
+    }
+    given
+        .iter()
+        .filter_map(|h| match HeaderName::from_bytes(h.trim().as_bytes()) {
+            Ok(name) => Some(name),
+            Err(_) => {
+                errors.push(format!(
+                    "--strip-request-header: '{h}' is not a header name"
+                ));
+                None
+            }
+        })
+        .collect()
+}
 
 /// The app upstream and how long to wait for it.
 #[derive(Debug, Clone)]
@@ -12,6 +64,8 @@ pub struct AppUpstream {
     pub target: AppTarget,
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
+    /// Request headers removed before the app sees them.
+    pub strip_headers: Vec<HeaderName>,
 }
 
 /// Scheme, authority and base path of the app.

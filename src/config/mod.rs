@@ -9,9 +9,11 @@
 //! - [`endpoints`]: URL derivation (real-time endpoint, AppSync `host`,
 //!   pool region).
 //! - [`app`]: the SSR app target (`--app-upstream`), parsed once.
+//! - [`ranges`]: the accepted range of every number.
 
 pub mod app;
 pub mod endpoints;
+pub mod ranges;
 
 pub use app::{AppTarget, AppUpstream};
 
@@ -45,6 +47,13 @@ pub struct Config {
     pub realtime_path: String,
     pub jwt_leeway: Duration,
     pub jwks_refetch_interval: Duration,
+    /// Age after which the key set is fetched again.
+    pub jwks_refresh_interval: Duration,
+    /// Refresh tokens live this long: a session whose token was issued
+    /// longer ago cannot be refreshed and is refused without a Cognito call.
+    pub refresh_token_validity: Duration,
+    /// How long an HTTP publish body may take to arrive.
+    pub body_timeout: Duration,
     pub upstream_timeout: Duration,
     pub max_message_bytes: usize,
     pub token_cache_size: usize,
@@ -65,12 +74,16 @@ pub struct Config {
     pub limits: Limits,
     /// How long one frame may take to be written to either side.
     pub send_timeout: Duration,
+    /// `--public-origin` is https: browsers reach us over TLS terminated in
+    /// front, so cookies are `Secure`.
+    pub public_https: bool,
 }
 
 impl Config {
     /// Validates every flag of `serve`; returns all problems at once.
     pub fn from_args(args: &ServeArgs) -> Result<Config, Vec<String>> {
         let mut errors = Vec::new();
+        ranges::check(args, &mut errors);
         let http_endpoint = parse_http_url(
             "appsync-http-endpoint",
             &args.appsync_http_endpoint,
@@ -145,15 +158,6 @@ impl Config {
                 args.events_path
             ));
         }
-        if args.max_message_bytes < 1024 || args.max_message_bytes > 64 * 1024 * 1024 {
-            errors.push("--max-message-bytes: must be between 1024 and 67108864".to_string());
-        }
-        if args.upstream_timeout == 0 {
-            errors.push("--upstream-timeout: must be at least 1 second".to_string());
-        }
-        if args.token_cache_size == 0 {
-            errors.push("--token-cache-size: must be at least 1".to_string());
-        }
         let tls = match (&args.tls_cert, &args.tls_key) {
             (Some(cert), Some(key)) => {
                 let loaded = std::fs::read(cert)
@@ -206,6 +210,17 @@ impl Config {
                 errors.push(format!("--cookie-domain: '{domain}' is not a domain name"));
             }
         }
+        let strip_headers = app::strip_headers(&args.strip_request_headers, &mut errors);
+        let public_https = match &args.public_origin {
+            None => false,
+            Some(o) => match crate::origin::normalize(o) {
+                Ok(o) => o.starts_with("https://"),
+                Err(e) => {
+                    errors.push(format!("--public-origin: {e}"));
+                    false
+                }
+            },
+        };
         let app_upstream = args.app_upstream.as_ref().and_then(|u| {
             let url = parse_http_url("app-upstream", u, &mut errors)?;
             let target = match AppTarget::parse(&url) {
@@ -216,23 +231,12 @@ impl Config {
                 }
             };
             Some(AppUpstream {
+                strip_headers: strip_headers.clone(),
                 target,
                 connect_timeout: Duration::from_secs(args.app_connect_timeout.max(1)),
                 response_timeout: Duration::from_secs(args.app_timeout.max(1)),
             })
         });
-        if args.max_header_bytes < 8192 {
-            errors.push("--max-header-bytes: must be at least 8192".to_string());
-        }
-        if args.handshake_timeout == 0 {
-            errors.push("--handshake-timeout: must be at least 1 second".to_string());
-        }
-        if args.send_timeout == 0 || args.send_timeout > 3600 {
-            errors.push("--send-timeout: must be between 1 and 3600 seconds".to_string());
-        }
-        if args.max_subscriptions == 0 {
-            errors.push("--max-subscriptions: must be at least 1".to_string());
-        }
         let http_host = http_endpoint.as_ref().and_then(host_with_port);
         match (
             errors.is_empty(),
@@ -262,6 +266,9 @@ impl Config {
                 events_path,
                 jwt_leeway: Duration::from_secs(args.jwt_leeway),
                 jwks_refetch_interval: Duration::from_secs(args.jwks_refetch_interval),
+                jwks_refresh_interval: Duration::from_secs(args.jwks_refresh_interval),
+                refresh_token_validity: Duration::from_secs(args.refresh_token_validity),
+                body_timeout: Duration::from_secs(args.body_timeout),
                 upstream_timeout: Duration::from_secs(args.upstream_timeout),
                 max_message_bytes: args.max_message_bytes,
                 token_cache_size: args.token_cache_size,
@@ -291,6 +298,7 @@ impl Config {
                 drain_delay: Duration::from_secs(args.drain_delay),
                 log_format: args.log_format,
                 send_timeout: Duration::from_secs(args.send_timeout),
+                public_https,
                 limits: Limits {
                     max_connections: args.max_connections,
                     max_connections_per_user: args.max_connections_per_user,
@@ -299,6 +307,8 @@ impl Config {
                     max_header_bytes: args.max_header_bytes,
                     max_subscriptions: args.max_subscriptions,
                     publish_rate: args.publish_rate,
+                    refresh_rate_per_ip: args.refresh_rate_per_ip,
+                    refresh_rate_per_user: args.refresh_rate_per_user,
                     idle_timeout: (args.idle_timeout > 0)
                         .then(|| Duration::from_secs(args.idle_timeout)),
                 },

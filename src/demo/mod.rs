@@ -95,6 +95,7 @@ pub async fn start(
             leeway: Duration::from_secs(5),
             jwks_refetch_interval: Duration::from_secs(10),
             fetch_timeout: Duration::from_secs(5),
+            jwks_refresh_interval: Duration::from_secs(600),
             cache_capacity: 10_000,
         },
         crate::http_client::build(Duration::from_secs(5)),

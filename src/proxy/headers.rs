@@ -1,12 +1,16 @@
-//! Header rules between browser and app: hop-by-hop headers removed both
-//! ways, WebSocket upgrades restored, forwarding headers believed only from
-//! a trusted peer (see [`crate::forwarded`]), and our `Set-Cookie`s placed
-//! before the app's.
+//! Header rules between browser and app: one `Host` only, hop-by-hop
+//! headers removed both ways (never `Host`), WebSocket upgrades restored,
+//! forwarding headers believed only from a trusted peer (see
+//! [`crate::forwarded`]), our `Set-Cookie`s placed before the app's on a
+//! response made private, and the app's sign-out recognised.
 
+use super::error::ProxyError;
+use crate::session::COOKIE_PREFIX;
 use crate::state::RelayState;
 use hyper::header::{
-    HeaderMap, HeaderName, HeaderValue, CONNECTION, FORWARDED, HOST, PROXY_AUTHENTICATE,
-    PROXY_AUTHORIZATION, SET_COOKIE, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
+    HeaderMap, HeaderName, HeaderValue, CACHE_CONTROL, CONNECTION, FORWARDED, HOST,
+    PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, SET_COOKIE, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
+    VARY,
 };
 use hyper::{Method, Request, Version};
 use std::net::SocketAddr;
@@ -68,10 +72,47 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        // `Connection: host` must not strip the one header a request needs
+        // (RFC 9110 §7.6.1: only headers about this connection are listed).
+        .filter(|name| *name != HOST)
         .collect();
     for name in named.iter().chain(HOP_BY_HOP.iter()) {
         headers.remove(name);
     }
+}
+
+/// RFC 9112 §3.2: a request with more than one `Host` is answered 400.
+pub fn check_host(headers: &HeaderMap) -> Result<(), ProxyError> {
+    if headers.get_all(HOST).iter().count() > 1 {
+        return Err(ProxyError::BadTarget);
+    }
+    Ok(())
+}
+
+/// A response that carries session tokens must never be stored by a shared
+/// cache, whatever the app said about it.
+pub fn make_private(headers: &mut HeaderMap) {
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("private, no-store"));
+    headers.append(VARY, HeaderValue::from_static("Cookie"));
+}
+
+/// Whether an app response expires the session's refresh-token cookie
+/// (Amplify's sign-out: `Max-Age=0` or an `Expires` in the past).
+pub fn clears_session(headers: &HeaderMap, client_id: &str) -> bool {
+    let prefix = format!("{COOKIE_PREFIX}.{client_id}.");
+    let now = std::time::SystemTime::now();
+    headers
+        .get_all(SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .filter_map(|v| cookie::Cookie::parse(v.to_string()).ok())
+        .filter(|c| c.name().starts_with(&prefix) && c.name().ends_with(".refreshToken"))
+        .any(|c| {
+            c.max_age()
+                .is_some_and(|age| age.is_zero() || age.is_negative())
+                || c.expires_datetime()
+                    .is_some_and(|at| std::time::SystemTime::from(at) <= now)
+        })
 }
 
 /// The two headers that make a request or a 101 an upgrade to WebSocket.
@@ -166,6 +207,41 @@ mod tests {
         )));
         assert!(!is_websocket_upgrade(&req("upgrade", "h2c")));
         assert!(!is_websocket_upgrade(&req("keep-alive", "websocket")));
+    }
+
+    #[test]
+    fn connection_cannot_name_host_away() {
+        let mut h = headers(&[("connection", "host, x-a"), ("host", "app"), ("x-a", "1")]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h["host"], "app");
+        assert!(!h.contains_key("x-a"));
+        assert!(check_host(&headers(&[("host", "a"), ("host", "b")])).is_err());
+        assert!(check_host(&headers(&[("host", "a")])).is_ok());
+    }
+
+    #[test]
+    fn sign_out_is_an_expired_refresh_token_cookie() {
+        let base = "CognitoIdentityServiceProvider.cid.u";
+        let out = headers(&[(
+            "set-cookie",
+            &format!("{base}.refreshToken=; Max-Age=0; Path=/"),
+        )]);
+        assert!(clears_session(&out, "cid"));
+        let out = headers(&[(
+            "set-cookie",
+            &format!("{base}.refreshToken=; Expires=Thu, 01 Jan 1970 00:00:00 GMT"),
+        )]);
+        assert!(clears_session(&out, "cid"));
+        let keep = headers(&[(
+            "set-cookie",
+            &format!("{base}.refreshToken=x; Max-Age=3600"),
+        )]);
+        assert!(!clears_session(&keep, "cid"));
+        let other = headers(&[(
+            "set-cookie",
+            "CognitoIdentityServiceProvider.zzz.u.refreshToken=; Max-Age=0",
+        )]);
+        assert!(!clears_session(&other, "cid"));
     }
 
     #[test]

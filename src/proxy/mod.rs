@@ -33,6 +33,11 @@
 //!      `Proxy-Authenticate`, `Proxy-Authorization`, and every header named
 //!      in `Connection`. `Expect` is removed too: hyper answers the browser's
 //!      `100-continue` itself when the body is first read.
+//!    - Framework-internal headers a browser must never set are removed
+//!      (`--strip-request-header`; by default Next.js's
+//!      `x-middleware-subrequest`, the CVE-2025-29927 middleware bypass, and
+//!      its other internal `x-middleware-*` / `x-invoke-*` headers).
+//!    - A request with two `Host` headers is refused with 400 (RFC 9112).
 //!    - `Host` is kept as the browser sent it (nginx's
 //!      `proxy_set_header Host $host`): Next.js builds absolute URLs and
 //!      checks Server Action origins against it, so it must be the public
@@ -73,16 +78,16 @@ mod tunnel;
 use crate::config::AppTarget;
 use crate::http_client::https_connector;
 use crate::response::{Body, BoxError};
-use crate::session::{self, rewrite_cookie_header, TokenSet};
+use crate::session::{self, rewrite_cookie_header, Pending, SessionProof};
 use crate::state::{App, RelayState};
 use error::ProxyError;
 use headers::{
-    is_websocket_upgrade, prepend_set_cookies, restore_websocket_upgrade, set_forwarding,
-    strip_hop_by_hop,
+    check_host, clears_session, is_websocket_upgrade, make_private, prepend_set_cookies,
+    restore_websocket_upgrade, set_forwarding, strip_hop_by_hop,
 };
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::header::{HeaderMap, EXPECT};
+use hyper::header::{HeaderMap, HeaderName, EXPECT};
 use hyper::{Method, Request, Response, StatusCode, Version};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -109,6 +114,9 @@ pub struct ProxyConfig {
     pub idle_pool_timeout: Duration,
     /// Idle connections kept per app host.
     pub max_idle_per_host: usize,
+    /// Request headers never passed from the browser to the app
+    /// (framework-internal ones; see [`crate::config::app::FRAMEWORK_INTERNAL_HEADERS`]).
+    pub strip_headers: Vec<HeaderName>,
 }
 
 impl ProxyConfig {
@@ -122,6 +130,7 @@ impl ProxyConfig {
             response_timeout: Duration::from_secs(60),
             idle_pool_timeout: Duration::from_secs(4),
             max_idle_per_host: 32,
+            strip_headers: crate::config::app::default_strip_headers(),
         }
     }
 }
@@ -145,6 +154,7 @@ pub struct AppProxy {
     client: AppClient,
     target: AppTarget,
     response_timeout: Duration,
+    strip_headers: Vec<HeaderName>,
 }
 
 impl std::fmt::Debug for AppProxy {
@@ -170,6 +180,7 @@ impl AppProxy {
             client,
             target: cfg.target,
             response_timeout: cfg.response_timeout,
+            strip_headers: cfg.strip_headers,
         }
     }
 
@@ -178,19 +189,20 @@ impl AppProxy {
         state: &Arc<RelayState>,
         mut req: Request<Incoming>,
         peer: SocketAddr,
+        renewal: Option<&Pending>,
     ) -> Result<Response<Body>, ProxyError> {
         // 1. Target.
         if req.method() == Method::CONNECT {
             return Err(ProxyError::Connect);
         }
+        check_host(req.headers())?;
         let uri = self
             .target
             .uri_for(req.uri())
             .ok_or(ProxyError::BadTarget)?;
 
-        // 2. Session renewal (read before any header is rewritten).
-        let renewal = pending_renewal(state, req.headers());
-        let secure = state.is_secure(req.headers(), peer);
+        // 2. Session renewal: taken by the caller before any header is
+        //    rewritten, written into the app's Cookie header below.
 
         // 3. Request headers.
         let websocket = is_websocket_upgrade(&req);
@@ -199,12 +211,20 @@ impl AppProxy {
         let mut headers = parts.headers;
         strip_hop_by_hop(&mut headers);
         headers.remove(EXPECT);
+        for name in &self.strip_headers {
+            headers.remove(name);
+        }
         if websocket {
             restore_websocket_upgrade(&mut headers);
         }
         set_forwarding(&mut headers, state, peer);
-        if let Some((username, tokens)) = &renewal {
-            rewrite_cookie_header(&mut headers, &state.config.client_id, username, tokens);
+        if let Some(p) = renewal {
+            rewrite_cookie_header(
+                &mut headers,
+                &state.config.client_id,
+                &p.username,
+                &p.tokens,
+            );
         }
         // A fresh request: the browser's extensions (its upgrade handle, its
         // connection info) must not leak into the client.
@@ -243,14 +263,6 @@ impl AppProxy {
         if tunnel.is_some() {
             restore_websocket_upgrade(&mut parts.headers);
         }
-        if let Some((username, tokens)) = &renewal {
-            let ours =
-                state
-                    .config
-                    .cookies
-                    .set_cookies(&state.config.client_id, username, tokens, secure);
-            prepend_set_cookies(&mut parts.headers, ours);
-        }
         let mut out = Response::new(body.map_err(|e| -> BoxError { Box::new(e) }).boxed());
         *out.status_mut() = parts.status;
         *out.headers_mut() = parts.headers;
@@ -273,16 +285,42 @@ impl App for AppProxy {
         peer: SocketAddr,
     ) -> Pin<Box<dyn Future<Output = Response<Body>> + Send + 'a>> {
         Box::pin(async move {
-            let result = self.proxy(state, req, peer).await;
+            let browser_refresh = browser_refresh_token(state, req.headers());
+            let renewal = match &browser_refresh {
+                Some(rt) => pending_renewal(state, req.headers(), rt).await,
+                None => None,
+            };
+            let secure = state.is_secure(req.headers(), peer);
+            let result = self.proxy(state, req, peer, renewal.as_ref()).await;
             let label = match &result {
                 Ok(resp) => outcome_label(resp.status()),
                 Err(e) => e.label(),
             };
             record_outcome(state, label);
-            result.unwrap_or_else(|e| {
+            let mut resp = result.unwrap_or_else(|e| {
                 tracing::warn!(%peer, status = e.status().as_u16(), reason = e.label(), side = e.side(), error = %e, "app request failed");
                 e.into_response()
-            })
+            });
+            // 5b. Our Set-Cookies, on whatever the answer is: the renewal was
+            //     taken from the store and this response is its only way out.
+            if let Some(p) = &renewal {
+                let ours = state.config.cookies.set_cookies(
+                    &state.config.client_id,
+                    &p.username,
+                    &p.tokens,
+                    secure,
+                );
+                prepend_set_cookies(resp.headers_mut(), ours);
+                make_private(resp.headers_mut());
+            }
+            // A sign-out the app performed: nothing may be delivered to this
+            // browser's old session any more.
+            if let Some(rt) = &browser_refresh {
+                if clears_session(resp.headers(), &state.config.client_id) {
+                    state.pending.forget(rt);
+                }
+            }
+            resp
         })
     }
 }
@@ -294,12 +332,24 @@ fn record_outcome(state: &RelayState, label: &'static str) {
 
 // === Session renewal ===
 
-/// The renewal waiting for this request's session, if any: `(username,
-/// tokens)` from [`crate::session::PendingRenewals`].
-fn pending_renewal(state: &RelayState, headers: &HeaderMap) -> Option<(String, Arc<TokenSet>)> {
+/// The refresh token the browser's session cookies hold, if any.
+fn browser_refresh_token(state: &RelayState, headers: &HeaderMap) -> Option<String> {
+    session::from_headers(headers, &state.config.client_id)
+        .ok()?
+        .refresh_token
+}
+
+/// The renewal waiting for this request's session, taken from
+/// [`crate::session::PendingRenewals`] — only when the request's own token
+/// proves the session (verified, expiry ignored).
+async fn pending_renewal(state: &RelayState, headers: &HeaderMap, rt: &str) -> Option<Pending> {
+    if !state.pending.has(rt) {
+        return None;
+    }
     let session = session::from_headers(headers, &state.config.client_id).ok()?;
-    let refresh = session.refresh_token.as_deref()?;
-    state.pending.lookup(refresh)
+    let token = session.token(state.config.token_use)?;
+    let claims = state.verifier.verify_ignoring_expiry(token).await.ok()?;
+    state.pending.take(rt, &SessionProof::of(&claims))
 }
 
 #[cfg(test)]

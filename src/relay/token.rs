@@ -1,6 +1,9 @@
 //! The token an open socket relays with, and keeping it fresh: when it is
-//! due, renew it in place ([`crate::authenticate::renew`]), keep a rotated
-//! refresh token for the browser's next request, or end the session.
+//! due, renew it in place ([`crate::authenticate::renew`], which also pins
+//! the identity: the socket's `sub` never changes), keep a rotated refresh
+//! token for the browser's next request, or end the session. Transient
+//! Cognito failures are retried with backoff until the token itself
+//! expires; only a refusal ends the session.
 //!
 //! Nothing here logs a token.
 
@@ -15,8 +18,10 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// Retry interval for a refresh that failed for a transient reason.
-const REFRESH_RETRY: Duration = Duration::from_secs(5);
+/// First retry of a refresh that failed for a transient reason; doubled on
+/// each failure up to [`REFRESH_RETRY_MAX`].
+const REFRESH_RETRY: Duration = Duration::from_secs(1);
+const REFRESH_RETRY_MAX: Duration = Duration::from_secs(30);
 
 pub struct TokenState {
     /// The token (and AppSync host) injected into every frame.
@@ -28,6 +33,8 @@ pub struct TokenState {
     session: SessionState,
     /// Cognito rotated the refresh token since the browser's cookie was set.
     rotated: bool,
+    /// Transient refresh failures in a row (for the backoff).
+    failures: u32,
 }
 
 impl TokenState {
@@ -44,6 +51,7 @@ impl TokenState {
             expires_at,
             session,
             rotated: false,
+            failures: 0,
         }
     }
 
@@ -71,13 +79,18 @@ impl TokenState {
             state,
             &refresh_token,
             &self.session.username,
+            &self.session.proof,
             Phase::Connection,
         )
         .await
         {
             Ok(r) => r,
             Err(RenewError::Refresh(RefreshError::Rejected(_))) => {
-                return Err(Ending::SessionEnded("refresh_rejected"))
+                state.end_session(&self.session.proof);
+                return Err(Ending::SessionEnded("refresh_rejected"));
+            }
+            Err(RenewError::IdentityChanged) => {
+                return Err(Ending::SessionEnded("identity_changed"));
             }
             Err(RenewError::Refresh(RefreshError::Unavailable(_)) | RenewError::NoToken) => {
                 return self.retry_later()
@@ -87,6 +100,7 @@ impl TokenState {
                 return self.retry_later();
             }
         };
+        self.failures = 0;
         self.auth = UpstreamAuth::new(renewed.token, self.auth.host());
         self.expires_at = renewed.claims.exp;
         self.due = instant_at(refresh_due_at(
@@ -108,9 +122,12 @@ impl TokenState {
                     id_token: tokens.id_token.clone(),
                     refresh_token: self.session.refresh_token.clone(),
                 };
-                state
-                    .pending
-                    .record(browser, &self.session.username, Arc::new(latest));
+                state.pending.record(
+                    browser,
+                    &self.session.username,
+                    Arc::new(latest),
+                    self.session.proof.clone(),
+                );
             }
         }
         Ok(true)
@@ -122,7 +139,17 @@ impl TokenState {
             // handshake tries again and answers precisely.
             return Err(Ending::Reauthenticate);
         }
-        self.due = Instant::now() + REFRESH_RETRY;
+        let backoff = REFRESH_RETRY
+            .saturating_mul(1 << self.failures.min(5))
+            .min(REFRESH_RETRY_MAX);
+        self.failures = self.failures.saturating_add(1);
+        // Jittered, so a fleet of sockets does not retry in lock-step, and
+        // never past the token's own expiry (then the session is decided).
+        let jittered = backoff.mul_f64(0.5 + rand::random::<f64>() / 2.0);
+        let now = Instant::now();
+        self.due = (now + jittered)
+            .min(instant_at(self.expires_at))
+            .max(now + Duration::from_millis(250));
         Ok(false)
     }
 }

@@ -12,16 +12,19 @@
 //! - [`read`]: `Cookie` → [`Session`] (refusing ambiguous sessions).
 //! - [`write`]: [`CookiePolicy`] for `Set-Cookie`, and the `Cookie` rewrite
 //!   for requests proxied to the app.
+//! - [`proof`]: [`SessionProof`], what a request shows to get a renewal.
 //! - [`pending`]: [`PendingRenewals`], keyed by refresh-token hash.
 
 pub mod names;
 pub mod pending;
+pub mod proof;
 pub mod read;
 pub mod tokens;
 pub mod write;
 
 pub use names::{cookie_name, encode_username, last_auth_user_cookie, COOKIE_PREFIX};
-pub use pending::PendingRenewals;
+pub use pending::{Pending, PendingRenewals};
+pub use proof::SessionProof;
 pub use read::{from_headers, Session, SessionError, MAX_COOKIE_HEADER_BYTES};
 pub use tokens::TokenSet;
 pub use write::{rewrite_cookie_header, CookiePolicy, SameSite};

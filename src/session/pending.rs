@@ -2,23 +2,46 @@
 //! has no HTTP response to carry cookies. When Cognito rotated the refresh
 //! token, the browser's cookie holds one that dies after a grace period, so
 //! the new tokens are kept here, keyed by SHA-256 of the refresh token the
-//! browser still holds, and handed out as `Set-Cookie` on that session's
-//! next request through the relay (a handshake, an HTTP publish, or a
-//! request to the app).
+//! browser still holds, for that session's next request through the relay
+//! (a handshake, an HTTP publish, or a request to the app).
 //!
-//! The store is bounded and entries expire; it never holds a key that is a
-//! token.
+//! The rules that make this safe (docs/ARCHITECTURE.md, "Session
+//! integrity"):
+//! - an entry is handed only to a request that proves the same session
+//!   ([`SessionProof`]): a refresh token alone buys nothing;
+//! - it is removed when handed out, when its session ends (refresh refused,
+//!   identity changed, sign-out seen), and after its time to live;
+//! - recording again for the same browser replaces it: the newest live
+//!   refresh token is the one kept.
+//!
+//! The store is bounded; no key is a token.
 
+use super::proof::SessionProof;
 use super::tokens::TokenSet;
 use crate::verify::token_hash;
 use dashmap::DashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-struct Pending {
-    username: String,
-    tokens: Arc<TokenSet>,
+/// A renewal waiting for its browser.
+#[derive(Clone)]
+pub struct Pending {
+    /// The cookie username the tokens are written under.
+    pub username: String,
+    /// The newest token set, with the refresh token now valid.
+    pub tokens: Arc<TokenSet>,
+    /// What the browser's own token must match.
+    pub proof: SessionProof,
     created: Instant,
+}
+
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pending")
+            .field("username", &self.username)
+            .field("sub", &self.proof.sub)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Renewals waiting for their browser (see the module docs).
@@ -47,8 +70,14 @@ impl PendingRenewals {
 
     /// Remembers that the browser holding the refresh token hashed as
     /// `browser_refresh` should now get `tokens` (which carry the current
-    /// refresh token).
-    pub fn record(&self, browser_refresh: [u8; 32], username: &str, tokens: Arc<TokenSet>) {
+    /// refresh token), once it proves `proof`.
+    pub fn record(
+        &self,
+        browser_refresh: [u8; 32],
+        username: &str,
+        tokens: Arc<TokenSet>,
+        proof: SessionProof,
+    ) {
         if self.entries.len() >= self.capacity {
             self.entries.retain(|_, p| p.created.elapsed() < self.ttl);
             if self.entries.len() >= self.capacity {
@@ -68,23 +97,39 @@ impl PendingRenewals {
             Pending {
                 username: username.to_string(),
                 tokens,
+                proof,
                 created: Instant::now(),
             },
         );
     }
 
-    /// The renewal for a browser holding `refresh_token`, if one is waiting.
-    /// Entries stay until they expire: the browser may send several requests
-    /// with the old cookies before the first `Set-Cookie` reaches it.
-    pub fn lookup(&self, refresh_token: &str) -> Option<(String, Arc<TokenSet>)> {
+    /// Whether a renewal may be waiting for `refresh_token` (cheap: lets a
+    /// caller skip verifying a token when there is nothing to prove).
+    pub fn has(&self, refresh_token: &str) -> bool {
+        self.entries.contains_key(&token_hash(refresh_token))
+    }
+
+    /// Hands out, and removes, the renewal waiting for the browser holding
+    /// `refresh_token` — only if `shown` (from that browser's own verified
+    /// token) proves the session it was made for.
+    pub fn take(&self, refresh_token: &str, shown: &SessionProof) -> Option<Pending> {
         let key = token_hash(refresh_token);
-        let entry = self.entries.get(&key)?;
-        if entry.created.elapsed() >= self.ttl {
-            drop(entry);
-            self.entries.remove(&key);
-            return None;
-        }
-        Some((entry.username.clone(), entry.tokens.clone()))
+        let (_, entry) = self.entries.remove_if(&key, |_, p| {
+            p.created.elapsed() >= self.ttl || p.proof.matches(shown)
+        })?;
+        (entry.created.elapsed() < self.ttl).then_some(entry)
+    }
+
+    /// Forgets whatever waits for the browser holding `refresh_token` (its
+    /// session was signed out).
+    pub fn forget(&self, refresh_token: &str) {
+        self.entries.remove(&token_hash(refresh_token));
+    }
+
+    /// Forgets every renewal of the session `proof` stands for (its refresh
+    /// token was refused, or its identity changed).
+    pub fn end_session(&self, proof: &SessionProof) {
+        self.entries.retain(|_, p| !p.proof.matches(proof));
     }
 
     #[cfg(test)]
@@ -105,17 +150,51 @@ mod tests {
         }
     }
 
+    fn proof(sub: &str) -> SessionProof {
+        SessionProof {
+            sub: sub.into(),
+            client_id: Some("c".into()),
+            origin_jti: Some("j".into()),
+            event_id: None,
+        }
+    }
+
     #[test]
     fn pending_renewals_are_bounded_and_keyed_by_hash() {
         let store = PendingRenewals::new(2, Duration::from_secs(60));
         for rt in ["r1", "r2", "r3"] {
-            store.record(token_hash(rt), "u", Arc::new(tokens(true)));
+            store.record(token_hash(rt), "u", Arc::new(tokens(true)), proof("u"));
         }
         assert_eq!(store.len(), 2);
-        assert!(store.lookup("r3").is_some());
-        assert!(store.lookup("unknown").is_none());
+        assert!(store.take("r3", &proof("u")).is_some());
+        assert!(store.take("unknown", &proof("u")).is_none());
         let expired = PendingRenewals::new(2, Duration::from_millis(0));
-        expired.record(token_hash("r"), "u", Arc::new(tokens(true)));
-        assert!(expired.lookup("r").is_none());
+        expired.record(token_hash("r"), "u", Arc::new(tokens(true)), proof("u"));
+        assert!(expired.take("r", &proof("u")).is_none());
+    }
+
+    #[test]
+    fn a_refresh_token_alone_buys_nothing_and_delivery_is_once() {
+        let store = PendingRenewals::new(10, Duration::from_secs(60));
+        store.record(
+            token_hash("rt0"),
+            "u",
+            Arc::new(tokens(true)),
+            proof("alice"),
+        );
+        assert!(store.take("rt0", &proof("mallory")).is_none());
+        assert!(store.take("rt0", &proof("alice")).is_some());
+        assert!(
+            store.take("rt0", &proof("alice")).is_none(),
+            "handed out once"
+        );
+        store.record(
+            token_hash("rt0"),
+            "u",
+            Arc::new(tokens(true)),
+            proof("alice"),
+        );
+        store.end_session(&proof("alice"));
+        assert!(store.take("rt0", &proof("alice")).is_none());
     }
 }

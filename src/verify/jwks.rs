@@ -10,6 +10,7 @@ use jsonwebtoken::jwk::{AlgorithmParameters, Jwk, KeyAlgorithm};
 use jsonwebtoken::DecodingKey;
 use serde::Deserialize;
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -31,10 +32,18 @@ pub enum JwksError {
     NoKeys,
 }
 
-/// Usable keys by `kid`.
+/// Usable keys by `kid`, each with a fingerprint of its material (SHA-256
+/// of the JWK's modulus and exponent): a `kid` reused for a new key is a
+/// different key.
 #[derive(Default)]
 pub struct KeyStore {
-    pub keys: HashMap<String, DecodingKey>,
+    pub keys: HashMap<String, (DecodingKey, [u8; 32])>,
+}
+
+impl KeyStore {
+    pub fn fingerprint(&self, kid: &str) -> Option<[u8; 32]> {
+        self.keys.get(kid).map(|(_, f)| *f)
+    }
 }
 
 /// Fetches and parses the JWKS at `url` within `timeout`.
@@ -99,8 +108,12 @@ pub fn parse(body: &[u8]) -> Result<KeyStore, JwksError> {
         {
             continue;
         }
+        let AlgorithmParameters::RSA(rsa) = &jwk.algorithm else {
+            continue;
+        };
+        let fingerprint: [u8; 32] = Sha256::digest(format!("{}.{}", rsa.n, rsa.e)).into();
         if let Ok(key) = DecodingKey::from_jwk(&jwk) {
-            keys.insert(kid, key);
+            keys.insert(kid, (key, fingerprint));
         }
     }
     if keys.is_empty() {

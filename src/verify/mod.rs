@@ -11,44 +11,31 @@
 //! only from the configured JWKS URL.
 //!
 //! Verified tokens are cached by SHA-256 of the token until their `exp`, so
-//! repeated handshakes skip RSA. This module never logs or returns a token.
+//! repeated handshakes skip RSA; a cached verification is void once the key
+//! that made it leaves the JWKS, which is fetched again every
+//! `jwks_refresh_interval` (and on an unknown `kid`). This module never logs
+//! or returns a token.
 
+mod claims;
+mod error;
 mod jose;
 mod jwks;
 
+pub use claims::{Claims, TokenUse};
+pub use error::VerifyError;
 pub use jose::{unverified_times, MAX_TOKEN_BYTES};
 pub use jwks::JwksError;
 
 use crate::clock::now_secs;
 use crate::http_client::HttpClient;
 use dashmap::DashMap;
-use jose::HeaderError;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use jwks::KeyStore;
-use serde::Deserialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
-
-/// Which Cognito token the relay forwards and therefore verifies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum TokenUse {
-    /// The access token (what Amplify sends; `client_id` claim).
-    Access,
-    /// The ID token (`aud` claim).
-    Id,
-}
-
-impl TokenUse {
-    pub fn claim(self) -> &'static str {
-        match self {
-            TokenUse::Access => "access",
-            TokenUse::Id => "id",
-        }
-    }
-}
 
 #[derive(Debug, Clone)]
 pub struct VerifierConfig {
@@ -65,101 +52,20 @@ pub struct VerifierConfig {
     pub jwks_refetch_interval: Duration,
     /// Deadline for one JWKS fetch.
     pub fetch_timeout: Duration,
+    /// How old the key set may get before it is fetched again (in the
+    /// background, on the next verification): a key withdrawn from the
+    /// JWKS stops verifying within about this long.
+    pub jwks_refresh_interval: Duration,
     /// Most verified tokens remembered at once.
     pub cache_capacity: usize,
 }
 
-/// Why a token was refused. `reason()` is a bounded label for metrics and logs.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum VerifyError {
-    #[error("token is larger than {MAX_TOKEN_BYTES} bytes")]
-    TooLarge,
-    #[error("token is not a well-formed JWT")]
-    Malformed,
-    #[error("token algorithm is not RS256")]
-    Algorithm,
-    #[error("token has no kid")]
-    MissingKid,
-    #[error("token kid is not in the JWKS")]
-    UnknownKid,
-    #[error("token signature is invalid")]
-    Signature,
-    #[error("token has expired")]
-    Expired,
-    #[error("token is not valid yet")]
-    NotYetValid,
-    #[error("token issuer does not match")]
-    Issuer,
-    #[error("token_use does not match")]
-    TokenUse,
-    #[error("token was issued to another client")]
-    Audience,
-    #[error("signing keys are not available")]
-    JwksUnavailable,
-}
-
-impl VerifyError {
-    pub fn reason(&self) -> &'static str {
-        match self {
-            VerifyError::TooLarge => "token_too_large",
-            VerifyError::Malformed => "token_malformed",
-            VerifyError::Algorithm => "token_algorithm",
-            VerifyError::MissingKid => "token_missing_kid",
-            VerifyError::UnknownKid => "token_unknown_kid",
-            VerifyError::Signature => "token_signature",
-            VerifyError::Expired => "token_expired",
-            VerifyError::NotYetValid => "token_not_yet_valid",
-            VerifyError::Issuer => "token_issuer",
-            VerifyError::TokenUse => "token_use",
-            VerifyError::Audience => "token_audience",
-            VerifyError::JwksUnavailable => "jwks_unavailable",
-        }
-    }
-}
-
-impl From<HeaderError> for VerifyError {
-    fn from(e: HeaderError) -> VerifyError {
-        match e {
-            HeaderError::Malformed => VerifyError::Malformed,
-            HeaderError::Algorithm => VerifyError::Algorithm,
-            HeaderError::MissingKid => VerifyError::MissingKid,
-        }
-    }
-}
-
-/// The claims the relay uses. Cognito tokens carry more; they are ignored.
-#[derive(Debug, Clone, Deserialize)]
-pub struct Claims {
-    pub sub: String,
-    pub iss: String,
-    pub exp: u64,
-    #[serde(default)]
-    pub nbf: Option<u64>,
-    #[serde(default)]
-    pub iat: Option<u64>,
-    #[serde(default)]
-    pub token_use: Option<String>,
-    #[serde(default)]
-    pub client_id: Option<String>,
-    #[serde(default)]
-    pub aud: Option<Value>,
-    /// Access tokens carry `username`; ID tokens `cognito:username`.
-    #[serde(default)]
-    pub username: Option<String>,
-    #[serde(default, rename = "cognito:username")]
-    pub cognito_username: Option<String>,
-}
-
-impl Claims {
-    pub fn username(&self) -> Option<&str> {
-        self.username
-            .as_deref()
-            .or(self.cognito_username.as_deref())
-    }
-}
-
 struct CachedToken {
     claims: Arc<Claims>,
+    /// The key that verified it: the entry is void once that key leaves the
+    /// JWKS (or its `kid` names other key material).
+    kid: String,
+    fingerprint: [u8; 32],
 }
 
 pub struct Verifier {
@@ -169,6 +75,10 @@ pub struct Verifier {
     ready: AtomicBool,
     /// Single-flight gate for JWKS fetches; holds when the last one started.
     fetch_gate: tokio::sync::Mutex<Option<Instant>>,
+    /// When the key set is due to be fetched again.
+    next_refresh: std::sync::Mutex<Instant>,
+    /// For the background refresh, which must outlive the call that starts it.
+    this: std::sync::Weak<Verifier>,
     cache: DashMap<[u8; 32], CachedToken>,
     validation: Validation,
 }
@@ -200,7 +110,9 @@ impl Verifier {
         // Access tokens have no `aud`; audience is checked by hand below
         // against `client_id` or `aud` depending on `token_use`.
         validation.validate_aud = false;
-        Arc::new(Verifier {
+        Arc::new_cyclic(|this| Verifier {
+            next_refresh: std::sync::Mutex::new(Instant::now() + cfg.jwks_refresh_interval),
+            this: this.clone(),
             cfg,
             http,
             keys: RwLock::new(Arc::new(KeyStore::default())),
@@ -244,7 +156,48 @@ impl Verifier {
             Err(poisoned) => *poisoned.into_inner() = Arc::new(store),
         }
         self.ready.store(true, Ordering::Release);
+        self.schedule_refresh(self.cfg.jwks_refresh_interval);
         Ok(count)
+    }
+
+    fn schedule_refresh(&self, after: Duration) {
+        let mut next = match self.next_refresh.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        *next = Instant::now() + after;
+    }
+
+    /// Starts a background refetch when the key set is older than
+    /// `jwks_refresh_interval`; verification goes on with the current keys
+    /// meanwhile. A failed refetch is retried after at most 30 s.
+    fn refresh_if_stale(&self) {
+        if !self.is_ready() {
+            return;
+        }
+        {
+            let mut next = match self.next_refresh.lock() {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            };
+            if Instant::now() < *next {
+                return;
+            }
+            // Claimed: no other caller starts one until this one is done.
+            *next = Instant::now() + self.cfg.jwks_refresh_interval.min(Duration::from_secs(30));
+        }
+        let Some(this) = self.this.upgrade() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        runtime.spawn(async move {
+            let _gate = this.fetch_gate.lock().await;
+            if let Err(e) = this.fetch_and_store().await {
+                tracing::warn!(error = %e, "periodic JWKS refresh failed; keeping cached keys");
+            }
+        });
     }
 
     /// Verifies `token` and returns its claims.
@@ -252,15 +205,21 @@ impl Verifier {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(VerifyError::TooLarge);
         }
+        self.refresh_if_stale();
         let hash = token_hash(token);
         if let Some(hit) = self.cache.get(&hash) {
-            let claims = hit.claims.clone();
+            let (claims, kid, fingerprint) = (hit.claims.clone(), hit.kid.clone(), hit.fingerprint);
             drop(hit);
-            self.check_time(&claims)?;
-            return Ok(claims);
+            if self.current_keys().fingerprint(&kid) == Some(fingerprint) {
+                self.check_time(&claims)?;
+                return Ok(claims);
+            }
+            // Its key was withdrawn: verify again from scratch.
+            self.cache.remove(&hash);
         }
-        let claims = Arc::new(self.decode(token, &self.validation).await?);
-        self.remember(hash, claims.clone());
+        let (claims, (kid, fingerprint)) = self.decode(token, &self.validation).await?;
+        let claims = Arc::new(claims);
+        self.remember(hash, claims.clone(), kid, fingerprint);
         Ok(claims)
     }
 
@@ -273,14 +232,21 @@ impl Verifier {
         let mut validation = self.validation.clone();
         validation.validate_exp = false;
         validation.validate_nbf = false;
-        self.decode(token, &validation).await
+        self.refresh_if_stale();
+        self.decode(token, &validation)
+            .await
+            .map(|(claims, _)| claims)
     }
 
     /// Header gate, key lookup, signature and claims under `validation`,
     /// then the audience rule: every check but the cache and the size cap.
-    async fn decode(&self, token: &str, validation: &Validation) -> Result<Claims, VerifyError> {
+    async fn decode(
+        &self,
+        token: &str,
+        validation: &Validation,
+    ) -> Result<(Claims, (String, [u8; 32])), VerifyError> {
         let kid = jose::check_header(token)?;
-        let key = self.key_for(&kid).await?;
+        let (key, fingerprint) = self.key_for(&kid).await?;
         let data = jsonwebtoken::decode::<Claims>(token, &key, validation).map_err(|e| {
             use jsonwebtoken::errors::ErrorKind as K;
             match e.kind() {
@@ -293,7 +259,7 @@ impl Verifier {
             }
         })?;
         self.check_audience(&data.claims)?;
-        Ok(data.claims)
+        Ok((data.claims, (kid, fingerprint)))
     }
 
     fn check_time(&self, claims: &Claims) -> Result<(), VerifyError> {
@@ -332,7 +298,7 @@ impl Verifier {
         }
     }
 
-    fn remember(&self, hash: [u8; 32], claims: Arc<Claims>) {
+    fn remember(&self, hash: [u8; 32], claims: Arc<Claims>, kid: String, fingerprint: [u8; 32]) {
         if self.cache.len() >= self.cfg.cache_capacity {
             let now = now_secs();
             self.cache.retain(|_, v| v.claims.exp > now);
@@ -342,10 +308,17 @@ impl Verifier {
                 self.cache.clear();
             }
         }
-        self.cache.insert(hash, CachedToken { claims });
+        self.cache.insert(
+            hash,
+            CachedToken {
+                claims,
+                kid,
+                fingerprint,
+            },
+        );
     }
 
-    async fn key_for(&self, kid: &str) -> Result<DecodingKey, VerifyError> {
+    async fn key_for(&self, kid: &str) -> Result<(DecodingKey, [u8; 32]), VerifyError> {
         if let Some(key) = self.current_keys().keys.get(kid) {
             return Ok(key.clone());
         }

@@ -296,6 +296,7 @@ pub fn proxy_config(upstream: url::Url) -> ProxyConfig {
         response_timeout: Duration::from_secs(10),
         idle_pool_timeout: Duration::from_secs(30),
         max_idle_per_host: 8,
+        ..ProxyConfig::new(AppTarget::parse(&upstream).expect("usable app upstream"))
     }
 }
 

@@ -43,6 +43,10 @@ pub struct Shared {
     /// Delay before answering, to make concurrent callers overlap.
     pub delay_ms: AtomicU64,
     pub client_secret: Mutex<Option<String>>,
+    /// Errors to answer the next calls with, in order: `(HTTP status, __type)`.
+    pub fail_next: Mutex<std::collections::VecDeque<(u16, String)>>,
+    /// A hostile Cognito: answer refreshes with tokens of this other `sub`.
+    pub answer_as_sub: Mutex<Option<String>>,
 }
 
 pub struct FakeCognito {
@@ -64,8 +68,15 @@ pub struct Session {
 }
 
 fn mint(issuer: &str, username: &str, lifetime: u64) -> (String, String) {
+    mint_as(issuer, username, lifetime, None)
+}
+
+fn mint_as(issuer: &str, username: &str, lifetime: u64, sub: Option<&str>) -> (String, String) {
     let now = now();
     let mut access = access_claims(issuer);
+    if let Some(sub) = sub {
+        access["sub"] = json!(sub);
+    }
     access["username"] = json!(username);
     access["iat"] = json!(now);
     access["exp"] = json!(now + lifetime);
@@ -105,6 +116,12 @@ impl Shared {
         if ms > 0 {
             tokio::time::sleep(Duration::from_millis(ms)).await;
         }
+        let failure = self.fail_next.lock().unwrap().pop_front();
+        if let Some((status, kind)) = failure {
+            let mut r = error(&kind, "injected by the test");
+            *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+            return r;
+        }
         if !target.starts_with("AWSCognitoIdentityProviderService.") {
             return error("UnknownOperationException", "bad target");
         }
@@ -141,7 +158,8 @@ impl Shared {
             }
         }
         let lifetime = self.token_lifetime.load(Ordering::SeqCst);
-        let (access, id) = mint(&self.issuer, &username, lifetime);
+        let impostor = self.answer_as_sub.lock().unwrap().clone();
+        let (access, id) = mint_as(&self.issuer, &username, lifetime, impostor.as_deref());
         let mut result = json!({"AccessToken": access, "IdToken": id, "ExpiresIn": lifetime, "TokenType": "Bearer"});
         if action == "GetTokensFromRefreshToken" && self.rotate.load(Ordering::SeqCst) {
             let new_rt = format!("rt-{}", rand::random::<u64>());

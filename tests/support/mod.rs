@@ -160,6 +160,20 @@ impl JwksServer {
     }
 }
 
+/// The `sub` of every token minted for `USERNAME`.
+pub const SUB: &str = "5f1c6a2e-0000-4000-8000-000000000001";
+
+/// The session identity of tokens minted by [`access_claims`], as a
+/// pending renewal for them is recorded.
+pub fn session_proof() -> appsync_relay::session::SessionProof {
+    appsync_relay::session::SessionProof {
+        sub: SUB.into(),
+        client_id: Some(CLIENT_ID.into()),
+        origin_jti: None,
+        event_id: None,
+    }
+}
+
 /// Claims of a well-formed Cognito access token for `USERNAME`.
 pub fn access_claims(issuer: &str) -> Value {
     let now = now();
@@ -259,6 +273,7 @@ pub fn emulator_verifier(jwks: &JwksServer, client_id: &str) -> Arc<Verifier> {
             leeway: Duration::from_secs(0),
             jwks_refetch_interval: Duration::from_secs(10),
             fetch_timeout: Duration::from_secs(5),
+            jwks_refresh_interval: Duration::from_secs(600),
             cache_capacity: 1000,
         },
         appsync_relay::http_client::build(Duration::from_secs(5)),

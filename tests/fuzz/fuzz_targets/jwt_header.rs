@@ -107,6 +107,7 @@ fn fixture() -> &'static Fixture {
                 leeway: Duration::from_secs(LEEWAY),
                 jwks_refetch_interval: Duration::from_secs(3600),
                 fetch_timeout: Duration::from_secs(5),
+                jwks_refresh_interval: Duration::from_secs(600),
                 cache_capacity: 1000,
             },
             appsync_relay::http_client::build(Duration::from_secs(5)),
