@@ -15,8 +15,9 @@
 //! the handshake walk and where new code goes; `tests/architecture.rs`
 //! checks them.
 //!
-//! 1. Leaves: [`clock`], [`protocol`], [`response`], [`forwarded`],
-//!    [`origin`], [`limits`], [`metrics`], [`tls`], [`http_client`].
+//! 1. Leaves: [`clock`], [`protocol`], [`response`], [`strict_json`],
+//!    [`forwarded`], [`origin`], [`limits`], [`metrics`], [`tls`],
+//!    [`http_client`].
 //! 2. Wire and tokens: [`upgrade`], [`rewrite`], [`upstream`], [`verify`].
 //! 3. Session: [`session`] (reads and writes Amplify's cookies, pending
 //!    renewals), [`refresh`] (Cognito, single flight), and the strict
@@ -38,6 +39,7 @@ pub mod metrics;
 pub mod origin;
 pub mod protocol;
 pub mod response;
+pub mod strict_json;
 pub mod tls;
 
 pub mod rewrite;

@@ -2,16 +2,21 @@
 //! `subscribe`/`publish` messages are rewritten to carry the real token.
 //!
 //! The browser holds no token, so whatever auth it sends (Amplify sends a
-//! placeholder API key, top-level and again in `payload.extensions`) is
-//! removed wherever it appears, in any letter case, and the relay's own
-//! `{"Authorization": <JWT>, "host": <HTTP host>}` is set as the top-level
-//! `authorization`. Frames that break AppSync's rules are answered here with
-//! the matching `*_error` and never reach upstream. Frames of other types are
-//! forwarded byte for byte unless they carried auth that had to be removed.
+//! placeholder API key, top-level and again in `payload.extensions`) must
+//! never reach AppSync. Frames are parsed strictly (a duplicate key at any
+//! depth is refused: two parsers picking different duplicates would read
+//! different frames), and what goes upstream is re-rendered from only the
+//! fields AppSync reads — `type`, `id`, `channel`, `events` — with the
+//! relay's own `{"Authorization": <JWT>, "host": <HTTP host>}` as
+//! `authorization` on subscribe and publish. Nothing else the browser sent
+//! (other keys, Amplify's `payload` copy, auth hidden at any depth) is
+//! forwarded. Frames that break AppSync's rules, and frames of types the
+//! relay does not know, are answered here and never reach upstream.
 //!
 //! This module never logs; `UpstreamAuth`'s `Debug` redacts the token.
 
 use crate::protocol::{self, error_type, Channel};
+use crate::strict_json;
 use serde_json::{Map, Value};
 use std::fmt;
 
@@ -59,42 +64,10 @@ impl UpstreamAuth {
 /// when the frame is sent.
 #[derive(Debug, PartialEq, Eq)]
 pub enum ClientAction {
-    /// Forward the frame exactly as received.
-    ForwardOriginal,
-    /// Forward this rewritten frame instead.
+    /// Forward this frame (re-rendered from the fields the relay knows).
     Forward(String),
     /// Answer the browser with this frame; send nothing upstream.
     Reply(String),
-}
-
-/// Removes every key named `authorization` (any case) from `map`.
-/// Returns whether anything was removed.
-fn strip_auth(map: &mut Map<String, Value>) -> bool {
-    let before = map.len();
-    map.retain(|k, _| !k.eq_ignore_ascii_case("authorization"));
-    before != map.len()
-}
-
-/// Strips client auth from the top level, `payload`, and
-/// `payload.extensions` (the places Amplify and the AWS docs put it).
-fn strip_all_auth(msg: &mut Map<String, Value>) -> bool {
-    let mut removed = strip_auth(msg);
-    for (key, payload) in msg.iter_mut() {
-        if !key.eq_ignore_ascii_case("payload") {
-            continue;
-        }
-        if let Value::Object(payload) = payload {
-            removed |= strip_auth(payload);
-            for (k, ext) in payload.iter_mut() {
-                if k.eq_ignore_ascii_case("extensions") {
-                    if let Value::Object(ext) = ext {
-                        removed |= strip_auth(ext);
-                    }
-                }
-            }
-        }
-    }
-    removed
 }
 
 /// What a browser frame is, as far as the relay's bookkeeping cares.
@@ -112,18 +85,26 @@ pub enum FrameKind {
     Publish {
         id: String,
     },
-    Other,
 }
 
-/// The bytes to send upstream, before the current token is known.
+/// The frame to send upstream, before the current token is known: only
+/// the fields AppSync reads, nothing else the browser sent.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Outgoing {
-    /// Send the frame exactly as received.
-    Original,
-    /// Send this object (client auth was stripped from it).
-    Stripped(Map<String, Value>),
-    /// Send this object with the relay's `authorization` set on it.
-    NeedsAuth(Map<String, Value>),
+    ConnectionInit,
+    Unsubscribe {
+        id: String,
+    },
+    Subscribe {
+        id: String,
+        channel: String,
+    },
+    Publish {
+        id: String,
+        channel: String,
+        /// Each a JSON document as a string, as the browser sent it.
+        events: Vec<String>,
+    },
 }
 
 /// The decision for one browser frame, split from the final rendering so
@@ -144,11 +125,26 @@ fn reject(client_type: &str, id: Option<&str>, message: &str) -> Prepared {
     ))
 }
 
-/// Validates a browser frame and strips any auth it carries.
+/// A frame id, if it is a valid one.
+fn valid_id(msg: &Map<String, Value>) -> Option<String> {
+    match msg.get("id") {
+        Some(Value::String(id)) if protocol::is_valid_id(id) => Some(id.clone()),
+        _ => None,
+    }
+}
+
+/// Validates a browser frame and decides what, if anything, goes upstream.
+/// The frame is parsed strictly (a duplicate key anywhere refuses it), and
+/// only the fields AppSync reads are kept: any `authorization`, `payload`
+/// copy or other field the browser added never leaves the relay.
 pub fn prepare_client_frame(text: &str) -> Prepared {
-    let mut msg: Map<String, Value> = match serde_json::from_str(text) {
+    let msg = match strict_json::parse(text) {
         Ok(Value::Object(m)) => m,
-        _ => return reject("", None, "Message is not a JSON object"),
+        Ok(_) => return reject("", None, "Message is not a JSON object"),
+        Err(e) if e.to_string().starts_with("duplicate key") => {
+            return reject("", None, "Message has a duplicate key")
+        }
+        Err(_) => return reject("", None, "Message is not a JSON object"),
     };
     let msg_type = match msg.get("type") {
         Some(Value::String(t)) => t.clone(),
@@ -157,9 +153,8 @@ pub fn prepare_client_frame(text: &str) -> Prepared {
     match msg_type.as_str() {
         "subscribe" | "publish" => {
             let publish = msg_type == "publish";
-            let id = match msg.get("id") {
-                Some(Value::String(id)) if protocol::is_valid_id(id) => id.clone(),
-                _ => return reject(&msg_type, None, "Invalid id"),
+            let Some(id) = valid_id(&msg) else {
+                return reject(&msg_type, None, "Invalid id");
             };
             let channel = match msg.get("channel") {
                 Some(Value::String(c)) => match Channel::parse(c, !publish) {
@@ -168,76 +163,121 @@ pub fn prepare_client_frame(text: &str) -> Prepared {
                 },
                 _ => return reject(&msg_type, Some(&id), "Missing channel"),
             };
-            if publish {
-                if let Err(message) = check_events(msg.get("events")) {
-                    return reject(&msg_type, Some(&id), message);
-                }
+            if !publish {
+                return Prepared::Forward {
+                    kind: FrameKind::Subscribe {
+                        id: id.clone(),
+                        channel: channel.clone(),
+                    },
+                    body: Outgoing::Subscribe { id, channel },
+                };
             }
-            strip_all_auth(&mut msg);
-            let kind = if publish {
-                FrameKind::Publish { id }
-            } else {
-                FrameKind::Subscribe { id, channel }
+            if let Err(message) = check_events(msg.get("events")) {
+                return reject(&msg_type, Some(&id), message);
+            }
+            let events = match msg.get("events") {
+                Some(Value::Array(events)) => events
+                    .iter()
+                    .filter_map(|e| e.as_str().map(str::to_string))
+                    .collect(),
+                _ => Vec::new(),
             };
             Prepared::Forward {
-                kind,
-                body: Outgoing::NeedsAuth(msg),
+                kind: FrameKind::Publish { id: id.clone() },
+                body: Outgoing::Publish {
+                    id,
+                    channel,
+                    events,
+                },
             }
         }
-        "unsubscribe" => {
-            let id = match msg.get("id") {
-                Some(Value::String(id)) if protocol::is_valid_id(id) => id.clone(),
-                _ => return reject(&msg_type, None, "Invalid id"),
-            };
-            forward_stripped(FrameKind::Unsubscribe { id }, text, msg)
-        }
-        "connection_init" => forward_stripped(FrameKind::ConnectionInit, text, msg),
-        _ => forward_stripped(FrameKind::Other, text, msg),
+        "unsubscribe" => match valid_id(&msg) {
+            Some(id) => Prepared::Forward {
+                kind: FrameKind::Unsubscribe { id: id.clone() },
+                body: Outgoing::Unsubscribe { id },
+            },
+            None => reject(&msg_type, None, "Invalid id"),
+        },
+        "connection_init" => Prepared::Forward {
+            kind: FrameKind::ConnectionInit,
+            body: Outgoing::ConnectionInit,
+        },
+        _ => Prepared::Reply(protocol::error_frame(
+            "error",
+            None,
+            error_type::UNKNOWN_OPERATION,
+            "Unknown message type",
+        )),
     }
 }
 
-fn forward_stripped(kind: FrameKind, text: &str, mut msg: Map<String, Value>) -> Prepared {
-    let stripped = strip_all_auth(&mut msg);
-    // The original bytes go upstream only when they provably carry no auth:
-    // the parsed map keeps the *last* of duplicate keys, so a shadowed
-    // `payload` (or a key spelled with `\u` escapes) could hide one that
-    // AppSync's parser might read. Otherwise the cleaned map is re-serialised.
-    let body = if stripped || text.contains('\\') || contains_ignore_ascii_case(text, "authoriz") {
-        Outgoing::Stripped(msg)
-    } else {
-        Outgoing::Original
+/// `{"Authorization": <JWT>, "host": <host>}` as it is serialised.
+#[derive(serde::Serialize)]
+struct AuthOut<'a> {
+    #[serde(rename = "Authorization")]
+    authorization: &'a str,
+    host: &'a str,
+}
+
+#[derive(serde::Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum FrameOut<'a> {
+    ConnectionInit,
+    Unsubscribe {
+        id: &'a str,
+    },
+    Subscribe {
+        id: &'a str,
+        channel: &'a str,
+        authorization: AuthOut<'a>,
+    },
+    Publish {
+        id: &'a str,
+        channel: &'a str,
+        events: &'a [String],
+        authorization: AuthOut<'a>,
+    },
+}
+
+/// The text to send upstream for `body`, with `auth` injected where
+/// AppSync reads it.
+pub fn render(body: Outgoing, auth: &UpstreamAuth) -> String {
+    let a = || AuthOut {
+        authorization: &auth.token,
+        host: &auth.host,
     };
-    Prepared::Forward { kind, body }
-}
-
-fn contains_ignore_ascii_case(haystack: &str, needle: &str) -> bool {
-    haystack
-        .as_bytes()
-        .windows(needle.len())
-        .any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
-}
-
-/// The text to send upstream for `body`: `None` means the original frame.
-pub fn render(body: Outgoing, auth: &UpstreamAuth) -> Option<String> {
-    match body {
-        Outgoing::Original => None,
-        Outgoing::Stripped(msg) => Some(Value::Object(msg).to_string()),
-        Outgoing::NeedsAuth(mut msg) => {
-            msg.insert("authorization".into(), Value::Object(auth.as_map()));
-            Some(Value::Object(msg).to_string())
-        }
-    }
+    let out = match &body {
+        Outgoing::ConnectionInit => FrameOut::ConnectionInit,
+        Outgoing::Unsubscribe { id } => FrameOut::Unsubscribe { id },
+        Outgoing::Subscribe { id, channel } => FrameOut::Subscribe {
+            id,
+            channel,
+            authorization: a(),
+        },
+        Outgoing::Publish {
+            id,
+            channel,
+            events,
+        } => FrameOut::Publish {
+            id,
+            channel,
+            events,
+            authorization: a(),
+        },
+    };
+    // Serialising strings and a fixed shape cannot fail.
+    serde_json::to_string(&out).unwrap_or_default()
 }
 
 /// A subscribe frame for replaying subscription `id` on a new upstream.
 pub fn subscribe_frame(id: &str, channel: &str, auth: &UpstreamAuth) -> String {
-    serde_json::json!({
-        "type": "subscribe",
-        "id": id,
-        "channel": channel,
-        "authorization": Value::Object(auth.as_map()),
-    })
-    .to_string()
+    render(
+        Outgoing::Subscribe {
+            id: id.to_string(),
+            channel: channel.to_string(),
+        },
+        auth,
+    )
 }
 
 /// Decides what to do with a text frame from the browser, in one step
@@ -245,10 +285,7 @@ pub fn subscribe_frame(id: &str, channel: &str, auth: &UpstreamAuth) -> String {
 pub fn rewrite_client_frame(text: &str, auth: &UpstreamAuth) -> ClientAction {
     match prepare_client_frame(text) {
         Prepared::Reply(r) => ClientAction::Reply(r),
-        Prepared::Forward { body, .. } => match render(body, auth) {
-            None => ClientAction::ForwardOriginal,
-            Some(s) => ClientAction::Forward(s),
-        },
+        Prepared::Forward { body, .. } => ClientAction::Forward(render(body, auth)),
     }
 }
 
@@ -289,7 +326,7 @@ mod tests {
     fn forwarded(action: ClientAction) -> Value {
         match action {
             ClientAction::Forward(s) => serde_json::from_str(&s).unwrap(),
-            other => panic!("expected Forward, got {other:?}"),
+            ClientAction::Reply(r) => panic!("expected Forward, got Reply({r})"),
         }
     }
 
@@ -314,8 +351,9 @@ mod tests {
             json!({"Authorization": "REAL.JWT.TOKEN", "host": "api.example.com"})
         );
         assert!(out.get("Authorization").is_none());
-        assert_eq!(out["payload"]["extensions"], json!({}));
-        assert_eq!(out["payload"]["channel"], "/default/room");
+        // Amplify's payload copy is not part of the protocol: not forwarded.
+        assert!(out.get("payload").is_none());
+        assert_eq!(out["channel"], "/default/room");
         assert!(!out.to_string().contains("placeholder"));
     }
 
@@ -378,20 +416,51 @@ mod tests {
     }
 
     #[test]
-    fn other_frames_pass_unchanged_unless_they_carry_auth() {
-        let init = r#"{"type":"connection_init"}"#;
+    fn only_the_fields_appsync_reads_are_forwarded() {
+        let init = r#"{"type":"connection_init","payload":{"x":1}}"#;
         assert_eq!(
-            rewrite_client_frame(init, &auth()),
-            ClientAction::ForwardOriginal
+            forwarded(rewrite_client_frame(init, &auth())),
+            json!({"type":"connection_init"})
         );
-        let unsub = r#"{"type":"unsubscribe","id":"s1"}"#;
+        let unsub = r#"{"type":"unsubscribe","id":"s1","extra":true}"#;
         assert_eq!(
-            rewrite_client_frame(unsub, &auth()),
-            ClientAction::ForwardOriginal
+            forwarded(rewrite_client_frame(unsub, &auth())),
+            json!({"type":"unsubscribe","id":"s1"})
         );
         let sneaky = r#"{"type":"connection_init","authorization":{"Authorization":"stolen"}}"#;
         let out = forwarded(rewrite_client_frame(sneaky, &auth()));
         assert_eq!(out, json!({"type":"connection_init"}));
+    }
+
+    #[test]
+    fn auth_hidden_at_any_depth_never_reaches_upstream() {
+        for frame in [
+            json!({"type":"subscribe","id":"s","channel":"/d/a","extensions":{"authorization":"X"}}),
+            json!({"type":"subscribe","id":"s","channel":"/d/a","payload":[{"authorization":"X"}]}),
+            json!({"type":"publish","id":"p","channel":"/d/a","events":["1"],"payload":{"data":{"authorization":"X"}}}),
+            json!({"type":"publish","id":"p","channel":"/d/a","events":["1"],"AuThOrIzAtIoN":"X"}),
+        ] {
+            let out = forwarded(rewrite_client_frame(&frame.to_string(), &auth())).to_string();
+            assert!(!out.contains("\"X\""), "{out}");
+            assert_eq!(
+                out.to_ascii_lowercase().matches("authorization").count(),
+                2,
+                "{out}"
+            );
+        }
+    }
+
+    #[test]
+    fn duplicate_keys_and_unknown_types_are_refused_locally() {
+        for text in [
+            r#"{"type":"publish","type":"connection_init","id":"p","channel":"/d/a","events":["1"]}"#,
+            r#"{"type":"subscribe","id":"s","channel":"/d/a","payload":{"a":1,"a":2}}"#,
+            r#"{"type":"subscribe","id":"s","\u0069d":"t","channel":"/d/a"}"#,
+            r#"{"type":"start","id":"s"}"#,
+        ] {
+            let out = replied(rewrite_client_frame(text, &auth()));
+            assert_eq!(out["type"], "error", "{text}");
+        }
     }
 
     #[test]
@@ -401,14 +470,8 @@ mod tests {
             r#"{"type":"unsubscribe","id":"s1","payload":{"extensions":{"authorization":{"Authorization":"X"}}},"payload":{}}"#,
             r#"{"type":"connection_init","payload":{"\u0061uthorization":"X"},"payload":1}"#,
         ] {
-            let out = forwarded(rewrite_client_frame(text, &auth()));
-            let s = out.to_string();
-            assert!(
-                !s.to_ascii_lowercase().contains("authoriz")
-                    && !s.contains("\"X\"")
-                    && !s.contains("\"k\""),
-                "{s}"
-            );
+            let out = rewrite_client_frame(text, &auth());
+            assert!(matches!(out, ClientAction::Reply(_)), "{text}: {out:?}");
         }
     }
 

@@ -289,13 +289,17 @@ async fn client_authorization_never_reaches_upstream_in_any_place() {
         json!({"type":"publish","id":"f","channel":"/default/x","events":["1"],"authorization":{"x-api-key":stolen}}),
         json!({"type":"connection_init","authorization":{"Authorization":stolen}}),
         json!({"type":"unsubscribe","id":"a","Authorization":stolen}),
+        // Deeper still: top-level extensions, arrays in payload, payload.data.
+        json!({"type":"subscribe","id":"g","channel":"/default/x","extensions":{"authorization":{"Authorization":stolen}}}),
+        json!({"type":"subscribe","id":"h","channel":"/default/x","payload":[{"authorization":{"Authorization":stolen}}]}),
+        json!({"type":"publish","id":"i","channel":"/default/x","events":["1"],"payload":{"data":{"authorization":{"Authorization":stolen}}}}),
     ];
     for f in frames {
         send_json(&mut ws, f).await;
     }
-    // Drain the answers (7 acks: 5 subscribes, 1 publish, 1 connection_ack, 1 unsubscribe).
+    // Drain the answers (7 subscribes, 2 publishes, 1 connection_ack, 1 unsubscribe).
     let mut seen_types = Vec::new();
-    for _ in 0..8 {
+    for _ in 0..11 {
         let v = recv_json(&mut ws).await;
         assert!(
             !v.to_string().contains("eyJ"),
@@ -316,6 +320,32 @@ async fn client_authorization_never_reaches_upstream_in_any_place() {
         seen.iter().all(|a| a.starts_with("eyJ") && *a == seen[0]),
         "{seen:?}"
     );
+}
+
+#[tokio::test]
+async fn frames_with_duplicate_keys_are_refused_locally_not_guessed_at() {
+    let stack = Stack::start_with(&["--publish-rate", "0"]).await;
+    let mut ws = open(&stack).await;
+    let before = stack.emulator.seen_authorizations().len();
+    // Classified by one `type`, read by AppSync as another: never forwarded.
+    for text in [
+        r#"{"type":"subscribe","id":"s","channel":"/default/x","type":"publish","events":["1"]}"#,
+        r#"{"type":"publish","id":"p","channel":"/default/x","events":["1"],"type":"connection_init"}"#,
+        r#"{"type":"subscribe","id":"s","channel":"/default/x","\u0063hannel":"/default/*"}"#,
+        r#"{"type":"start","id":"s","payload":{}}"#,
+    ] {
+        ws.send(Message::Text(text.into())).await.unwrap();
+        let v = recv_json(&mut ws).await;
+        assert_eq!(v["type"], "error", "{text} -> {v}");
+    }
+    assert_eq!(
+        stack.emulator.seen_authorizations().len(),
+        before,
+        "a duplicate-key frame reached upstream"
+    );
+    // The socket is fine afterwards.
+    send_json(&mut ws, amplify_subscribe("ok", "/default/x")).await;
+    assert_eq!(recv_json(&mut ws).await["type"], "subscribe_success");
 }
 
 #[tokio::test]

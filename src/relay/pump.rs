@@ -157,15 +157,12 @@ impl Connection {
                         FrameKind::Subscribe { .. } => "subscribe",
                         FrameKind::Unsubscribe { .. } => "unsubscribe",
                         FrameKind::Publish { .. } => "publish",
-                        FrameKind::Other => frame_type_label(&original),
                     };
                     if let Some(reply) = self.admit(&kind) {
                         self.replies.push_back(reply);
                         continue;
                     }
-                    let text: Utf8Bytes = render(body, &self.token.auth)
-                        .map(Into::into)
-                        .unwrap_or(original);
+                    let text: Utf8Bytes = render(body, &self.token.auth).into();
                     let len = text.len() as u64;
                     let resend = !matches!(
                         kind,
@@ -377,7 +374,6 @@ impl Connection {
                     }
                 }
             }
-            FrameKind::Other => {}
         }
         None
     }
