@@ -400,3 +400,94 @@ impl KillOnDropExt for std::process::Command {
         KillOnDrop(self.spawn().expect("spawn the relay"))
     }
 }
+
+/// An upstream whose first connection acknowledges `connection_init`, then
+/// swallows everything and drops the TCP connection on the first publish;
+/// later connections answer everything.
+async fn forgetful_upstream() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut first = true;
+        while let Ok((stream, _)) = listener.accept().await {
+            let mute = std::mem::replace(&mut first, false);
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, select).await else {
+                    return;
+                };
+                while let Some(Ok(Message::Text(text))) = ws.next().await {
+                    let frame: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+                    let id = frame["id"].clone();
+                    let reply = match frame["type"].as_str() {
+                        Some("connection_init") => {
+                            json!({"type":"connection_ack","connectionTimeoutMs":300000})
+                        }
+                        Some("publish") if mute => return, // dropped, unanswered
+                        _ if mute => continue,
+                        Some("subscribe") => json!({"type":"subscribe_success","id":id}),
+                        Some("publish") => {
+                            json!({"type":"publish_success","id":id,"successful":[],"failed":[]})
+                        }
+                        _ => continue,
+                    };
+                    if ws
+                        .send(Message::Text(reply.to_string().into()))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn requests_in_flight_when_upstream_drops_get_exactly_one_answer() {
+    let jwks = JwksServer::start(json!({"keys": [signing_key().jwk()]})).await;
+    let upstream = forgetful_upstream().await;
+    let endpoint = format!("http://{upstream}/event");
+    let relay = start_relay(relay_config(&endpoint, &jwks, &[])).await;
+    let url = format!("ws://{}/event/realtime", relay.public_addr);
+    let token = sign(&access_claims(&jwks.issuer()), signing_key());
+    let mut ws = connect(&url, &amplify_cookies(Some(&token), None)).await;
+    init(&mut ws).await;
+    send_json(&mut ws, amplify_subscribe("s1", "/default/x")).await;
+    send_json(&mut ws, amplify_publish("p1", "/default/x", &[json!(1)])).await;
+    // The upstream dropped with both unanswered; the relay re-dials.
+    let mut answers: Vec<(String, String)> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while answers.len() < 2 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => {
+                let v: Value = serde_json::from_str(&t).unwrap();
+                if v["type"] != "ka" {
+                    answers.push((
+                        v["type"].as_str().unwrap_or("").into(),
+                        v["id"].as_str().unwrap_or("").into(),
+                    ));
+                }
+            }
+            Ok(Some(Ok(_))) => {}
+            other => panic!("no answer for requests in flight, got {answers:?} then {other:?}"),
+        }
+    }
+    answers.sort();
+    assert_eq!(
+        answers,
+        [
+            ("publish_error".to_string(), "p1".to_string()),
+            ("subscribe_success".to_string(), "s1".to_string()),
+        ]
+    );
+    // Exactly one each: nothing more arrives, and the socket works.
+    send_json(&mut ws, amplify_publish("p2", "/default/x", &[json!(2)])).await;
+    let v = recv_json(&mut ws).await;
+    assert_eq!(
+        (v["type"].as_str(), v["id"].as_str()),
+        (Some("publish_success"), Some("p2"))
+    );
+}

@@ -164,11 +164,7 @@ impl Connection {
                     }
                     let text: Utf8Bytes = render(body, &self.token.auth).into();
                     let len = text.len() as u64;
-                    let resend = !matches!(
-                        kind,
-                        FrameKind::Subscribe { .. } | FrameKind::ConnectionInit
-                    );
-                    self.to_upstream.put(Message::Text(text), resend);
+                    self.to_upstream.put(Message::Text(text));
                     self.stats.frames_to_upstream += 1;
                     self.stats.bytes_to_upstream += len;
                     frame_counters
@@ -216,7 +212,7 @@ impl Connection {
                         Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
                     };
                     // Forwarded as received: the same bytes, no re-serialisation.
-                    self.to_client.put(msg, false);
+                    self.to_client.put(msg);
                     self.stats.frames_to_client += 1;
                     self.stats.bytes_to_client += len;
                     frame_counters
@@ -273,7 +269,7 @@ impl Connection {
         loop {
             if !self.to_client.is_busy() {
                 if let Some(reply) = self.replies.pop_front() {
-                    self.to_client.put(Message::Text(reply.into()), false);
+                    self.to_client.put(Message::Text(reply.into()));
                 }
             }
             let mut progressed = false;
@@ -373,6 +369,14 @@ impl Connection {
                         ));
                     }
                 }
+                if let Err(refusal) = self.subs.publish(id) {
+                    return Some(error_frame(
+                        "publish_error",
+                        Some(id),
+                        error_type::BAD_REQUEST,
+                        refusal.message(),
+                    ));
+                }
             }
         }
         None
@@ -393,8 +397,8 @@ impl Connection {
         Ok(())
     }
 
-    /// A new upstream; a frame that was on its way up is sent again on it
-    /// unless the replay re-created it.
+    /// A new upstream, with everything replayed; whatever was in flight on
+    /// the old one gets its answer (see [`super::subscriptions`]).
     async fn redial(&mut self, cause: Ending) -> Result<(), Ending> {
         let socket = redial(
             &self.state,
@@ -405,7 +409,8 @@ impl Connection {
         )
         .await?;
         self.upstream = socket;
-        self.to_upstream.after_redial();
+        self.to_upstream.clear();
+        self.replies.extend(self.subs.answers_after_redial());
         Ok(())
     }
 }

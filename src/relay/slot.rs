@@ -17,9 +17,6 @@ struct Outgoing {
     /// Handed to tungstenite; only the flush is left.
     started: bool,
     since: Instant,
-    /// Send it again after a re-dial (frames to upstream that the replay
-    /// does not re-create itself).
-    resend: bool,
 }
 
 #[derive(Default)]
@@ -31,13 +28,12 @@ impl WriteSlot {
     }
 
     /// Queues `msg`; the slot must be free.
-    pub fn put(&mut self, msg: Message, resend: bool) {
+    pub fn put(&mut self, msg: Message) {
         debug_assert!(self.0.is_none(), "one frame in flight per direction");
         self.0 = Some(Outgoing {
             msg,
             started: false,
             since: Instant::now(),
-            resend,
         });
     }
 
@@ -52,16 +48,10 @@ impl WriteSlot {
             .is_some_and(|o| now.saturating_duration_since(o.since) >= send_timeout)
     }
 
-    /// After a re-dial: keep a frame that must be sent again (from the
-    /// start, on the new socket), drop one the replay re-created.
-    pub fn after_redial(&mut self) {
-        match self.0.as_mut() {
-            Some(out) if out.resend => {
-                out.started = false;
-                out.since = Instant::now();
-            }
-            _ => self.0 = None,
-        }
+    /// Drops the frame (its socket is gone; a re-dial replays or answers
+    /// what it stood for).
+    pub fn clear(&mut self) {
+        self.0 = None;
     }
 
     /// Drives the queued frame into `sink`. `Ready(true)` once written (the
@@ -80,8 +70,7 @@ impl WriteSlot {
                 Poll::Ready(Err(_)) => return Poll::Ready(false),
                 Poll::Ready(Ok(())) => {}
             }
-            // A clone is a reference count: the frame stays here in case a
-            // re-dial must send it again.
+            // A clone is a reference count; the frame stays until flushed.
             if Pin::new(&mut *sink).start_send(out.msg.clone()).is_err() {
                 return Poll::Ready(false);
             }
