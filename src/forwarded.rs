@@ -65,6 +65,22 @@ impl IpNet {
     }
 }
 
+/// One `X-Forwarded-For` entry as an address: bare, with a port, or a
+/// bracketed IPv6 address with or without a port.
+fn parse_hop(entry: &str) -> Option<IpAddr> {
+    let entry = entry.trim().trim_matches('"');
+    if let Ok(ip) = entry.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    if let Ok(sock) = entry.parse::<SocketAddr>() {
+        return Some(sock.ip());
+    }
+    entry
+        .strip_prefix('[')
+        .and_then(|e| e.strip_suffix(']'))
+        .and_then(|e| e.parse().ok())
+}
+
 /// The proxies (`--trust-forwarded`) whose forwarding headers are believed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TrustedProxies(Vec<IpNet>);
@@ -80,23 +96,31 @@ impl TrustedProxies {
 
     /// The client's IP: the TCP peer, or — when the peer is trusted — the
     /// rightmost `X-Forwarded-For` entry that is not itself trusted (entries
-    /// further left are client-controlled).
+    /// further left are client-controlled). Entries may carry a port
+    /// (`1.2.3.4:5678`, `[2001:db8::1]:443`). Walking from the right, an entry
+    /// that is not an address at all stops the walk at the hop that added
+    /// it: nothing to its left can be believed.
     pub fn client_ip(&self, headers: &HeaderMap, peer: SocketAddr) -> IpAddr {
         if !self.trusts(peer.ip()) {
             return peer.ip();
         }
-        let chain: Vec<IpAddr> = headers
+        let entries: Vec<&str> = headers
             .get_all(X_FORWARDED_FOR)
             .iter()
-            .filter_map(|v| v.to_str().ok())
+            .map(|v| v.to_str().unwrap_or("?"))
             .flat_map(|v| v.split(','))
-            .filter_map(|ip| ip.trim().parse().ok())
             .collect();
-        chain
-            .into_iter()
-            .rev()
-            .find(|ip| !self.trusts(*ip))
-            .unwrap_or(peer.ip())
+        let mut last_trusted = peer.ip();
+        for entry in entries.into_iter().rev() {
+            let Some(ip) = parse_hop(entry) else {
+                return last_trusted;
+            };
+            if !self.trusts(ip) {
+                return ip;
+            }
+            last_trusted = ip;
+        }
+        last_trusted
     }
 
     /// Whether a trusted peer says the browser's request was HTTPS
@@ -181,5 +205,35 @@ mod tests {
             "1.1.1.1, 10.0.0.7, 10.0.0.1"
         );
         assert_eq!(trusted.x_forwarded_for(&h, stranger), "8.8.8.8");
+    }
+
+    #[test]
+    fn ports_and_brackets_do_not_let_the_client_choose_its_address() {
+        let trusted = TrustedProxies::new(vec![IpNet::parse("10.0.0.0/8").unwrap()]);
+        let proxy: SocketAddr = "10.0.0.1:1".parse().unwrap();
+        let ip = |xff: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(X_FORWARDED_FOR, HeaderValue::from_str(xff).unwrap());
+            trusted.client_ip(&h, proxy)
+        };
+        // The client forges a left-hand entry; the proxy appends its peer with a port.
+        assert_eq!(
+            ip("6.6.6.6, 1.2.3.4:5678"),
+            "1.2.3.4".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            ip("6.6.6.6, [2001:db8::7]:443"),
+            "2001:db8::7".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            ip("6.6.6.6, [2001:db8::8]"),
+            "2001:db8::8".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            ip("6.6.6.6, 10.0.0.9:80"),
+            "6.6.6.6".parse::<IpAddr>().unwrap()
+        );
+        // Garbage on the right stops the walk at the trusted hop.
+        assert_eq!(ip("6.6.6.6, unknown"), proxy.ip());
     }
 }

@@ -414,3 +414,39 @@ fn readme_flag_table_matches_serve_help() {
         "README flag table out of date: missing {missing:?}, not in --help {stale:?}"
     );
 }
+
+#[test]
+fn out_of_range_numbers_are_refused_at_start_up_with_exit_code_2() {
+    let base = [
+        "serve",
+        "--appsync-http-endpoint",
+        "http://127.0.0.1:9/event",
+        "--cognito-user-pool-id",
+        "eu-west-1_abc",
+        "--cognito-client-id",
+        "client",
+        "--allowed-origin",
+        "https://app.example.com",
+    ];
+    for (flag, value) in [
+        // Overflowed `Instant` arithmetic and panicked every connection.
+        ("--max-session-age", "18446744073709551615"),
+        ("--idle-timeout", "18446744073709551615"),
+        ("--cookie-max-age", "0"),
+        ("--send-timeout", "0"),
+        ("--upstream-timeout", "100000"),
+        ("--refresh-token-validity", "1"),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_appsync-relay"))
+            .args(base)
+            .args([flag, value])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&flag[2..]) && err.contains("out of range"),
+            "{flag} {value}: {err}"
+        );
+    }
+}

@@ -659,3 +659,183 @@ async fn shutdown_cuts_an_open_tunnel_after_the_drain_timeout() {
         "unexpected frame after shutdown: {end:?}"
     );
 }
+
+/// A pending renewal for `USERNAME`'s refresh token `rt`, and the cookies of
+/// a browser holding `rt` with a genuine (old) access token.
+fn pending_for(relay: &Proxied, rt: &str) -> String {
+    relay.relay.state.pending.record(
+        appsync_relay::verify::token_hash(rt),
+        USERNAME,
+        Arc::new(TokenSet {
+            access_token: "NEW-ACCESS".into(),
+            id_token: None,
+            refresh_token: Some("NEW-REFRESH".into()),
+        }),
+        session_proof(),
+    );
+    let old_access = sign(
+        &access_claims(&relay.relay.state.config.issuer),
+        signing_key(),
+    );
+    format!(
+        "{}=alice%40example.com; {}={old_access}; {}={rt}",
+        session::last_auth_user_cookie(CLIENT_ID),
+        session::cookie_name(CLIENT_ID, USERNAME, "accessToken"),
+        session::cookie_name(CLIENT_ID, USERNAME, "refreshToken"),
+    )
+}
+
+#[tokio::test]
+async fn a_response_carrying_our_cookies_is_private_whatever_the_app_said() {
+    let app = TestApp::start().await;
+    let relay = start_proxied(proxy_config(app.url()), &[]).await;
+    let cookie = pending_for(&relay, "RT-CACHE");
+    let (_, headers, _) =
+        roundtrip(relay.addr(), "GET", "/cached", &[("cookie", &cookie)], "").await;
+    assert!(header(&headers, "set-cookie").is_some());
+    assert_eq!(header(&headers, "cache-control"), Some("private, no-store"));
+    assert!(headers
+        .get_all("vary")
+        .iter()
+        .any(|v| v.to_str().unwrap().contains("Cookie")));
+    // Without our cookies the app's caching stands.
+    let (_, headers, _) = roundtrip(relay.addr(), "GET", "/cached", &[], "").await;
+    assert_eq!(
+        header(&headers, "cache-control"),
+        Some("public, max-age=31536000, immutable")
+    );
+}
+
+#[tokio::test]
+async fn an_app_failure_after_a_renewal_was_taken_still_writes_the_cookies() {
+    let app = TestApp::start().await;
+    let cfg = appsync_relay::proxy::ProxyConfig {
+        response_timeout: Duration::from_millis(500),
+        ..proxy_config(app.url())
+    };
+    let relay = start_proxied(cfg, &[]).await;
+    let cookie = pending_for(&relay, "RT-SLOW");
+    let (status, headers, _) =
+        roundtrip(relay.addr(), "GET", "/slow", &[("cookie", &cookie)], "").await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    let set: Vec<&str> = headers
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    assert!(
+        set.iter().any(|c| c.contains("NEW-REFRESH")),
+        "the renewal was lost with the 504: {set:?}"
+    );
+}
+
+#[tokio::test]
+async fn secure_follows_the_public_scheme_not_an_origin_header() {
+    let app = TestApp::start().await;
+    let relay = start_proxied(proxy_config(app.url()), &[]).await;
+    let cookie = pending_for(&relay, "RT-ORIGIN");
+    let (_, headers, _) = roundtrip(
+        relay.addr(),
+        "GET",
+        "/",
+        &[("cookie", &cookie), ("origin", "https://app.example.com")],
+        "",
+    )
+    .await;
+    let set = header(&headers, "set-cookie").unwrap();
+    assert!(
+        !set.contains("Secure"),
+        "an Origin header made cookies Secure: {set}"
+    );
+    let relay = start_proxied(
+        proxy_config(app.url()),
+        &["--public-origin", "https://app.example.com"],
+    )
+    .await;
+    let cookie = pending_for(&relay, "RT-PUBLIC");
+    let (_, headers, _) = roundtrip(relay.addr(), "GET", "/", &[("cookie", &cookie)], "").await;
+    assert!(header(&headers, "set-cookie").unwrap().contains("Secure"));
+}
+
+#[tokio::test]
+async fn framework_internal_headers_never_reach_the_app() {
+    let app = TestApp::start().await;
+    let relay = start_proxied(proxy_config(app.url()), &[]).await;
+    roundtrip(
+        relay.addr(),
+        "GET",
+        "/echo",
+        &[
+            (
+                "x-middleware-subrequest",
+                "middleware:middleware:middleware:middleware:middleware",
+            ),
+            ("x-invoke-path", "/admin"),
+            ("x-nextjs-data", "1"),
+        ],
+        "",
+    )
+    .await;
+    let seen = app.last().headers;
+    assert!(header(&seen, "x-middleware-subrequest").is_none());
+    assert!(header(&seen, "x-invoke-path").is_none());
+    assert_eq!(
+        header(&seen, "x-nextjs-data"),
+        Some("1"),
+        "the client router's header stays"
+    );
+}
+
+#[tokio::test]
+async fn two_hosts_are_refused_and_connection_cannot_remove_host() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = TestApp::start().await;
+    let relay = start_proxied(proxy_config(app.url()), &[]).await;
+    let raw = |req: &'static str| {
+        let addr = relay.addr();
+        async move {
+            let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            tcp.write_all(req.as_bytes()).await.unwrap();
+            let mut buf = vec![0u8; 4096];
+            let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf))
+                .await
+                .unwrap()
+                .unwrap();
+            String::from_utf8_lossy(&buf[..n]).into_owned()
+        }
+    };
+    let resp = raw("GET /echo HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\n\r\n").await;
+    assert!(resp.starts_with("HTTP/1.1 400"), "{resp}");
+    let resp = raw("GET /echo HTTP/1.1\r\nHost: app.example\r\nConnection: host\r\n\r\n").await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert_eq!(header(&app.last().headers, "host"), Some("app.example"));
+}
+
+#[tokio::test]
+async fn a_sign_out_seen_through_the_app_drops_what_waits_for_the_session() {
+    let app = TestApp::start().await;
+    let relay = start_proxied(proxy_config(app.url()), &[]).await;
+    let cookie = pending_for(&relay, "RT-SIGNOUT");
+    // The sign-out request proves nothing (no token), so nothing is handed
+    // out on it; the app expires the refresh-token cookie.
+    let bare = format!(
+        "{}=alice%40example.com; {}=RT-SIGNOUT",
+        session::last_auth_user_cookie(CLIENT_ID),
+        session::cookie_name(CLIENT_ID, USERNAME, "refreshToken"),
+    );
+    let (_, headers, _) =
+        roundtrip(relay.addr(), "GET", "/signout", &[("cookie", &bare)], "").await;
+    assert!(!headers
+        .get_all("set-cookie")
+        .iter()
+        .any(|v| v.to_str().unwrap().contains("NEW-")));
+    // Afterwards even a genuine token of the session gets nothing.
+    let (_, headers, _) = roundtrip(relay.addr(), "GET", "/", &[("cookie", &cookie)], "").await;
+    assert!(
+        !headers
+            .get_all("set-cookie")
+            .iter()
+            .any(|v| v.to_str().unwrap().contains("NEW-")),
+        "a signed-out session's renewal was delivered"
+    );
+}

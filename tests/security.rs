@@ -747,3 +747,53 @@ async fn no_upgrade_is_accepted_once_the_listeners_stopped_accepting() {
     drain.await.unwrap();
     drop((jwks, emulator, cognito));
 }
+
+#[tokio::test]
+async fn http_publish_is_held_to_the_publish_rate_and_a_body_deadline() {
+    use tokio::io::AsyncReadExt;
+    let stack = Stack::start_with(&["--publish-rate", "2", "--body-timeout", "1"]).await;
+    let cookie = stack.good_cookies();
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        let (status, _, body) = http(
+            stack.relay.public_addr,
+            "POST",
+            "/event",
+            &[
+                ("origin", ORIGIN),
+                ("cookie", &cookie),
+                ("content-type", "application/json"),
+            ],
+            r#"{"channel":"/default/x","events":["1"]}"#,
+        )
+        .await;
+        assert!(!body.contains("eyJ"));
+        statuses.push(status);
+    }
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        2,
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.iter().filter(|s| **s == 429).count() >= 4,
+        "{statuses:?}"
+    );
+    // A body that never finishes arriving is cut off.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut tcp = tokio::net::TcpStream::connect(stack.relay.public_addr)
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /event HTTP/1.1\r\nHost: relay\r\nOrigin: {ORIGIN}\r\nCookie: {cookie}\r\n\
+         Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"chan"
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 2048];
+    let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf))
+        .await
+        .expect("a stalled body held the request past the body timeout")
+        .unwrap();
+    let resp = String::from_utf8_lossy(&buf[..n]);
+    assert!(resp.starts_with("HTTP/1.1 408"), "{resp}");
+}

@@ -69,12 +69,16 @@ impl Session {
 /// Iterates `(decoded name, raw value)` over every cookie in every `Cookie`
 /// header. Values are returned as sent: JWTs and Cognito refresh tokens use
 /// only cookie-safe characters.
+///
+/// The header is split as bytes: a pair that is not text (a stray non-ASCII
+/// byte, which a sibling subdomain can plant) is skipped alone, never the
+/// whole header with the session in it.
 fn cookies(headers: &HeaderMap) -> impl Iterator<Item = (std::borrow::Cow<'_, str>, &str)> {
     headers
         .get_all(COOKIE)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|h| h.split(';'))
+        .flat_map(|h| h.as_bytes().split(|b| *b == b';'))
+        .filter_map(|pair| std::str::from_utf8(pair).ok().filter(|p| p.is_ascii()))
         .filter_map(|pair| {
             let (name, value) = pair.split_once('=')?;
             let value = value.trim();
@@ -207,6 +211,21 @@ mod tests {
                  CognitoIdentityServiceProvider.cid.bob.accessToken=X; \
                  CognitoIdentityServiceProvider.cid.bob.accessToken=X";
         assert!(from_headers(&headers(c), "cid").is_ok());
+    }
+
+    #[test]
+    fn a_bad_byte_in_another_cookie_does_not_hide_the_session() {
+        let mut raw = b"junk=\xff\xfe; ".to_vec();
+        raw.extend_from_slice(
+            b"CognitoIdentityServiceProvider.cid.LastAuthUser=bob; \
+              CognitoIdentityServiceProvider.cid.bob.accessToken=X; other=\xc3\xa9",
+        );
+        let mut h = HeaderMap::new();
+        h.insert(COOKIE, HeaderValue::from_bytes(&raw).unwrap());
+        assert_eq!(
+            from_headers(&h, "cid").unwrap().access_token.as_deref(),
+            Some("X")
+        );
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! routes, a WebSocket echo), a relay started with `AppProxy` in front of
 //! it, and a browser-side HTTP/1.1 client to talk to that relay.
 
-use super::{relay_config, signing_key, start_emulator, JwksServer, CLIENT_ID};
+use super::{relay_config, signing_key, start_emulator, JwksServer, CLIENT_ID, USERNAME};
 use appsync_relay::config::AppTarget;
 use appsync_relay::proxy::{AppProxy, ProxyConfig};
 use appsync_relay::server::{self, RelayHandle};
@@ -143,6 +143,22 @@ async fn app(shared: Arc<AppShared>, mut req: Request<Incoming>) -> Response<App
         "/_next/webpack-hmr" => websocket_echo(&mut req),
         // Never answers: for the response timeout.
         "/slow" => std::future::pending().await,
+        // A response the app marks as cacheable by anyone.
+        "/cached" => Response::builder()
+            .header("cache-control", "public, max-age=31536000, immutable")
+            .body(body_text("static"))
+            .unwrap(),
+        // Amplify's sign-out: the session cookies expired.
+        "/signout" => Response::builder()
+            .header(
+                "set-cookie",
+                format!(
+                    "{}=; Path=/; Max-Age=0",
+                    appsync_relay::session::cookie_name(CLIENT_ID, USERNAME, "refreshToken")
+                ),
+            )
+            .body(body_text("bye"))
+            .unwrap(),
         "/upload" => {
             let mut hasher = Sha256::new();
             let mut len = 0usize;
