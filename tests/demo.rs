@@ -132,3 +132,59 @@ async fn demo_login_sets_httponly_cookies_that_open_the_relay() {
     assert_eq!(status, 400);
     assert!(headers.get("set-cookie").is_none());
 }
+
+#[tokio::test]
+async fn demo_sessions_outlive_their_token_lifetime() {
+    let public = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let args = DemoArgs {
+        listen: public.local_addr().unwrap(),
+        admin_listen: admin.local_addr().unwrap(),
+        token_lifetime: 4,
+        tls_cert: None,
+        tls_key: None,
+    };
+    let demo = demo::start(&args, public, admin).await.unwrap();
+    assert!(demo.relay.wait_ready(Duration::from_secs(10)).await);
+    let addr = demo.relay.public_addr;
+    let origin = format!("https://localhost:{}", addr.port());
+    let tls = tls_client(demo.self_signed_cert.as_deref().unwrap());
+    let (_, headers, _) = https(
+        addr,
+        tls.clone(),
+        "POST",
+        "/demo/login",
+        &[("content-type", "application/x-www-form-urlencoded")],
+        "username=carol",
+    )
+    .await;
+    let cookie_header = headers
+        .get_all("set-cookie")
+        .iter()
+        .map(|c| c.to_str().unwrap().split(';').next().unwrap().to_string())
+        .collect::<Vec<_>>()
+        .join("; ");
+    let url = format!("wss://localhost:{}/event/realtime", addr.port());
+    let upgrade = Upgrade {
+        origin: Some(origin.clone()),
+        ..Upgrade::browser(&cookie_header)
+    };
+    let mut ws = match try_connect_with(&url, &upgrade, Some(tls.clone())).await {
+        Attempt::Open(ws, _) => *ws,
+        _ => panic!("refused"),
+    };
+    init(&mut ws).await;
+    // Three token lifetimes: renewed in place with the demo IdP's refresh
+    // API (before, the demo closed the socket with 4000 at the first
+    // renewal: it had no refresh endpoint).
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    send_json(&mut ws, amplify_subscribe("late", "/default/demo")).await;
+    assert_eq!(recv_json(&mut ws).await["type"], "subscribe_success");
+    let metrics = http(demo.relay.admin_addr, "GET", "/metrics", &[], "")
+        .await
+        .2;
+    assert!(
+        metrics.contains("token_refreshes_total{phase=\"connection\",result=\"ok\"}"),
+        "{metrics}"
+    );
+}

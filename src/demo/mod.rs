@@ -111,6 +111,7 @@ pub async fn start(
     let http_endpoint = emulator.http_endpoint();
     let issuer = idp.issuer().to_string();
     let jwks_url = idp.jwks_url();
+    let cognito_endpoint = idp.endpoint();
     let mut argv: Vec<std::ffi::OsString> = [
         "appsync-relay",
         "serve",
@@ -124,6 +125,8 @@ pub async fn start(
         &issuer,
         "--cognito-jwks-url",
         &jwks_url,
+        "--cognito-endpoint",
+        &cognito_endpoint,
         "--allowed-origin",
         &origins,
     ]
