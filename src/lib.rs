@@ -18,7 +18,7 @@
 //! 1. Leaves: [`clock`], [`protocol`], [`response`], [`strict_json`],
 //!    [`forwarded`], [`origin`], [`limits`], [`metrics`], [`tls`],
 //!    [`http_client`].
-//! 2. Wire and tokens: [`upgrade`], [`rewrite`], [`upstream`], [`verify`].
+//! 2. Wire and tokens: [`upgrade`], [`verify`], [`rewrite`], [`upstream`].
 //! 3. Session: [`session`] (reads and writes Amplify's cookies, pending
 //!    renewals), [`refresh`] (Cognito, single flight), and the strict
 //!    AppSync stand-in [`emulator`].

@@ -48,6 +48,12 @@ impl UpstreamAuth {
         &self.host
     }
 
+    /// The `sub` of the token (read without verifying it: the token was
+    /// verified when it was put here).
+    pub fn subject(&self) -> Option<String> {
+        crate::verify::unverified_sub(&self.token)
+    }
+
     /// `{"Authorization": <JWT>, "host": <host>}`, the shape AppSync expects
     /// both in the `header-` subprotocol and in each message.
     pub fn as_map(&self) -> Map<String, Value> {

@@ -13,7 +13,7 @@ use crate::limits::{ConnectionLimits, SessionRates};
 use crate::metrics::Metrics;
 use crate::refresh::Refresher;
 use crate::response::Body;
-use crate::session::{PendingRenewals, SessionProof};
+use crate::session::{Pending, PendingRenewals, SessionProof, TokenSet};
 use crate::upgrade;
 use crate::upstream::UpstreamConfig;
 use crate::verify::{Verifier, VerifierConfig};
@@ -24,7 +24,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -73,7 +73,14 @@ pub struct RelayState {
     pub rates: SessionRates,
     /// The AppSync real-time host resolved at the last check.
     pub upstream_resolvable: AtomicBool,
+    /// Sign-ins that ended (see [`RelayState::end_session`]), by
+    /// [`SessionProof::lineage`], with when.
+    ended: dashmap::DashMap<String, Instant>,
 }
+
+/// How long an ended sign-in is remembered: as long as any of its sockets
+/// or renewals could still be around.
+const ENDED_TTL: Duration = Duration::from_secs(24 * 3600);
 
 impl RelayState {
     pub fn new(config: Config, app: Option<Arc<dyn App>>) -> Arc<RelayState> {
@@ -120,6 +127,7 @@ impl RelayState {
             limits: ConnectionLimits::new(config.limits.clone()),
             rates: SessionRates::new(&config.limits, config.token_cache_size),
             upstream_resolvable: AtomicBool::new(false),
+            ended: dashmap::DashMap::new(),
             app,
             config,
         })
@@ -143,10 +151,50 @@ impl RelayState {
 
     /// A session is over (its refresh token was refused, or its identity
     /// changed): nothing remembered may revive it — neither a renewal
-    /// waiting for its browser nor a refresh answer kept for reuse.
+    /// waiting for its browser nor a refresh answer kept for reuse — and no
+    /// other socket or request of the same sign-in goes on with it (they are
+    /// refused at their next handshake or renewal). A new sign-in has a new
+    /// lineage and is not affected.
+    ///
+    /// The marker needs a lineage claim (`origin_jti` or `event_id`, which
+    /// Cognito always issues): without one it would end every sign-in of
+    /// the user, on other devices too.
     pub fn end_session(&self, proof: &SessionProof) {
         self.pending.end_session(proof);
         self.refresher.forget_answers_for(&proof.sub);
+        if proof.origin_jti.is_none() && proof.event_id.is_none() {
+            return;
+        }
+        if self.ended.len() >= self.config.token_cache_size {
+            self.ended.retain(|_, at| at.elapsed() < ENDED_TTL);
+            if self.ended.len() >= self.config.token_cache_size {
+                self.ended.clear();
+            }
+        }
+        self.ended.insert(proof.lineage(), Instant::now());
+    }
+
+    /// Brings a taken renewal's refresh token up to date: another socket may
+    /// have rotated it since it was left, and handing out a dead one would
+    /// lose the session.
+    pub fn freshen(&self, pending: &mut Pending) {
+        let Some(rt) = &pending.tokens.refresh_token else {
+            return;
+        };
+        let newest = self.refresher.newest(rt, &pending.proof.sub);
+        if &newest != rt {
+            pending.tokens = Arc::new(TokenSet {
+                refresh_token: Some(newest),
+                ..(*pending.tokens).clone()
+            });
+        }
+    }
+
+    /// Whether the sign-in `proof` belongs to was ended.
+    pub fn session_ended(&self, proof: &SessionProof) -> bool {
+        self.ended
+            .get(&proof.lineage())
+            .is_some_and(|at| at.elapsed() < ENDED_TTL)
     }
 
     /// Ready to take traffic: signing keys loaded, upstream resolvable, and

@@ -168,12 +168,14 @@ async fn a_renewal_is_delivered_once() {
     let rt1 = set_cookies(&headers)["refreshToken"].clone();
     assert_ne!(rt1, s.refresh);
     // The same old cookies again, once the single-flight reuse of the
-    // rotation (5 s) is over: nothing is waiting any more, and the dead
-    // refresh token buys nothing.
+    // rotation (5 s) is over: nothing is waiting any more. (The session,
+    // proven by its token, may renew again with the newest refresh token —
+    // a new answer from Cognito, never the same renewal twice.)
     tokio::time::sleep(Duration::from_millis(5500)).await;
     let (_, headers, _) = publish(&stack, &session_cookies(&s), body).await;
-    assert!(
-        !set_cookies(&headers).contains_key("refreshToken"),
+    assert_ne!(
+        set_cookies(&headers).get("refreshToken"),
+        Some(&rt1),
         "the renewal was handed out twice"
     );
 }

@@ -122,6 +122,11 @@ pub async fn identify(state: &RelayState, headers: &HeaderMap) -> Result<Identif
         Err(VerifyError::Expired) => Arc::new(state.verifier.verify_ignoring_expiry(&token).await?),
         Err(e) => return Err(RelayError::Token(e.clone())),
     };
+    if state.session_ended(&SessionProof::of(&genuine)) {
+        return Err(RelayError::Refresh(RefreshError::Rejected(
+            "session ended".into(),
+        )));
+    }
     let pending = session
         .refresh_token
         .as_deref()
@@ -149,7 +154,8 @@ pub async fn complete(
 ) -> Result<Authenticated, RelayError> {
     let cfg = &state.config;
     let proof = SessionProof::of(&id.genuine);
-    if let Some(pending) = id.pending {
+    if let Some(mut pending) = id.pending {
+        state.freshen(&mut pending);
         return from_pending(state, pending, &id.session, &id.genuine, secure).await;
     }
     let needs_refresh = match &id.verified {
@@ -190,6 +196,7 @@ pub async fn complete(
             secure,
         )),
         Err(e) => {
+            // Refused: the newest refresh token of the session is dead.
             if matches!(e, RelayError::Refresh(RefreshError::Rejected(_))) {
                 state.end_session(&proof);
             }
@@ -222,6 +229,10 @@ fn refresh_refusal(
     if now_secs() > issued.saturating_add(validity) {
         return Some(RelayError::Token(VerifyError::Expired));
     }
+    // What a renewal would use (see `renew`): judge that, not a rotated-out
+    // token a stale tab still holds.
+    let newest = state.refresher.newest(refresh_token, &genuine.sub);
+    let refresh_token = newest.as_str();
     if state.refresher.is_rejected(&token_hash(refresh_token)) {
         return Some(RelayError::Refresh(RefreshError::Rejected(
             "remembered".into(),
@@ -253,7 +264,7 @@ async fn from_pending(
     secure: bool,
 ) -> Result<Authenticated, RelayError> {
     let cfg = &state.config;
-    let tokens = pending.tokens;
+    let tokens = pending.tokens.clone();
     let fresh = match forwarded_token(&tokens, cfg.token_use) {
         Some(token) => match state.verifier.verify(token).await {
             Ok(claims) if !is_due(claims.exp, claims.iat, cfg.refresh_before) => {
@@ -303,14 +314,7 @@ async fn from_pending(
         Err(e) => {
             // Cognito could not be asked: put the renewal back for the
             // next request rather than lose the newest refresh token.
-            if let Some(browser) = session.refresh_token.as_deref() {
-                state.pending.record(
-                    token_hash(browser),
-                    &pending.username,
-                    tokens,
-                    pending.proof,
-                );
-            }
+            state.pending.restore(pending);
             Err(e.into())
         }
     }

@@ -58,9 +58,12 @@ pub enum RenewError {
     IdentityChanged,
 }
 
-/// Renews a session with its refresh token (single flight across every
-/// caller with the same token), counts it, verifies the result and checks
-/// it is still `proof`'s user. `username` is Cognito's, for `SECRET_HASH`.
+/// Renews a session with its refresh token — or the newest one a rotation
+/// the relay saw replaced it with ([`crate::refresh::Refresher::newest`]) —
+/// with single flight across every caller with the same token; counts it,
+/// verifies the result and checks it is still `proof`'s user. `username` is
+/// Cognito's, for `SECRET_HASH`. Callers have proven the session with a
+/// genuine token of it; Cognito decides whether the newest token is alive.
 pub async fn renew(
     state: &RelayState,
     refresh_token: &str,
@@ -68,7 +71,15 @@ pub async fn renew(
     proof: &SessionProof,
     phase: Phase,
 ) -> Result<Renewed, RenewError> {
-    let outcome = state.refresher.refresh(refresh_token, username).await;
+    // Another socket or tab of this session may have rotated it already;
+    // with a zero grace period the old one is dead.
+    // (A call already made for the caller's own token is joined instead:
+    // its answer is the newest.)
+    let newest = match state.refresher.has_flight(refresh_token) {
+        true => refresh_token.to_string(),
+        false => state.refresher.newest(refresh_token, &proof.sub),
+    };
+    let outcome = state.refresher.refresh(&newest, username).await;
     let result = outcome
         .as_ref()
         .map(|_| "ok")
@@ -78,7 +89,15 @@ pub async fn renew(
         .token_refreshes
         .with_label_values(&[phase.label(), result])
         .inc();
-    let tokens = outcome.map_err(RenewError::Refresh)?;
+    let mut tokens = outcome.map_err(RenewError::Refresh)?;
+    if tokens.refresh_token.is_none() && newest != refresh_token {
+        // Not rotated this time, but the caller's token was: it must end up
+        // with the one that is alive.
+        tokens = Arc::new(TokenSet {
+            refresh_token: Some(newest),
+            ..(*tokens).clone()
+        });
+    }
     let token = forwarded_token(&tokens, state.config.token_use)
         .ok_or(RenewError::NoToken)?
         .to_string();

@@ -349,7 +349,9 @@ async fn pending_renewal(state: &RelayState, headers: &HeaderMap, rt: &str) -> O
     let session = session::from_headers(headers, &state.config.client_id).ok()?;
     let token = session.token(state.config.token_use)?;
     let claims = state.verifier.verify_ignoring_expiry(token).await.ok()?;
-    state.pending.take(rt, &SessionProof::of(&claims))
+    let mut pending = state.pending.take(rt, &SessionProof::of(&claims))?;
+    state.freshen(&mut pending);
+    Some(pending)
 }
 
 #[cfg(test)]

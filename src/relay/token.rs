@@ -14,6 +14,7 @@ use crate::refresh::RefreshError;
 use crate::rewrite::UpstreamAuth;
 use crate::session::TokenSet;
 use crate::state::RelayState;
+use crate::verify::token_hash;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -35,7 +36,14 @@ pub struct TokenState {
     rotated: bool,
     /// Transient refresh failures in a row (for the backoff).
     failures: u32,
+    /// Hashes of every refresh token the browser may hold: the one it had
+    /// at the handshake, and each this socket rotated out (a renewal left
+    /// for it may have been delivered). A renewal is left under all of them.
+    browser_keys: Vec<[u8; 32]>,
 }
+
+/// Most keys a socket leaves renewals under (one per rotation).
+const MAX_BROWSER_KEYS: usize = 32;
 
 impl TokenState {
     pub fn new(
@@ -46,6 +54,7 @@ impl TokenState {
         refresh_before: Duration,
     ) -> TokenState {
         TokenState {
+            browser_keys: session.browser_refresh.into_iter().collect(),
             due: instant_at(refresh_due_at(expires_at, issued_at, refresh_before)),
             auth,
             expires_at,
@@ -53,6 +62,12 @@ impl TokenState {
             rotated: false,
             failures: 0,
         }
+    }
+
+    /// The `sub` of the token in use now (read from it, not from the
+    /// session it started with).
+    pub fn token_sub(&self) -> Option<String> {
+        self.auth.subject()
     }
 
     /// Whether the token has at most a second left.
@@ -67,7 +82,10 @@ impl TokenState {
         if !cfg.mid_connection_refresh {
             return Err(Ending::Reauthenticate);
         }
-        let Some(refresh_token) = self.session.refresh_token.clone() else {
+        if state.session_ended(&self.session.proof) {
+            return Err(Ending::SessionEnded("session_ended"));
+        }
+        let Some(own) = self.session.refresh_token.clone() else {
             // Nothing to renew with: the connection ends with the token.
             if self.expiring() {
                 return Err(Ending::SessionEnded("no_refresh_token"));
@@ -75,6 +93,10 @@ impl TokenState {
             self.due = instant_at(self.expires_at);
             return Ok(false);
         };
+        // Another socket or tab of this browser may have rotated the token
+        // this one holds; with a zero grace period the old one is dead.
+        let chain = state.refresher.chain(&own, &self.session.proof.sub);
+        let refresh_token = chain.last().cloned().unwrap_or_else(|| own.clone());
         let renewed = match renew(
             state,
             &refresh_token,
@@ -109,23 +131,36 @@ impl TokenState {
             cfg.refresh_before,
         ));
         let tokens = renewed.tokens;
-        if let Some(rotated) = &tokens.refresh_token {
-            self.session.refresh_token = Some(rotated.clone());
+        let newest = tokens.refresh_token.clone().unwrap_or(refresh_token);
+        if newest != own {
+            // Every token passed on the way may be what the browser holds
+            // now (a handshake may have delivered it): leave renewals there.
+            for passed in chain.iter().filter(|rt| **rt != newest) {
+                let key = token_hash(passed);
+                if !self.browser_keys.contains(&key) {
+                    if self.browser_keys.len() >= MAX_BROWSER_KEYS {
+                        self.browser_keys.remove(0);
+                    }
+                    self.browser_keys.push(key);
+                }
+            }
+            self.session.refresh_token = Some(newest);
             self.rotated = true;
         }
         // The browser's refresh token cookie is stale after a rotation: keep
-        // the current set for its next request through the relay.
+        // the current set for its next request through the relay, under
+        // every refresh token the browser may hold.
         if self.rotated {
-            if let Some(browser) = self.session.browser_refresh {
-                let latest = TokenSet {
-                    access_token: tokens.access_token.clone(),
-                    id_token: tokens.id_token.clone(),
-                    refresh_token: self.session.refresh_token.clone(),
-                };
+            let latest = Arc::new(TokenSet {
+                access_token: tokens.access_token.clone(),
+                id_token: tokens.id_token.clone(),
+                refresh_token: self.session.refresh_token.clone(),
+            });
+            for key in &self.browser_keys {
                 state.pending.record(
-                    browser,
+                    *key,
                     &self.session.username,
-                    Arc::new(latest),
+                    latest.clone(),
                     self.session.proof.clone(),
                 );
             }

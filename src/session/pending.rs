@@ -33,6 +33,8 @@ pub struct Pending {
     /// What the browser's own token must match.
     pub proof: SessionProof,
     created: Instant,
+    /// Every refresh-token hash it was filed under (filled when taken).
+    keys: Vec<[u8; 32]>,
 }
 
 impl std::fmt::Debug for Pending {
@@ -99,6 +101,7 @@ impl PendingRenewals {
                 tokens,
                 proof,
                 created: Instant::now(),
+                keys: Vec::new(),
             },
         );
     }
@@ -114,10 +117,38 @@ impl PendingRenewals {
     /// token) proves the session it was made for.
     pub fn take(&self, refresh_token: &str, shown: &SessionProof) -> Option<Pending> {
         let key = token_hash(refresh_token);
-        let (_, entry) = self.entries.remove_if(&key, |_, p| {
+        let (_, mut entry) = self.entries.remove_if(&key, |_, p| {
             p.created.elapsed() >= self.ttl || p.proof.matches(shown)
         })?;
-        (entry.created.elapsed() < self.ttl).then_some(entry)
+        if entry.created.elapsed() >= self.ttl {
+            return None;
+        }
+        // The same renewal may wait under the browser's older refresh
+        // tokens too: it is delivered once, so those go with it.
+        let mut keys = vec![key];
+        self.entries.retain(|k, p| {
+            let sibling = Arc::ptr_eq(&p.tokens, &entry.tokens);
+            if sibling {
+                keys.push(*k);
+            }
+            !sibling
+        });
+        entry.keys = keys;
+        Some(entry)
+    }
+
+    /// Puts back a renewal [`PendingRenewals::take`] handed out that could
+    /// not be used after all (Cognito was unavailable), under every key it
+    /// was filed under.
+    pub fn restore(&self, pending: Pending) {
+        for key in &pending.keys {
+            self.record(
+                *key,
+                &pending.username,
+                pending.tokens.clone(),
+                pending.proof.clone(),
+            );
+        }
     }
 
     /// Forgets whatever waits for the browser holding `refresh_token` (its
@@ -130,6 +161,16 @@ impl PendingRenewals {
     /// token was refused, or its identity changed).
     pub fn end_session(&self, proof: &SessionProof) {
         self.entries.retain(|_, p| !p.proof.matches(proof));
+    }
+
+    /// The refresh token a renewal waiting for `refresh_token` carries,
+    /// without handing it out: for the session model test's invariants.
+    #[doc(hidden)]
+    pub fn waiting_refresh_token(&self, refresh_token: &str) -> Option<String> {
+        let entry = self.entries.get(&token_hash(refresh_token))?;
+        (entry.created.elapsed() < self.ttl)
+            .then(|| entry.tokens.refresh_token.clone())
+            .flatten()
     }
 
     #[cfg(test)]

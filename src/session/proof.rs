@@ -27,6 +27,18 @@ impl SessionProof {
         }
     }
 
+    /// A key for the sign-in this proof belongs to: the user and, where the
+    /// token carries one, its lineage (`origin_jti`, else `event_id`).
+    /// Tokens without lineage claims share one key per user.
+    pub fn lineage(&self) -> String {
+        let line = self
+            .origin_jti
+            .as_deref()
+            .or(self.event_id.as_deref())
+            .unwrap_or("");
+        format!("{}\u{0}{line}", self.sub)
+    }
+
     /// The same user of the same app client, and — where both tokens carry
     /// them — the same sign-in lineage.
     pub fn matches(&self, other: &SessionProof) -> bool {

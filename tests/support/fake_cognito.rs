@@ -26,6 +26,9 @@ use tokio::net::TcpListener;
 struct Inner {
     /// refresh token → (username, revoked)
     refresh_tokens: HashMap<String, (String, bool)>,
+    /// refresh token → `origin_jti` of its sign-in (kept across refreshes,
+    /// as Cognito keeps it).
+    lineage: HashMap<String, String>,
 }
 
 /// Everything the fake's handler reads; shared with the test through
@@ -47,6 +50,8 @@ pub struct Shared {
     pub fail_next: Mutex<std::collections::VecDeque<(u16, String)>>,
     /// A hostile Cognito: answer refreshes with tokens of this other `sub`.
     pub answer_as_sub: Mutex<Option<String>>,
+    /// Issue tokens as if this many seconds ago (so they are due at once).
+    pub issued_ago: AtomicU64,
 }
 
 pub struct FakeCognito {
@@ -67,17 +72,25 @@ pub struct Session {
     pub refresh: String,
 }
 
-fn mint(issuer: &str, username: &str, lifetime: u64) -> (String, String) {
-    mint_as(issuer, username, lifetime, None)
+fn mint(issuer: &str, username: &str, lifetime: u64, ago: u64, jti: &str) -> (String, String) {
+    mint_as(issuer, username, lifetime, None, ago, jti)
 }
 
-fn mint_as(issuer: &str, username: &str, lifetime: u64, sub: Option<&str>) -> (String, String) {
-    let now = now();
+fn mint_as(
+    issuer: &str,
+    username: &str,
+    lifetime: u64,
+    sub: Option<&str>,
+    ago: u64,
+    origin_jti: &str,
+) -> (String, String) {
+    let now = now() - ago;
     let mut access = access_claims(issuer);
     if let Some(sub) = sub {
         access["sub"] = json!(sub);
     }
     access["username"] = json!(username);
+    access["origin_jti"] = json!(origin_jti);
     access["iat"] = json!(now);
     access["exp"] = json!(now + lifetime);
     let mut id = id_claims(issuer);
@@ -159,7 +172,23 @@ impl Shared {
         }
         let lifetime = self.token_lifetime.load(Ordering::SeqCst);
         let impostor = self.answer_as_sub.lock().unwrap().clone();
-        let (access, id) = mint_as(&self.issuer, &username, lifetime, impostor.as_deref());
+        let ago = self.issued_ago.load(Ordering::SeqCst);
+        let jti = self
+            .inner
+            .lock()
+            .unwrap()
+            .lineage
+            .get(&rt)
+            .cloned()
+            .unwrap_or_default();
+        let (access, id) = mint_as(
+            &self.issuer,
+            &username,
+            lifetime,
+            impostor.as_deref(),
+            ago,
+            &jti,
+        );
         let mut result = json!({"AccessToken": access, "IdToken": id, "ExpiresIn": lifetime, "TokenType": "Bearer"});
         if action == "GetTokensFromRefreshToken" && self.rotate.load(Ordering::SeqCst) {
             let new_rt = format!("rt-{}", rand::random::<u64>());
@@ -167,6 +196,7 @@ impl Shared {
             inner
                 .refresh_tokens
                 .insert(new_rt.clone(), (username, false));
+            inner.lineage.insert(new_rt.clone(), jti.clone());
             if self.invalidate_rotated.load(Ordering::SeqCst) {
                 if let Some(old) = inner.refresh_tokens.get_mut(&rt) {
                     old.1 = true;
@@ -216,17 +246,21 @@ impl FakeCognito {
 
     /// Signs a user in: tokens valid for `token_lifetime` and a refresh token.
     pub fn sign_in(&self, username: &str) -> Session {
+        let jti = format!("jti-{}", rand::random::<u64>());
         let (access, id) = mint(
             &self.issuer,
             username,
             self.token_lifetime.load(Ordering::SeqCst),
+            self.issued_ago.load(Ordering::SeqCst),
+            &jti,
         );
         let refresh = format!("rt-{}", rand::random::<u64>());
-        self.inner
-            .lock()
-            .unwrap()
+        let mut inner = self.inner.lock().unwrap();
+        inner
             .refresh_tokens
             .insert(refresh.clone(), (username.to_string(), false));
+        inner.lineage.insert(refresh.clone(), jti);
+        drop(inner);
         Session {
             access,
             id,
@@ -248,6 +282,24 @@ impl FakeCognito {
                 *revoked = true;
             }
         }
+    }
+
+    /// Whether Cognito would still accept `refresh`.
+    pub fn is_live(&self, refresh: &str) -> bool {
+        matches!(
+            self.inner.lock().unwrap().refresh_tokens.get(refresh),
+            Some((_, false))
+        )
+    }
+
+    /// Whether any refresh token of `username` is still accepted.
+    pub fn any_live(&self, username: &str) -> bool {
+        self.inner
+            .lock()
+            .unwrap()
+            .refresh_tokens
+            .values()
+            .any(|(u, revoked)| u == username && !revoked)
     }
 
     pub fn calls(&self, action: &str) -> u64 {

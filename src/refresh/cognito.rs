@@ -1,58 +1,19 @@
-//! Renewing a session with Cognito, once per refresh token however many
-//! connections ask at the same moment.
-//!
-//! Two Cognito APIs are supported (docs/PROTOCOL.md, "Cognito"):
-//! - `GetTokensFromRefreshToken` (current Amplify): may rotate, returning a
-//!   new refresh token; the old one dies after a grace period.
-//! - `InitiateAuth` with `REFRESH_TOKEN_AUTH` (older clients): never rotates.
-//!
-//! **Single flight.** A rotated refresh token used twice can end the
-//! session, so concurrent callers with the same refresh token share one
-//! call, and its result is remembered for [`RESULT_TTL`] so a reconnect
-//! storm right after it reuses the answer instead of calling again. Both
-//! maps are keyed by SHA-256 of the refresh token, never the token, and are
-//! bounded.
-//!
-//! Errors are split by what the caller should do: [`RefreshError::Rejected`]
-//! means the session is over (revoked, expired, user disabled or gone: the
-//! exception types Cognito documents for those, and nothing else);
-//! [`RefreshError::Unavailable`] means try again later (throttling, quota,
-//! Lambda trigger failures, 5xx, anything unrecognised). A rejected refresh
-//! token is remembered (by hash) so a replay costs no Cognito call.
-//!
-//! Single flight never turns itself off: when the table of flights is full
-//! of calls in progress, a new caller is told to retry (`Unavailable`)
-//! rather than sent to Cognito uncoordinated. Nothing here logs a
-//! token; Cognito's error *messages* are not logged either (they can echo
-//! input), only its error type.
+//! One call to Cognito's token endpoint and what its answer means
+//! (docs/PROTOCOL.md, "Cognito"). Single flight and the memory of past
+//! answers live in the parent module; this file only speaks the API.
 
-use crate::clock::{now_secs, refresh_due_at};
 use crate::http_client::HttpClient;
 use crate::session::TokenSet;
-use crate::verify::{token_hash, unverified_times};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use bytes::Bytes;
-use dashmap::DashMap;
 use hmac::{Hmac, Mac};
 use http_body_util::{BodyExt, Full, Limited};
 use serde_json::{json, Value};
 use sha2::Sha256;
 use std::fmt;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
-use tokio::sync::OnceCell;
+use std::time::Duration;
 
-/// How long a finished refresh is reused for the same refresh token: long
-/// enough for the other tabs of a reconnect storm, racing the first
-/// response's `Set-Cookie`, to get the same answer instead of calling with
-/// a token Cognito just rotated out; short, because for that long the old
-/// refresh token (with a genuine token of the same user) still obtains the
-/// answer.
-pub const RESULT_TTL: Duration = Duration::from_secs(5);
-/// How long a rejected refresh token is remembered. It never becomes valid
-/// again; the bound only keeps the table small.
-const REJECTED_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Largest Cognito answer read.
 const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 
@@ -112,30 +73,6 @@ impl RefreshError {
     }
 }
 
-/// What one refresh produced, shared by every caller of the same flight.
-pub type RefreshOutcome = Result<Arc<TokenSet>, RefreshError>;
-
-struct Slot {
-    cell: Arc<OnceCell<RefreshOutcome>>,
-    created: Instant,
-}
-
-pub struct Refresher {
-    cfg: RefreshConfig,
-    http: HttpClient,
-    slots: DashMap<[u8; 32], Slot>,
-    /// Refresh tokens Cognito refused, by hash, with when.
-    rejected: DashMap<[u8; 32], Instant>,
-}
-
-impl fmt::Debug for Refresher {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Refresher")
-            .field("cfg", &self.cfg)
-            .finish_non_exhaustive()
-    }
-}
-
 /// `SECRET_HASH` = Base64(HMAC-SHA256(client secret, username + client id)).
 pub fn secret_hash(secret: &str, username: &str, client_id: &str) -> String {
     let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret.as_bytes())
@@ -145,143 +82,20 @@ pub fn secret_hash(secret: &str, username: &str, client_id: &str) -> String {
     STANDARD.encode(mac.finalize().into_bytes())
 }
 
-impl Refresher {
-    pub fn new(cfg: RefreshConfig, http: HttpClient) -> Arc<Refresher> {
-        Arc::new(Refresher {
-            cfg,
-            http,
-            slots: DashMap::new(),
-            rejected: DashMap::new(),
-        })
-    }
+/// Speaks to Cognito for one app client.
+pub(super) struct Cognito {
+    pub(super) cfg: RefreshConfig,
+    pub(super) http: HttpClient,
+}
 
-    pub fn config(&self) -> &RefreshConfig {
-        &self.cfg
-    }
-
-    /// New tokens for `refresh_token` (whose user is `username`, needed for
-    /// `SECRET_HASH`). Concurrent and recent callers share one Cognito call.
-    pub async fn refresh(&self, refresh_token: &str, username: &str) -> RefreshOutcome {
-        let key = token_hash(refresh_token);
-        if self.is_rejected(&key) {
-            return Err(RefreshError::Rejected("remembered".into()));
-        }
-        let cell = self.slot(key)?;
-        let outcome = cell
-            .get_or_init(|| async { self.call(refresh_token, username).await.map(Arc::new) })
-            .await
-            .clone();
-        match &outcome {
-            // A transient failure must not be remembered: the next caller retries.
-            Err(RefreshError::Unavailable(_)) => {
-                self.slots
-                    .remove_if(&key, |_, slot| Arc::ptr_eq(&slot.cell, &cell));
-            }
-            Err(RefreshError::Rejected(_)) => self.remember_rejected(key),
-            Ok(_) => {}
-        }
-        outcome
-    }
-
-    /// Whether a call for this refresh token is in flight or its result is
-    /// still reused: a caller would join it, not call Cognito.
-    pub fn has_flight(&self, refresh_token: &str) -> bool {
-        self.slots
-            .get(&token_hash(refresh_token))
-            .is_some_and(|slot| self.usable(&slot))
-    }
-
-    /// Forgets every remembered answer that issued tokens to `sub`: its
-    /// session ended, and an answer reused for the next seconds would revive it.
-    pub fn forget_answers_for(&self, sub: &str) {
-        #[derive(serde::Deserialize)]
-        struct Sub {
-            sub: Option<String>,
-        }
-        let of = |token: &str| -> Option<String> {
-            use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-            let payload = token.split('.').nth(1)?;
-            let bytes = URL_SAFE_NO_PAD.decode(payload).ok()?;
-            serde_json::from_slice::<Sub>(&bytes).ok()?.sub
-        };
-        self.slots.retain(|_, slot| match slot.cell.get() {
-            Some(Ok(tokens)) => of(&tokens.access_token).as_deref() != Some(sub),
-            _ => true,
-        });
-    }
-
-    /// Whether Cognito already refused this refresh token.
-    pub fn is_rejected(&self, key: &[u8; 32]) -> bool {
-        self.rejected
-            .get(key)
-            .is_some_and(|at| at.elapsed() < REJECTED_TTL)
-    }
-
-    fn remember_rejected(&self, key: [u8; 32]) {
-        if self.rejected.len() >= self.cfg.capacity {
-            self.rejected.retain(|_, at| at.elapsed() < REJECTED_TTL);
-            if self.rejected.len() >= self.cfg.capacity {
-                // Still full: forget the oldest half's worth at once rather
-                // than scan on every insert. A forgotten token costs one
-                // Cognito call to be refused again.
-                self.rejected.clear();
-            }
-        }
-        self.rejected.insert(key, Instant::now());
-    }
-
-    /// Whether a remembered slot may still be handed out.
-    fn usable(&self, slot: &Slot) -> bool {
-        if slot.created.elapsed() >= RESULT_TTL {
-            return false;
-        }
-        match slot.cell.get() {
-            // In flight: join it.
-            None => true,
-            Some(Err(_)) => true,
-            Some(Ok(tokens)) => match unverified_times(&tokens.access_token) {
-                Some((exp, iat)) => now_secs() < refresh_due_at(exp, iat, self.cfg.refresh_before),
-                None => false,
-            },
-        }
-    }
-
-    fn slot(&self, key: [u8; 32]) -> Result<Arc<OnceCell<RefreshOutcome>>, RefreshError> {
-        if let Some(slot) = self.slots.get(&key) {
-            if self.usable(&slot) {
-                return Ok(slot.cell.clone());
-            }
-        }
-        if self.slots.len() >= self.cfg.capacity {
-            // Finished results are only a cache: drop them first.
-            self.slots
-                .retain(|_, s| s.created.elapsed() < RESULT_TTL && s.cell.get().is_none());
-        }
-        if self.slots.len() >= self.cfg.capacity && !self.slots.contains_key(&key) {
-            // Full of calls in progress: refuse rather than call Cognito
-            // outside single flight.
-            tracing::warn!(
-                in_flight = self.slots.len(),
-                "refresh table full of calls in progress; asking the client to retry"
-            );
-            return Err(RefreshError::Unavailable(
-                "too many refreshes in flight".into(),
-            ));
-        }
-        let mut entry = self.slots.entry(key).or_insert_with(|| Slot {
-            cell: Arc::new(OnceCell::new()),
-            created: Instant::now(),
-        });
-        if !self.usable(&entry) {
-            *entry = Slot {
-                cell: Arc::new(OnceCell::new()),
-                created: Instant::now(),
-            };
-        }
-        Ok(entry.cell.clone())
-    }
-
-    async fn call(&self, refresh_token: &str, username: &str) -> Result<TokenSet, RefreshError> {
+impl Cognito {
+    /// Exchanges `refresh_token` (of `username`, for `SECRET_HASH`) for new
+    /// tokens. One HTTP request, bounded by the configured timeout.
+    pub(super) async fn call(
+        &self,
+        refresh_token: &str,
+        username: &str,
+    ) -> Result<TokenSet, RefreshError> {
         let (target, body) = match self.cfg.api {
             RefreshApi::GetTokens => {
                 let mut body =
