@@ -157,8 +157,8 @@ impl RelayState {
     /// lineage and is not affected.
     ///
     /// The marker needs a lineage claim (`origin_jti` or `event_id`, which
-    /// Cognito always issues): without one it would end every sign-in of
-    /// the user, on other devices too.
+    /// Cognito issues with token revocation on, the default): without one
+    /// it would end every sign-in of the user, on other devices too.
     pub fn end_session(&self, proof: &SessionProof) {
         self.pending.end_session(proof);
         self.refresher.forget_answers_for(&proof.sub);

@@ -440,6 +440,11 @@ async fn slow_app_is_a_plain_text_504() {
     assert_eq!(app.last().path, "/slow?marker=REQUEST-DATA");
 }
 
+/// The access token of a waiting renewal: JWT-shaped with an `exp` in 2100
+/// (a renewal is only handed out while its access token lives; the proxy
+/// passes it on without verifying it, as it came from Cognito).
+const NEW_ACCESS: &str = "NEW-ACCESS.eyJleHAiOjQxMDI0NDQ4MDB9.sig";
+
 #[tokio::test]
 async fn pending_renewal_reaches_the_app_and_the_browser() {
     let app = TestApp::start().await;
@@ -463,7 +468,7 @@ async fn pending_renewal_reaches_the_app_and_the_browser() {
         appsync_relay::verify::token_hash("OLD-REFRESH"),
         USERNAME,
         Arc::new(TokenSet {
-            access_token: "NEW-ACCESS".into(),
+            access_token: NEW_ACCESS.into(),
             id_token: Some("NEW-ID".into()),
             refresh_token: Some("NEW-REFRESH".into()),
         }),
@@ -477,7 +482,7 @@ async fn pending_renewal_reaches_the_app_and_the_browser() {
     assert_eq!(
         header(&seen, "cookie").unwrap(),
         format!(
-            "theme=dark; {last_user}=alice%40example.com; {}=NEW-ACCESS; {}=NEW-ID; \
+            "theme=dark; {last_user}=alice%40example.com; {}={NEW_ACCESS}; {}=NEW-ID; \
              {other_client}=OTHER-ACCESS; {}=NEW-REFRESH; _ga=GA1.2.3",
             name("accessToken"),
             name("idToken"),
@@ -491,7 +496,7 @@ async fn pending_renewal_reaches_the_app_and_the_browser() {
         .map(|v| v.to_str().unwrap())
         .collect();
     assert_eq!(set.len(), 4, "{set:?}");
-    assert!(set[0].starts_with(&format!("{}=NEW-ACCESS; ", name("accessToken"))));
+    assert!(set[0].starts_with(&format!("{}={NEW_ACCESS}; ", name("accessToken"))));
     assert!(set[1].starts_with(&format!("{}=NEW-ID; ", name("idToken"))));
     assert!(set[2].starts_with(&format!("{}=NEW-REFRESH; ", name("refreshToken"))));
     assert!(set[..3].iter().all(|c| c.contains("HttpOnly")));
@@ -531,7 +536,7 @@ async fn renewal_without_rotation_keeps_the_refresh_cookie() {
         appsync_relay::verify::token_hash("KEPT-REFRESH"),
         USERNAME,
         Arc::new(TokenSet {
-            access_token: "NEW-ACCESS".into(),
+            access_token: NEW_ACCESS.into(),
             id_token: Some("NEW-ID".into()),
             refresh_token: None,
         }),
@@ -541,7 +546,7 @@ async fn renewal_without_rotation_keeps_the_refresh_cookie() {
     assert_eq!(
         header(&app.last().headers, "cookie").unwrap(),
         format!(
-            "{last_user}=alice%40example.com; {}=NEW-ACCESS; {}=KEPT-REFRESH; {}=NEW-ID",
+            "{last_user}=alice%40example.com; {}={NEW_ACCESS}; {}=KEPT-REFRESH; {}=NEW-ID",
             name("accessToken"),
             name("refreshToken"),
             name("idToken"),
@@ -596,7 +601,7 @@ async fn behind_our_own_tls_the_app_hears_https() {
         appsync_relay::verify::token_hash("OLD-REFRESH"),
         USERNAME,
         Arc::new(TokenSet {
-            access_token: "NEW-ACCESS".into(),
+            access_token: NEW_ACCESS.into(),
             id_token: None,
             refresh_token: None,
         }),
@@ -621,7 +626,7 @@ async fn behind_our_own_tls_the_app_hears_https() {
     let h = app.last().headers;
     assert_eq!(header(&h, "x-forwarded-proto"), Some("https"));
     let set = header(&headers, "set-cookie").unwrap();
-    assert!(set.starts_with(&format!("{}=NEW-ACCESS; ", name("accessToken"))));
+    assert!(set.starts_with(&format!("{}={NEW_ACCESS}; ", name("accessToken"))));
     assert!(set.contains("; Secure"), "{set}");
 }
 
@@ -667,7 +672,7 @@ fn pending_for(relay: &Proxied, rt: &str) -> String {
         appsync_relay::verify::token_hash(rt),
         USERNAME,
         Arc::new(TokenSet {
-            access_token: "NEW-ACCESS".into(),
+            access_token: NEW_ACCESS.into(),
             id_token: None,
             refresh_token: Some("NEW-REFRESH".into()),
         }),

@@ -131,7 +131,12 @@ pub async fn identify(state: &RelayState, headers: &HeaderMap) -> Result<Identif
         .refresh_token
         .as_deref()
         .filter(|rt| state.pending.has(rt))
-        .and_then(|rt| state.pending.take(rt, &SessionProof::of(&genuine)));
+        .and_then(|rt| state.pending.take(rt, &SessionProof::of(&genuine)))
+        .map(|mut p| {
+            // Another socket may have rotated it since it was left.
+            state.freshen(&mut p);
+            p
+        });
     Ok(Identified {
         session,
         token,
@@ -154,8 +159,7 @@ pub async fn complete(
 ) -> Result<Authenticated, RelayError> {
     let cfg = &state.config;
     let proof = SessionProof::of(&id.genuine);
-    if let Some(mut pending) = id.pending {
-        state.freshen(&mut pending);
+    if let Some(pending) = id.pending {
         return from_pending(state, pending, &id.session, &id.genuine, secure).await;
     }
     let needs_refresh = match &id.verified {

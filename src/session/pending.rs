@@ -10,7 +10,10 @@
 //! - an entry is handed only to a request that proves the same session
 //!   ([`SessionProof`]): a refresh token alone buys nothing;
 //! - it is removed when handed out, when its session ends (refresh refused,
-//!   identity changed, sign-out seen), and after its time to live;
+//!   identity changed, sign-out seen), and after its time to live; it is
+//!   never handed out once its access token has expired (a request after
+//!   that renews with the newest refresh token instead, found through the
+//!   rotation chain the refresher keeps);
 //! - recording again for the same browser replaces it: the newest live
 //!   refresh token is the one kept.
 //!
@@ -18,7 +21,8 @@
 
 use super::proof::SessionProof;
 use super::tokens::TokenSet;
-use crate::verify::token_hash;
+use crate::clock::now_secs;
+use crate::verify::{token_hash, unverified_times};
 use dashmap::DashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,6 +37,8 @@ pub struct Pending {
     /// What the browser's own token must match.
     pub proof: SessionProof,
     created: Instant,
+    /// `exp` of its access token (unix seconds); 0 when unreadable.
+    expires_at: u64,
     /// Every refresh-token hash it was filed under (filled when taken).
     keys: Vec<[u8; 32]>,
 }
@@ -81,7 +87,7 @@ impl PendingRenewals {
         proof: SessionProof,
     ) {
         if self.entries.len() >= self.capacity {
-            self.entries.retain(|_, p| p.created.elapsed() < self.ttl);
+            self.entries.retain(|_, p| self.live(p));
             if self.entries.len() >= self.capacity {
                 // Full of live renewals: drop the oldest rather than grow.
                 let oldest = self
@@ -98,6 +104,7 @@ impl PendingRenewals {
             browser_refresh,
             Pending {
                 username: username.to_string(),
+                expires_at: unverified_times(&tokens.access_token).map_or(0, |(exp, _)| exp),
                 tokens,
                 proof,
                 created: Instant::now(),
@@ -117,10 +124,10 @@ impl PendingRenewals {
     /// token) proves the session it was made for.
     pub fn take(&self, refresh_token: &str, shown: &SessionProof) -> Option<Pending> {
         let key = token_hash(refresh_token);
-        let (_, mut entry) = self.entries.remove_if(&key, |_, p| {
-            p.created.elapsed() >= self.ttl || p.proof.matches(shown)
-        })?;
-        if entry.created.elapsed() >= self.ttl {
+        let (_, mut entry) = self
+            .entries
+            .remove_if(&key, |_, p| !self.live(p) || p.proof.matches(shown))?;
+        if !self.live(&entry) {
             return None;
         }
         // The same renewal may wait under the browser's older refresh
@@ -168,9 +175,14 @@ impl PendingRenewals {
     #[doc(hidden)]
     pub fn waiting_refresh_token(&self, refresh_token: &str) -> Option<String> {
         let entry = self.entries.get(&token_hash(refresh_token))?;
-        (entry.created.elapsed() < self.ttl)
+        self.live(&entry)
             .then(|| entry.tokens.refresh_token.clone())
             .flatten()
+    }
+
+    /// Within its time to live and its access token not expired.
+    fn live(&self, p: &Pending) -> bool {
+        p.created.elapsed() < self.ttl && now_secs() < p.expires_at
     }
 
     #[cfg(test)]
@@ -183,9 +195,17 @@ impl PendingRenewals {
 mod tests {
     use super::*;
 
+    /// A JWT-shaped access token expiring at `exp` (only `exp` is read).
+    fn access(exp: u64) -> String {
+        use base64::Engine as _;
+        let claims = format!(r#"{{"exp":{exp}}}"#);
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(claims);
+        format!("e30.{b64}.sig")
+    }
+
     fn tokens(rotated: bool) -> TokenSet {
         TokenSet {
-            access_token: "acc".into(),
+            access_token: access(now_secs() + 3600),
             id_token: Some("idt".into()),
             refresh_token: rotated.then(|| "newref".into()),
         }
@@ -212,6 +232,26 @@ mod tests {
         let expired = PendingRenewals::new(2, Duration::from_millis(0));
         expired.record(token_hash("r"), "u", Arc::new(tokens(true)), proof("u"));
         assert!(expired.take("r", &proof("u")).is_none());
+    }
+
+    #[test]
+    fn a_renewal_dies_with_its_access_token() {
+        let store = PendingRenewals::new(4, Duration::from_secs(3600));
+        let dead = TokenSet {
+            access_token: access(now_secs().saturating_sub(1)),
+            ..tokens(true)
+        };
+        store.record(token_hash("r"), "u", Arc::new(dead), proof("u"));
+        assert!(store.waiting_refresh_token("r").is_none());
+        assert!(store.take("r", &proof("u")).is_none());
+        let unreadable = TokenSet {
+            access_token: "not-a-jwt".into(),
+            ..tokens(true)
+        };
+        store.record(token_hash("r"), "u", Arc::new(unreadable), proof("u"));
+        assert!(store.take("r", &proof("u")).is_none());
+        store.record(token_hash("r"), "u", Arc::new(tokens(true)), proof("u"));
+        assert!(store.take("r", &proof("u")).is_some());
     }
 
     #[test]
