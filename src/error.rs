@@ -44,6 +44,10 @@ pub enum RelayError {
     Limit(#[from] LimitHit),
     #[error("session could not be renewed: {0}")]
     Refresh(RefreshError),
+    /// Cognito answered the refresh with another identity's tokens: the
+    /// refresh token shown is not this session's.
+    #[error("the refresh token belongs to another identity")]
+    IdentityChanged,
     // --- upstream: AppSync failed or refused ---
     #[error("{0}")]
     Upstream(#[from] UpstreamError),
@@ -67,6 +71,7 @@ impl RelayError {
             RelayError::Token(_) => StatusCode::UNAUTHORIZED,
             RelayError::Refresh(RefreshError::Rejected(_)) => StatusCode::UNAUTHORIZED,
             RelayError::Refresh(_) => StatusCode::SERVICE_UNAVAILABLE,
+            RelayError::IdentityChanged => StatusCode::UNAUTHORIZED,
             RelayError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             RelayError::BodyRead => StatusCode::BAD_REQUEST,
             RelayError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
@@ -91,6 +96,7 @@ impl RelayError {
             RelayError::Draining => "draining",
             RelayError::Refresh(RefreshError::Rejected(_)) => "session_ended",
             RelayError::Refresh(_) => "refresh_unavailable",
+            RelayError::IdentityChanged => "identity_changed",
             RelayError::BodyTooLarge => "body_too_large",
             RelayError::BodyRead => "body_unreadable",
             RelayError::BodyTimeout => "body_timeout",
@@ -105,7 +111,7 @@ impl RelayError {
     pub fn side(&self) -> &'static str {
         match self {
             RelayError::Upstream(_) => "upstream",
-            RelayError::Refresh(_) => "cognito",
+            RelayError::Refresh(_) | RelayError::IdentityChanged => "cognito",
             RelayError::Internal(_) => "internal",
             _ => "downstream",
         }

@@ -15,7 +15,7 @@
 //! the handshake walk and where new code goes; `tests/architecture.rs`
 //! checks them.
 //!
-//! 1. Leaves: [`clock`], [`protocol`], [`response`], [`strict_json`],
+//! 1. Leaves: [`bounded`], [`clock`], [`protocol`], [`response`], [`strict_json`],
 //!    [`forwarded`], [`origin`], [`limits`], [`metrics`], [`tls`],
 //!    [`http_client`].
 //! 2. Wire and tokens: [`upgrade`], [`verify`], [`rewrite`], [`upstream`].
@@ -31,6 +31,7 @@
 //! 10. [`demo`]: relay + emulator + development identity provider.
 #![forbid(unsafe_code)]
 
+pub mod bounded;
 pub mod clock;
 pub mod forwarded;
 pub mod http_client;

@@ -198,13 +198,10 @@ impl<K: std::hash::Hash + Eq + Clone> KeyedRate<K> {
     }
 
     pub fn try_take(&self, key: &K) -> bool {
-        if self.buckets.len() >= self.capacity && !self.buckets.contains_key(key) {
-            let period = self.period;
-            self.buckets.retain(|_, b| b.last.elapsed() < period);
-            if self.buckets.len() >= self.capacity {
-                // Still full of active keys: start over rather than grow.
-                self.buckets.clear();
-            }
+        if !self.buckets.contains_key(key) {
+            // Full of active keys: the least recently used go, never all
+            // (that would hand every key a fresh budget).
+            crate::bounded::make_room(&self.buckets, self.capacity, self.period, |b| b.last);
         }
         let mut bucket = self
             .buckets

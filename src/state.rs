@@ -7,11 +7,12 @@
 //! questions every handler asks the same way (is this browser on HTTPS,
 //! which IP is it).
 
+use crate::bounded::make_room;
 use crate::config::Config;
 use crate::http_client::{self, HttpClient};
 use crate::limits::{ConnectionLimits, SessionRates};
 use crate::metrics::Metrics;
-use crate::refresh::Refresher;
+use crate::refresh::{Holder, Refresher};
 use crate::response::Body;
 use crate::session::{Pending, PendingRenewals, SessionProof, TokenSet};
 use crate::upgrade;
@@ -149,29 +150,47 @@ impl RelayState {
         self.config.trust_forwarded.client_ip(headers, peer)
     }
 
-    /// A session is over (its refresh token was refused, or its identity
-    /// changed): nothing remembered may revive it — neither a renewal
-    /// waiting for its browser nor a refresh answer kept for reuse — and no
-    /// other socket or request of the same sign-in goes on with it (they are
-    /// refused at their next handshake or renewal). A new sign-in has a new
-    /// lineage and is not affected.
+    /// Cognito refused `refresh_token`, shown for the sign-in `proof`. What
+    /// waits with that token is dropped; the sign-in itself ends only when
+    /// the relay knows the token is that sign-in's newest (Cognito issued or
+    /// accepted it for that lineage and nothing replaced it). A refusal of
+    /// anything else — a junk token next to someone's genuine one, a stale
+    /// token rotated out by the app or another replica — ends nothing but
+    /// the request or socket that showed it.
+    pub fn refresh_refused(&self, refresh_token: &str, proof: &SessionProof) {
+        self.pending.forget_refresh_token(refresh_token);
+        if self.refresher.is_newest(refresh_token, &proof.lineage()) {
+            self.end_session(proof);
+        }
+    }
+
+    /// A sign-in is over (its newest refresh token was refused, or the app
+    /// signed the user out): nothing remembered may revive it — neither a
+    /// renewal waiting for its browser nor a refresh answer kept for reuse —
+    /// and its access tokens are no longer taken
+    /// on their word: a request of that sign-in goes to Cognito with its
+    /// own refresh token ([`RelayState::session_ended`]), which settles it.
+    /// Other sign-ins of the user are not affected.
     ///
     /// The marker needs a lineage claim (`origin_jti` or `event_id`, which
     /// Cognito issues with token revocation on, the default): without one
-    /// it would end every sign-in of the user, on other devices too.
+    /// it would cover every sign-in of the user, on other devices too.
     pub fn end_session(&self, proof: &SessionProof) {
         self.pending.end_session(proof);
-        self.refresher.forget_answers_for(&proof.sub);
+        self.refresher.forget_answers(&proof.lineage());
         if proof.origin_jti.is_none() && proof.event_id.is_none() {
             return;
         }
-        if self.ended.len() >= self.config.token_cache_size {
-            self.ended.retain(|_, at| at.elapsed() < ENDED_TTL);
-            if self.ended.len() >= self.config.token_cache_size {
-                self.ended.clear();
-            }
-        }
+        make_room(&self.ended, self.config.token_cache_size, ENDED_TTL, |at| {
+            *at
+        });
         self.ended.insert(proof.lineage(), Instant::now());
+    }
+
+    /// Cognito renewed a sign-in marked ended: it is alive after all (the
+    /// refused token had been rotated by someone the relay did not see).
+    pub fn session_alive(&self, proof: &SessionProof) {
+        self.ended.remove(&proof.lineage());
     }
 
     /// Brings a taken renewal's refresh token up to date: another socket may
@@ -181,7 +200,9 @@ impl RelayState {
         let Some(rt) = &pending.tokens.refresh_token else {
             return;
         };
-        let newest = self.refresher.newest(rt, &pending.proof.sub);
+        let newest = self
+            .refresher
+            .newest(rt, &pending.proof.lineage(), Holder::Socket);
         if &newest != rt {
             pending.tokens = Arc::new(TokenSet {
                 refresh_token: Some(newest),
@@ -190,7 +211,8 @@ impl RelayState {
         }
     }
 
-    /// Whether the sign-in `proof` belongs to was ended.
+    /// Whether the sign-in `proof` belongs to was ended: its tokens are not
+    /// taken on their word until Cognito renews it.
     pub fn session_ended(&self, proof: &SessionProof) -> bool {
         self.ended
             .get(&proof.lineage())

@@ -612,6 +612,50 @@ async fn upstream_drop_is_redialled_without_closing_the_browser() {
     assert_eq!(recv_close(&mut sub).await, Some(4003));
 }
 
+/// AppSync refusing the relay's token on a re-dial — whether on the
+/// upgrade (HTTP 401, this project's emulator) or after it
+/// (`connection_error` + close 4401, as MiniStack does) — makes the relay
+/// renew the token and dial again; the browser's socket stays open and its
+/// subscription keeps working. Before the post-upgrade style was handled
+/// (`after_upgrade`), the relay re-dialled with the refused token until its
+/// attempts ran out and closed the browser with 1013.
+#[tokio::test]
+async fn a_token_refused_on_redial_is_renewed_in_either_refusal_style() {
+    for after_upgrade in [false, true] {
+        let stack = Stack::start_with(&["--upstream-redial-attempts", "3"]).await;
+        let s = stack.cognito.sign_in(USERNAME);
+        let cookie = format!(
+            "{}={USERNAME}; {}={}; {}={}",
+            appsync_relay::session::last_auth_user_cookie(CLIENT_ID),
+            appsync_relay::session::cookie_name(CLIENT_ID, USERNAME, "accessToken"),
+            s.access,
+            appsync_relay::session::cookie_name(CLIENT_ID, USERNAME, "refreshToken"),
+            s.refresh,
+        );
+        let mut sub = connect(&stack.realtime_url(), &cookie).await;
+        init(&mut sub).await;
+        send_json(&mut sub, amplify_subscribe("sub-1", "/default/refused")).await;
+        assert_eq!(recv_json(&mut sub).await["type"], "subscribe_success");
+
+        stack.emulator.refuse_after_upgrade(after_upgrade);
+        stack.emulator.revoke_credential(&s.access);
+        stack.emulator.abort_all();
+        publish_until_received(&stack, &mut sub, "/default/refused", "after-refusal").await;
+
+        let (_, _, metrics) = http(stack.relay.admin_addr, "GET", "/metrics", &[], "").await;
+        assert!(
+            metrics.contains(
+                "appsync_relay_token_refreshes_total{phase=\"connection\",result=\"ok\"} 1"
+            ),
+            "after_upgrade={after_upgrade}: {metrics}"
+        );
+        assert!(
+            metrics.contains("appsync_relay_upstream_redials_total{result=\"ok\"} 1"),
+            "after_upgrade={after_upgrade}: {metrics}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn upstream_gone_for_good_closes_the_browser_with_1013() {
     let stack = Stack::start_with(&["--upstream-redial-attempts", "2"]).await;

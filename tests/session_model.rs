@@ -1,18 +1,21 @@
 //! A stateful property test of the session lifecycle: random sequences of
 //! handshakes (from an up-to-date tab or a stale one), sockets renewing in
 //! place, rotation with and without a grace period, revocation, sign-in
-//! again, transient and fatal Cognito errors and a hostile Cognito, run
+//! again, transient and fatal Cognito errors, a hostile Cognito and the
+//! app's own Amplify refreshing behind the relay's back, run
 //! against the relay's real session code (`authenticate::identify` /
 //! `complete`, `relay::token::TokenState::renew`, the pending store, the
 //! refresher) and the fake Cognito as the model of truth.
 //!
 //! Invariants, checked after every step:
-//! 1. once the relay has seen the session's refresh refused, it issues no
-//!    tokens for it (no `Set-Cookie` until the user signs in again);
+//! 1. once the relay has seen a refusal when Cognito holds no live refresh
+//!    token for the user any more, it issues no tokens for the session (no
+//!    `Set-Cookie` until the user signs in again);
 //! 2. while Cognito still holds a live refresh token for the session (and
 //!    nothing ended it), the browser can get one: the refresh token in its
 //!    cookie jar is live, or a renewal waiting for it carries a live one;
-//!    and the relay has not ended the session on its own;
+//!    and the relay has not marked the sign-in ended unless the jar's own
+//!    token is live (then its next request asks Cognito, which revives it);
 //! 3. an open socket's token always belongs to the user it opened for.
 //!
 //! `cargo test --test session_model` runs a fixed seed and 48 cases (CI);
@@ -62,6 +65,9 @@ enum Op {
     Hostile,
     /// Seconds pass: answers kept for reuse by the refresher expire.
     Later,
+    /// The app's own server-side Amplify refreshes the browser's session
+    /// behind the relay's back (rotating it) and writes the new cookies.
+    RefreshOutside,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -77,6 +83,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => any::<bool>().prop_map(|transient| Op::FailNext { transient }),
         1 => Just(Op::Hostile),
         4 => Just(Op::Later),
+        1 => Just(Op::RefreshOutside),
     ]
 }
 
@@ -217,7 +224,13 @@ impl Harness {
                         wrote
                     }
                     Err(e) => {
-                        if e.reason() == "session_ended" && !*stale {
+                        // A refusal of a token Cognito rotated away (the app
+                        // refreshed behind the relay) says nothing; one made
+                        // when no live token is left does.
+                        if e.reason() == "session_ended"
+                            && !*stale
+                            && !self.cognito.any_live(USERNAME)
+                        {
                             self.relay_knows = true;
                         }
                         false
@@ -231,7 +244,7 @@ impl Harness {
                 let i = n % self.sockets.len();
                 if let Err(ending) = self.sockets[i].renew(&self.state).await {
                     let reason = format!("{ending:?}");
-                    if reason.contains("refresh_rejected") {
+                    if reason.contains("refresh_rejected") && !self.cognito.any_live(USERNAME) {
                         self.relay_knows = true;
                     }
                     self.sockets.remove(i);
@@ -287,6 +300,20 @@ impl Harness {
                 self.state.refresher.forget_recent_answers();
                 false
             }
+            Op::RefreshOutside => {
+                let rt = self.jar["refreshToken"].clone();
+                // A hostile answer is meant for the relay's next call.
+                let hostile = self.cognito.answer_as_sub.lock().unwrap().take();
+                let answer = self.cognito.refresh_outside(&rt).await;
+                *self.cognito.answer_as_sub.lock().unwrap() = hostile;
+                if let Some((access, id, refresh)) = answer {
+                    self.prev_jar = self.jar.clone();
+                    self.jar.insert("accessToken", access);
+                    self.jar.insert("idToken", id);
+                    self.jar.insert("refreshToken", refresh);
+                }
+                false
+            }
             Op::Hostile => {
                 *self.cognito.answer_as_sub.lock().unwrap() = Some("someone-else".into());
                 // Only until the next call answers.
@@ -309,7 +336,10 @@ impl Harness {
             if !recoverable {
                 return Err(format!("the newest live refresh token was lost {}", ctx()));
             }
-            if self.state.session_ended(&jar_proof(&self.jar)) {
+            // A sign-in marked ended is not lost while the browser's own
+            // refresh token is alive: its next request asks Cognito, which
+            // revives it. Otherwise the marker would lose it.
+            if self.state.session_ended(&jar_proof(&self.jar)) && !self.cognito.is_live(rt) {
                 return Err(format!("a live session was ended {}", ctx()));
             }
         }

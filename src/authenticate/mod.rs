@@ -26,7 +26,7 @@ pub use renew::{forwarded_token, renew, Phase, RenewError, Renewed};
 
 use crate::clock::{is_due, now_secs};
 use crate::error::RelayError;
-use crate::refresh::RefreshError;
+use crate::refresh::{Holder, RefreshError};
 use crate::session::{self, Pending, Session, SessionError, SessionProof, TokenSet};
 use crate::state::RelayState;
 use crate::verify::{token_hash, Claims, VerifyError};
@@ -37,7 +37,11 @@ use std::sync::Arc;
 /// The session as the relay carries it for the life of a connection.
 #[derive(Clone)]
 pub struct SessionState {
+    /// The cookie username (`LastAuthUser`): what cookies are written under.
     pub username: String,
+    /// Cognito's username (the token's `username` claim), for
+    /// `SECRET_HASH`; it can differ from the cookie's.
+    pub cognito_username: String,
     /// The refresh token now valid for this session (rotations applied).
     pub refresh_token: Option<String>,
     /// Hash of the refresh token the browser's cookie holds (after any
@@ -84,6 +88,8 @@ pub struct Identified {
     genuine: Arc<Claims>,
     /// A renewal an open socket of this session left for it, now taken.
     pending: Option<Pending>,
+    /// The sign-in was marked ended ([`RelayState::session_ended`]).
+    ended: bool,
 }
 
 impl Identified {
@@ -96,15 +102,16 @@ impl Identified {
     /// before [`complete`]: the taken renewal, since nobody else will
     /// deliver it.
     pub fn undelivered_cookies(&self, state: &RelayState, secure: bool) -> Vec<HeaderValue> {
-        match &self.pending {
-            Some(p) => state.config.cookies.set_cookies(
-                &state.config.client_id,
-                &p.username,
-                &p.tokens,
-                secure,
-            ),
-            None => Vec::new(),
+        let Some(p) = &self.pending else {
+            return Vec::new();
+        };
+        if let Some(rt) = &self.session.refresh_token {
+            state.refresher.handed_over(rt, &p.proof.lineage());
         }
+        state
+            .config
+            .cookies
+            .set_cookies(&state.config.client_id, &p.username, &p.tokens, secure)
     }
 }
 
@@ -122,20 +129,19 @@ pub async fn identify(state: &RelayState, headers: &HeaderMap) -> Result<Identif
         Err(VerifyError::Expired) => Arc::new(state.verifier.verify_ignoring_expiry(&token).await?),
         Err(e) => return Err(RelayError::Token(e.clone())),
     };
-    if state.session_ended(&SessionProof::of(&genuine)) {
-        return Err(RelayError::Refresh(RefreshError::Rejected(
-            "session ended".into(),
-        )));
-    }
+    let proof = SessionProof::of(&genuine);
+    // A sign-in the relay saw end: nothing waiting is handed out, and its
+    // token is not taken on its word (`complete` asks Cognito).
+    let ended = state.session_ended(&proof);
     let pending = session
         .refresh_token
         .as_deref()
-        .filter(|rt| state.pending.has(rt))
-        .and_then(|rt| state.pending.take(rt, &SessionProof::of(&genuine)))
-        .map(|mut p| {
+        .filter(|rt| !ended && state.pending.has(rt))
+        .and_then(|rt| {
+            let mut p = state.pending.take(rt, &proof)?;
             // Another socket may have rotated it since it was left.
             state.freshen(&mut p);
-            p
+            Some(p)
         });
     Ok(Identified {
         session,
@@ -143,6 +149,7 @@ pub async fn identify(state: &RelayState, headers: &HeaderMap) -> Result<Identif
         verified,
         genuine,
         pending,
+        ended,
     })
 }
 
@@ -160,9 +167,10 @@ pub async fn complete(
     let cfg = &state.config;
     let proof = SessionProof::of(&id.genuine);
     if let Some(pending) = id.pending {
-        return from_pending(state, pending, &id.session, &id.genuine, secure).await;
+        return from_pending(state, pending, &id.session, &id.genuine, secure, client_ip).await;
     }
     let needs_refresh = match &id.verified {
+        _ if id.ended => true,
         Ok(claims) => is_due(claims.exp, claims.iat, cfg.refresh_before),
         Err(_) => true,
     };
@@ -171,8 +179,15 @@ pub async fn complete(
         .refresh_token
         .as_deref()
         .filter(|_| needs_refresh);
-    let still_valid = id.verified.as_ref().ok().cloned();
+    // An ended sign-in's token is never used as sent: only a renewal
+    // Cognito grants revives it.
+    let still_valid = id.verified.as_ref().ok().cloned().filter(|_| !id.ended);
     let Some(refresh_token) = refresh_token else {
+        if id.ended {
+            return Err(RelayError::Refresh(RefreshError::Rejected(
+                "session ended".into(),
+            )));
+        }
         let claims = id.verified?;
         return Ok(as_sent(&id.token, claims, &id.session, proof));
     };
@@ -200,10 +215,7 @@ pub async fn complete(
             secure,
         )),
         Err(e) => {
-            // Refused: the newest refresh token of the session is dead.
-            if matches!(e, RelayError::Refresh(RefreshError::Rejected(_))) {
-                state.end_session(&proof);
-            }
+            // (A refusal was reported by `renew`; it decides what ends.)
             match still_valid {
                 // Still valid for a little while: use it, the next request retries.
                 Some(claims) => {
@@ -228,14 +240,19 @@ fn refresh_refusal(
     refresh_token: &str,
     client_ip: IpAddr,
 ) -> Option<RelayError> {
-    let issued = genuine.iat.unwrap_or(genuine.exp);
+    // The sign-in's age: `auth_time` (when the user signed in, kept by every
+    // refresh), else the token's own `iat` (a lower bound).
+    let signed_in = genuine.auth_time.or(genuine.iat).unwrap_or(genuine.exp);
     let validity = state.config.refresh_token_validity.as_secs();
-    if now_secs() > issued.saturating_add(validity) {
+    if now_secs() > signed_in.saturating_add(validity) {
         return Some(RelayError::Token(VerifyError::Expired));
     }
     // What a renewal would use (see `renew`): judge that, not a rotated-out
     // token a stale tab still holds.
-    let newest = state.refresher.newest(refresh_token, &genuine.sub);
+    let lineage = SessionProof::of(genuine).lineage();
+    let newest = state
+        .refresher
+        .newest(refresh_token, &lineage, Holder::Browser);
     let refresh_token = newest.as_str();
     if state.refresher.is_rejected(&token_hash(refresh_token)) {
         return Some(RelayError::Refresh(RefreshError::Rejected(
@@ -266,33 +283,47 @@ async fn from_pending(
     session: &Session,
     genuine: &Claims,
     secure: bool,
+    client_ip: IpAddr,
 ) -> Result<Authenticated, RelayError> {
     let cfg = &state.config;
     let tokens = pending.tokens.clone();
-    let fresh = match forwarded_token(&tokens, cfg.token_use) {
-        Some(token) => match state.verifier.verify(token).await {
-            Ok(claims) if !is_due(claims.exp, claims.iat, cfg.refresh_before) => {
-                Some((token.to_string(), claims))
-            }
-            _ => None,
-        },
+    let verified = match forwarded_token(&tokens, cfg.token_use) {
+        Some(token) => state
+            .verifier
+            .verify(token)
+            .await
+            .ok()
+            .map(|claims| (token.to_string(), claims)),
         None => None,
     };
-    if let Some(fresh) = fresh {
-        return Ok(renewed(
-            state,
-            pending.username,
-            session,
-            &tokens,
-            fresh,
-            secure,
-        ));
-    }
-    let Some(newest) = tokens.refresh_token.clone() else {
-        return Err(RelayError::Token(VerifyError::Expired));
+    let due = verified
+        .as_ref()
+        .is_none_or(|(_, c)| is_due(c.exp, c.iat, cfg.refresh_before));
+    let newest = tokens.refresh_token.clone();
+    let (Some(newest), true) = (newest, due) else {
+        // Not due (or nothing to renew with): delivered as it is.
+        return match verified {
+            Some(fresh) => Ok(renewed(
+                state,
+                pending.username,
+                session,
+                &tokens,
+                fresh,
+                secure,
+            )),
+            None => Err(RelayError::Token(VerifyError::Expired)),
+        };
     };
-    let username = genuine.username().unwrap_or(&pending.username).to_string();
-    match renew(state, &newest, &username, &pending.proof, Phase::Handshake).await {
+    let attempt = match refresh_refusal(state, genuine, &newest, client_ip) {
+        Some(e) => Err(e),
+        None => {
+            let username = genuine.username().unwrap_or(&pending.username).to_string();
+            renew(state, &newest, &username, &pending.proof, Phase::Handshake)
+                .await
+                .map_err(RelayError::from)
+        }
+    };
+    match attempt {
         Ok(r) => {
             // Cognito may or may not have rotated again: the browser must
             // end up with the newest refresh token either way.
@@ -310,17 +341,33 @@ async fn from_pending(
                 secure,
             ))
         }
-        Err(RenewError::Refresh(RefreshError::Rejected(kind))) => {
-            state.end_session(&pending.proof);
-            Err(RelayError::Refresh(RefreshError::Rejected(kind)))
-        }
-        Err(RenewError::IdentityChanged) => Err(RenewError::IdentityChanged.into()),
-        Err(e) => {
-            // Cognito could not be asked: put the renewal back for the
-            // next request rather than lose the newest refresh token.
+        // Refused (reported by `renew`): nothing to deliver.
+        Err(e @ RelayError::Refresh(RefreshError::Rejected(_))) => Err(e),
+        // Another identity's tokens for a renewal the relay made itself:
+        // Cognito misbehaved; keep the renewal for the next request.
+        Err(e @ RelayError::IdentityChanged) => {
             state.pending.restore(pending);
-            Err(e.into())
+            Err(e)
         }
+        Err(e) => match verified {
+            // Cognito could not be asked (or a budget is spent), but the
+            // waiting token is still valid: deliver it, the next request
+            // renews.
+            Some(fresh) => Ok(renewed(
+                state,
+                pending.username,
+                session,
+                &tokens,
+                fresh,
+                secure,
+            )),
+            // Put the renewal back for the next request rather than lose
+            // the newest refresh token.
+            None => {
+                state.pending.restore(pending);
+                Err(e)
+            }
+        },
     }
 }
 
@@ -333,13 +380,14 @@ fn as_sent(
 ) -> Authenticated {
     Authenticated {
         token: token.to_string(),
-        claims,
         session: SessionState {
+            cognito_username: claims.username().unwrap_or(&session.username).to_string(),
             username: session.username.clone(),
             refresh_token: session.refresh_token.clone(),
             browser_refresh: session.refresh_token.as_deref().map(token_hash),
             proof,
         },
+        claims,
         set_cookies: Vec::new(),
         refreshed: false,
     }
@@ -355,6 +403,13 @@ fn renewed(
     secure: bool,
 ) -> Authenticated {
     let cfg = &state.config;
+    // This response hands the browser the newest token: the one it showed
+    // stops following the rotation chain (after the grace).
+    if let Some(shown) = &session.refresh_token {
+        state
+            .refresher
+            .handed_over(shown, &SessionProof::of(&claims).lineage());
+    }
     // After this response the browser holds the rotated refresh token, if
     // there was one, else the one it sent.
     let refresh_token = tokens
@@ -366,6 +421,7 @@ fn renewed(
             .cookies
             .set_cookies(&cfg.client_id, &username, tokens, secure),
         session: SessionState {
+            cognito_username: claims.username().unwrap_or(&username).to_string(),
             browser_refresh: refresh_token.as_deref().map(token_hash),
             refresh_token,
             username,

@@ -5,7 +5,7 @@
 //! Nothing here logs a token.
 
 use crate::error::RelayError;
-use crate::refresh::RefreshError;
+use crate::refresh::{Holder, RefreshError};
 use crate::session::{SessionProof, TokenSet};
 use crate::state::RelayState;
 use crate::verify::{Claims, TokenUse, VerifyError};
@@ -19,13 +19,23 @@ pub fn forwarded_token(tokens: &TokenSet, token_use: TokenUse) -> Option<&str> {
     }
 }
 
-/// Where a renewal happens: the `phase` label of `token_refreshes_total`.
+/// Where a renewal happens: the `phase` label of `token_refreshes_total`,
+/// and who holds the refresh token ([`Holder`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
     /// A handshake or HTTP publish (the response can carry cookies).
     Handshake,
     /// An open socket (the renewal waits in the pending store).
     Connection,
+}
+
+impl Phase {
+    fn holder(self) -> Holder {
+        match self {
+            Phase::Handshake => Holder::Browser,
+            Phase::Connection => Holder::Socket,
+        }
+    }
 }
 
 impl Phase {
@@ -59,11 +69,16 @@ pub enum RenewError {
 }
 
 /// Renews a session with its refresh token — or the newest one a rotation
-/// the relay saw replaced it with ([`crate::refresh::Refresher::newest`]) —
-/// with single flight across every caller with the same token; counts it,
-/// verifies the result and checks it is still `proof`'s user. `username` is
-/// Cognito's, for `SECRET_HASH`. Callers have proven the session with a
-/// genuine token of it; Cognito decides whether the newest token is alive.
+/// the relay saw replaced it with, as far as the holder may follow
+/// ([`crate::refresh::Refresher::newest`]) — with single flight across
+/// every caller with the same token; counts it, verifies the result and
+/// checks it is still `proof`'s user. `username` is Cognito's, for
+/// `SECRET_HASH`. Callers have proven the sign-in with a genuine token of
+/// it; Cognito decides whether the newest token is alive.
+///
+/// A refusal is reported to [`RelayState::refresh_refused`] (which ends the
+/// sign-in only when the refused token was its newest); another identity's
+/// tokens end nothing but this renewal.
 pub async fn renew(
     state: &RelayState,
     refresh_token: &str,
@@ -75,11 +90,17 @@ pub async fn renew(
     // with a zero grace period the old one is dead.
     // (A call already made for the caller's own token is joined instead:
     // its answer is the newest.)
+    let lineage = proof.lineage();
     let newest = match state.refresher.has_flight(refresh_token) {
         true => refresh_token.to_string(),
-        false => state.refresher.newest(refresh_token, &proof.sub),
+        false => state
+            .refresher
+            .newest(refresh_token, &lineage, phase.holder()),
     };
     let outcome = state.refresher.refresh(&newest, username).await;
+    if let Err(RefreshError::Rejected(_)) = &outcome {
+        state.refresh_refused(&newest, proof);
+    }
     let result = outcome
         .as_ref()
         .map(|_| "ok")
@@ -90,11 +111,14 @@ pub async fn renew(
         .with_label_values(&[phase.label(), result])
         .inc();
     let mut tokens = outcome.map_err(RenewError::Refresh)?;
-    if tokens.refresh_token.is_none() && newest != refresh_token {
-        // Not rotated this time, but the caller's token was: it must end up
-        // with the one that is alive.
+    // The refresh token the caller must end up with: the answer's (or, not
+    // rotated this time, the one used) — and if that answer was reused from
+    // seconds ago, whatever a sibling has rotated it into since.
+    let answered = tokens.refresh_token.clone().unwrap_or(newest);
+    let current = state.refresher.newest(&answered, &lineage, Holder::Socket);
+    if tokens.refresh_token.as_deref() != Some(current.as_str()) && current != refresh_token {
         tokens = Arc::new(TokenSet {
-            refresh_token: Some(newest),
+            refresh_token: Some(current),
             ..(*tokens).clone()
         });
     }
@@ -107,13 +131,16 @@ pub async fn renew(
         .await
         .map_err(RenewError::Verify)?;
     if claims.sub != proof.sub || claims.client_id != proof.client_id {
+        // The refresh token is not this sign-in's (shown next to someone
+        // else's genuine token): refuse, and end nothing of either user.
         tracing::warn!(
             sub = %proof.sub,
-            "Cognito answered a refresh with another identity's tokens; ending the session"
+            "Cognito answered a refresh with another identity's tokens; refusing it"
         );
-        state.end_session(proof);
         return Err(RenewError::IdentityChanged);
     }
+    // A sign-in marked ended is alive after all: Cognito just renewed it.
+    state.session_alive(proof);
     Ok(Renewed {
         tokens,
         token,
@@ -129,9 +156,7 @@ impl From<RenewError> for RelayError {
                 "no token of the configured use".into(),
             )),
             RenewError::Verify(e) => RelayError::Token(e),
-            RenewError::IdentityChanged => {
-                RelayError::Refresh(RefreshError::Rejected("identity changed".into()))
-            }
+            RenewError::IdentityChanged => RelayError::IdentityChanged,
         }
     }
 }

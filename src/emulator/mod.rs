@@ -18,7 +18,8 @@
 //! - `shared`: the state every connection shares, and AppSync-shaped error
 //!   responses.
 //! - [`auth`]: the yes/no decision on an authorization object.
-//! - `realtime`: the WebSocket handshake and the per-connection message loop.
+//! - `handshake`: the WebSocket handshake and its two refusal styles.
+//! - `realtime`: the per-connection message loop.
 //! - `publish`: `POST /event` and the event-list rules shared with WebSocket
 //!   publish.
 //! - `registry`: connections, subscriptions, fan-out, the credential ring.
@@ -33,9 +34,13 @@
 //!   than slowing the publisher down.
 //! - After [`EmulatorConfig::max_connection_duration`] (24 h, AppSync's
 //!   limit) a connection is closed with 1000.
+//! - A handshake with bad authorization gets HTTP 401 on the upgrade;
+//!   [`EmulatorHandle::refuse_after_upgrade`] switches to the other style
+//!   seen in the wild (101, then `connection_error` and close 4401).
 
 pub mod auth;
 mod config;
+mod handshake;
 mod publish;
 mod realtime;
 mod registry;
@@ -114,6 +119,26 @@ impl EmulatorHandle {
 
     pub fn clear_seen_authorizations(&self) {
         self.shared.auth_log.clear();
+    }
+
+    /// Refuses `credential` from now on wherever it is shown, as AppSync
+    /// does with a token revoked behind the relay's back.
+    pub fn revoke_credential(&self, credential: &str) {
+        self.shared
+            .revoked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(credential.to_string());
+    }
+
+    /// Chooses how a handshake with bad authorization is refused: HTTP 401
+    /// on the upgrade (the default), or — as MiniStack does — a 101
+    /// followed by `connection_error` (`UnauthorizedException`) and close
+    /// 4401. AWS documents neither; the relay must handle both.
+    pub fn refuse_after_upgrade(&self, on: bool) {
+        self.shared
+            .refuse_after_upgrade
+            .store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Open WebSocket connections.
@@ -251,7 +276,7 @@ async fn serve_http(shared: Arc<Shared>, stream: TcpStream) {
 
 async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Full<Bytes>> {
     match req.uri().path() {
-        REALTIME_PATH => realtime::handshake(shared, req).await,
+        REALTIME_PATH => handshake::handshake(shared, req).await,
         PUBLISH_PATH => publish::respond(shared, req).await,
         _ => error_response(StatusCode::NOT_FOUND, "NotFoundException", "no such route"),
     }

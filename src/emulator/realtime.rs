@@ -1,126 +1,31 @@
-//! `GET /event/realtime`: the WebSocket handshake (upgrade, subprotocols,
-//! `header-` authorization) and then one session per connection that
+//! One real-time session per connection, after the handshake (`handshake`):
 //! answers `connection_init`, `subscribe`, `publish` and `unsubscribe`,
 //! sends `ka` frames, and writes fanned-out `data` frames.
 //!
-//! A failed handshake is always an HTTP error response, never a 101. A
-//! session must never panic on a client's frame and must never close a
+//! A session must never panic on a client's frame and must never close a
 //! socket without a close frame unless told to simulate a crash.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::header::{
-    HeaderValue, CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_PROTOCOL, UPGRADE,
-};
-use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use serde_json::{json, Map, Value};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{interval_at, Instant, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::error::Error as WsError;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
 use super::auth::AuthFailure;
 use super::publish::{parse_publish_channel, successful, validate_events};
 use super::registry::{CloseCmd, ConnId, Registration};
-use super::shared::{error_response, Shared};
-use crate::protocol::{
-    decode_header_subprotocol, error_frame, error_type, is_valid_id, Channel,
-    CONNECTION_TIMEOUT_MS, HEADER_SUBPROTOCOL_PREFIX, SUBPROTOCOL,
-};
-use crate::upgrade::{check_upgrade, offered_protocols, ws_config};
+use super::shared::Shared;
+use crate::protocol::{error_frame, error_type, is_valid_id, Channel, CONNECTION_TIMEOUT_MS};
 
 /// How long to wait for the client's close frame after sending ours.
-const CLOSE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(1);
-
-// === handshake ===
-
-/// Validates the upgrade request and, if it passes, answers 101 and starts
-/// the session once hyper hands the connection over.
-pub(crate) async fn handshake(
-    shared: Arc<Shared>,
-    mut req: Request<Incoming>,
-) -> Response<Full<Bytes>> {
-    if req.method() != Method::GET {
-        return error_response(
-            StatusCode::METHOD_NOT_ALLOWED,
-            error_type::BAD_REQUEST,
-            "the real-time endpoint only accepts WebSocket upgrades",
-        );
-    }
-    let accept = match check_upgrade(&req) {
-        Ok(accept) => accept,
-        Err(error) => {
-            return error_response(
-                StatusCode::BAD_REQUEST,
-                error_type::BAD_REQUEST,
-                &error.to_string(),
-            )
-        }
-    };
-    let offered = offered_protocols(req.headers());
-    if !offered.contains(&SUBPROTOCOL) {
-        return error_response(
-            StatusCode::BAD_REQUEST,
-            error_type::BAD_REQUEST,
-            "the aws-appsync-event-ws subprotocol is required",
-        );
-    }
-    let auth = offered
-        .iter()
-        .find(|p| p.starts_with(HEADER_SUBPROTOCOL_PREFIX))
-        .map(|p| decode_header_subprotocol(p));
-    let auth = match auth {
-        Some(Some(auth)) => auth,
-        Some(None) => return unauthorized("the header subprotocol is not base64url JSON"),
-        None => return unauthorized("the header subprotocol is missing"),
-    };
-    if let Err(failure) = shared.authorize(&auth).await {
-        return unauthorized(&failure.to_string());
-    }
-
-    let on_upgrade = hyper::upgrade::on(&mut req);
-    let session_shared = shared.clone();
-    shared.tracker.spawn(async move {
-        match on_upgrade.await {
-            Ok(upgraded) => {
-                let config = ws_config(session_shared.cfg.max_message_bytes);
-                let ws = WebSocketStream::from_raw_socket(
-                    TokioIo::new(upgraded),
-                    Role::Server,
-                    Some(config),
-                )
-                .await;
-                run_session(session_shared, ws).await;
-            }
-            Err(error) => tracing::debug!(%error, "emulator: upgrade did not complete"),
-        }
-    });
-
-    let mut response = Response::new(Full::new(Bytes::new()));
-    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let headers = response.headers_mut();
-    headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
-    headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
-    headers.insert(
-        SEC_WEBSOCKET_PROTOCOL,
-        HeaderValue::from_static(SUBPROTOCOL),
-    );
-    headers.insert(SEC_WEBSOCKET_ACCEPT, accept);
-    response
-}
-
-fn unauthorized(message: &str) -> Response<Full<Bytes>> {
-    error_response(StatusCode::UNAUTHORIZED, error_type::UNAUTHORIZED, message)
-}
+pub(crate) const CLOSE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(1);
 
 // === session ===
 
@@ -146,7 +51,7 @@ impl Drop for Deregister {
     }
 }
 
-async fn run_session<S>(shared: Arc<Shared>, mut ws: WebSocketStream<S>)
+pub(crate) async fn run_session<S>(shared: Arc<Shared>, mut ws: WebSocketStream<S>)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {

@@ -11,7 +11,9 @@ use http_body_util::Full;
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Response, StatusCode};
 use serde_json::{json, Map, Value};
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -24,6 +26,11 @@ pub(crate) struct Shared {
     pub(crate) shutdown: CancellationToken,
     /// Every HTTP connection and WebSocket session, so shutdown can wait.
     pub(crate) tracker: TaskTracker,
+    /// Credentials refused whatever they are (a token revoked at AppSync).
+    pub(crate) revoked: Mutex<HashSet<String>>,
+    /// Refuse a bad handshake after the 101 (`connection_error`, close
+    /// 4401) instead of with HTTP 401.
+    pub(crate) refuse_after_upgrade: AtomicBool,
 }
 
 // === impl Shared ===
@@ -35,14 +42,27 @@ impl Shared {
             registry: Registry::default(),
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
+            revoked: Mutex::new(HashSet::new()),
+            refuse_after_upgrade: AtomicBool::new(false),
             cfg,
         })
     }
 
     /// Records the credentials in `auth`, then decides on it.
     pub(crate) async fn authorize(&self, auth: &Map<String, Value>) -> Result<(), AuthFailure> {
+        let mut revoked = false;
         for credential in auth::credentials(auth) {
             self.auth_log.record(credential);
+            revoked |= self
+                .revoked
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(credential);
+        }
+        if revoked {
+            return Err(AuthFailure::InvalidToken(
+                "the token has been revoked".into(),
+            ));
         }
         let result = self
             .cfg

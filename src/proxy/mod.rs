@@ -286,8 +286,18 @@ impl App for AppProxy {
     ) -> Pin<Box<dyn Future<Output = Response<Body>> + Send + 'a>> {
         Box::pin(async move {
             let browser_refresh = browser_refresh_token(state, req.headers());
+            // Only the cookies, kept to judge a sign-out in the answer.
+            let headers: HeaderMap = match &browser_refresh {
+                Some(_) => req
+                    .headers()
+                    .get_all(hyper::header::COOKIE)
+                    .iter()
+                    .map(|v| (hyper::header::COOKIE, v.clone()))
+                    .collect(),
+                None => HeaderMap::new(),
+            };
             let renewal = match &browser_refresh {
-                Some(rt) => pending_renewal(state, req.headers(), rt).await,
+                Some(rt) => pending_renewal(state, &headers, rt).await,
                 None => None,
             };
             let secure = state.is_secure(req.headers(), peer);
@@ -313,11 +323,15 @@ impl App for AppProxy {
                 prepend_set_cookies(resp.headers_mut(), ours);
                 make_private(resp.headers_mut());
             }
-            // A sign-out the app performed: nothing may be delivered to this
-            // browser's old session any more.
+            // A sign-out the app performed: the sign-in is over, nothing may
+            // be delivered to it any more, and its tokens are not taken on
+            // their word (Cognito settles it if it was not revoked).
             if let Some(rt) = &browser_refresh {
                 if clears_session(resp.headers(), &state.config.client_id) {
-                    state.pending.forget(rt);
+                    match request_proof(state, &headers).await {
+                        Some(proof) => state.end_session(&proof),
+                        None => state.pending.forget(rt),
+                    }
                 }
             }
             resp
@@ -346,12 +360,23 @@ async fn pending_renewal(state: &RelayState, headers: &HeaderMap, rt: &str) -> O
     if !state.pending.has(rt) {
         return None;
     }
+    let proof = request_proof(state, headers).await?;
+    if state.session_ended(&proof) {
+        return None;
+    }
+    let mut pending = state.pending.take(rt, &proof)?;
+    state.freshen(&mut pending);
+    state.refresher.handed_over(rt, &proof.lineage());
+    Some(pending)
+}
+
+/// The sign-in the request's own token belongs to (verified, expiry
+/// ignored), if it carries a genuine one.
+async fn request_proof(state: &RelayState, headers: &HeaderMap) -> Option<SessionProof> {
     let session = session::from_headers(headers, &state.config.client_id).ok()?;
     let token = session.token(state.config.token_use)?;
     let claims = state.verifier.verify_ignoring_expiry(token).await.ok()?;
-    let mut pending = state.pending.take(rt, &SessionProof::of(&claims))?;
-    state.freshen(&mut pending);
-    Some(pending)
+    Some(SessionProof::of(&claims))
 }
 
 #[cfg(test)]

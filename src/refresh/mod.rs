@@ -8,10 +8,14 @@
 //!
 //! **Single flight.** A rotated refresh token used twice can end the
 //! session, so concurrent callers with the same refresh token share one
-//! call, and its result is remembered for [`RESULT_TTL`] so a reconnect
-//! storm right after it reuses the answer instead of calling again. Both
-//! maps are keyed by SHA-256 of the refresh token, never the token, and are
-//! bounded.
+//! call, however long it takes, and its result is remembered for
+//! [`RESULT_TTL`] after it arrives so a reconnect storm right after it
+//! reuses the answer instead of calling again. Every map is keyed by
+//! SHA-256 of the refresh token, never the token, and is bounded.
+//!
+//! **Lineage** (`lineage`): which sign-in each refresh token belongs to
+//! and which token replaced it, so siblings renew with the newest and a
+//! refusal can tell the newest token of a sign-in from a stale copy.
 //!
 //! Errors are split by what the caller should do: [`RefreshError::Rejected`]
 //! means the session is over (revoked, expired, user disabled or gone: the
@@ -27,38 +31,48 @@
 //! input), only its error type.
 
 mod cognito;
+mod lineage;
 
 pub use cognito::{secret_hash, RefreshApi, RefreshConfig, RefreshError};
+pub use lineage::{Holder, HANDOVER_GRACE};
 
+use crate::bounded::make_room;
 use crate::clock::{now_secs, refresh_due_at};
 use crate::http_client::HttpClient;
-use crate::session::TokenSet;
-use crate::verify::{token_hash, unverified_times};
+use crate::session::{SessionProof, TokenSet};
+use crate::verify::{token_hash, unverified_claims, unverified_times};
 use cognito::Cognito;
 use dashmap::DashMap;
+use lineage::Lineages;
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::OnceCell;
 
-/// How long a finished refresh is reused for the same refresh token: long
-/// enough for the other tabs of a reconnect storm, racing the first
-/// response's `Set-Cookie`, to get the same answer instead of calling with
-/// a token Cognito just rotated out; short, because for that long the old
-/// refresh token (with a genuine token of the same user) still obtains the
-/// answer.
+/// How long a finished refresh is reused for the same refresh token, from
+/// the moment Cognito answered: long enough for the other tabs of a
+/// reconnect storm, racing the first response's `Set-Cookie`, to get the
+/// same answer instead of calling with a token Cognito just rotated out;
+/// short, because for that long the old refresh token (with a genuine token
+/// of the same user) still obtains the answer. A call still in flight is
+/// joined however long it takes (it is bounded by the Cognito timeout).
 pub const RESULT_TTL: Duration = Duration::from_secs(5);
-/// How long a rotation is remembered for [`Refresher::newest`]: as long as
-/// an open socket can live upstream.
-const SUCCESSOR_TTL: Duration = Duration::from_secs(24 * 3600);
 /// How long a rejected refresh token is remembered. It never becomes valid
 /// again; the bound only keeps the table small.
 const REJECTED_TTL: Duration = Duration::from_secs(24 * 3600);
+
 /// What one refresh produced, shared by every caller of the same flight.
 pub type RefreshOutcome = Result<Arc<TokenSet>, RefreshError>;
 
+/// A finished flight: its outcome and when Cognito gave it.
+#[derive(Clone)]
+struct Answer {
+    outcome: RefreshOutcome,
+    at: Instant,
+}
+
 struct Slot {
-    cell: Arc<OnceCell<RefreshOutcome>>,
+    cell: Arc<OnceCell<Answer>>,
     created: Instant,
 }
 
@@ -67,15 +81,8 @@ pub struct Refresher {
     slots: DashMap<[u8; 32], Slot>,
     /// Refresh tokens Cognito refused, by hash, with when.
     rejected: DashMap<[u8; 32], Instant>,
-    /// Rotations seen: hash of a rotated-out refresh token → the one that
-    /// replaced it and the `sub` it belongs to (see [`Refresher::newest`]).
-    successors: DashMap<[u8; 32], Successor>,
-}
-
-struct Successor {
-    refresh_token: String,
-    sub: String,
-    created: Instant,
+    /// Which sign-in each refresh token belongs to and what replaced it.
+    lineages: Lineages,
 }
 
 impl fmt::Debug for Refresher {
@@ -89,10 +96,10 @@ impl fmt::Debug for Refresher {
 impl Refresher {
     pub fn new(cfg: RefreshConfig, http: HttpClient) -> Arc<Refresher> {
         Arc::new(Refresher {
+            lineages: Lineages::new(cfg.capacity),
             cognito: Cognito { cfg, http },
             slots: DashMap::new(),
             rejected: DashMap::new(),
-            successors: DashMap::new(),
         })
     }
 
@@ -108,16 +115,21 @@ impl Refresher {
             return Err(RefreshError::Rejected("remembered".into()));
         }
         let cell = self.slot(key)?;
-        let outcome = cell
+        let answer = cell
             .get_or_init(|| async {
-                self.cognito
+                let outcome = self
+                    .cognito
                     .call(refresh_token, username)
                     .await
-                    .map(Arc::new)
+                    .map(Arc::new);
+                Answer {
+                    outcome,
+                    at: Instant::now(),
+                }
             })
             .await
             .clone();
-        match &outcome {
+        match &answer.outcome {
             // A transient failure must not be remembered: the next caller retries.
             Err(RefreshError::Unavailable(_)) => {
                 self.slots
@@ -125,62 +137,48 @@ impl Refresher {
             }
             Err(RefreshError::Rejected(_)) => self.remember_rejected(key),
             Ok(tokens) => {
-                if let (Some(next), Some(sub)) =
-                    (&tokens.refresh_token, token_sub(&tokens.access_token))
-                {
-                    self.remember_successor(key, next, sub);
+                if let Some(lineage) = answer_lineage(tokens) {
+                    self.lineages.answered(
+                        refresh_token,
+                        tokens.refresh_token.as_deref(),
+                        &lineage,
+                    );
                 }
             }
         }
-        outcome
+        answer.outcome
     }
 
     /// The newest refresh token the relay has seen replace `refresh_token`
-    /// by rotation, for the user `sub` (itself when none did). Several
-    /// sockets and tabs of one browser share a refresh token; once one of
-    /// them rotated it, the others must renew with the replacement — with a
-    /// zero grace period the old one is already dead, and using it would
-    /// end a live session. Callers have proven the session with a genuine
-    /// token of `sub`; Cognito still decides whether the newest is alive.
-    pub fn newest(&self, refresh_token: &str, sub: &str) -> String {
-        let mut chain = self.chain(refresh_token, sub);
+    /// by rotation within the sign-in `lineage` (itself when none did), as
+    /// far as `holder` may follow ([`Holder`]). Several sockets and tabs of
+    /// one browser share a refresh token; once one of them rotated it, the
+    /// others must renew with the replacement — with a zero grace period
+    /// the old one is already dead, and using it would end a live session.
+    /// Callers have proven the sign-in with a genuine token of it; Cognito
+    /// still decides whether the newest is alive.
+    pub fn newest(&self, refresh_token: &str, lineage: &str, holder: Holder) -> String {
+        let mut chain = self.chain(refresh_token, lineage, holder);
         chain.pop().unwrap_or_else(|| refresh_token.to_string())
     }
 
     /// `refresh_token` and every refresh token that replaced it in turn,
     /// oldest first (see [`Refresher::newest`]).
-    pub fn chain(&self, refresh_token: &str, sub: &str) -> Vec<String> {
-        let mut chain = vec![refresh_token.to_string()];
-        // Bounded: a chain is one link per rotation, a few a day.
-        for _ in 0..64 {
-            let Some(current) = chain.last() else { break };
-            let next = match self.successors.get(&token_hash(current)) {
-                Some(s) if s.sub == sub && s.created.elapsed() < SUCCESSOR_TTL => {
-                    s.refresh_token.clone()
-                }
-                _ => break,
-            };
-            chain.push(next);
-        }
-        chain
+    pub fn chain(&self, refresh_token: &str, lineage: &str, holder: Holder) -> Vec<String> {
+        self.lineages.chain(refresh_token, lineage, holder)
     }
 
-    fn remember_successor(&self, key: [u8; 32], next: &str, sub: String) {
-        if self.successors.len() >= self.cognito.cfg.capacity {
-            self.successors
-                .retain(|_, s| s.created.elapsed() < SUCCESSOR_TTL);
-            if self.successors.len() >= self.cognito.cfg.capacity {
-                self.successors.clear();
-            }
-        }
-        self.successors.insert(
-            key,
-            Successor {
-                refresh_token: next.to_string(),
-                sub,
-                created: Instant::now(),
-            },
-        );
+    /// A response is handing the browser that showed `refresh_token` the
+    /// newest token of its chain (see [`Holder::Browser`]).
+    pub fn handed_over(&self, refresh_token: &str, lineage: &str) {
+        self.lineages.handed_over(refresh_token, lineage);
+    }
+
+    /// Whether `refresh_token` is the newest the relay knows for the sign-in
+    /// `lineage` (Cognito issued or accepted it for that sign-in, and
+    /// nothing replaced it): only then does its refusal end the sign-in.
+    pub fn is_newest(&self, refresh_token: &str, lineage: &str) -> bool {
+        self.lineages.is_newest(refresh_token, lineage)
     }
 
     /// Whether a call for this refresh token is in flight or its result is
@@ -191,14 +189,18 @@ impl Refresher {
             .is_some_and(|slot| self.usable(&slot))
     }
 
-    /// Forgets every remembered answer that issued tokens to `sub`: its
-    /// session ended, and an answer reused for the next seconds would revive it.
-    pub fn forget_answers_for(&self, sub: &str) {
+    /// Forgets every remembered answer that issued tokens to the sign-in
+    /// `lineage` (an answer reused for the next seconds would revive it).
+    /// Its rotation chain stays: it leads to the refused token, so sibling
+    /// sockets end without asking Cognito again.
+    pub fn forget_answers(&self, lineage: &str) {
         self.slots.retain(|_, slot| match slot.cell.get() {
-            Some(Ok(tokens)) => token_sub(&tokens.access_token).as_deref() != Some(sub),
+            Some(Answer {
+                outcome: Ok(tokens),
+                ..
+            }) => answer_lineage(tokens).as_deref() != Some(lineage),
             _ => true,
         });
-        self.successors.retain(|_, s| s.sub != sub);
     }
 
     /// Drops every finished answer kept for reuse, as [`RESULT_TTL`] passing
@@ -216,28 +218,28 @@ impl Refresher {
     }
 
     fn remember_rejected(&self, key: [u8; 32]) {
-        if self.rejected.len() >= self.cognito.cfg.capacity {
-            self.rejected.retain(|_, at| at.elapsed() < REJECTED_TTL);
-            if self.rejected.len() >= self.cognito.cfg.capacity {
-                // Still full: forget the oldest half's worth at once rather
-                // than scan on every insert. A forgotten token costs one
-                // Cognito call to be refused again.
-                self.rejected.clear();
-            }
-        }
+        // A forgotten token costs one Cognito call to be refused again.
+        make_room(
+            &self.rejected,
+            self.cognito.cfg.capacity,
+            REJECTED_TTL,
+            |at| *at,
+        );
         self.rejected.insert(key, Instant::now());
     }
 
     /// Whether a remembered slot may still be handed out.
     fn usable(&self, slot: &Slot) -> bool {
-        if slot.created.elapsed() >= RESULT_TTL {
+        let Some(answer) = slot.cell.get() else {
+            // In flight: join it, however long Cognito takes.
+            return true;
+        };
+        if answer.at.elapsed() >= RESULT_TTL {
             return false;
         }
-        match slot.cell.get() {
-            // In flight: join it.
-            None => true,
-            Some(Err(_)) => true,
-            Some(Ok(tokens)) => match unverified_times(&tokens.access_token) {
+        match &answer.outcome {
+            Err(_) => true,
+            Ok(tokens) => match unverified_times(&tokens.access_token) {
                 Some((exp, iat)) => {
                     now_secs() < refresh_due_at(exp, iat, self.cognito.cfg.refresh_before)
                 }
@@ -246,16 +248,18 @@ impl Refresher {
         }
     }
 
-    fn slot(&self, key: [u8; 32]) -> Result<Arc<OnceCell<RefreshOutcome>>, RefreshError> {
+    fn slot(&self, key: [u8; 32]) -> Result<Arc<OnceCell<Answer>>, RefreshError> {
         if let Some(slot) = self.slots.get(&key) {
             if self.usable(&slot) {
                 return Ok(slot.cell.clone());
             }
         }
         if self.slots.len() >= self.cognito.cfg.capacity {
-            // Finished results are only a cache: drop them first.
+            // Finished results are only a cache: drop them first, and
+            // flights abandoned long past the Cognito timeout.
+            let abandoned = self.cognito.cfg.timeout * 2 + RESULT_TTL;
             self.slots
-                .retain(|_, s| s.created.elapsed() < RESULT_TTL && s.cell.get().is_none());
+                .retain(|_, s| s.cell.get().is_none() && s.created.elapsed() < abandoned);
         }
         if self.slots.len() >= self.cognito.cfg.capacity && !self.slots.contains_key(&key) {
             // Full of calls in progress: refuse rather than call Cognito
@@ -282,8 +286,8 @@ impl Refresher {
     }
 }
 
-/// The `sub` of a token Cognito just issued (not verified here: only used
-/// to file the answer under its user).
-fn token_sub(token: &str) -> Option<String> {
-    crate::verify::unverified_sub(token)
+/// The sign-in an answer's tokens belong to (read without verifying: only
+/// used to file the answer; its token is verified before anyone uses it).
+fn answer_lineage(tokens: &TokenSet) -> Option<String> {
+    unverified_claims(&tokens.access_token).map(|c| SessionProof::of(&c).lineage())
 }

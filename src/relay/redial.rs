@@ -40,7 +40,7 @@ pub async fn redial(
         if token.expiring() && Box::pin(token.renew(state)).await? {
             stats.refreshes += 1;
         }
-        match upstream::connect(&state.upstream, &token.auth).await {
+        let refused = match upstream::connect(&state.upstream, &token.auth).await {
             Ok(mut socket) => match replay(&mut socket, subs, token).await {
                 Ok(()) => {
                     stats.redials += 1;
@@ -48,15 +48,26 @@ pub async fn redial(
                     tracing::info!(attempt, subscriptions = subs.len(), "upstream re-dialled");
                     return Ok(socket);
                 }
-                Err(e) => tracing::info!(attempt, error = %e, "upstream replay failed"),
-            },
-            Err(UpstreamError::Unauthorized(_)) => {
-                // AppSync refuses the token we hold: renew before the next try.
-                if Box::pin(token.renew(state)).await? {
-                    stats.refreshes += 1;
+                Err(ReplayError::Unauthorized) => true,
+                Err(ReplayError::Failed(e)) => {
+                    tracing::info!(attempt, error = %e, "upstream replay failed");
+                    false
                 }
+            },
+            Err(UpstreamError::Unauthorized(_)) => true,
+            Err(e) => {
+                tracing::info!(attempt, reason = e.reason(), "upstream re-dial failed");
+                false
             }
-            Err(e) => tracing::info!(attempt, reason = e.reason(), "upstream re-dial failed"),
+        };
+        if refused {
+            // AppSync refuses the token we hold — on the upgrade (HTTP
+            // 401/403) or after it (`connection_error`, close 4401): renew
+            // before the next try.
+            tracing::info!(attempt, "upstream refused the token; renewing");
+            if Box::pin(token.renew(state)).await? {
+                stats.refreshes += 1;
+            }
         }
     }
     metrics
@@ -66,43 +77,81 @@ pub async fn redial(
     Err(Ending::UpstreamGone)
 }
 
+/// Why a replay did not complete.
+enum ReplayError {
+    /// AppSync accepted the upgrade, then refused the token
+    /// (`connection_error` with `UnauthorizedException`, or close 4401/4403).
+    Unauthorized,
+    Failed(String),
+}
+
+impl From<tokio_tungstenite::tungstenite::Error> for ReplayError {
+    fn from(e: tokio_tungstenite::tungstenite::Error) -> ReplayError {
+        ReplayError::Failed(e.to_string())
+    }
+}
+
 /// Re-sends `connection_init` (waiting for the ack, which the browser
 /// already had) and every subscription on a new upstream.
 async fn replay(
     upstream: &mut UpstreamSocket,
     subs: &mut Subscriptions,
     token: &TokenState,
-) -> Result<(), String> {
+) -> Result<(), ReplayError> {
     if subs.init_seen() {
         upstream
             .send(Message::Text(r#"{"type":"connection_init"}"#.into()))
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         let ack = tokio::time::timeout(REPLAY_TIMEOUT, async {
             loop {
                 match upstream.next().await {
                     Some(Ok(Message::Text(t))) => match frame_type_label(&t) {
                         "connection_ack" => return Ok(()),
                         "ka" => continue,
-                        other => return Err(format!("expected connection_ack, got {other}")),
+                        "connection_error" if is_unauthorized(&t) => {
+                            return Err(ReplayError::Unauthorized)
+                        }
+                        other => {
+                            return Err(ReplayError::Failed(format!(
+                                "expected connection_ack, got {other}"
+                            )))
+                        }
                     },
+                    Some(Ok(Message::Close(Some(f))))
+                        if matches!(u16::from(f.code), 4401 | 4403) =>
+                    {
+                        return Err(ReplayError::Unauthorized)
+                    }
                     Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
-                        return Err("upstream closed during replay".to_string())
+                        return Err(ReplayError::Failed(
+                            "upstream closed during replay".to_string(),
+                        ))
                     }
                     Some(Ok(_)) => continue,
                 }
             }
         })
         .await;
-        ack.map_err(|_| "no connection_ack".to_string())??;
+        ack.map_err(|_| ReplayError::Failed("no connection_ack".to_string()))??;
     }
     for frame in subs.replay_frames(&token.auth) {
-        upstream
-            .send(Message::Text(frame.into()))
-            .await
-            .map_err(|e| e.to_string())?;
+        upstream.send(Message::Text(frame.into())).await?;
     }
     Ok(())
+}
+
+/// Whether a `connection_error` says the credentials were refused.
+fn is_unauthorized(frame: &str) -> bool {
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(frame) else {
+        return false;
+    };
+    v["errors"].as_array().is_some_and(|errors| {
+        errors.iter().any(|e| {
+            e["errorType"]
+                .as_str()
+                .is_some_and(|t| t.contains("Unauthorized"))
+        })
+    })
 }
 
 /// 100 ms, 200 ms, 400 ms … capped at 5 s, each ±50 % so a fleet of relays
@@ -118,6 +167,18 @@ fn backoff(attempt: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_an_unauthorized_connection_error_is_a_refusal() {
+        assert!(is_unauthorized(
+            r#"{"type":"connection_error","errors":[{"errorType":"UnauthorizedException","message":"x"}]}"#
+        ));
+        assert!(!is_unauthorized(
+            r#"{"type":"connection_error","errors":[{"errorType":"BadRequestException"}]}"#
+        ));
+        assert!(!is_unauthorized(r#"{"type":"connection_error"}"#));
+        assert!(!is_unauthorized("not json"));
+    }
 
     #[test]
     fn backoff_grows_and_is_capped() {

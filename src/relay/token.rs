@@ -10,7 +10,7 @@
 use super::close::Ending;
 use crate::authenticate::{renew, Phase, RenewError, SessionState};
 use crate::clock::{instant_at, now_secs, refresh_due_at};
-use crate::refresh::RefreshError;
+use crate::refresh::{Holder, RefreshError};
 use crate::rewrite::UpstreamAuth;
 use crate::session::TokenSet;
 use crate::state::RelayState;
@@ -82,9 +82,6 @@ impl TokenState {
         if !cfg.mid_connection_refresh {
             return Err(Ending::Reauthenticate);
         }
-        if state.session_ended(&self.session.proof) {
-            return Err(Ending::SessionEnded("session_ended"));
-        }
         let Some(own) = self.session.refresh_token.clone() else {
             // Nothing to renew with: the connection ends with the token.
             if self.expiring() {
@@ -95,12 +92,15 @@ impl TokenState {
         };
         // Another socket or tab of this browser may have rotated the token
         // this one holds; with a zero grace period the old one is dead.
-        let chain = state.refresher.chain(&own, &self.session.proof.sub);
+        // (A sign-in marked ended gets no special case: the chain leads to
+        // its refused token, which ends this socket without a Cognito call.)
+        let lineage = self.session.proof.lineage();
+        let chain = state.refresher.chain(&own, &lineage, Holder::Socket);
         let refresh_token = chain.last().cloned().unwrap_or_else(|| own.clone());
         let renewed = match renew(
             state,
             &refresh_token,
-            &self.session.username,
+            &self.session.cognito_username,
             &self.session.proof,
             Phase::Connection,
         )
@@ -108,7 +108,7 @@ impl TokenState {
         {
             Ok(r) => r,
             Err(RenewError::Refresh(RefreshError::Rejected(_))) => {
-                state.end_session(&self.session.proof);
+                // `renew` told the state; whether the sign-in ended is its call.
                 return Err(Ending::SessionEnded("refresh_rejected"));
             }
             Err(RenewError::IdentityChanged) => {

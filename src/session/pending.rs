@@ -9,8 +9,9 @@
 //! integrity"):
 //! - an entry is handed only to a request that proves the same session
 //!   ([`SessionProof`]): a refresh token alone buys nothing;
-//! - it is removed when handed out, when its session ends (refresh refused,
-//!   identity changed, sign-out seen), and after its time to live; it is
+//! - it is removed when handed out, when its sign-in ends (its newest
+//!   refresh token refused, sign-out seen), when the token it carries is
+//!   refused, and after its time to live; it is
 //!   never handed out once its access token has expired (a request after
 //!   that renews with the newest refresh token instead, found through the
 //!   rotation chain the refresher keeps);
@@ -164,8 +165,14 @@ impl PendingRenewals {
         self.entries.remove(&token_hash(refresh_token));
     }
 
-    /// Forgets every renewal of the session `proof` stands for (its refresh
-    /// token was refused, or its identity changed).
+    /// Forgets every renewal that carries `refresh_token` (Cognito refused
+    /// it). Renewals filed *under* it stay: they carry a newer token.
+    pub fn forget_refresh_token(&self, refresh_token: &str) {
+        self.entries
+            .retain(|_, p| p.tokens.refresh_token.as_deref() != Some(refresh_token));
+    }
+
+    /// Forgets every renewal of the sign-in `proof` stands for (it ended).
     pub fn end_session(&self, proof: &SessionProof) {
         self.entries.retain(|_, p| !p.proof.matches(proof));
     }

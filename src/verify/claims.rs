@@ -32,6 +32,9 @@ pub struct Claims {
     pub nbf: Option<u64>,
     #[serde(default)]
     pub iat: Option<u64>,
+    /// When the user signed in (kept by every refresh of that sign-in).
+    #[serde(default)]
+    pub auth_time: Option<u64>,
     #[serde(default)]
     pub token_use: Option<String>,
     #[serde(default)]

@@ -76,18 +76,20 @@ pub fn unverified_times(token: &str) -> Option<(u64, Option<u64>)> {
     Some((t.exp, t.iat))
 }
 
-/// `sub` of a JWT *without verifying it*, for a token already trusted.
-pub fn unverified_sub(token: &str) -> Option<String> {
+/// The claims of a JWT *without verifying it*, for a token already trusted
+/// (one Cognito just returned, one verified when it was stored).
+pub fn unverified_claims(token: &str) -> Option<super::claims::Claims> {
     use base64::Engine as _;
     let payload = token.split('.').nth(1)?;
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(payload)
         .ok()?;
-    #[derive(Deserialize)]
-    struct Sub {
-        sub: Option<String>,
-    }
-    serde_json::from_slice::<Sub>(&bytes).ok()?.sub
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// `sub` of a JWT *without verifying it* (see [`unverified_claims`]).
+pub fn unverified_sub(token: &str) -> Option<String> {
+    unverified_claims(token).map(|c| c.sub)
 }
 
 #[cfg(test)]

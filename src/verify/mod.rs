@@ -23,7 +23,7 @@ mod jwks;
 
 pub use claims::{Claims, TokenUse};
 pub use error::VerifyError;
-pub use jose::{unverified_sub, unverified_times, MAX_TOKEN_BYTES};
+pub use jose::{unverified_claims, unverified_sub, unverified_times, MAX_TOKEN_BYTES};
 pub use jwks::JwksError;
 
 use crate::clock::now_secs;

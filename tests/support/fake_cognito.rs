@@ -302,6 +302,33 @@ impl FakeCognito {
             .any(|(u, revoked)| u == username && !revoked)
     }
 
+    /// A refresh the relay does not see (the SSR app's own Amplify, another
+    /// replica): Cognito's answer as `(access, id, refresh)` — `refresh` is
+    /// the token sent when Cognito did not rotate — or `None` if refused.
+    #[allow(dead_code)] // not every test binary refreshes behind the relay
+    pub async fn refresh_outside(&self, refresh: &str) -> Option<(String, String, String)> {
+        let client = appsync_relay::http_client::build(Duration::from_secs(5));
+        let body = json!({"ClientId": CLIENT_ID, "RefreshToken": refresh}).to_string();
+        let req = hyper::Request::post(self.endpoint())
+            .header("content-type", "application/x-amz-json-1.1")
+            .header(
+                "x-amz-target",
+                "AWSCognitoIdentityProviderService.GetTokensFromRefreshToken",
+            )
+            .body(Full::new(Bytes::from(body)))
+            .unwrap();
+        let resp = client.request(req).await.ok()?;
+        let bytes = resp.into_body().collect().await.ok()?.to_bytes();
+        let v: Value = serde_json::from_slice(&bytes).ok()?;
+        let r = &v["AuthenticationResult"];
+        let s = |k: &str| r[k].as_str().map(str::to_string);
+        Some((
+            s("AccessToken")?,
+            s("IdToken")?,
+            s("RefreshToken").unwrap_or_else(|| refresh.to_string()),
+        ))
+    }
+
     pub fn calls(&self, action: &str) -> u64 {
         self.calls.lock().unwrap().get(action).copied().unwrap_or(0)
     }
@@ -316,6 +343,7 @@ pub fn expired_access(issuer: &str, username: &str, ago: u64) -> String {
     let mut claims = access_claims(issuer);
     claims["username"] = json!(username);
     claims["iat"] = json!(now() - 3600 - ago);
+    claims["auth_time"] = json!(now() - 3600 - ago);
     claims["exp"] = json!(now() - ago);
     sign(&claims, signing_key())
 }
