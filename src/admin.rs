@@ -40,6 +40,12 @@ pub fn respond(state: &RelayState, req: &Request<Incoming>) -> Response<Body> {
 /// Resolves the AppSync real-time host now and every 10 s: readiness
 /// follows it, so a pod whose DNS is broken takes no new traffic.
 pub async fn watch_upstream_dns(state: Arc<RelayState>) {
+    if let Some(ip) = state.config.appsync_address {
+        // Pinned: there is no name to resolve.
+        tracing::info!(%ip, "AppSync connections pinned to an address");
+        state.upstream_resolvable.store(true, Ordering::Release);
+        return;
+    }
     let url = &state.config.realtime_endpoint;
     let host = url.host_str().unwrap_or_default().to_string();
     let port = url.port_or_known_default().unwrap_or(443);

@@ -51,6 +51,12 @@ pub struct ServeArgs {
     /// (appsync-api → appsync-realtime-api, https → wss, + /realtime).
     #[arg(long, env = "APPSYNC_RELAY_APPSYNC_REALTIME_ENDPOINT")]
     pub appsync_realtime_endpoint: Option<String>,
+    /// Connect to this IP address for both AppSync endpoints instead of
+    /// resolving their host names (which still go in Host, TLS SNI and the
+    /// certificate check): for an emulator that routes on virtual host names,
+    /// or to pin a private endpoint.
+    #[arg(long, env = "APPSYNC_RELAY_APPSYNC_ADDRESS")]
+    pub appsync_address: Option<std::net::IpAddr>,
     /// Cognito user pool id, e.g. eu-west-1_AbCdEf123.
     #[arg(long, env = "APPSYNC_RELAY_COGNITO_USER_POOL_ID")]
     pub cognito_user_pool_id: String,

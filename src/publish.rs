@@ -121,7 +121,7 @@ async fn publish(
     let timeout = state.config.upstream_timeout;
     let exchange = async {
         let resp = state
-            .http
+            .appsync_http
             .request(upstream_req)
             .await
             .map_err(|e| UpstreamError::Unreachable(e.to_string()))?;

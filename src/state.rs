@@ -9,7 +9,7 @@
 
 use crate::bounded::make_room;
 use crate::config::Config;
-use crate::http_client::{self, HttpClient};
+use crate::http_client::{self, HttpClient, Resolver};
 use crate::limits::{ConnectionLimits, SessionRates};
 use crate::metrics::Metrics;
 use crate::refresh::{Holder, Refresher};
@@ -56,6 +56,8 @@ pub struct RelayState {
     pub pending: PendingRenewals,
     pub upstream: UpstreamConfig,
     pub http: HttpClient,
+    /// The client for AppSync's HTTP endpoint (pinned by `--appsync-address`).
+    pub appsync_http: HttpClient,
     pub metrics: Arc<Metrics>,
     pub ws_config: WebSocketConfig,
     /// Fires when shutdown starts: readiness drops to 503.
@@ -112,12 +114,18 @@ impl RelayState {
             connect_timeout: config.upstream_timeout,
             ws_config,
             tls: http_client::tls_client_config(),
+            address: config.appsync_address,
+        };
+        let appsync_http = match config.appsync_address {
+            Some(ip) => http_client::build_with(config.upstream_timeout, Resolver::pinned(ip)),
+            None => http.clone(),
         };
         Arc::new(RelayState {
             verifier,
             refresher,
             pending,
             upstream,
+            appsync_http,
             http,
             metrics: Arc::new(Metrics::new()),
             ws_config,

@@ -29,6 +29,8 @@ pub struct UpstreamConfig {
     pub connect_timeout: Duration,
     pub ws_config: WebSocketConfig,
     pub tls: Arc<rustls::ClientConfig>,
+    /// Connect here instead of resolving the URL's host (`--appsync-address`).
+    pub address: Option<std::net::IpAddr>,
 }
 
 impl std::fmt::Debug for UpstreamConfig {
@@ -99,12 +101,38 @@ pub async fn connect(
         .map_err(|_| UpstreamError::Protocol("token is not header-safe".into()))?;
     request.headers_mut().insert(SEC_WEBSOCKET_PROTOCOL, value);
     let connector = Connector::Rustls(cfg.tls.clone());
-    let attempt = tokio_tungstenite::connect_async_tls_with_config(
-        request,
-        Some(cfg.ws_config),
-        true,
-        Some(connector),
-    );
+    let attempt = async {
+        match cfg.address {
+            None => {
+                tokio_tungstenite::connect_async_tls_with_config(
+                    request,
+                    Some(cfg.ws_config),
+                    true,
+                    Some(connector),
+                )
+                .await
+            }
+            Some(ip) => {
+                // The name stays in the request (Host, SNI, certificate).
+                let port = request
+                    .uri()
+                    .port_u16()
+                    .unwrap_or(match request.uri().scheme_str() {
+                        Some("wss") => 443,
+                        _ => 80,
+                    });
+                let stream = TcpStream::connect((ip, port)).await.map_err(WsError::Io)?;
+                let _ = stream.set_nodelay(true);
+                tokio_tungstenite::client_async_tls_with_config(
+                    request,
+                    stream,
+                    Some(cfg.ws_config),
+                    Some(connector),
+                )
+                .await
+            }
+        }
+    };
     let (socket, response) = tokio::time::timeout(cfg.connect_timeout, attempt)
         .await
         .map_err(|_| UpstreamError::Timeout(cfg.connect_timeout))?

@@ -36,6 +36,8 @@ pub struct Config {
     pub admin_listen: SocketAddr,
     pub http_endpoint: url::Url,
     pub realtime_endpoint: url::Url,
+    /// Where AppSync connections go instead of resolving the endpoints.
+    pub appsync_address: Option<std::net::IpAddr>,
     /// `host[:port]` of the HTTP endpoint, for the authorization objects.
     pub http_host: String,
     pub client_id: String,
@@ -256,6 +258,7 @@ impl Config {
                 admin_listen: args.admin_listen,
                 http_endpoint,
                 realtime_endpoint,
+                appsync_address: args.appsync_address,
                 http_host,
                 client_id: args.cognito_client_id.clone(),
                 issuer,

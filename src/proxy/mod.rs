@@ -77,6 +77,7 @@ mod tunnel;
 
 use crate::config::AppTarget;
 use crate::http_client::https_connector;
+use crate::http_client::Resolver;
 use crate::response::{Body, BoxError};
 use crate::session::{self, rewrite_cookie_header, Pending, SessionProof};
 use crate::state::{App, RelayState};
@@ -147,7 +148,7 @@ pub fn outcome_label(status: StatusCode) -> &'static str {
     }
 }
 
-type AppClient = Client<HttpsConnector<HttpConnector>, Body>;
+type AppClient = Client<HttpsConnector<HttpConnector<Resolver>>, Body>;
 
 /// Forwards non-relay requests to the SSR app (see the module docs).
 pub struct AppProxy {

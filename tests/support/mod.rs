@@ -6,6 +6,7 @@
 
 pub mod app;
 pub mod fake_cognito;
+pub mod ministack;
 
 use appsync_relay::cli::{Cli, Command};
 use appsync_relay::config::Config;
@@ -422,6 +423,16 @@ pub enum Attempt {
     Refused(u16, String),
     /// The transport failed before any HTTP answer (TLS, reset, ...).
     Failed(String),
+}
+
+impl std::fmt::Debug for Attempt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Attempt::Open(..) => write!(f, "Open"),
+            Attempt::Refused(status, body) => write!(f, "Refused({status}, {body})"),
+            Attempt::Failed(e) => write!(f, "Failed({e})"),
+        }
+    }
 }
 
 pub async fn try_connect(url: &str, up: &Upgrade) -> Attempt {
