@@ -3,16 +3,19 @@
 //! refusals, ended sign-ins) must not grow without bound from what peers
 //! send, but wiping one when it is full lets whoever filled it erase what
 //! it held about everyone else. [`make_room`] first drops what has aged
-//! out, then the oldest eighth: filling the table costs an attacker as many
-//! entries again as it holds, and only evicts the oldest.
+//! out, then the oldest, until an eighth is free: whoever fills the table
+//! only evicts its oldest entries, and a full table is scanned once per
+//! eighth of its size in inserts.
 
 use dashmap::DashMap;
 use std::hash::Hash;
 use std::time::{Duration, Instant};
 
 /// Makes room for one more entry in `map` when it holds `capacity` or
-/// more: entries older than `ttl` go first; if that is not enough, the
-/// oldest eighth (at least one). `born` says when an entry was made.
+/// more: entries older than `ttl` go first, then the oldest, until an
+/// eighth of the capacity is free — so a table kept full costs one scan
+/// per eighth of its size in inserts, never one per insert. `born` says
+/// when an entry was made.
 pub fn make_room<K, V>(map: &DashMap<K, V>, capacity: usize, ttl: Duration, born: fn(&V) -> Instant)
 where
     K: Hash + Eq + Clone,
@@ -20,12 +23,13 @@ where
     if map.len() < capacity {
         return;
     }
+    let target = capacity.saturating_sub((capacity / 8).max(1));
     map.retain(|_, v| born(v).elapsed() < ttl);
-    if map.len() < capacity {
+    if map.len() <= target {
         return;
     }
     let mut ages: Vec<Instant> = map.iter().map(|e| born(e.value())).collect();
-    let evict = (ages.len() / 8).max(1).min(ages.len());
+    let evict = ages.len() - target;
     let (_, cutoff, _) = ages.select_nth_unstable(evict - 1);
     let cutoff = *cutoff;
     map.retain(|_, v| born(v) > cutoff);
@@ -58,7 +62,8 @@ mod tests {
         map.insert(1, old);
         map.insert(2, Instant::now());
         make_room(&map, 2, Duration::from_secs(5), |v| *v);
-        assert!(!map.contains_key(&1) && map.contains_key(&2));
+        assert!(!map.contains_key(&1), "aged out");
+        assert!(map.len() <= 1, "an eighth (at least one) is free");
         make_room(&map, 1, Duration::from_secs(5), |v| *v);
         assert!(map.is_empty());
     }

@@ -231,14 +231,15 @@ impl SessionRates {
         }
     }
 
-    /// One Cognito refresh for `sub` from `ip`, if both budgets allow.
-    pub fn refresh(&self, ip: IpAddr, sub: &str) -> Result<(), LimitHit> {
+    /// One Cognito refresh from `ip`, charged to `sub` too when given, if
+    /// the budgets allow.
+    pub fn refresh(&self, ip: IpAddr, sub: Option<&str>) -> Result<(), LimitHit> {
         if let Some(r) = &self.refresh_per_ip {
             if !r.try_take(&ip_bucket(ip)) {
                 return Err(LimitHit::RefreshPerIp);
             }
         }
-        if let Some(r) = &self.refresh_per_user {
+        if let (Some(r), Some(sub)) = (&self.refresh_per_user, sub) {
             if !r.try_take(&sub.to_string()) {
                 return Err(LimitHit::RefreshPerUser);
             }

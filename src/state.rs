@@ -184,11 +184,14 @@ impl RelayState {
     /// Cognito issues with token revocation on, the default): without one
     /// it would cover every sign-in of the user, on other devices too.
     pub fn end_session(&self, proof: &SessionProof) {
-        self.pending.end_session(proof);
-        self.refresher.forget_answers(&proof.lineage());
         if proof.origin_jti.is_none() && proof.event_id.is_none() {
+            // Nothing tells this sign-in from the user's others: ending it
+            // here would end theirs too. What waits with the refused token
+            // was dropped already (`refresh_refused`).
             return;
         }
+        self.pending.end_session(proof);
+        self.refresher.forget_answers(&proof.lineage());
         make_room(&self.ended, self.config.token_cache_size, ENDED_TTL, |at| {
             *at
         });

@@ -844,3 +844,25 @@ async fn a_sign_out_seen_through_the_app_drops_what_waits_for_the_session() {
         "a signed-out session's renewal was delivered"
     );
 }
+
+/// Someone holding a victim's leaked access token, next to a junk refresh
+/// token, who gets the app to clear the cookies (a sign-out route) does not
+/// end the victim's sign-in: only a refresh token the relay knows to be of
+/// that sign-in does. Before the fix: the victim's waiting renewal was
+/// dropped by the stranger's sign-out.
+#[tokio::test]
+async fn a_strangers_sign_out_with_a_junk_refresh_token_ends_nothing() {
+    let app = TestApp::start().await;
+    let relay = start_proxied(proxy_config(app.url()), &[]).await;
+    let victim = pending_for(&relay, "RT-VICTIM");
+    let forged = victim.replace("RT-VICTIM", "RT-JUNK");
+    let _ = roundtrip(relay.addr(), "GET", "/signout", &[("cookie", &forged)], "").await;
+    let (_, headers, _) = roundtrip(relay.addr(), "GET", "/", &[("cookie", &victim)], "").await;
+    assert!(
+        headers
+            .get_all("set-cookie")
+            .iter()
+            .any(|v| v.to_str().unwrap().contains("NEW-")),
+        "the victim's waiting renewal was dropped by someone else's sign-out"
+    );
+}

@@ -211,11 +211,11 @@ async fn a_slow_cognito_call_stays_single_flight() {
 }
 
 /// A copy of the cookie jar taken before a rotation (a backup, a stolen
-/// jar) does not buy the newest refresh token once the browser was handed
-/// it. Before the fix: the copy followed the relay's rotation chain for
-/// 24 h and obtained a live refresh token.
+/// jar) does not buy the newest refresh token once the browser has shown
+/// it received it. Before the fix: the copy followed the relay's rotation
+/// chain for 24 h and obtained a live refresh token.
 #[tokio::test]
-async fn a_copied_jar_does_not_follow_a_rotation_handed_to_the_browser() {
+async fn a_copied_jar_does_not_follow_a_rotation_the_browser_received() {
     let h = start(&[]).await;
     h.cognito.issued_ago.store(3550, Ordering::SeqCst);
     let s = h.cognito.sign_in(USERNAME);
@@ -224,6 +224,10 @@ async fn a_copied_jar_does_not_follow_a_rotation_handed_to_the_browser() {
     let (c, _) = handshake(&h, &browser).await.unwrap();
     apply(&mut browser, &c);
     assert!(!h.cognito.is_live(&s.refresh), "rt0 is dead at Cognito");
+    // The browser's next request shows the new token: received.
+    h.cognito.issued_ago.store(0, Ordering::SeqCst);
+    let (c, _) = handshake(&h, &browser).await.unwrap();
+    apply(&mut browser, &c);
     // Past the reuse window and the hand-over grace.
     h.state.refresher.forget_recent_answers();
     tokio::time::sleep(appsync_relay::refresh::HANDOVER_GRACE).await;
@@ -310,4 +314,126 @@ async fn a_revoked_sign_in_stays_ended_and_a_new_one_works() {
     );
     let fresh = h.cognito.sign_in(USERNAME);
     assert!(handshake(&h, &jar(&fresh)).await.is_ok());
+}
+
+/// A browser that hangs up while the relay renews its session (tab closed,
+/// navigation) does not lose the rotation, and a request joining the same
+/// flight does not make a second Cognito call. Before the fix: the call ran
+/// inside the first request, was cancelled with it after Cognito had
+/// rotated, and the joiner called again with the dead token (2 calls, 401).
+#[tokio::test]
+async fn a_browser_hanging_up_mid_renewal_loses_nothing() {
+    let h = Arc::new(start(&[]).await);
+    h.cognito.issued_ago.store(3700, Ordering::SeqCst);
+    let s = h.cognito.sign_in(USERNAME);
+    h.cognito.issued_ago.store(0, Ordering::SeqCst);
+    h.cognito.delay_ms.store(800, Ordering::SeqCst);
+    let j = jar(&s);
+    let (h1, j1) = (h.clone(), j.clone());
+    let first = tokio::spawn(async move { handshake(&h1, &j1).await.map(|(c, _)| c) });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (h2, j2) = (h.clone(), j.clone());
+    let second = tokio::spawn(async move { handshake(&h2, &j2).await.map(|(c, _)| c) });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    first.abort();
+    let second = second.await.unwrap();
+    assert_eq!(h.cognito.calls("GetTokensFromRefreshToken"), 1);
+    assert!(
+        second.is_ok(),
+        "the joiner lost the session: {:?}",
+        second.err()
+    );
+    // Nobody waiting at all: the browser's retry still gets the rotation.
+    h.state.refresher.forget_recent_answers();
+    h.cognito.issued_ago.store(3700, Ordering::SeqCst);
+    let t = h.cognito.sign_in(USERNAME);
+    h.cognito.issued_ago.store(0, Ordering::SeqCst);
+    let j = jar(&t);
+    let (h1, j1) = (h.clone(), j.clone());
+    let alone = tokio::spawn(async move { handshake(&h1, &j1).await.map(|(c, _)| c) });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    alone.abort();
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    h.cognito.delay_ms.store(0, Ordering::SeqCst);
+    let again = handshake(&h, &j).await;
+    assert!(
+        again.is_ok(),
+        "the retry lost the session: {:?}",
+        again.err()
+    );
+}
+
+/// A response carrying a rotation that never reached the browser (an
+/// aborted fetch, a dropped 101) does not cost it the session: its own
+/// cookie still follows the rotation until it shows the new token. Before
+/// the fix: the rotation counted as handed over when the response was
+/// built, and 5 s later the browser's own jar was refused.
+#[tokio::test]
+async fn a_response_the_browser_never_got_costs_nothing() {
+    let h = start(&[]).await;
+    h.cognito.issued_ago.store(3700, Ordering::SeqCst);
+    let s = h.cognito.sign_in(USERNAME);
+    h.cognito.issued_ago.store(0, Ordering::SeqCst);
+    let browser = jar(&s);
+    let (_lost, _) = handshake(&h, &browser).await.unwrap();
+    h.state.refresher.forget_recent_answers();
+    tokio::time::sleep(appsync_relay::refresh::HANDOVER_GRACE).await;
+    let again = handshake(&h, &browser).await;
+    assert!(
+        again.is_ok(),
+        "the browser lost its session: {:?}",
+        again.err()
+    );
+}
+
+/// An ended sign-in's mark is cleared only by a renewal of that sign-in,
+/// not by a live refresh token of another sign-in of the same user shown
+/// next to the ended one's access token. Before the fix: the mixed request
+/// cleared it and the revoked sign-in's tokens were taken on their word.
+#[tokio::test]
+async fn another_sign_in_cannot_clear_an_ended_mark() {
+    let h = start(&[]).await;
+    let a = h.cognito.sign_in(USERNAME);
+    let jar_a = jar(&a);
+    let (_, mut sa) = handshake(&h, &jar_a).await.unwrap();
+    assert!(
+        sa.renew(&h.state).await.unwrap(),
+        "rtA0 -> rtA1 (the newest)"
+    );
+    h.cognito.revoke_user(USERNAME);
+    assert!(
+        sa.renew(&h.state).await.is_err(),
+        "A's newest refused: A ended"
+    );
+    assert_eq!(
+        handshake(&h, &jar_a).await.err().as_deref(),
+        Some("session_ended")
+    );
+    let b = h.cognito.sign_in(USERNAME);
+    let mut mixed = jar_a.clone();
+    mixed.insert("refreshToken", b.refresh.clone());
+    let _ = handshake(&h, &mixed).await;
+    assert_eq!(
+        handshake(&h, &jar_a).await.err().as_deref(),
+        Some("session_ended"),
+        "A's ended sign-in was revived by B's refresh token"
+    );
+}
+
+/// Junk refresh tokens next to a victim's leaked access token do not spend
+/// the victim's per-user refresh budget. Before the fix: ten of them made
+/// the victim's own renewal a 429.
+#[tokio::test]
+async fn junk_refreshes_do_not_spend_the_victims_budget() {
+    let h = start(&["--refresh-rate-per-user", "10"]).await;
+    h.cognito.issued_ago.store(3700, Ordering::SeqCst);
+    let victim = h.cognito.sign_in(USERNAME);
+    h.cognito.issued_ago.store(0, Ordering::SeqCst);
+    for i in 0..10 {
+        let mut forged = jar(&victim);
+        forged.insert("refreshToken", format!("junk-{i}"));
+        let _ = handshake(&h, &forged).await;
+    }
+    let again = handshake(&h, &jar(&victim)).await;
+    assert!(again.is_ok(), "victim locked out: {:?}", again.err());
 }

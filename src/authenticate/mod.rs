@@ -105,9 +105,6 @@ impl Identified {
         let Some(p) = &self.pending else {
             return Vec::new();
         };
-        if let Some(rt) = &self.session.refresh_token {
-            state.refresher.handed_over(rt, &p.proof.lineage());
-        }
         state
             .config
             .cookies
@@ -130,6 +127,11 @@ pub async fn identify(state: &RelayState, headers: &HeaderMap) -> Result<Identif
         Err(e) => return Err(RelayError::Token(e.clone())),
     };
     let proof = SessionProof::of(&genuine);
+    if let Some(rt) = &session.refresh_token {
+        // The browser shows it received this token: the ones it replaced
+        // stop following the rotation chain for browsers.
+        state.refresher.shown(rt, &proof.lineage());
+    }
     // A sign-in the relay saw end: nothing waiting is handed out, and its
     // token is not taken on its word (`complete` asks Cognito).
     let ended = state.session_ended(&proof);
@@ -263,7 +265,15 @@ fn refresh_refusal(
     if state.refresher.has_flight(refresh_token) {
         return None;
     }
-    if let Err(hit) = state.rates.refresh(client_ip, &genuine.sub) {
+    // The user's budget is charged only for a refresh token the relay knows
+    // to be of this sign-in: junk refresh tokens shown next to someone's
+    // leaked access token must not spend that person's budget (the
+    // address's budget still bounds them).
+    let user = state
+        .refresher
+        .belongs(refresh_token, &lineage)
+        .then_some(genuine.sub.as_str());
+    if let Err(hit) = state.rates.refresh(client_ip, user) {
         state
             .metrics
             .limits_hit
@@ -403,13 +413,6 @@ fn renewed(
     secure: bool,
 ) -> Authenticated {
     let cfg = &state.config;
-    // This response hands the browser the newest token: the one it showed
-    // stops following the rotation chain (after the grace).
-    if let Some(shown) = &session.refresh_token {
-        state
-            .refresher
-            .handed_over(shown, &SessionProof::of(&claims).lineage());
-    }
     // After this response the browser holds the rotated refresh token, if
     // there was one, else the one it sent.
     let refresh_token = tokens

@@ -139,8 +139,12 @@ pub async fn renew(
         );
         return Err(RenewError::IdentityChanged);
     }
-    // A sign-in marked ended is alive after all: Cognito just renewed it.
-    state.session_alive(proof);
+    // A sign-in marked ended is alive after all: Cognito just renewed it —
+    // if the tokens are of that very sign-in (a live refresh token of
+    // another sign-in of the user must not clear it).
+    if SessionProof::of(&claims).lineage() == lineage {
+        state.session_alive(proof);
+    }
     Ok(Renewed {
         tokens,
         token,

@@ -298,7 +298,10 @@ impl App for AppProxy {
                 None => HeaderMap::new(),
             };
             let renewal = match &browser_refresh {
-                Some(rt) => pending_renewal(state, &headers, rt).await,
+                Some(rt) => {
+                    received(state, &headers, rt).await;
+                    pending_renewal(state, &headers, rt).await
+                }
                 None => None,
             };
             let secure = state.is_secure(req.headers(), peer);
@@ -329,10 +332,7 @@ impl App for AppProxy {
             // their word (Cognito settles it if it was not revoked).
             if let Some(rt) = &browser_refresh {
                 if clears_session(resp.headers(), &state.config.client_id) {
-                    match request_proof(state, &headers).await {
-                        Some(proof) => state.end_session(&proof),
-                        None => state.pending.forget(rt),
-                    }
+                    signed_out(state, &headers, rt).await;
                 }
             }
             resp
@@ -367,8 +367,32 @@ async fn pending_renewal(state: &RelayState, headers: &HeaderMap, rt: &str) -> O
     }
     let mut pending = state.pending.take(rt, &proof)?;
     state.freshen(&mut pending);
-    state.refresher.handed_over(rt, &proof.lineage());
     Some(pending)
+}
+
+/// A request showing `rt` proves the browser received it (a rotation
+/// handed to it earlier arrived): worth a token check only when `rt`
+/// replaced another.
+async fn received(state: &RelayState, headers: &HeaderMap, rt: &str) {
+    if !state.refresher.replaced_something(rt) {
+        return;
+    }
+    if let Some(proof) = request_proof(state, headers).await {
+        state.refresher.shown(rt, &proof.lineage());
+    }
+}
+
+/// The app signed this browser out. The sign-in ends only when the refresh
+/// token shown is one the relay saw Cognito issue or accept for it: a
+/// leaked access token next to a junk refresh token must not let a stranger
+/// end someone's sign-in. Otherwise only what waits under that token goes.
+async fn signed_out(state: &RelayState, headers: &HeaderMap, rt: &str) {
+    state.pending.forget(rt);
+    if let Some(proof) = request_proof(state, headers).await {
+        if state.refresher.belongs(rt, &proof.lineage()) {
+            state.end_session(&proof);
+        }
+    }
 }
 
 /// The sign-in the request's own token belongs to (verified, expiry

@@ -9,10 +9,12 @@
 //!   renew with the replacement (with a zero grace period the old one is
 //!   dead) — always;
 //! - a **browser** request shows the refresh token of its cookie; it may
-//!   follow a rotation only until a response has handed the replacement to
-//!   that browser (plus [`HANDOVER_GRACE`] for tabs racing that response).
-//!   After that, the old token in a cookie is a copy (a stale backup, a
-//!   stolen jar) and buys nothing: Cognito alone judges it.
+//!   follow a rotation until the browser has shown that it *received* the
+//!   replacement — a request carrying it (plus [`HANDOVER_GRACE`] for tabs
+//!   racing that request). After that, the old token in a cookie is a copy
+//!   (a stale backup, a stolen jar) and buys nothing: Cognito alone judges
+//!   it. Receipt, not sending, is what counts: a response the browser never
+//!   got (an aborted fetch, a dropped 101) must not cost it the session.
 //!
 //! A link is followed only within one sign-in (`sub` plus `origin_jti` or
 //! `event_id`, as [`crate::session::SessionProof::lineage`] renders it).
@@ -25,8 +27,8 @@ use std::time::{Duration, Instant};
 /// How long a rotation is remembered: as long as an open socket can live
 /// upstream.
 const LINK_TTL: Duration = Duration::from_secs(24 * 3600);
-/// How long after a browser was handed a replacement its old token still
-/// follows the rotation (other tabs racing the response's `Set-Cookie`).
+/// How long after a browser showed it holds a replacement its old token
+/// still follows the rotation (other tabs racing that request).
 pub const HANDOVER_GRACE: Duration = Duration::from_secs(5);
 /// Longest chain followed (one link per rotation: a few a day).
 const MAX_CHAIN: usize = 64;
@@ -42,8 +44,10 @@ struct Link {
     lineage: String,
     /// The token Cognito returned in its place, if it rotated.
     next: Option<String>,
+    /// The token this one replaced.
+    prev: Option<[u8; 32]>,
     created: Instant,
-    /// When a response handed `next` (or its own successor) to a browser.
+    /// When a browser first showed a token that replaced this one.
     handed_over: Option<Instant>,
 }
 
@@ -68,10 +72,25 @@ impl Lineages {
     /// Cognito answered a refresh of `used` for `lineage`, returning
     /// `rotated` when it rotated.
     pub(super) fn answered(&self, used: &str, rotated: Option<&str>, lineage: &str) {
-        self.insert(used, rotated.map(str::to_string), lineage);
+        let used_key = token_hash(used);
+        // Known: only learn its successor (what a browser already showed of
+        // it stays). The shard guard must be gone before `insert` takes it.
+        let known = match self.links.get_mut(&used_key) {
+            Some(mut link) if link.lineage == lineage => {
+                if rotated.is_some() {
+                    link.next = rotated.map(str::to_string);
+                }
+                true
+            }
+            _ => false,
+        };
+        if !known {
+            self.insert(used_key, rotated.map(str::to_string), None, lineage);
+        }
         if let Some(next) = rotated {
-            if !self.links.contains_key(&token_hash(next)) {
-                self.insert(next, None, lineage);
+            let key = token_hash(next);
+            if !self.links.contains_key(&key) {
+                self.insert(key, None, Some(used_key), lineage);
             }
         }
         if !self.latest.contains_key(lineage) {
@@ -82,8 +101,7 @@ impl Lineages {
             .insert(lineage.to_string(), (newest, Instant::now()));
     }
 
-    fn insert(&self, token: &str, next: Option<String>, lineage: &str) {
-        let key = token_hash(token);
+    fn insert(&self, key: [u8; 32], next: Option<String>, prev: Option<[u8; 32]>, lineage: &str) {
         if !self.links.contains_key(&key) {
             make_room(&self.links, self.capacity, LINK_TTL, |l| l.created);
         }
@@ -92,6 +110,7 @@ impl Lineages {
             Link {
                 lineage: lineage.to_string(),
                 next,
+                prev,
                 created: Instant::now(),
                 handed_over: None,
             },
@@ -122,24 +141,42 @@ impl Lineages {
         chain
     }
 
-    /// A response is giving the browser that showed `refresh_token` the
-    /// newest token of its chain: from now on (after the grace) that
-    /// browser's old tokens no longer follow the chain.
-    pub(super) fn handed_over(&self, refresh_token: &str, lineage: &str) {
-        let mut current = refresh_token.to_string();
+    /// A browser request showed `refresh_token` for `lineage`: the browser
+    /// has received it, so (after the grace) the tokens it replaced no
+    /// longer follow the chain for a browser.
+    pub(super) fn shown(&self, refresh_token: &str, lineage: &str) {
+        let mut prev = match self.links.get(&token_hash(refresh_token)) {
+            Some(l) if l.lineage == lineage => l.prev,
+            _ => return,
+        };
         for _ in 0..MAX_CHAIN {
-            let Some(mut link) = self.links.get_mut(&token_hash(&current)) else {
+            let Some(key) = prev else { return };
+            let Some(mut link) = self.links.get_mut(&key) else {
                 return;
             };
-            if link.lineage != lineage {
+            if link.lineage != lineage || link.handed_over.is_some() {
+                // Already marked: so is everything before it.
                 return;
             }
-            link.handed_over.get_or_insert_with(Instant::now);
-            match link.next.clone() {
-                Some(next) => current = next,
-                None => return,
-            }
+            link.handed_over = Some(Instant::now());
+            prev = link.prev;
         }
+    }
+
+    /// Whether the relay saw Cognito issue or accept `refresh_token` for
+    /// the sign-in `lineage`.
+    pub(super) fn belongs(&self, refresh_token: &str, lineage: &str) -> bool {
+        self.links
+            .get(&token_hash(refresh_token))
+            .is_some_and(|l| l.lineage == lineage)
+    }
+
+    /// Whether a browser showing `refresh_token` could be proving receipt
+    /// of a rotation (cheap: lets a caller skip verifying a token).
+    pub(super) fn replaced_something(&self, refresh_token: &str) -> bool {
+        self.links
+            .get(&token_hash(refresh_token))
+            .is_some_and(|l| l.prev.is_some())
     }
 
     /// Whether `refresh_token` is, as far as the relay saw, the newest of
@@ -166,7 +203,7 @@ mod tests {
         assert_eq!(l.chain("rt0", "other", Holder::Socket), ["rt0"], "lineage");
         assert!(l.is_newest("rt2", "L") && !l.is_newest("rt1", "L"));
         assert!(!l.is_newest("rt2", "other") && !l.is_newest("unknown", "L"));
-        l.handed_over("rt0", "L");
+        l.shown("rt2", "L");
         // Within the grace: still followed.
         assert_eq!(l.chain("rt0", "L", Holder::Browser).len(), 3);
         for link in l.links.iter_mut() {
@@ -179,10 +216,20 @@ mod tests {
     }
 
     #[test]
+    fn a_token_filed_again_under_another_sign_in_is_refiled() {
+        // (This once deadlocked: the shard guard outlived the match.)
+        let l = Lineages::new(16);
+        l.answered("rt0", None, "L");
+        l.answered("rt0", Some("rt1"), "M");
+        assert!(l.belongs("rt0", "M") && !l.belongs("rt0", "L"));
+        assert_eq!(l.chain("rt0", "M", Holder::Socket), ["rt0", "rt1"]);
+    }
+
+    #[test]
     fn a_cycle_or_a_long_chain_is_bounded() {
         let l = Lineages::new(1024);
-        l.insert("a", Some("b".into()), "L");
-        l.insert("b", Some("a".into()), "L");
+        l.insert(token_hash("a"), Some("b".into()), None, "L");
+        l.insert(token_hash("b"), Some("a".into()), None, "L");
         assert_eq!(l.chain("a", "L", Holder::Socket).len(), MAX_CHAIN);
     }
 }

@@ -43,11 +43,11 @@ use crate::session::{SessionProof, TokenSet};
 use crate::verify::{token_hash, unverified_claims, unverified_times};
 use cognito::Cognito;
 use dashmap::DashMap;
+use futures_util::future::{BoxFuture, FutureExt, Shared};
 use lineage::Lineages;
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::OnceCell;
 
 /// How long a finished refresh is reused for the same refresh token, from
 /// the moment Cognito answered: long enough for the other tabs of a
@@ -64,25 +64,32 @@ const REJECTED_TTL: Duration = Duration::from_secs(24 * 3600);
 /// What one refresh produced, shared by every caller of the same flight.
 pub type RefreshOutcome = Result<Arc<TokenSet>, RefreshError>;
 
-/// A finished flight: its outcome and when Cognito gave it.
+/// A finished flight: its outcome, the sign-in its tokens belong to, and
+/// when Cognito gave it.
 #[derive(Clone)]
 struct Answer {
     outcome: RefreshOutcome,
+    lineage: Option<String>,
     at: Instant,
 }
 
+/// One Cognito call in flight or finished. It runs as its own task, so a
+/// caller that goes away (a browser hanging up mid-handshake) neither
+/// cancels it nor loses its answer: the rotation is filed either way, and
+/// the next caller gets it instead of calling again with a dead token.
+type Flight = Shared<BoxFuture<'static, Answer>>;
+
 struct Slot {
-    cell: Arc<OnceCell<Answer>>,
-    created: Instant,
+    flight: Flight,
 }
 
 pub struct Refresher {
-    cognito: Cognito,
+    cognito: Arc<Cognito>,
     slots: DashMap<[u8; 32], Slot>,
     /// Refresh tokens Cognito refused, by hash, with when.
-    rejected: DashMap<[u8; 32], Instant>,
+    rejected: Arc<DashMap<[u8; 32], Instant>>,
     /// Which sign-in each refresh token belongs to and what replaced it.
-    lineages: Lineages,
+    lineages: Arc<Lineages>,
 }
 
 impl fmt::Debug for Refresher {
@@ -96,10 +103,10 @@ impl fmt::Debug for Refresher {
 impl Refresher {
     pub fn new(cfg: RefreshConfig, http: HttpClient) -> Arc<Refresher> {
         Arc::new(Refresher {
-            lineages: Lineages::new(cfg.capacity),
-            cognito: Cognito { cfg, http },
+            lineages: Arc::new(Lineages::new(cfg.capacity)),
+            cognito: Arc::new(Cognito { cfg, http }),
             slots: DashMap::new(),
-            rejected: DashMap::new(),
+            rejected: Arc::new(DashMap::new()),
         })
     }
 
@@ -114,39 +121,53 @@ impl Refresher {
         if self.is_rejected(&key) {
             return Err(RefreshError::Rejected("remembered".into()));
         }
-        let cell = self.slot(key)?;
-        let answer = cell
-            .get_or_init(|| async {
-                let outcome = self
-                    .cognito
-                    .call(refresh_token, username)
-                    .await
-                    .map(Arc::new);
-                Answer {
-                    outcome,
-                    at: Instant::now(),
-                }
-            })
-            .await
-            .clone();
-        match &answer.outcome {
+        let flight = self.slot(key, refresh_token, username)?;
+        let answer = flight.clone().await;
+        if let Err(RefreshError::Unavailable(_)) = &answer.outcome {
             // A transient failure must not be remembered: the next caller retries.
-            Err(RefreshError::Unavailable(_)) => {
-                self.slots
-                    .remove_if(&key, |_, slot| Arc::ptr_eq(&slot.cell, &cell));
-            }
-            Err(RefreshError::Rejected(_)) => self.remember_rejected(key),
-            Ok(tokens) => {
-                if let Some(lineage) = answer_lineage(tokens) {
-                    self.lineages.answered(
-                        refresh_token,
-                        tokens.refresh_token.as_deref(),
-                        &lineage,
-                    );
-                }
-            }
+            self.slots
+                .remove_if(&key, |_, slot| slot.flight.ptr_eq(&flight));
         }
         answer.outcome
+    }
+
+    /// Starts the Cognito call for `refresh_token` as its own task, which
+    /// also files what the answer teaches (a refusal, a rotation) exactly
+    /// once, whoever is still waiting.
+    fn start_flight(&self, key: [u8; 32], refresh_token: &str, username: &str) -> Flight {
+        let cognito = self.cognito.clone();
+        let rejected = self.rejected.clone();
+        let lineages = self.lineages.clone();
+        let (refresh_token, username) = (refresh_token.to_string(), username.to_string());
+        let task = tokio::spawn(async move {
+            let outcome = cognito.call(&refresh_token, &username).await.map(Arc::new);
+            let lineage = outcome.as_ref().ok().and_then(|t| answer_lineage(t));
+            match (&outcome, &lineage) {
+                (Err(RefreshError::Rejected(_)), _) => {
+                    // A forgotten token costs one Cognito call to be refused again.
+                    make_room(&rejected, cognito.cfg.capacity, REJECTED_TTL, |at| *at);
+                    rejected.insert(key, Instant::now());
+                }
+                (Ok(tokens), Some(lineage)) => {
+                    lineages.answered(&refresh_token, tokens.refresh_token.as_deref(), lineage)
+                }
+                _ => {}
+            }
+            Answer {
+                outcome,
+                lineage,
+                at: Instant::now(),
+            }
+        });
+        async move {
+            task.await.unwrap_or_else(|_| Answer {
+                outcome: Err(RefreshError::Unavailable("refresh task failed".into())),
+                lineage: None,
+                at: Instant::now(),
+            })
+        }
+        .boxed()
+        .shared()
     }
 
     /// The newest refresh token the relay has seen replace `refresh_token`
@@ -168,10 +189,21 @@ impl Refresher {
         self.lineages.chain(refresh_token, lineage, holder)
     }
 
-    /// A response is handing the browser that showed `refresh_token` the
-    /// newest token of its chain (see [`Holder::Browser`]).
-    pub fn handed_over(&self, refresh_token: &str, lineage: &str) {
-        self.lineages.handed_over(refresh_token, lineage);
+    /// A browser request showed `refresh_token` for the sign-in `lineage`:
+    /// proof it received it (see [`Holder::Browser`]).
+    pub fn shown(&self, refresh_token: &str, lineage: &str) {
+        self.lineages.shown(refresh_token, lineage);
+    }
+
+    /// Whether showing `refresh_token` could prove receipt of a rotation.
+    pub fn replaced_something(&self, refresh_token: &str) -> bool {
+        self.lineages.replaced_something(refresh_token)
+    }
+
+    /// Whether the relay saw Cognito issue or accept `refresh_token` for
+    /// the sign-in `lineage`.
+    pub fn belongs(&self, refresh_token: &str, lineage: &str) -> bool {
+        self.lineages.belongs(refresh_token, lineage)
     }
 
     /// Whether `refresh_token` is the newest the relay knows for the sign-in
@@ -194,12 +226,9 @@ impl Refresher {
     /// Its rotation chain stays: it leads to the refused token, so sibling
     /// sockets end without asking Cognito again.
     pub fn forget_answers(&self, lineage: &str) {
-        self.slots.retain(|_, slot| match slot.cell.get() {
-            Some(Answer {
-                outcome: Ok(tokens),
-                ..
-            }) => answer_lineage(tokens).as_deref() != Some(lineage),
-            _ => true,
+        self.slots.retain(|_, slot| match slot.flight.peek() {
+            Some(answer) => answer.lineage.as_deref() != Some(lineage),
+            None => true,
         });
     }
 
@@ -207,7 +236,7 @@ impl Refresher {
     /// would: for the session model test, which cannot wait seconds per step.
     #[doc(hidden)]
     pub fn forget_recent_answers(&self) {
-        self.slots.retain(|_, slot| slot.cell.get().is_none());
+        self.slots.retain(|_, slot| slot.flight.peek().is_none());
     }
 
     /// Whether Cognito already refused this refresh token.
@@ -217,20 +246,9 @@ impl Refresher {
             .is_some_and(|at| at.elapsed() < REJECTED_TTL)
     }
 
-    fn remember_rejected(&self, key: [u8; 32]) {
-        // A forgotten token costs one Cognito call to be refused again.
-        make_room(
-            &self.rejected,
-            self.cognito.cfg.capacity,
-            REJECTED_TTL,
-            |at| *at,
-        );
-        self.rejected.insert(key, Instant::now());
-    }
-
     /// Whether a remembered slot may still be handed out.
     fn usable(&self, slot: &Slot) -> bool {
-        let Some(answer) = slot.cell.get() else {
+        let Some(answer) = slot.flight.peek() else {
             // In flight: join it, however long Cognito takes.
             return true;
         };
@@ -248,22 +266,24 @@ impl Refresher {
         }
     }
 
-    fn slot(&self, key: [u8; 32]) -> Result<Arc<OnceCell<Answer>>, RefreshError> {
+    fn slot(
+        &self,
+        key: [u8; 32],
+        refresh_token: &str,
+        username: &str,
+    ) -> Result<Flight, RefreshError> {
         if let Some(slot) = self.slots.get(&key) {
             if self.usable(&slot) {
-                return Ok(slot.cell.clone());
+                return Ok(slot.flight.clone());
             }
         }
         if self.slots.len() >= self.cognito.cfg.capacity {
-            // Finished results are only a cache: drop them first, and
-            // flights abandoned long past the Cognito timeout.
-            let abandoned = self.cognito.cfg.timeout * 2 + RESULT_TTL;
-            self.slots
-                .retain(|_, s| s.cell.get().is_none() && s.created.elapsed() < abandoned);
+            // Answers past their reuse are only a cache: drop them first.
+            self.slots.retain(|_, s| self.usable(s));
         }
         if self.slots.len() >= self.cognito.cfg.capacity && !self.slots.contains_key(&key) {
-            // Full of calls in progress: refuse rather than call Cognito
-            // outside single flight.
+            // Full of calls in progress and fresh answers: refuse rather
+            // than call Cognito outside single flight.
             tracing::warn!(
                 in_flight = self.slots.len(),
                 "refresh table full of calls in progress; asking the client to retry"
@@ -273,16 +293,14 @@ impl Refresher {
             ));
         }
         let mut entry = self.slots.entry(key).or_insert_with(|| Slot {
-            cell: Arc::new(OnceCell::new()),
-            created: Instant::now(),
+            flight: self.start_flight(key, refresh_token, username),
         });
         if !self.usable(&entry) {
             *entry = Slot {
-                cell: Arc::new(OnceCell::new()),
-                created: Instant::now(),
+                flight: self.start_flight(key, refresh_token, username),
             };
         }
-        Ok(entry.cell.clone())
+        Ok(entry.flight.clone())
     }
 }
 

@@ -150,6 +150,10 @@ impl PendingRenewals {
     /// was filed under.
     pub fn restore(&self, pending: Pending) {
         for key in &pending.keys {
+            // A socket may have left a newer renewal meanwhile: keep that.
+            if self.entries.contains_key(key) {
+                continue;
+            }
             self.record(
                 *key,
                 &pending.username,
