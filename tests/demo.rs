@@ -10,19 +10,25 @@ use std::time::Duration;
 use support::*;
 use tokio::net::TcpListener;
 
-#[tokio::test]
-async fn demo_login_sets_httponly_cookies_that_open_the_relay() {
+/// The demo on ephemeral ports, with tokens living `token_lifetime` seconds.
+async fn start_demo(token_lifetime: u64) -> demo::Demo {
     let public = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let args = DemoArgs {
         listen: public.local_addr().unwrap(),
         admin_listen: admin.local_addr().unwrap(),
-        token_lifetime: 60,
+        token_lifetime,
         tls_cert: None,
         tls_key: None,
     };
     let demo = demo::start(&args, public, admin).await.unwrap();
     assert!(demo.relay.wait_ready(Duration::from_secs(10)).await);
+    demo
+}
+
+#[tokio::test]
+async fn demo_login_sets_httponly_cookies_that_open_the_relay() {
+    let demo = start_demo(60).await;
     let addr = demo.relay.public_addr;
     let origin = format!("https://localhost:{}", addr.port());
     assert_eq!(demo.url(), format!("{origin}/"));
@@ -135,17 +141,7 @@ async fn demo_login_sets_httponly_cookies_that_open_the_relay() {
 
 #[tokio::test]
 async fn demo_sessions_outlive_their_token_lifetime() {
-    let public = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let args = DemoArgs {
-        listen: public.local_addr().unwrap(),
-        admin_listen: admin.local_addr().unwrap(),
-        token_lifetime: 4,
-        tls_cert: None,
-        tls_key: None,
-    };
-    let demo = demo::start(&args, public, admin).await.unwrap();
-    assert!(demo.relay.wait_ready(Duration::from_secs(10)).await);
+    let demo = start_demo(4).await;
     let addr = demo.relay.public_addr;
     let origin = format!("https://localhost:{}", addr.port());
     let tls = tls_client(demo.self_signed_cert.as_deref().unwrap());

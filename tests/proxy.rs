@@ -440,13 +440,20 @@ async fn slow_app_is_a_plain_text_504() {
     assert_eq!(app.last().path, "/slow?marker=REQUEST-DATA");
 }
 
-/// The access token of a waiting renewal: JWT-shaped with an `exp` in 2100
-/// (a renewal is only handed out while its access token lives; the proxy
-/// passes it on without verifying it, as it came from Cognito).
-const NEW_ACCESS: &str = "NEW-ACCESS.eyJleHAiOjQxMDI0NDQ4MDB9.sig";
+/// The access token of a waiting renewal: JWT-shaped, `NEW-ACCESS` in
+/// place of a header, an `exp` an hour ahead and no signature (a renewal is
+/// only handed out while its access token lives; the proxy passes it on
+/// without verifying it, as it came from Cognito).
+fn new_access() -> String {
+    use base64::Engine as _;
+    let claims = serde_json::json!({"exp": now() + 3600}).to_string();
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(claims);
+    format!("NEW-ACCESS.{b64}.sig")
+}
 
 #[tokio::test]
 async fn pending_renewal_reaches_the_app_and_the_browser() {
+    let new_access = new_access();
     let app = TestApp::start().await;
     let relay = start_proxied(proxy_config(app.url()), &[]).await;
     let name = |suffix| session::cookie_name(CLIENT_ID, USERNAME, suffix);
@@ -468,7 +475,7 @@ async fn pending_renewal_reaches_the_app_and_the_browser() {
         appsync_relay::verify::token_hash("OLD-REFRESH"),
         USERNAME,
         Arc::new(TokenSet {
-            access_token: NEW_ACCESS.into(),
+            access_token: new_access.clone(),
             id_token: Some("NEW-ID".into()),
             refresh_token: Some("NEW-REFRESH".into()),
         }),
@@ -482,7 +489,7 @@ async fn pending_renewal_reaches_the_app_and_the_browser() {
     assert_eq!(
         header(&seen, "cookie").unwrap(),
         format!(
-            "theme=dark; {last_user}=alice%40example.com; {}={NEW_ACCESS}; {}=NEW-ID; \
+            "theme=dark; {last_user}=alice%40example.com; {}={new_access}; {}=NEW-ID; \
              {other_client}=OTHER-ACCESS; {}=NEW-REFRESH; _ga=GA1.2.3",
             name("accessToken"),
             name("idToken"),
@@ -496,7 +503,7 @@ async fn pending_renewal_reaches_the_app_and_the_browser() {
         .map(|v| v.to_str().unwrap())
         .collect();
     assert_eq!(set.len(), 4, "{set:?}");
-    assert!(set[0].starts_with(&format!("{}={NEW_ACCESS}; ", name("accessToken"))));
+    assert!(set[0].starts_with(&format!("{}={new_access}; ", name("accessToken"))));
     assert!(set[1].starts_with(&format!("{}=NEW-ID; ", name("idToken"))));
     assert!(set[2].starts_with(&format!("{}=NEW-REFRESH; ", name("refreshToken"))));
     assert!(set[..3].iter().all(|c| c.contains("HttpOnly")));
@@ -518,6 +525,7 @@ async fn pending_renewal_reaches_the_app_and_the_browser() {
 
 #[tokio::test]
 async fn renewal_without_rotation_keeps_the_refresh_cookie() {
+    let new_access = new_access();
     let app = TestApp::start().await;
     let relay = start_proxied(proxy_config(app.url()), &[]).await;
     let name = |suffix| session::cookie_name(CLIENT_ID, USERNAME, suffix);
@@ -536,7 +544,7 @@ async fn renewal_without_rotation_keeps_the_refresh_cookie() {
         appsync_relay::verify::token_hash("KEPT-REFRESH"),
         USERNAME,
         Arc::new(TokenSet {
-            access_token: NEW_ACCESS.into(),
+            access_token: new_access.clone(),
             id_token: Some("NEW-ID".into()),
             refresh_token: None,
         }),
@@ -546,7 +554,7 @@ async fn renewal_without_rotation_keeps_the_refresh_cookie() {
     assert_eq!(
         header(&app.last().headers, "cookie").unwrap(),
         format!(
-            "{last_user}=alice%40example.com; {}={NEW_ACCESS}; {}=KEPT-REFRESH; {}=NEW-ID",
+            "{last_user}=alice%40example.com; {}={new_access}; {}=KEPT-REFRESH; {}=NEW-ID",
             name("accessToken"),
             name("refreshToken"),
             name("idToken"),
@@ -580,6 +588,7 @@ async fn head_and_empty_bodies_pass_through() {
 
 #[tokio::test]
 async fn behind_our_own_tls_the_app_hears_https() {
+    let new_access = new_access();
     let app = TestApp::start().await;
     let (cert_pem, key_pem) = appsync_relay::tls::self_signed(&["localhost"]).unwrap();
     let relay = start_proxied_tls(
@@ -601,7 +610,7 @@ async fn behind_our_own_tls_the_app_hears_https() {
         appsync_relay::verify::token_hash("OLD-REFRESH"),
         USERNAME,
         Arc::new(TokenSet {
-            access_token: NEW_ACCESS.into(),
+            access_token: new_access.clone(),
             id_token: None,
             refresh_token: None,
         }),
@@ -626,7 +635,7 @@ async fn behind_our_own_tls_the_app_hears_https() {
     let h = app.last().headers;
     assert_eq!(header(&h, "x-forwarded-proto"), Some("https"));
     let set = header(&headers, "set-cookie").unwrap();
-    assert!(set.starts_with(&format!("{}={NEW_ACCESS}; ", name("accessToken"))));
+    assert!(set.starts_with(&format!("{}={new_access}; ", name("accessToken"))));
     assert!(set.contains("; Secure"), "{set}");
 }
 
@@ -668,11 +677,12 @@ async fn shutdown_cuts_an_open_tunnel_after_the_drain_timeout() {
 /// A pending renewal for `USERNAME`'s refresh token `rt`, and the cookies of
 /// a browser holding `rt` with a genuine (old) access token.
 fn pending_for(relay: &Proxied, rt: &str) -> String {
+    let new_access = new_access();
     relay.relay.state.pending.record(
         appsync_relay::verify::token_hash(rt),
         USERNAME,
         Arc::new(TokenSet {
-            access_token: NEW_ACCESS.into(),
+            access_token: new_access.clone(),
             id_token: None,
             refresh_token: Some("NEW-REFRESH".into()),
         }),

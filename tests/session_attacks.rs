@@ -10,53 +10,15 @@ mod support;
 use appsync_relay::authenticate::{complete, identify};
 use appsync_relay::relay::token::TokenState;
 use appsync_relay::rewrite::UpstreamAuth;
-use appsync_relay::session::{cookie_name, last_auth_user_cookie};
 use appsync_relay::state::RelayState;
-use hyper::header::{HeaderMap, HeaderValue, COOKIE};
+use hyper::header::HeaderValue;
 use serde_json::json;
-use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-use support::fake_cognito::{FakeCognito, Session};
+use support::fake_cognito::FakeCognito;
+use support::jar::{apply, header_for, jar, Jar};
 use support::*;
-
-type Jar = HashMap<&'static str, String>;
-
-fn jar(s: &Session) -> Jar {
-    Jar::from([
-        ("accessToken", s.access.clone()),
-        ("idToken", s.id.clone()),
-        ("refreshToken", s.refresh.clone()),
-    ])
-}
-
-fn header_for(jar: &Jar) -> HeaderMap {
-    let mut c = format!("{}={USERNAME}", last_auth_user_cookie(CLIENT_ID));
-    for (suffix, value) in jar {
-        c.push_str(&format!(
-            "; {}={value}",
-            cookie_name(CLIENT_ID, USERNAME, suffix)
-        ));
-    }
-    let mut h = HeaderMap::new();
-    h.insert(COOKIE, HeaderValue::from_str(&c).unwrap());
-    h
-}
-
-/// Applies a response's `Set-Cookie`s to the jar, as a browser would.
-fn apply(jar: &mut Jar, set_cookies: &[HeaderValue]) {
-    for v in set_cookies {
-        let (pair, _) = v.to_str().unwrap().split_once(';').unwrap();
-        let (name, value) = pair.split_once('=').unwrap();
-        let suffix = match name.rsplit('.').next().unwrap() {
-            "accessToken" => "accessToken",
-            "idToken" => "idToken",
-            _ => "refreshToken",
-        };
-        jar.insert(suffix, value.to_string());
-    }
-}
 
 struct Harness {
     state: Arc<RelayState>,

@@ -27,17 +27,15 @@ mod support;
 use appsync_relay::authenticate::{complete, identify};
 use appsync_relay::relay::token::TokenState;
 use appsync_relay::rewrite::UpstreamAuth;
-use appsync_relay::session::{cookie_name, last_auth_user_cookie};
 use appsync_relay::state::RelayState;
-use hyper::header::{HeaderMap, HeaderValue, COOKIE};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
 use serde_json::json;
-use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use support::fake_cognito::FakeCognito;
+use support::jar::{apply, header_for, jar, Jar};
 use support::*;
 
 #[derive(Debug, Clone)]
@@ -87,8 +85,6 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-type Jar = HashMap<&'static str, String>;
-
 struct Harness {
     state: Arc<RelayState>,
     cognito: FakeCognito,
@@ -103,19 +99,6 @@ struct Harness {
     _jwks: JwksServer,
 }
 
-fn header_for(jar: &Jar) -> HeaderMap {
-    let mut c = format!("{}={USERNAME}", last_auth_user_cookie(CLIENT_ID));
-    for (suffix, value) in jar {
-        c.push_str(&format!(
-            "; {}={value}",
-            cookie_name(CLIENT_ID, USERNAME, suffix)
-        ));
-    }
-    let mut h = HeaderMap::new();
-    h.insert(COOKIE, HeaderValue::from_str(&c).unwrap());
-    h
-}
-
 /// The session identity of the access token in the jar.
 fn jar_proof(jar: &Jar) -> appsync_relay::session::SessionProof {
     use base64::Engine as _;
@@ -125,21 +108,6 @@ fn jar_proof(jar: &Jar) -> appsync_relay::session::SessionProof {
         .unwrap();
     let claims: appsync_relay::verify::Claims = serde_json::from_slice(&bytes).unwrap();
     appsync_relay::session::SessionProof::of(&claims)
-}
-
-fn apply(jar: &mut Jar, set_cookies: &[HeaderValue]) {
-    for v in set_cookies {
-        let v = v.to_str().unwrap();
-        let (pair, _) = v.split_once(';').unwrap();
-        let (name, value) = pair.split_once('=').unwrap();
-        let suffix = match name.rsplit('.').next().unwrap() {
-            "accessToken" => "accessToken",
-            "idToken" => "idToken",
-            "refreshToken" => "refreshToken",
-            other => panic!("unexpected cookie {other}"),
-        };
-        jar.insert(suffix, value.to_string());
-    }
 }
 
 impl Harness {
@@ -183,12 +151,7 @@ impl Harness {
     fn sign_in(&mut self) {
         // Injected failures were meant for the session that ends here.
         self.cognito.fail_next.lock().unwrap().clear();
-        let s = self.cognito.sign_in(USERNAME);
-        self.jar = Jar::from([
-            ("accessToken", s.access),
-            ("idToken", s.id),
-            ("refreshToken", s.refresh),
-        ]);
+        self.jar = jar(&self.cognito.sign_in(USERNAME));
         self.prev_jar = self.jar.clone();
         self.sockets.clear();
         self.ended = false;

@@ -309,20 +309,23 @@ async fn from_pending(
     let due = verified
         .as_ref()
         .is_none_or(|(_, c)| is_due(c.exp, c.iat, cfg.refresh_before));
+    // The waiting set delivered as it is, with its (still valid) token.
+    let as_waiting = |fresh| {
+        renewed(
+            state,
+            pending.username.clone(),
+            session,
+            &tokens,
+            fresh,
+            secure,
+        )
+    };
     let newest = tokens.refresh_token.clone();
     let (Some(newest), true) = (newest, due) else {
-        // Not due (or nothing to renew with): delivered as it is.
-        return match verified {
-            Some(fresh) => Ok(renewed(
-                state,
-                pending.username,
-                session,
-                &tokens,
-                fresh,
-                secure,
-            )),
-            None => Err(RelayError::Token(VerifyError::Expired)),
-        };
+        // Not due (or nothing to renew with).
+        return verified
+            .map(as_waiting)
+            .ok_or(RelayError::Token(VerifyError::Expired));
     };
     let attempt = match refresh_refusal(state, genuine, &newest, client_ip) {
         Some(e) => Err(e),
@@ -344,7 +347,7 @@ async fn from_pending(
             };
             Ok(renewed(
                 state,
-                pending.username,
+                pending.username.clone(),
                 session,
                 &merged,
                 (r.token, r.claims),
@@ -363,14 +366,7 @@ async fn from_pending(
             // Cognito could not be asked (or a budget is spent), but the
             // waiting token is still valid: deliver it, the next request
             // renews.
-            Some(fresh) => Ok(renewed(
-                state,
-                pending.username,
-                session,
-                &tokens,
-                fresh,
-                secure,
-            )),
+            Some(fresh) => Ok(as_waiting(fresh)),
             // Put the renewal back for the next request rather than lose
             // the newest refresh token.
             None => {

@@ -237,14 +237,8 @@ mod tests {
     }
 
     #[test]
-    fn debug_redacts_tokens_and_secret() {
-        let t = TokenSet {
-            access_token: "AAA".into(),
-            id_token: Some("III".into()),
-            refresh_token: Some("RRR".into()),
-        };
-        let s = format!("{t:?}");
-        assert!(!s.contains("AAA") && !s.contains("RRR") && !s.contains("III"));
+    fn debug_redacts_the_client_secret() {
+        // (TokenSet's own redaction is tested in session::tokens.)
         let c = RefreshConfig {
             endpoint: "x".into(),
             client_id: "c".into(),

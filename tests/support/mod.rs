@@ -6,6 +6,7 @@
 
 pub mod app;
 pub mod fake_cognito;
+pub mod jar;
 pub mod ministack;
 
 use appsync_relay::cli::{Cli, Command};
