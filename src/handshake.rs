@@ -193,7 +193,13 @@ fn switch_protocols(
         permit,
     } = accepted;
     let sub = authenticated.claims.sub.clone();
+    // Registered before the 101 goes out: a sign-out from here on reaches it.
+    let registration = state.sockets.register(
+        &authenticated.session.proof,
+        authenticated.session.browser_refresh,
+    );
     let ctx = ConnectionContext {
+        registration,
         state: state.clone(),
         auth,
         expires_at: authenticated.claims.exp,

@@ -14,7 +14,7 @@ use crate::limits::{ConnectionLimits, SessionRates};
 use crate::metrics::Metrics;
 use crate::refresh::{Holder, Refresher};
 use crate::response::Body;
-use crate::session::{Pending, PendingRenewals, SessionProof, TokenSet};
+use crate::session::{LiveSockets, Pending, PendingRenewals, SessionProof, TokenSet};
 use crate::upgrade;
 use crate::upstream::UpstreamConfig;
 use crate::verify::{Verifier, VerifierConfig};
@@ -79,6 +79,11 @@ pub struct RelayState {
     /// Sign-ins that ended (see [`RelayState::end_session`]), by
     /// [`SessionProof::lineage`], with when.
     ended: dashmap::DashMap<String, Instant>,
+    /// Access tokens of browsers that signed out, by hash, with when: not
+    /// taken on their word again ([`RelayState::retire_token`]).
+    retired: dashmap::DashMap<[u8; 32], Instant>,
+    /// Every open relayed socket, by user, so an ended session reaches them.
+    pub sockets: LiveSockets,
 }
 
 /// How long an ended sign-in is remembered: as long as any of its sockets
@@ -137,6 +142,8 @@ impl RelayState {
             rates: SessionRates::new(&config.limits, config.token_cache_size),
             upstream_resolvable: AtomicBool::new(false),
             ended: dashmap::DashMap::new(),
+            retired: dashmap::DashMap::new(),
+            sockets: LiveSockets::default(),
             app,
             config,
         })
@@ -192,10 +199,33 @@ impl RelayState {
         }
         self.pending.end_session(proof);
         self.refresher.forget_answers(&proof.lineage());
+        self.sockets.end_sign_in(proof);
         make_room(&self.ended, self.config.token_cache_size, ENDED_TTL, |at| {
             *at
         });
         self.ended.insert(proof.lineage(), Instant::now());
+    }
+
+    /// A browser that showed the token hashed as `hash` signed out: the
+    /// token still verifies until it expires, but is no longer taken on its
+    /// word — a request showing it is renewed with its refresh token first,
+    /// which settles whether the session is alive. Only the holder of that
+    /// exact token is affected.
+    pub fn retire_token(&self, hash: &[u8; 32]) {
+        make_room(
+            &self.retired,
+            self.config.token_cache_size,
+            ENDED_TTL,
+            |at| *at,
+        );
+        self.retired.insert(*hash, Instant::now());
+    }
+
+    /// Whether the token hashed as `hash` was retired by a sign-out.
+    pub fn token_retired(&self, hash: &[u8; 32]) -> bool {
+        self.retired
+            .get(hash)
+            .is_some_and(|at| at.elapsed() < ENDED_TTL)
     }
 
     /// Cognito renewed a sign-in marked ended: it is alive after all (the

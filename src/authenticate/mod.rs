@@ -88,7 +88,8 @@ pub struct Identified {
     genuine: Arc<Claims>,
     /// A renewal an open socket of this session left for it, now taken.
     pending: Option<Pending>,
-    /// The sign-in was marked ended ([`RelayState::session_ended`]).
+    /// The sign-in was marked ended ([`RelayState::session_ended`]) or the
+    /// token retired by a sign-out ([`RelayState::token_retired`]).
     ended: bool,
 }
 
@@ -132,9 +133,10 @@ pub async fn identify(state: &RelayState, headers: &HeaderMap) -> Result<Identif
         // stop following the rotation chain for browsers.
         state.refresher.shown(rt, &proof.lineage());
     }
-    // A sign-in the relay saw end: nothing waiting is handed out, and its
-    // token is not taken on its word (`complete` asks Cognito).
-    let ended = state.session_ended(&proof);
+    // A sign-in the relay saw end, or a token whose browser signed out:
+    // nothing waiting is handed out, and the token is not taken on its word
+    // (`complete` asks Cognito).
+    let ended = state.session_ended(&proof) || state.token_retired(&token_hash(&token));
     let pending = session
         .refresh_token
         .as_deref()

@@ -5,7 +5,7 @@
 //! response made private, and the app's sign-out recognised.
 
 use super::error::ProxyError;
-use crate::session::COOKIE_PREFIX;
+use crate::session::cookie_name;
 use crate::state::RelayState;
 use hyper::header::{
     HeaderMap, HeaderName, HeaderValue, CACHE_CONTROL, CONNECTION, FORWARDED, HOST,
@@ -96,17 +96,19 @@ pub fn make_private(headers: &mut HeaderMap) {
     headers.append(VARY, HeaderValue::from_static("Cookie"));
 }
 
-/// Whether an app response expires the session's refresh-token cookie
-/// (Amplify's sign-out: `Max-Age=0` or an `Expires` in the past).
-pub fn clears_session(headers: &HeaderMap, client_id: &str) -> bool {
-    let prefix = format!("{COOKIE_PREFIX}.{client_id}.");
+/// Whether an app response expires the refresh-token cookie of `username`'s
+/// session (Amplify's sign-out: `Max-Age=0` or an `Expires` in the past).
+/// Another user's cookie being cleared (a stale one the browser still
+/// carries) says nothing about the session the request showed.
+pub fn clears_session(headers: &HeaderMap, client_id: &str, username: &str) -> bool {
+    let name = cookie_name(client_id, username, "refreshToken");
     let now = std::time::SystemTime::now();
     headers
         .get_all(SET_COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .filter_map(|v| cookie::Cookie::parse(v.to_string()).ok())
-        .filter(|c| c.name().starts_with(&prefix) && c.name().ends_with(".refreshToken"))
+        .filter(|c| c.name() == name)
         .any(|c| {
             c.max_age()
                 .is_some_and(|age| age.is_zero() || age.is_negative())
@@ -226,22 +228,23 @@ mod tests {
             "set-cookie",
             &format!("{base}.refreshToken=; Max-Age=0; Path=/"),
         )]);
-        assert!(clears_session(&out, "cid"));
+        assert!(clears_session(&out, "cid", "u"));
         let out = headers(&[(
             "set-cookie",
             &format!("{base}.refreshToken=; Expires=Thu, 01 Jan 1970 00:00:00 GMT"),
         )]);
-        assert!(clears_session(&out, "cid"));
+        assert!(clears_session(&out, "cid", "u"));
         let keep = headers(&[(
             "set-cookie",
             &format!("{base}.refreshToken=x; Max-Age=3600"),
         )]);
-        assert!(!clears_session(&keep, "cid"));
+        assert!(!clears_session(&keep, "cid", "u"));
+        assert!(!clears_session(&out, "cid", "someone-else"));
         let other = headers(&[(
             "set-cookie",
             "CognitoIdentityServiceProvider.zzz.u.refreshToken=; Max-Age=0",
         )]);
-        assert!(!clears_session(&other, "cid"));
+        assert!(!clears_session(&other, "cid", "u"));
     }
 
     #[test]

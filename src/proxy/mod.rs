@@ -81,6 +81,7 @@ use crate::http_client::Resolver;
 use crate::response::{Body, BoxError};
 use crate::session::{self, rewrite_cookie_header, Pending, SessionProof};
 use crate::state::{App, RelayState};
+use crate::verify::token_hash;
 use error::ProxyError;
 use headers::{
     check_host, clears_session, is_websocket_upgrade, make_private, prepend_set_cookies,
@@ -286,7 +287,8 @@ impl App for AppProxy {
         peer: SocketAddr,
     ) -> Pin<Box<dyn Future<Output = Response<Body>> + Send + 'a>> {
         Box::pin(async move {
-            let browser_refresh = browser_refresh_token(state, req.headers());
+            let browser_session = browser_session(state, req.headers());
+            let browser_refresh = browser_session.as_ref().map(|(_, rt)| rt.clone());
             // Only the cookies, kept to judge a sign-out in the answer.
             let headers: HeaderMap = match &browser_refresh {
                 Some(_) => req
@@ -330,8 +332,8 @@ impl App for AppProxy {
             // A sign-out the app performed: the sign-in is over, nothing may
             // be delivered to it any more, and its tokens are not taken on
             // their word (Cognito settles it if it was not revoked).
-            if let Some(rt) = &browser_refresh {
-                if clears_session(resp.headers(), &state.config.client_id) {
+            if let Some((username, rt)) = &browser_session {
+                if clears_session(resp.headers(), &state.config.client_id, username) {
                     signed_out(state, &headers, rt).await;
                 }
             }
@@ -347,11 +349,10 @@ fn record_outcome(state: &RelayState, label: &'static str) {
 
 // === Session renewal ===
 
-/// The refresh token the browser's session cookies hold, if any.
-fn browser_refresh_token(state: &RelayState, headers: &HeaderMap) -> Option<String> {
-    session::from_headers(headers, &state.config.client_id)
-        .ok()?
-        .refresh_token
+/// The cookie username and refresh token of the browser's session, if any.
+fn browser_session(state: &RelayState, headers: &HeaderMap) -> Option<(String, String)> {
+    let session = session::from_headers(headers, &state.config.client_id).ok()?;
+    Some((session.username, session.refresh_token?))
 }
 
 /// The renewal waiting for this request's session, taken from
@@ -382,26 +383,52 @@ async fn received(state: &RelayState, headers: &HeaderMap, rt: &str) {
     }
 }
 
-/// The app signed this browser out. The sign-in ends only when the refresh
-/// token shown is one the relay saw Cognito issue or accept for it: a
-/// leaked access token next to a junk refresh token must not let a stranger
-/// end someone's sign-in. Otherwise only what waits under that token goes.
+/// The app signed this browser out (its answer expired the session's
+/// refresh-token cookie). What only that browser holds is retired at once:
+/// its refresh token is refused from now on, its access token is no longer
+/// taken on its word (a request showing it goes to Cognito), and the
+/// sockets it opened with that refresh token close with 4401. Replaying the
+/// old cookies after sign-out gets nowhere.
+///
+/// The whole sign-in — other sockets of its lineage, renewals waiting for
+/// it — ends only when the refresh token shown is one the relay saw Cognito
+/// issue or accept for it: a leaked access token next to a junk refresh
+/// token must not let a stranger end someone's sign-in. At worst such a
+/// stranger makes the victim's next handshake renew with its own refresh
+/// token.
 async fn signed_out(state: &RelayState, headers: &HeaderMap, rt: &str) {
     state.pending.forget(rt);
-    if let Some(proof) = request_proof(state, headers).await {
-        if state.refresher.belongs(rt, &proof.lineage()) {
-            state.end_session(&proof);
-        }
+    state.refresher.retire(rt);
+    let Some((proof, token)) = request_proof_and_token(state, headers).await else {
+        return;
+    };
+    state.retire_token(&token_hash(&token));
+    let closed = state.sockets.end_browser(&proof.sub, &token_hash(rt));
+    if state.refresher.belongs(rt, &proof.lineage()) {
+        state.end_session(&proof);
     }
+    tracing::info!(
+        sub = %proof.sub,
+        sockets_closed = closed,
+        "the app signed a browser out; its tokens are retired"
+    );
 }
 
 /// The sign-in the request's own token belongs to (verified, expiry
 /// ignored), if it carries a genuine one.
 async fn request_proof(state: &RelayState, headers: &HeaderMap) -> Option<SessionProof> {
+    Some(request_proof_and_token(state, headers).await?.0)
+}
+
+/// [`request_proof`], and the token it was read from.
+async fn request_proof_and_token(
+    state: &RelayState,
+    headers: &HeaderMap,
+) -> Option<(SessionProof, String)> {
     let session = session::from_headers(headers, &state.config.client_id).ok()?;
     let token = session.token(state.config.token_use)?;
     let claims = state.verifier.verify_ignoring_expiry(token).await.ok()?;
-    Some(SessionProof::of(&claims))
+    Some((SessionProof::of(&claims), token.to_string()))
 }
 
 #[cfg(test)]

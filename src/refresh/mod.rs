@@ -239,6 +239,22 @@ impl Refresher {
         self.slots.retain(|_, slot| slot.flight.peek().is_none());
     }
 
+    /// The browser holding `refresh_token` signed out: from now on it is
+    /// refused as if Cognito had refused it (a sign-out revokes it there
+    /// too, but a replay must not cost a Cognito call to find out).
+    pub fn retire(&self, refresh_token: &str) {
+        let key = token_hash(refresh_token);
+        make_room(
+            &self.rejected,
+            self.cognito.cfg.capacity,
+            REJECTED_TTL,
+            |at| *at,
+        );
+        self.rejected.insert(key, Instant::now());
+        // An answer kept for reuse would still hand out its tokens.
+        self.slots.remove(&key);
+    }
+
     /// Whether Cognito already refused this refresh token.
     pub fn is_rejected(&self, key: &[u8; 32]) -> bool {
         self.rejected

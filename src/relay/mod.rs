@@ -24,6 +24,7 @@ pub mod token;
 
 use crate::authenticate::SessionState;
 use crate::rewrite::UpstreamAuth;
+use crate::session::Registration;
 use crate::state::RelayState;
 use crate::upstream::UpstreamSocket;
 use close::{close_legs, Ending};
@@ -46,6 +47,9 @@ pub struct RelayOutcome {
 /// Everything the relay needs about the user besides the sockets.
 pub struct ConnectionContext {
     pub state: Arc<RelayState>,
+    /// This socket's place among the user's open sockets: cancelled when
+    /// its session is ended elsewhere (a sign-out seen by the app proxy).
+    pub registration: Registration,
     /// The token (and AppSync host) upstream was opened with.
     pub auth: UpstreamAuth,
     /// `exp` and `iat` of that token.
@@ -66,6 +70,7 @@ where
     let mut client = client;
     let state = ctx.state;
     let shutdown = state.shutdown.clone();
+    let registration = ctx.registration;
     let token = TokenState::new(
         ctx.auth,
         ctx.expires_at,
@@ -82,6 +87,7 @@ where
         tokio::select! {
             biased;
             e = pump => e,
+            _ = registration.ended().cancelled() => Ending::SessionEnded("signed_out"),
             _ = shutdown.cancelled() => Ending::Draining,
         }
     };

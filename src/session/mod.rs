@@ -14,11 +14,14 @@
 //!   for requests proxied to the app.
 //! - [`proof`]: [`SessionProof`], what a request shows to get a renewal.
 //! - [`pending`]: [`PendingRenewals`], keyed by refresh-token hash.
+//! - [`sockets`]: [`LiveSockets`], the open sockets of each user, so a
+//!   session ended elsewhere closes them at once.
 
 pub mod names;
 pub mod pending;
 pub mod proof;
 pub mod read;
+pub mod sockets;
 pub mod tokens;
 pub mod write;
 
@@ -26,5 +29,6 @@ pub use names::{cookie_name, encode_username, last_auth_user_cookie, COOKIE_PREF
 pub use pending::{Pending, PendingRenewals};
 pub use proof::SessionProof;
 pub use read::{from_headers, Session, SessionError, MAX_COOKIE_HEADER_BYTES};
+pub use sockets::{LiveSockets, Registration};
 pub use tokens::TokenSet;
 pub use write::{rewrite_cookie_header, CookiePolicy, SameSite};

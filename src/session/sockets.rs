@@ -1,0 +1,170 @@
+//! The open sockets of each user, so that a session ending somewhere else —
+//! a sign-out the app performed, seen by the app proxy — reaches them at
+//! once instead of at their next renewal.
+//!
+//! Each relayed socket registers when its handshake succeeds and holds a
+//! [`Registration`] until it closes; dropping it unregisters. Ending is a
+//! cancellation the socket's task is waiting on: it closes with 4401 within
+//! the time it takes to write a close frame.
+//!
+//! Who may end which socket is the caller's rule (see
+//! `proxy::signed_out`): this table only finds sockets by the sign-in they
+//! belong to ([`SessionProof::lineage`]) or by the refresh token the
+//! browser held when the socket opened (its hash: nothing here is a usable
+//! token).
+
+use super::SessionProof;
+use dashmap::DashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+/// What a socket is found by.
+struct Entry {
+    id: u64,
+    lineage: String,
+    /// Hash of the refresh token the browser's cookie held once the
+    /// handshake's answer (and any `Set-Cookie` it carried) reached it.
+    browser_refresh: Option<[u8; 32]>,
+    ended: CancellationToken,
+}
+
+/// The open sockets, by user (`sub`).
+#[derive(Default)]
+pub struct LiveSockets {
+    by_sub: Arc<DashMap<String, Vec<Entry>>>,
+    next_id: AtomicU64,
+}
+
+/// One socket's place in [`LiveSockets`]; unregisters on drop.
+pub struct Registration {
+    table: Arc<DashMap<String, Vec<Entry>>>,
+    sub: String,
+    id: u64,
+    ended: CancellationToken,
+}
+
+impl Registration {
+    /// Resolves when the socket's session was ended from elsewhere.
+    pub fn ended(&self) -> &CancellationToken {
+        &self.ended
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        // Removing the user's entry happens under the shard's write lock,
+        // so a concurrent register for the same user cannot be lost.
+        self.table.remove_if_mut(&self.sub, |_, entries| {
+            entries.retain(|e| e.id != self.id);
+            entries.is_empty()
+        });
+    }
+}
+
+impl LiveSockets {
+    /// Registers a socket of the sign-in `proof`, whose browser holds the
+    /// refresh token hashed as `browser_refresh`.
+    pub fn register(
+        &self,
+        proof: &SessionProof,
+        browser_refresh: Option<[u8; 32]>,
+    ) -> Registration {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let ended = CancellationToken::new();
+        self.by_sub
+            .entry(proof.sub.clone())
+            .or_default()
+            .push(Entry {
+                id,
+                lineage: proof.lineage(),
+                browser_refresh,
+                ended: ended.clone(),
+            });
+        Registration {
+            table: self.by_sub.clone(),
+            sub: proof.sub.clone(),
+            id,
+            ended,
+        }
+    }
+
+    /// Ends every open socket of the sign-in `proof` belongs to. Returns
+    /// how many were told to close.
+    pub fn end_sign_in(&self, proof: &SessionProof) -> usize {
+        let lineage = proof.lineage();
+        self.end_where(&proof.sub, |e| e.lineage == lineage)
+    }
+
+    /// Ends the open sockets of `sub` whose browser held the refresh token
+    /// hashed as `refresh_hash` when they opened: the sockets of one
+    /// browser's session, whoever else shares the user's lineage claims.
+    pub fn end_browser(&self, sub: &str, refresh_hash: &[u8; 32]) -> usize {
+        self.end_where(sub, |e| e.browser_refresh.as_ref() == Some(refresh_hash))
+    }
+
+    fn end_where(&self, sub: &str, pick: impl Fn(&Entry) -> bool) -> usize {
+        let Some(entries) = self.by_sub.get(sub) else {
+            return 0;
+        };
+        let mut n = 0;
+        for e in entries.iter().filter(|e| pick(e)) {
+            e.ended.cancel();
+            n += 1;
+        }
+        n
+    }
+
+    /// Open sockets registered (for tests and metrics).
+    pub fn len(&self) -> usize {
+        self.by_sub.iter().map(|e| e.len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn proof(sub: &str, jti: &str) -> SessionProof {
+        SessionProof {
+            sub: sub.into(),
+            client_id: Some("c".into()),
+            origin_jti: Some(jti.into()),
+            event_id: None,
+        }
+    }
+
+    #[test]
+    fn ends_only_the_sign_in_or_browser_asked_for() {
+        let live = LiveSockets::default();
+        let a1 = live.register(&proof("alice", "j1"), Some([1; 32]));
+        let a2 = live.register(&proof("alice", "j2"), Some([2; 32]));
+        let b1 = live.register(&proof("bob", "j1"), Some([1; 32]));
+        assert_eq!(live.end_sign_in(&proof("alice", "j1")), 1);
+        assert!(a1.ended().is_cancelled());
+        assert!(!a2.ended().is_cancelled() && !b1.ended().is_cancelled());
+
+        assert_eq!(live.end_browser("alice", &[2; 32]), 1);
+        assert!(a2.ended().is_cancelled());
+        // Same hash, another user: untouched.
+        assert!(!b1.ended().is_cancelled());
+    }
+
+    #[test]
+    fn a_closed_socket_leaves_the_table() {
+        let live = LiveSockets::default();
+        let a = live.register(&proof("alice", "j1"), None);
+        let b = live.register(&proof("alice", "j1"), None);
+        assert_eq!(live.len(), 2);
+        drop(a);
+        assert_eq!(live.len(), 1);
+        drop(b);
+        assert!(live.is_empty());
+        assert!(live.by_sub.is_empty(), "no empty user entry is left behind");
+        assert_eq!(live.end_sign_in(&proof("alice", "j1")), 0);
+    }
+}
