@@ -57,6 +57,11 @@ pub struct ServeArgs {
     /// or to pin a private endpoint.
     #[arg(long, env = "APPSYNC_RELAY_APPSYNC_ADDRESS")]
     pub appsync_address: Option<std::net::IpAddr>,
+    /// PEM file of CA certificates trusted beside the public roots for every
+    /// outbound TLS connection (AppSync, Cognito, JWKS): a corporate TLS
+    /// proxy's CA, or an emulator's.
+    #[arg(long, env = "APPSYNC_RELAY_UPSTREAM_CA_FILE")]
+    pub upstream_ca_file: Option<std::path::PathBuf>,
     /// Cognito user pool id, e.g. eu-west-1_AbCdEf123.
     #[arg(long, env = "APPSYNC_RELAY_COGNITO_USER_POOL_ID")]
     pub cognito_user_pool_id: String,
@@ -334,6 +339,22 @@ pub struct EmulateArgs {
     /// Seconds between keep-alive (ka) messages.
     #[arg(long, env = "APPSYNC_EMULATOR_KA_INTERVAL", default_value_t = 60)]
     pub ka_interval: u64,
+    /// A channel namespace defined on the emulated API (repeatable). As on
+    /// AppSync, channels of any other namespace are refused as unauthorized.
+    #[arg(
+        long = "namespace",
+        env = "APPSYNC_EMULATOR_NAMESPACES",
+        value_delimiter = ',',
+        default_value = "default"
+    )]
+    pub namespaces: Vec<String>,
+    /// PEM certificate chain: serve HTTPS and wss:// (with --tls-key), as
+    /// AppSync does.
+    #[arg(long, env = "APPSYNC_EMULATOR_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "APPSYNC_EMULATOR_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -16,6 +16,8 @@ use hyper_util::client::legacy::connect::dns::{GaiResolver, Name};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -78,9 +80,32 @@ impl tower_service::Service<Name> for Resolver {
 /// The rustls client configuration shared by every outbound TLS connection:
 /// ring provider, webpki roots, TLS 1.2 and 1.3.
 pub fn tls_client_config() -> Arc<rustls::ClientConfig> {
-    let roots = rustls::RootCertStore {
+    tls_client_config_with(&[])
+}
+
+/// The CA certificates in a PEM file, for `--upstream-ca-file`: a private
+/// CA (a corporate TLS proxy, an emulator with its own certificate) trusted
+/// beside the public roots. An unreadable file or one without a certificate
+/// is an error, never an empty trust set.
+pub fn load_ca_file(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{}: not PEM certificates: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: no certificate in it", path.display()));
+    }
+    Ok(certs)
+}
+
+/// [`tls_client_config`] trusting `extra` CA certificates too. A
+/// certificate rustls cannot use as a root is skipped (it would fail every
+/// handshake it is meant for, which the caller's checks report).
+pub fn tls_client_config_with(extra: &[CertificateDer<'static>]) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     };
+    let (_added, _ignored) = roots.add_parsable_certificates(extra.iter().cloned());
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -96,12 +121,13 @@ pub fn tls_client_config() -> Arc<rustls::ClientConfig> {
 /// A connector for `http://` and `https://` URIs (HTTP/1.1, no Nagle),
 /// giving up on TCP connect after `connect_timeout`.
 pub fn https_connector(connect_timeout: Duration) -> HttpsConnector<HttpConnector<Resolver>> {
-    https_connector_with(connect_timeout, Resolver::default())
+    https_connector_with(connect_timeout, Resolver::default(), tls_client_config())
 }
 
 fn https_connector_with(
     connect_timeout: Duration,
     resolver: Resolver,
+    tls: Arc<rustls::ClientConfig>,
 ) -> HttpsConnector<HttpConnector<Resolver>> {
     let mut http = HttpConnector::new_with_resolver(resolver);
     // The HTTPS wrapper decides per scheme; the inner connector must let
@@ -110,7 +136,7 @@ fn https_connector_with(
     http.set_nodelay(true);
     http.set_connect_timeout(Some(connect_timeout));
     hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config((*tls_client_config()).clone())
+        .with_tls_config((*tls).clone())
         .https_or_http()
         .enable_http1()
         .wrap_connector(http)
@@ -122,8 +148,17 @@ pub fn build(connect_timeout: Duration) -> HttpClient {
 
 /// A client whose every connection goes to `resolver`'s answer.
 pub fn build_with(connect_timeout: Duration, resolver: Resolver) -> HttpClient {
+    build_tls(connect_timeout, resolver, tls_client_config())
+}
+
+/// A client trusting `tls`'s roots (see [`tls_client_config_with`]).
+pub fn build_tls(
+    connect_timeout: Duration,
+    resolver: Resolver,
+    tls: Arc<rustls::ClientConfig>,
+) -> HttpClient {
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(60))
         .pool_max_idle_per_host(32)
-        .build(https_connector_with(connect_timeout, resolver))
+        .build(https_connector_with(connect_timeout, resolver, tls))
 }

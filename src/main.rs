@@ -148,8 +148,21 @@ async fn emulate(args: EmulateArgs) -> ExitCode {
         Ok(l) => l,
         Err(code) => return code,
     };
-    let mut cfg = EmulatorConfig::new(auth);
+    let mut cfg = EmulatorConfig::new(auth).with_namespaces(args.namespaces.clone());
     cfg.http_host = args.http_host.clone();
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        let source = appsync_relay::tls::TlsSource::Files {
+            cert: cert.clone(),
+            key: key.clone(),
+            reload_interval: Duration::from_secs(3600),
+        };
+        let loaded =
+            appsync_relay::tls::CertStore::load(source).and_then(appsync_relay::tls::server_config);
+        match loaded {
+            Ok(tls) => cfg.tls = Some(tls),
+            Err(e) => return usage_error(&[format!("--tls-cert/--tls-key: {e}")]),
+        }
+    }
     cfg.ka_interval = Duration::from_secs(args.ka_interval.max(1));
     tracing::info!(listen = %args.listen, "AppSync Events emulator listening on /event and /event/realtime");
     emulator::run(listener, cfg, shutdown_signal()).await;

@@ -116,6 +116,12 @@ impl Channel {
         self.wildcard
     }
 
+    /// The channel namespace: the first segment.
+    pub fn namespace(&self) -> &str {
+        let rest = &self.path[1..];
+        rest.split('/').next().unwrap_or(rest)
+    }
+
     /// Whether an event published to `published` (a non-wildcard channel)
     /// reaches a subscription on `self`. A wildcard matches every channel
     /// strictly below its prefix, at any depth.

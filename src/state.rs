@@ -92,7 +92,11 @@ const ENDED_TTL: Duration = Duration::from_secs(24 * 3600);
 
 impl RelayState {
     pub fn new(config: Config, app: Option<Arc<dyn App>>) -> Arc<RelayState> {
-        let http = http_client::build(config.upstream_timeout);
+        let http = http_client::build_tls(
+            config.upstream_timeout,
+            Resolver::default(),
+            config.upstream_tls.clone(),
+        );
         let verifier = Verifier::new(
             VerifierConfig {
                 issuer: config.issuer.clone(),
@@ -118,11 +122,15 @@ impl RelayState {
             http_host: config.http_host.clone(),
             connect_timeout: config.upstream_timeout,
             ws_config,
-            tls: http_client::tls_client_config(),
+            tls: config.upstream_tls.clone(),
             address: config.appsync_address,
         };
         let appsync_http = match config.appsync_address {
-            Some(ip) => http_client::build_with(config.upstream_timeout, Resolver::pinned(ip)),
+            Some(ip) => http_client::build_tls(
+                config.upstream_timeout,
+                Resolver::pinned(ip),
+                config.upstream_tls.clone(),
+            ),
             None => http.clone(),
         };
         Arc::new(RelayState {

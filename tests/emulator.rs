@@ -39,7 +39,11 @@ async fn start() -> EmulatorHandle {
 
 async fn start_with(adjust: impl FnOnce(&mut EmulatorConfig)) -> EmulatorHandle {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let mut cfg = EmulatorConfig::new(EmulatorAuth::ApiKey(KEY.into()));
+    let mut cfg = EmulatorConfig::new(EmulatorAuth::ApiKey(KEY.into())).with_namespaces([
+        "ns",
+        "a",
+        "elsewhere",
+    ]);
     cfg.http_host = Some(HOST.into());
     adjust(&mut cfg);
     spawn(listener, cfg).await
@@ -460,6 +464,39 @@ async fn message_authorization_is_checked_on_every_subscribe_and_publish() {
         "host is required"
     );
     assert_eq!(emu.subscription_count(), 0);
+}
+
+/// AppSync only serves channels of a namespace defined on the API: the
+/// others are unauthorized for subscribe and publish, over WebSocket and
+/// HTTP. Before the fix the emulator accepted any namespace.
+#[tokio::test]
+async fn channels_outside_every_defined_namespace_are_unauthorized() {
+    let emu = start().await;
+    let mut ws = connect(&emu).await;
+    let frame = subscribe(&mut ws, "s1", "/undefined/room").await;
+    assert_eq!(frame["type"], "subscribe_error");
+    assert_eq!(error_type(&frame), "UnauthorizedException");
+    let frame = subscribe(&mut ws, "s2", "/undefined/*").await;
+    assert_eq!(error_type(&frame), "UnauthorizedException");
+    let frame = publish(&mut ws, "p1", "/undefined/room", json!(["{}"])).await;
+    assert_eq!(frame["type"], "publish_error");
+    assert_eq!(error_type(&frame), "UnauthorizedException");
+    let (status, body) = http_publish(
+        &emu,
+        KEY,
+        &json!({"channel": "/undefined/room", "events": ["{}"]}),
+    )
+    .await;
+    assert_eq!(status, 401);
+    assert_eq!(body["errors"][0]["errorType"], "UnauthorizedException");
+    // The API's own namespaces still work, and `default` is not implied
+    // once the namespaces are given.
+    assert_eq!(
+        subscribe(&mut ws, "s3", "/ns/room").await["type"],
+        "subscribe_success"
+    );
+    let frame = subscribe(&mut ws, "s4", "/default/room").await;
+    assert_eq!(error_type(&frame), "UnauthorizedException");
 }
 
 #[tokio::test]

@@ -153,3 +153,89 @@ fn mismatched_or_missing_tls_files_are_start_up_errors() {
     assert!(lone.is_err());
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// The emulator behind TLS with its own self-signed certificate, as AppSync
+/// is behind TLS: the relay reaches it only when `--upstream-ca-file` names
+/// that certificate; without it the handshake fails (502), never falls back
+/// to plain text or skips the check.
+#[tokio::test]
+async fn the_upstream_leg_trusts_a_private_ca_only_when_told() {
+    use appsync_relay::emulator::{self, EmulatorAuth, EmulatorConfig};
+    use appsync_relay::tls::{server_config, CertStore, TlsSource};
+    let dir = temp_dir("upstream-ca");
+    let (cert_pem, key_pem) = self_signed(&["127.0.0.1"]).unwrap();
+    let ca = dir.join("upstream-ca.pem");
+    std::fs::write(&ca, &cert_pem).unwrap();
+    let ca = ca.display().to_string();
+
+    let jwks = JwksServer::start(serde_json::json!({"keys": [signing_key().jwk()]})).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut cfg = EmulatorConfig::new(EmulatorAuth::Cognito(emulator_verifier(&jwks, CLIENT_ID)));
+    cfg.http_host = Some(listener.local_addr().unwrap().to_string());
+    let store = CertStore::load(TlsSource::InMemory { cert_pem, key_pem }).unwrap();
+    cfg.tls = Some(server_config(store).unwrap());
+    let emu = emulator::spawn(listener, cfg).await;
+    assert!(emu.realtime_endpoint().starts_with("wss://"));
+
+    let cookies = amplify_cookies(
+        Some(&sign(&access_claims(&jwks.issuer()), signing_key())),
+        None,
+    );
+    let open = |extra: Vec<String>| {
+        let (jwks, emu, cookies) = (&jwks, &emu, cookies.clone());
+        async move {
+            let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+            let relay = start_relay(relay_config(&emu.http_endpoint(), jwks, &extra)).await;
+            let url = format!("ws://{}/event/realtime", relay.public_addr);
+            match try_connect(&url, &Upgrade::browser(&cookies)).await {
+                Attempt::Open(ws, _) => {
+                    let mut ws = *ws;
+                    init(&mut ws).await;
+                    send_json(&mut ws, amplify_subscribe("s", "/default/tls")).await;
+                    let ok = recv_json(&mut ws).await["type"] == "subscribe_success";
+                    Ok(ok)
+                }
+                Attempt::Refused(status, _) => Err(status),
+                Attempt::Failed(e) => panic!("{e}"),
+            }
+        }
+    };
+    assert_eq!(
+        open(vec![]).await,
+        Err(502),
+        "an untrusted upstream certificate was accepted"
+    );
+    assert_eq!(
+        open(vec!["--upstream-ca-file".into(), ca.clone()]).await,
+        Ok(true)
+    );
+    // A file without a certificate is a start-up error, not an empty trust set.
+    let empty = dir.join("empty.pem");
+    std::fs::write(&empty, "").unwrap();
+    let argv = [
+        "appsync-relay",
+        "serve",
+        "--appsync-http-endpoint",
+        "https://x.example/event",
+        "--cognito-user-pool-id",
+        "eu-west-1_abc",
+        "--cognito-client-id",
+        "c",
+        "--allowed-origin",
+        "https://app.example.com",
+        "--upstream-ca-file",
+        &empty.display().to_string(),
+    ];
+    let appsync_relay::cli::Command::Serve(args) = appsync_relay::cli::Cli::try_parse_from(argv)
+        .unwrap()
+        .command
+    else {
+        unreachable!()
+    };
+    let errs = appsync_relay::config::Config::from_args(&args).unwrap_err();
+    assert!(
+        errs.iter().any(|e| e.contains("no certificate")),
+        "{errs:?}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}

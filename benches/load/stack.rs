@@ -83,6 +83,7 @@ impl Stack {
             .args(["--cognito-jwks-url", &idp.jwks_url()])
             .args(["--cognito-client-id", common::CLIENT_ID])
             .args(["--http-host", &emu_host])
+            .args(["--namespace", "default", "--namespace", "bench"])
             .env("APPSYNC_RELAY_LOG", "warn");
         let mut emulator = Proc::spawn("emulator", cmd, &dir.0)?;
         let emu_addr: SocketAddr = emu_host.parse().map_err(|_| "emulator address")?;

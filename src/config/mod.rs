@@ -38,6 +38,9 @@ pub struct Config {
     pub realtime_endpoint: url::Url,
     /// Where AppSync connections go instead of resolving the endpoints.
     pub appsync_address: Option<std::net::IpAddr>,
+    /// Client TLS for every outbound connection: the public roots, plus
+    /// `--upstream-ca-file`'s.
+    pub upstream_tls: std::sync::Arc<rustls::ClientConfig>,
     /// `host[:port]` of the HTTP endpoint, for the authorization objects.
     pub http_host: String,
     pub client_id: String,
@@ -160,6 +163,16 @@ impl Config {
                 args.events_path
             ));
         }
+        let upstream_tls = match &args.upstream_ca_file {
+            None => crate::http_client::tls_client_config(),
+            Some(path) => match crate::http_client::load_ca_file(path) {
+                Ok(certs) => crate::http_client::tls_client_config_with(&certs),
+                Err(e) => {
+                    errors.push(format!("--upstream-ca-file: {e}"));
+                    crate::http_client::tls_client_config()
+                }
+            },
+        };
         let tls = match (&args.tls_cert, &args.tls_key) {
             (Some(cert), Some(key)) => {
                 let loaded = std::fs::read(cert)
@@ -259,6 +272,7 @@ impl Config {
                 http_endpoint,
                 realtime_endpoint,
                 appsync_address: args.appsync_address,
+                upstream_tls,
                 http_host,
                 client_id: args.cognito_client_id.clone(),
                 issuer,

@@ -17,6 +17,8 @@ pub const DEFAULT_MAX_HTTP_BODY_BYTES: usize = 2 * 1024 * 1024;
 pub const DEFAULT_MAX_CONNECTION_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
 /// Credential values remembered for `EmulatorHandle::seen_authorizations`.
 pub const DEFAULT_AUTH_LOG_CAPACITY: usize = 10_000;
+/// The namespace AWS creates with every new Event API.
+pub const DEFAULT_NAMESPACE: &str = "default";
 /// How long shutdown waits for connections to finish their close handshake.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Everything that shapes the emulated API. Build with
@@ -43,6 +45,13 @@ pub struct EmulatorConfig {
     pub auth_log_capacity: usize,
     /// How long shutdown waits for open connections to close.
     pub drain_timeout: Duration,
+    /// The channel namespaces defined on the API. AppSync only lets clients
+    /// publish and subscribe to channels of a defined namespace; anything
+    /// else is `UnauthorizedException`.
+    pub namespaces: Vec<String>,
+    /// Serve HTTPS and `wss://` with this configuration (AppSync is only
+    /// reachable over TLS); plain HTTP when `None`.
+    pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
 }
 
 impl EmulatorConfig {
@@ -57,6 +66,23 @@ impl EmulatorConfig {
             max_connection_duration: DEFAULT_MAX_CONNECTION_DURATION,
             auth_log_capacity: DEFAULT_AUTH_LOG_CAPACITY,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            namespaces: vec![DEFAULT_NAMESPACE.to_string()],
+            tls: None,
         }
+    }
+
+    /// Defines the namespaces `names` (replacing the default one).
+    pub fn with_namespaces<I, S>(mut self, names: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.namespaces = names.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Whether `channel` belongs to a defined namespace.
+    pub fn defines(&self, channel: &crate::protocol::Channel) -> bool {
+        self.namespaces.iter().any(|n| n == channel.namespace())
     }
 }

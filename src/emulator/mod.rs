@@ -99,14 +99,25 @@ impl EmulatorHandle {
         self.local_addr
     }
 
-    /// `http://ADDR/event`, the emulated HTTP endpoint.
+    /// `http://ADDR/event` (`https://` with TLS), the emulated HTTP endpoint.
     pub fn http_endpoint(&self) -> String {
-        format!("http://{}{}", self.local_addr, PUBLISH_PATH)
+        let scheme = if self.shared.cfg.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}{}", self.local_addr, PUBLISH_PATH)
     }
 
-    /// `ws://ADDR/event/realtime`, the emulated real-time endpoint.
+    /// `ws://ADDR/event/realtime` (`wss://` with TLS), the emulated
+    /// real-time endpoint.
     pub fn realtime_endpoint(&self) -> String {
-        format!("ws://{}{}", self.local_addr, REALTIME_PATH)
+        let scheme = if self.shared.cfg.tls.is_some() {
+            "wss"
+        } else {
+            "ws"
+        };
+        format!("{scheme}://{}{}", self.local_addr, REALTIME_PATH)
     }
 
     /// Every credential value (API key or JWT) the emulator was asked to
@@ -226,7 +237,16 @@ async fn serve(shared: Arc<Shared>, listener: TcpListener) {
         };
         match accepted {
             Ok((stream, _peer)) => {
-                shared.tracker.spawn(serve_http(shared.clone(), stream));
+                // Frames are small and latency matters (benchmarks run against this).
+                let _ = stream.set_nodelay(true);
+                match shared.cfg.tls.clone() {
+                    None => {
+                        shared.tracker.spawn(serve_http(shared.clone(), stream));
+                    }
+                    Some(tls) => {
+                        shared.tracker.spawn(serve_tls(shared.clone(), stream, tls));
+                    }
+                }
             }
             Err(error) => {
                 tracing::warn!(%error, "emulator: accept failed");
@@ -244,11 +264,22 @@ async fn serve(shared: Arc<Shared>, listener: TcpListener) {
     }
 }
 
-/// Serves HTTP/1.1 on one TCP connection; a WebSocket upgrade continues in
-/// its own task (see `realtime`).
-async fn serve_http(shared: Arc<Shared>, stream: TcpStream) {
-    // Frames are small and latency matters (benchmarks run against this).
-    let _ = stream.set_nodelay(true);
+/// The TLS handshake (bounded like a request head), then HTTP.
+async fn serve_tls(shared: Arc<Shared>, stream: TcpStream, tls: Arc<rustls::ServerConfig>) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    match tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => serve_http(shared, stream).await,
+        Ok(Err(error)) => tracing::debug!(%error, "emulator: TLS handshake failed"),
+        Err(_) => tracing::debug!("emulator: TLS handshake timed out"),
+    }
+}
+
+/// Serves HTTP/1.1 on one connection; a WebSocket upgrade continues in its
+/// own task (see `realtime`).
+async fn serve_http<S>(shared: Arc<Shared>, stream: S)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let shutdown = shared.shutdown.clone();
     let service = service_fn(move |req| {
         let shared = shared.clone();

@@ -72,6 +72,13 @@ pub(crate) async fn respond(shared: Arc<Shared>, req: Request<Incoming>) -> Resp
         Ok(channel) => channel,
         Err(message) => return bad_request(&message),
     };
+    if !shared.cfg.defines(&channel) {
+        return error_response(
+            StatusCode::UNAUTHORIZED,
+            error_type::UNAUTHORIZED,
+            &format!("no channel namespace matches '{}'", channel.path()),
+        );
+    }
     let events = match validate_events(body.get("events")) {
         Ok(events) => events,
         Err(message) => return bad_request(&message),

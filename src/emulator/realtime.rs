@@ -252,6 +252,9 @@ impl Session {
                 &failure.to_string(),
             );
         }
+        if let Some(frame) = self.undefined_namespace(ERR, id, &channel) {
+            return frame;
+        }
         match self.shared.registry.subscribe(self.conn, id, channel) {
             Ok(()) => json!({"type": "subscribe_success", "id": id}).to_string(),
             Err(_) => error_frame(
@@ -280,6 +283,9 @@ impl Session {
                 error_type::UNAUTHORIZED,
                 &failure.to_string(),
             );
+        }
+        if let Some(frame) = self.undefined_namespace(ERR, id, &channel) {
+            return frame;
         }
         let events = match validate_events(message.get("events")) {
             Ok(events) => events,
@@ -311,6 +317,19 @@ impl Session {
                 "no active subscription has this id",
             )
         }
+    }
+
+    /// The error frame for a channel outside every defined namespace, which
+    /// AppSync refuses as unauthorized.
+    fn undefined_namespace(&self, err: &str, id: &str, channel: &Channel) -> Option<String> {
+        (!self.shared.cfg.defines(channel)).then(|| {
+            error_frame(
+                err,
+                Some(id),
+                error_type::UNAUTHORIZED,
+                &format!("no channel namespace matches '{}'", channel.path()),
+            )
+        })
     }
 
     /// Checks the message's own `authorization` object (top level only;

@@ -13,7 +13,7 @@
 //! browser held when the socket opened (its hash: nothing here is a usable
 //! token).
 
-use super::SessionProof;
+use super::proof::SessionProof;
 use dashmap::DashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

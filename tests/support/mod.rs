@@ -282,10 +282,15 @@ pub fn emulator_verifier(jwks: &JwksServer, client_id: &str) -> Arc<Verifier> {
     )
 }
 
+/// The channel namespaces the tests' emulated API defines (AppSync refuses
+/// channels of any other).
+pub const NAMESPACES: [&str; 5] = ["default", "ns", "a", "d", "elsewhere"];
+
 pub async fn start_emulator(jwks: &JwksServer, client_id: &str) -> EmulatorHandle {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let host = listener.local_addr().unwrap().to_string();
-    let mut cfg = EmulatorConfig::new(EmulatorAuth::Cognito(emulator_verifier(jwks, client_id)));
+    let mut cfg = EmulatorConfig::new(EmulatorAuth::Cognito(emulator_verifier(jwks, client_id)))
+        .with_namespaces(NAMESPACES);
     cfg.http_host = Some(host);
     emulator::spawn(listener, cfg).await
 }
