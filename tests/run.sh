@@ -10,8 +10,9 @@
 # throwaway certificates; nginx for the load harness's baseline; Python 3
 # with venv for MiniStack), installed with apt when running as root — else
 # the exact command is printed and the script stops. Then the npm packages
-# pinned by tests/node/package-lock.json and MiniStack, pinned, in
-# target/ministack-venv (tests/support/ministack.rs looks there).
+# pinned by tests/node/package-lock.json, the Next.js example's packages
+# (examples/nextjs/package-lock.json) and its `next build`, and MiniStack,
+# pinned, in target/ministack-venv (tests/support/ministack.rs looks there).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,6 +36,20 @@ fi
 # npm writes node_modules/.package-lock.json; newer than the lockfile = done.
 if [ ! tests/node/node_modules/.package-lock.json -nt tests/node/package-lock.json ]; then
   (cd tests/node && npm ci --no-audit --no-fund --loglevel=error)
+fi
+
+# The Next.js example (examples/nextjs), which tests/nextjs.rs runs behind the
+# relay: its npm packages (same rule as above), then its production build,
+# only when a source, its config or its packages are newer than the last
+# build — so a run builds it at most once and every test reuses it.
+app=examples/nextjs
+if [ ! $app/node_modules/.package-lock.json -nt $app/package-lock.json ]; then
+  (cd $app && npm ci --no-audit --no-fund --loglevel=error)
+fi
+if [ ! -f $app/.next/BUILD_ID ] || [ -n "$(find $app/app $app/lib $app/next.config.mjs \
+    $app/tsconfig.json $app/package.json $app/node_modules/.package-lock.json \
+    -newer $app/.next/BUILD_ID -print -quit)" ]; then
+  (cd $app && NEXT_TELEMETRY_DISABLED=1 npx --no-install next build)
 fi
 
 if [ ! -x target/ministack-venv/bin/ministack ]; then
