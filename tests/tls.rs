@@ -27,6 +27,31 @@ fn write_pair(dir: &std::path::Path) -> String {
     cert
 }
 
+/// `serve` with the minimum required flags plus `extra`, through the real
+/// parser and validation.
+fn serve_config(extra: &[&str]) -> Result<appsync_relay::config::Config, Vec<String>> {
+    let mut argv = vec![
+        "appsync-relay",
+        "serve",
+        "--appsync-http-endpoint",
+        "https://x.example/event",
+        "--cognito-user-pool-id",
+        "eu-west-1_abc",
+        "--cognito-client-id",
+        "c",
+        "--allowed-origin",
+        "https://app.example.com",
+    ];
+    argv.extend_from_slice(extra);
+    match appsync_relay::cli::Cli::try_parse_from(argv)
+        .unwrap()
+        .command
+    {
+        appsync_relay::cli::Command::Serve(a) => appsync_relay::config::Config::from_args(&a),
+        _ => unreachable!(),
+    }
+}
+
 async fn subscribes_over(stack: &Stack, tls: std::sync::Arc<rustls::ClientConfig>) -> bool {
     let url = format!(
         "wss://localhost:{}/event/realtime",
@@ -99,31 +124,7 @@ fn mismatched_or_missing_tls_files_are_start_up_errors() {
     let (_, other_key) = self_signed(&["localhost"]).unwrap();
     std::fs::write(dir.join("other.key"), other_key).unwrap();
     let cert = dir.join("tls.crt").display().to_string();
-    let parse = |key: &str| {
-        let argv = [
-            "appsync-relay",
-            "serve",
-            "--appsync-http-endpoint",
-            "https://x.example/event",
-            "--cognito-user-pool-id",
-            "eu-west-1_abc",
-            "--cognito-client-id",
-            "c",
-            "--allowed-origin",
-            "https://app.example.com",
-            "--tls-cert",
-            &cert,
-            "--tls-key",
-            key,
-        ];
-        match appsync_relay::cli::Cli::try_parse_from(argv)
-            .unwrap()
-            .command
-        {
-            appsync_relay::cli::Command::Serve(a) => appsync_relay::config::Config::from_args(&a),
-            _ => unreachable!(),
-        }
-    };
+    let parse = |key: &str| serve_config(&["--tls-cert", &cert, "--tls-key", key]);
     let errs = parse(&dir.join("other.key").display().to_string()).unwrap_err();
     assert!(
         errs.iter().any(|e| e.contains("does not match")),
@@ -212,27 +213,7 @@ async fn the_upstream_leg_trusts_a_private_ca_only_when_told() {
     // A file without a certificate is a start-up error, not an empty trust set.
     let empty = dir.join("empty.pem");
     std::fs::write(&empty, "").unwrap();
-    let argv = [
-        "appsync-relay",
-        "serve",
-        "--appsync-http-endpoint",
-        "https://x.example/event",
-        "--cognito-user-pool-id",
-        "eu-west-1_abc",
-        "--cognito-client-id",
-        "c",
-        "--allowed-origin",
-        "https://app.example.com",
-        "--upstream-ca-file",
-        &empty.display().to_string(),
-    ];
-    let appsync_relay::cli::Command::Serve(args) = appsync_relay::cli::Cli::try_parse_from(argv)
-        .unwrap()
-        .command
-    else {
-        unreachable!()
-    };
-    let errs = appsync_relay::config::Config::from_args(&args).unwrap_err();
+    let errs = serve_config(&["--upstream-ca-file", &empty.display().to_string()]).unwrap_err();
     assert!(
         errs.iter().any(|e| e.contains("no certificate")),
         "{errs:?}"
