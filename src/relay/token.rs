@@ -1,9 +1,9 @@
 //! The token an open socket relays with, and keeping it fresh: when it is
 //! due, renew it in place ([`crate::authenticate::renew`], which also pins
-//! the identity: the socket's `sub` never changes), keep a rotated refresh
-//! token for the browser's next request, or end the session. Transient
-//! Cognito failures are retried with backoff until the token itself
-//! expires; only a refusal ends the session.
+//! the identity: the socket's `sub` never changes), keep the renewed set
+//! for the browser's next request, or end the session. Transient Cognito
+//! failures are retried with backoff until the token itself expires; only
+//! a refusal ends the session.
 //!
 //! Nothing here logs a token.
 
@@ -32,8 +32,6 @@ pub struct TokenState {
     /// Next renewal (or retry).
     pub due: Instant,
     session: SessionState,
-    /// Cognito rotated the refresh token since the browser's cookie was set.
-    rotated: bool,
     /// Transient refresh failures in a row (for the backoff).
     failures: u32,
     /// Hashes of every refresh token the browser may hold: the one it had
@@ -59,7 +57,6 @@ impl TokenState {
             auth,
             expires_at,
             session,
-            rotated: false,
             failures: 0,
         }
     }
@@ -145,25 +142,25 @@ impl TokenState {
                 }
             }
             self.session.refresh_token = Some(newest);
-            self.rotated = true;
         }
-        // The browser's refresh token cookie is stale after a rotation: keep
-        // the current set for its next request through the relay, under
-        // every refresh token the browser may hold.
-        if self.rotated {
-            let latest = Arc::new(TokenSet {
-                access_token: tokens.access_token.clone(),
-                id_token: tokens.id_token.clone(),
-                refresh_token: self.session.refresh_token.clone(),
-            });
-            for key in &self.browser_keys {
-                state.pending.record(
-                    *key,
-                    &self.session.username,
-                    latest.clone(),
-                    self.session.proof.clone(),
-                );
-            }
+        // Keep the current set for the browser's next request through the
+        // relay, under every refresh token the browser may hold. After a
+        // rotation its refresh-token cookie is stale; without one its
+        // access-token cookie still is, and the SSR app behind the relay
+        // would read an expired session (and refresh on its own, with no
+        // way to store the result from a server component) until then.
+        let latest = Arc::new(TokenSet {
+            access_token: tokens.access_token.clone(),
+            id_token: tokens.id_token.clone(),
+            refresh_token: self.session.refresh_token.clone(),
+        });
+        for key in &self.browser_keys {
+            state.pending.record(
+                *key,
+                &self.session.username,
+                latest.clone(),
+                self.session.proof.clone(),
+            );
         }
         Ok(true)
     }

@@ -1,9 +1,11 @@
 //! Renewals that still have to reach a browser. A refresh on an open socket
-//! has no HTTP response to carry cookies. When Cognito rotated the refresh
-//! token, the browser's cookie holds one that dies after a grace period, so
-//! the new tokens are kept here, keyed by SHA-256 of the refresh token the
+//! has no HTTP response to carry cookies, yet the browser's cookies are now
+//! stale: its access token expires soon, and when Cognito rotated the
+//! refresh token, the one in its cookie dies after a grace period. So the
+//! new tokens are kept here, keyed by SHA-256 of the refresh token the
 //! browser still holds, for that session's next request through the relay
-//! (a handshake, an HTTP publish, or a request to the app).
+//! (a handshake, an HTTP publish, or a request to the app, which then reads
+//! a live session instead of refreshing on its own).
 //!
 //! The rules that make this safe (docs/ARCHITECTURE.md, "Session
 //! integrity"):
