@@ -17,7 +17,11 @@ pub(crate) struct Args {
     pub(crate) pid: Option<u32>,
     pub(crate) scenarios: Option<Vec<String>>,
     pub(crate) no_nginx: bool,
+    /// Which leg modes to run, in order (default: plain, then TLS).
+    pub(crate) legs: Vec<Legs>,
 }
+
+use crate::stack::Legs;
 
 const HELP: &str = "\
 cargo bench --bench load [-- FLAGS]
@@ -28,6 +32,9 @@ Without flags: the standard scenarios against direct, nginx and the relay
   --scenarios LIST      comma-separated subset of memory,handshake,latency,fanout,fanmax
   --reps N              repetitions of the alternating runs (default 3)
   --no-nginx            skip the nginx baseline
+  --legs MODE           plain, tls or both (default both: every scenario with
+                        ws:// legs, then again with TLS on both legs, on a
+                        fresh stack)
 Custom scenario (local stack, with baselines, unless --target is given):
   --connections N       subscribers (default 1)
   --rate N              publishes/s (default 1000; 0 = as fast as possible,
@@ -52,6 +59,14 @@ pub(crate) fn parse_args() -> Result<Args, String> {
             "--bench" => {}
             "--quick" => a.quick = true,
             "--no-nginx" => a.no_nginx = true,
+            "--legs" => {
+                a.legs = match value("--legs")?.as_str() {
+                    "plain" => vec![Legs::Plain],
+                    "tls" => vec![Legs::Tls],
+                    "both" => vec![Legs::Plain, Legs::Tls],
+                    other => return Err(format!("--legs {other}: plain, tls or both")),
+                }
+            }
             "--target" => a.target = Some(value("--target")?),
             "--cookie" => a.cookie = Some(value("--cookie")?),
             "--origin" => a.origin = Some(value("--origin")?),
@@ -77,6 +92,9 @@ pub(crate) fn parse_args() -> Result<Args, String> {
             }
             other => return Err(format!("unknown flag {other} (see --help)")),
         }
+    }
+    if a.legs.is_empty() {
+        a.legs = vec![Legs::Plain, Legs::Tls];
     }
     Ok(a)
 }

@@ -31,6 +31,9 @@ pub(crate) struct Endpoint {
     pub(crate) explicit: bool,
     /// Client source addresses to rotate through (empty: the kernel picks).
     pub(crate) sources: Arc<Vec<Ipv4Addr>>,
+    /// For `wss://` to the local stack: trusts its generated certificate
+    /// (None: the public roots, for `--target`).
+    pub(crate) tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// AppSync's own way in: the token in the `header-` subprotocol and in
@@ -49,6 +52,7 @@ pub(crate) fn appsync_endpoint(url: String, token: &str, host: &str) -> Endpoint
         auth: serde_json::Value::Object(auth).to_string(),
         explicit: false,
         sources: Arc::new(Vec::new()),
+        tls: None,
     }
 }
 
@@ -75,6 +79,7 @@ pub(crate) fn browser_endpoint(url: String, cookie: String, origin: Option<Strin
         auth: serde_json::Value::Object(placeholder).to_string(),
         explicit: false,
         sources: Arc::new(Vec::new()),
+        tls: None,
     }
 }
 
@@ -134,7 +139,7 @@ pub(crate) async fn open(ep: &Endpoint, n: usize) -> Result<Ws, String> {
             req,
             stream,
             Some(client_ws_config()),
-            None,
+            ep.tls.clone().map(tokio_tungstenite::Connector::Rustls),
         )
         .await
         .map_err(|e| match e {

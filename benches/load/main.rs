@@ -93,22 +93,27 @@ fn main() {
         if args.target.is_some() {
             return custom(&args, None).await;
         }
-        let mut stack = Stack::start(!args.no_nginx)?;
-        println!(
-            "stack: emulator {} · relay {}{} · open-files limit {limit}",
-            stack.emu_host,
-            stack.relay_addr,
-            stack
-                .nginx
-                .as_ref()
-                .map(|(_, a)| format!(" · nginx {a}"))
-                .unwrap_or_default()
-        );
-        if args.connections.is_some() || args.rate.is_some() || args.duration.is_some() {
-            custom(&args, Some(&mut stack)).await
-        } else {
-            standard(&args, &mut stack, limit).await
+        for &legs in &args.legs {
+            // A fresh stack per mode: memory is measured on fresh processes.
+            let mut stack = Stack::start(!args.no_nginx, legs)?;
+            println!(
+                "\n######## {} ########\nstack: emulator {} · relay {}{} · open-files limit {limit}",
+                legs.label(),
+                stack.emu_host,
+                stack.relay_addr,
+                stack
+                    .nginx
+                    .as_ref()
+                    .map(|(_, a)| format!(" · nginx {a}"))
+                    .unwrap_or_default()
+            );
+            if args.connections.is_some() || args.rate.is_some() || args.duration.is_some() {
+                custom(&args, Some(&mut stack)).await?;
+            } else {
+                standard(&args, &mut stack, limit).await?;
+            }
         }
+        Ok(())
     });
     if let Err(e) = outcome {
         eprintln!("load bench failed: {e}");

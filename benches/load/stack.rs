@@ -53,8 +53,66 @@ fn ensure_relay_binary() -> Result<(), String> {
     }
 }
 
+/// Which legs are TLS: `Plain` is `ws://` everywhere; `Tls` is what a
+/// deployment that terminates TLS at the relay runs: `wss://` from the
+/// clients to the proxy and from the proxy to the emulator (as to AppSync),
+/// for nginx exactly as for the relay.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Legs {
+    Plain,
+    Tls,
+}
+
+impl Legs {
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Legs::Plain => "plain legs",
+            Legs::Tls => "TLS on both legs",
+        }
+    }
+}
+
+/// The stack's one certificate (self-signed, for `localhost` and
+/// `127.0.0.1`): served by the emulator, the relay and nginx, and the only
+/// trust anchor of every client of them.
+pub(crate) struct TlsFiles {
+    pub(crate) cert: std::path::PathBuf,
+    pub(crate) key: std::path::PathBuf,
+    client: Arc<rustls::ClientConfig>,
+}
+
+impl TlsFiles {
+    fn write(dir: &Path) -> Result<TlsFiles, String> {
+        use rustls::pki_types::pem::PemObject as _;
+        let (cert_pem, key_pem) = appsync_relay::tls::self_signed(&["localhost", "127.0.0.1"])
+            .map_err(|e| format!("certificate: {e}"))?;
+        let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
+        std::fs::write(&cert, &cert_pem).map_err(|e| e.to_string())?;
+        std::fs::write(&key, &key_pem).map_err(|e| e.to_string())?;
+        let mut roots = rustls::RootCertStore::empty();
+        for der in rustls::pki_types::CertificateDer::pem_slice_iter(cert_pem.as_bytes()) {
+            roots
+                .add(der.map_err(|e| format!("certificate PEM: {e}"))?)
+                .map_err(|e| format!("trust anchor: {e}"))?;
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(TlsFiles {
+            cert,
+            key,
+            client: Arc::new(client),
+        })
+    }
+}
+
 /// The local stack: JWKS, emulator, relay and (if installed) nginx.
 pub(crate) struct Stack {
+    pub(crate) legs: Legs,
+    tls: Option<TlsFiles>,
     token: String,
     pub(crate) emu_host: String,
     emulator: Proc,
@@ -67,9 +125,14 @@ pub(crate) struct Stack {
 }
 
 impl Stack {
-    pub(crate) fn start(with_nginx: bool) -> Result<Stack, String> {
+    pub(crate) fn start(with_nginx: bool, legs: Legs) -> Result<Stack, String> {
         ensure_relay_binary()?;
         let dir = TempDir::new()?;
+        let tls = match legs {
+            Legs::Plain => None,
+            Legs::Tls => Some(TlsFiles::write(&dir.0)?),
+        };
+        let http = if tls.is_some() { "https" } else { "http" };
         let idp = common::Idp::start();
         // Long-lived, so no renewal happens during the run; one user, so
         // every handshake after the first hits the relay's token cache.
@@ -85,6 +148,12 @@ impl Stack {
             .args(["--http-host", &emu_host])
             .args(["--namespace", "default", "--namespace", "bench"])
             .env("APPSYNC_RELAY_LOG", "warn");
+        if let Some(f) = &tls {
+            cmd.arg("--tls-cert")
+                .arg(&f.cert)
+                .arg("--tls-key")
+                .arg(&f.key);
+        }
         let mut emulator = Proc::spawn("emulator", cmd, &dir.0)?;
         let emu_addr: SocketAddr = emu_host.parse().map_err(|_| "emulator address")?;
         wait_for("emulator", &mut emulator, || tcp_open(emu_addr))?;
@@ -101,7 +170,7 @@ impl Stack {
             .args(["--admin-listen", &admin_addr.to_string()])
             .args([
                 "--appsync-http-endpoint",
-                &format!("http://{emu_host}/event"),
+                &format!("{http}://{emu_host}/event"),
             ])
             .args(["--cognito-user-pool-id", common::POOL_ID])
             .args(["--cognito-client-id", common::CLIENT_ID])
@@ -118,6 +187,13 @@ impl Stack {
             .args(["--drain-delay", "0", "--drain-timeout", "2"])
             .args(["--log-format", "json"])
             .env("APPSYNC_RELAY_LOG", "warn");
+        if let Some(f) = &tls {
+            cmd.arg("--tls-cert")
+                .arg(&f.cert)
+                .arg("--tls-key")
+                .arg(&f.key);
+            cmd.arg("--upstream-ca-file").arg(&f.cert);
+        }
         // Profiling hook, e.g. LOAD_BENCH_RELAY_WRAPPER="valgrind --tool=dhat
         // --dhat-out-file=/tmp/relay.dhat" (see benches/README.md).
         if let Ok(wrapper) = std::env::var("LOAD_BENCH_RELAY_WRAPPER") {
@@ -140,7 +216,7 @@ impl Stack {
 
         let nginx = if with_nginx {
             match which("nginx") {
-                Some(bin) => Some(start_nginx(&bin, &dir.0, &emu_host)?),
+                Some(bin) => Some(start_nginx(&bin, &dir.0, &emu_host, tls.as_ref())?),
                 None => {
                     println!(
                         "nginx not found on PATH: skipping the nginx baseline (apt-get install nginx-light)"
@@ -152,6 +228,8 @@ impl Stack {
             None
         };
         Ok(Stack {
+            legs,
+            tls,
             token,
             emu_host,
             emulator,
@@ -173,14 +251,25 @@ impl Stack {
         )
     }
 
+    fn ws_scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "wss"
+        } else {
+            "ws"
+        }
+    }
+
     pub(crate) fn targets(&self, sources: &Arc<Vec<Ipv4Addr>>) -> Vec<Target> {
         let mut out = Vec::new();
+        let ws = self.ws_scheme();
+        let tls = self.tls.as_ref().map(|f| f.client.clone());
         let mut direct = appsync_endpoint(
-            format!("ws://{}/event/realtime", self.emu_host),
+            format!("{ws}://{}/event/realtime", self.emu_host),
             &self.token,
             &self.emu_host,
         );
         direct.sources = sources.clone();
+        direct.tls = tls.clone();
         out.push(Target {
             kind: Kind::Direct,
             ep: direct,
@@ -188,11 +277,12 @@ impl Stack {
         });
         if let Some((nginx, addr)) = &self.nginx {
             let mut ep = appsync_endpoint(
-                format!("ws://{addr}/event/realtime"),
+                format!("{ws}://{addr}/event/realtime"),
                 &self.token,
                 &self.emu_host,
             );
             ep.sources = sources.clone();
+            ep.tls = tls.clone();
             let mut pids = vec![nginx.pid()];
             pids.extend(children_of(nginx.pid()));
             out.push(Target {
@@ -202,11 +292,12 @@ impl Stack {
             });
         }
         let mut ep = browser_endpoint(
-            format!("ws://{}/event/realtime", self.relay_addr),
+            format!("{ws}://{}/event/realtime", self.relay_addr),
             self.cookie(),
             Some(ORIGIN_HEADER.into()),
         );
         ep.sources = sources.clone();
+        ep.tls = tls;
         out.push(Target {
             kind: Kind::Relay,
             ep,
