@@ -12,6 +12,7 @@
 //! - `relay`: clients (cookie + Origin, as a browser) → relay → emulator.
 //!
 //! Scenarios: idle memory and handshake rate at 1k/5k/10k connections,
+//! a reconnect storm of 10k users with fresh tokens (cold verification),
 //! a handshake burst, publish → data latency at 5 000 msg/s with one
 //! subscriber, fan-out to 1 000 subscribers at 50 000 deliveries/s, and the
 //! highest fan-out delivery rate sustained without loss.
@@ -44,6 +45,7 @@ mod publisher;
 mod report;
 mod scenarios;
 mod stack;
+mod storm;
 
 use args::parse_args;
 use clock::now_ns;

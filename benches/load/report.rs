@@ -146,6 +146,10 @@ pub(crate) fn log_run(scenario: &str, rep: usize, kind: Kind, m: &Result<Measure
                             | "lost"
                             | "closed"
                             | "handshakes_per_s"
+                            | "cold_handshakes_per_s"
+                            | "handshake_p99_ms"
+                            | "failed"
+                            | "proxy_cpu_us_per_handshake"
                             | "proxy_cpu_pct"
                     ) || k.starts_with("proxy_kib_per_conn@")
                         || k.starts_with("emulator_kib_per_conn@")

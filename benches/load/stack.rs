@@ -2,7 +2,7 @@
 //! (as `appsync-relay` child processes, the binary rebuilt if stale) and
 //! nginx, and the three targets (direct, nginx, relay) they offer clients.
 
-use crate::clients::{appsync_endpoint, browser_endpoint};
+use crate::clients::{appsync_endpoint, browser_endpoint, Endpoint};
 use crate::common;
 use crate::measure::{Kind, Target};
 use crate::monitor::{children_of, Monitor};
@@ -119,7 +119,7 @@ pub(crate) struct Stack {
     relay: Proc,
     pub(crate) relay_addr: SocketAddr,
     pub(crate) nginx: Option<(Proc, SocketAddr)>,
-    _idp: common::Idp,
+    idp: common::Idp,
     // Last, so the processes are stopped before their directory goes.
     _dir: TempDir,
 }
@@ -236,19 +236,9 @@ impl Stack {
             relay,
             relay_addr,
             nginx,
-            _idp: idp,
+            idp,
             _dir: dir,
         })
-    }
-
-    fn cookie(&self) -> String {
-        use appsync_relay::session::{cookie_name, last_auth_user_cookie};
-        format!(
-            "{}={USERNAME}; {}={}",
-            last_auth_user_cookie(common::CLIENT_ID),
-            cookie_name(common::CLIENT_ID, USERNAME, "accessToken"),
-            self.token
-        )
     }
 
     fn ws_scheme(&self) -> &'static str {
@@ -259,52 +249,84 @@ impl Stack {
         }
     }
 
+    /// How a client with `username`'s `token` reaches the target `kind`:
+    /// AppSync's own way for direct and nginx, a browser's (session
+    /// cookies, Origin, placeholder key) for the relay.
+    pub(crate) fn endpoint(
+        &self,
+        kind: Kind,
+        username: &str,
+        token: &str,
+        sources: &Arc<Vec<Ipv4Addr>>,
+    ) -> Option<Endpoint> {
+        use appsync_relay::session::{cookie_name, last_auth_user_cookie};
+        let ws = self.ws_scheme();
+        let url = |addr: &dyn std::fmt::Display| format!("{ws}://{addr}/event/realtime");
+        let mut ep = match kind {
+            Kind::Direct => appsync_endpoint(url(&self.emu_host), token, &self.emu_host),
+            Kind::Nginx => appsync_endpoint(url(&self.nginx.as_ref()?.1), token, &self.emu_host),
+            Kind::Relay => browser_endpoint(
+                url(&self.relay_addr),
+                format!(
+                    "{}={username}; {}={token}",
+                    last_auth_user_cookie(common::CLIENT_ID),
+                    cookie_name(common::CLIENT_ID, username, "accessToken"),
+                ),
+                Some(ORIGIN_HEADER.into()),
+            ),
+            Kind::Custom => return None,
+        };
+        ep.sources = sources.clone();
+        ep.tls = self.tls.as_ref().map(|f| f.client.clone());
+        Some(ep)
+    }
+
+    /// `n` users, each with a freshly signed token no process has seen:
+    /// what a reconnect storm after a deploy looks like to the verifiers.
+    pub(crate) fn mint_users(&self, n: usize) -> Vec<(String, String)> {
+        let idp = &self.idp;
+        let lifetime = Duration::from_secs(3600);
+        std::thread::scope(|s| {
+            let per = n.div_ceil(2);
+            let halves: Vec<_> = (0..2)
+                .map(|h| {
+                    s.spawn(move || {
+                        (h * per..((h + 1) * per).min(n))
+                            .map(|i| {
+                                let user = format!("storm-{i}-{:08x}", rand::random::<u32>());
+                                let token = idp.access_token(&user, lifetime);
+                                (user, token)
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            halves
+                .into_iter()
+                .flat_map(|h| h.join().expect("minting thread"))
+                .collect()
+        })
+    }
+
     pub(crate) fn targets(&self, sources: &Arc<Vec<Ipv4Addr>>) -> Vec<Target> {
         let mut out = Vec::new();
-        let ws = self.ws_scheme();
-        let tls = self.tls.as_ref().map(|f| f.client.clone());
-        let mut direct = appsync_endpoint(
-            format!("{ws}://{}/event/realtime", self.emu_host),
-            &self.token,
-            &self.emu_host,
-        );
-        direct.sources = sources.clone();
-        direct.tls = tls.clone();
-        out.push(Target {
-            kind: Kind::Direct,
-            ep: direct,
-            proxy: None,
-        });
-        if let Some((nginx, addr)) = &self.nginx {
-            let mut ep = appsync_endpoint(
-                format!("{ws}://{addr}/event/realtime"),
-                &self.token,
-                &self.emu_host,
-            );
-            ep.sources = sources.clone();
-            ep.tls = tls.clone();
-            let mut pids = vec![nginx.pid()];
-            pids.extend(children_of(nginx.pid()));
-            out.push(Target {
-                kind: Kind::Nginx,
-                ep,
-                proxy: Some(Monitor { pids }),
-            });
+        for kind in [Kind::Direct, Kind::Nginx, Kind::Relay] {
+            let Some(ep) = self.endpoint(kind, USERNAME, &self.token, sources) else {
+                continue;
+            };
+            let proxy = match kind {
+                Kind::Nginx => self.nginx.as_ref().map(|(nginx, _)| {
+                    let mut pids = vec![nginx.pid()];
+                    pids.extend(children_of(nginx.pid()));
+                    Monitor { pids }
+                }),
+                Kind::Relay => Some(Monitor {
+                    pids: vec![self.relay.pid()],
+                }),
+                _ => None,
+            };
+            out.push(Target { kind, ep, proxy });
         }
-        let mut ep = browser_endpoint(
-            format!("{ws}://{}/event/realtime", self.relay_addr),
-            self.cookie(),
-            Some(ORIGIN_HEADER.into()),
-        );
-        ep.sources = sources.clone();
-        ep.tls = tls;
-        out.push(Target {
-            kind: Kind::Relay,
-            ep,
-            proxy: Some(Monitor {
-                pids: vec![self.relay.pid()],
-            }),
-        });
         out
     }
 
