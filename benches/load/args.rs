@@ -29,7 +29,8 @@ cargo bench --bench load [-- FLAGS]
 Without flags: the standard scenarios against direct, nginx and the relay
 (~7 min on 2 cores). FLAGS:
   --quick               seconds-long smoke run with tiny numbers (CI)
-  --scenarios LIST      comma-separated subset of memory,storm,handshake,latency,fanout,fanmax
+  --scenarios LIST      comma-separated subset of memory,storm,handshake,latency,
+                        fanout,fanmax,soak
   --reps N              repetitions of the alternating runs (default 3)
   --no-nginx            skip the nginx baseline
   --legs MODE           plain, tls or both (default both: every scenario with

@@ -44,6 +44,7 @@ mod processes;
 mod publisher;
 mod report;
 mod scenarios;
+mod soak;
 mod stack;
 mod storm;
 

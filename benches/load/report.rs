@@ -149,6 +149,9 @@ pub(crate) fn log_run(scenario: &str, rep: usize, kind: Kind, m: &Result<Measure
                             | "cold_handshakes_per_s"
                             | "handshake_p99_ms"
                             | "failed"
+                            | "keepalives_per_conn"
+                            | "closed_while_held"
+                            | "growth_kib_per_conn"
                             | "proxy_cpu_us_per_handshake"
                             | "proxy_cpu_pct"
                     ) || k.starts_with("proxy_kib_per_conn@")

@@ -8,6 +8,7 @@ use crate::host::{client_sources, machine};
 use crate::measure::{handshake_burst, memory_ramp, run_load, settle, Kind, LoadSpec, Target};
 use crate::monitor::Monitor;
 use crate::report::{fmt, log_run, print_table, Results};
+use crate::soak::soak;
 use crate::stack::{Legs, Stack};
 use crate::storm::storm;
 use crate::{HANDSHAKE_CONCURRENCY, NOISY_OTHERS_PCT, SUSTAINED_P99};
@@ -27,6 +28,9 @@ struct Plan {
     storm_in_flight: usize,
     /// Wait after a storm's sockets are gone before its RSS is read again.
     storm_settle: Duration,
+    soak_conns: usize,
+    soak_hold: Duration,
+    soak_every: Duration,
 }
 
 fn plan(args: &Args) -> Plan {
@@ -56,6 +60,9 @@ fn plan(args: &Args) -> Plan {
             storm_users: 200,
             storm_in_flight: 64,
             storm_settle: Duration::from_secs(1),
+            soak_conns: 200,
+            soak_hold: Duration::from_secs(2),
+            soak_every: Duration::from_secs(1),
         }
     } else {
         Plan {
@@ -82,6 +89,10 @@ fn plan(args: &Args) -> Plan {
             storm_users: 10_000,
             storm_in_flight: 1000,
             storm_settle: Duration::from_secs(12),
+            // Three of AppSync's 60 s keep-alive rounds.
+            soak_conns: 10_000,
+            soak_hold: Duration::from_secs(185),
+            soak_every: Duration::from_secs(10),
         }
     }
 }
@@ -107,6 +118,7 @@ pub(crate) async fn standard(args: &Args, stack: &mut Stack, nofile: u64) -> Res
         }
         p.levels.dedup();
         p.storm_users = p.storm_users.min(fit);
+        p.soak_conns = p.soak_conns.min(fit);
     }
     let max_conns = p
         .levels
@@ -284,8 +296,36 @@ pub(crate) async fn standard(args: &Args, stack: &mut Stack, nofile: u64) -> Res
         }
     }
 
+    if want(args, "soak") {
+        println!(
+            "\n== soak: {} idle connections held {:?} with keep-alives flowing, then closed ==",
+            p.soak_conns, p.soak_hold
+        );
+        for t in targets.iter().filter(|t| t.proxy.is_some()) {
+            let mons = all_mons(t);
+            let refs: Vec<&Monitor> = mons.iter().collect();
+            let base: usize = refs.iter().map(|m| m.open_files()).sum();
+            let before = t.proxy.as_ref().map(|m| m.rss_kib() as f64 / 1024.0);
+            let m = soak(t, p.soak_conns, p.soak_hold, p.soak_every).await;
+            settle(&refs, base).await;
+            tokio::time::sleep(p.storm_settle).await;
+            let m = m.map(|mut m| {
+                if let (Some(b), Some(proxy)) = (before, &t.proxy) {
+                    m.push(("proxy_rss_before_mib", b));
+                    m.push(("proxy_rss_after_mib", proxy.rss_kib() as f64 / 1024.0));
+                }
+                m
+            });
+            log_run("soak", 0, t.kind, &m);
+            if let Ok(m) = &m {
+                results.add("soak", t.kind, m);
+            }
+            stack.check_alive()?;
+        }
+    }
+
     println!(
-        "\n## Results (medians of {} repetitions; memory and fanmax: one run)",
+        "\n## Results (medians of {} repetitions; memory, storm, fanmax and soak: one run)",
         p.reps
     );
     println!("\nMachine: {}", machine());
@@ -338,6 +378,15 @@ pub(crate) async fn standard(args: &Args, stack: &mut Stack, nofile: u64) -> Res
         "fanmax",
         &kinds,
         "Fan-out: highest sustained delivery rate",
+    );
+    print_table(
+        &results,
+        "soak",
+        &kinds,
+        &format!(
+            "Soak ({} idle connections held {:?}, keep-alives flowing; one run)",
+            p.soak_conns, p.soak_hold
+        ),
     );
     verdicts(&results, &p, stack.legs);
     Ok(())
@@ -479,6 +528,32 @@ fn verdicts(r: &Results, p: &Plan, legs: Legs) {
                  what stays includes the {} verified tokens cached until they expire)",
                 p.storm_users
             ),
+            Some(after <= before * 1.1),
+        );
+    }
+    let soak = |k: &str| med("soak", k, Kind::Relay);
+    if let (Some(start), Some(end), Some(closed), Some(ka)) = (
+        soak("proxy_rss_start_mib"),
+        soak("proxy_rss_end_mib"),
+        soak("closed_while_held"),
+        soak("keepalives_per_conn"),
+    ) {
+        line(
+            &format!(
+                "soak: {} connections held {:?}: none closed, RSS grows < 2 %",
+                p.soak_conns, p.soak_hold
+            ),
+            format!(
+                "{closed} closed, {ka:.1} keep-alives per client, RSS {start:.1} → {end:.1} MiB"
+            ),
+            Some(closed == 0.0 && end <= start * 1.02),
+        );
+    }
+    if let (Some(before), Some(after)) = (soak("proxy_rss_before_mib"), soak("proxy_rss_after_mib"))
+    {
+        line(
+            "soak: RSS back within 10 % of before once they closed",
+            format!("{before:.1} MiB before, {after:.1} after"),
             Some(after <= before * 1.1),
         );
     }
