@@ -84,7 +84,8 @@ fn plan(args: &Args) -> Plan {
                 channel: s("fan"),
             },
             fanmax_subs: 1000,
-            fanmax_rates: vec![50, 75, 100, 150, 200, 300, 400],
+            // From 25k/s: with TLS on both legs neither proxy holds 50k/s.
+            fanmax_rates: vec![25, 50, 75, 100, 150, 200, 300, 400],
             fanmax_measure: Duration::from_millis(2500),
             storm_users: 10_000,
             storm_in_flight: 1000,
@@ -460,12 +461,15 @@ fn verdicts(r: &Results, p: &Plan, legs: Legs) {
         1.2,
     );
     line("fan-out: p99 ≤ 1.2× nginx's", v, ok);
-    // ≥ nginx's: nginx over the relay at most 1.0.
-    let (v, ok) = cmp(
-        med("fanmax", "sustained_deliveries_per_s", Kind::Nginx),
-        med("fanmax", "sustained_deliveries_per_s", Kind::Relay),
-        1.0,
-    );
+    // ≥ nginx's: nginx over the relay at most 1.0. Neither holding the
+    // lowest step says nothing either way.
+    let sustained = |k: Kind| med("fanmax", "sustained_deliveries_per_s", k).filter(|v| *v > 0.0);
+    let (v, ok) = match (sustained(Kind::Nginx), sustained(Kind::Relay)) {
+        (None, None) => ("neither proxy sustained the lowest step".into(), None),
+        (Some(n), None) => (format!("relay none, nginx {n:.0}/s"), Some(false)),
+        (None, Some(r)) => (format!("relay {r:.0}/s, nginx none"), Some(true)),
+        (n, r) => cmp(n, r, 1.0),
+    };
     line(
         "fan-out: highest sustained delivery rate ≥ nginx's (nginx's as a multiple of the relay's)",
         v.replace("× nginx", "×"),
