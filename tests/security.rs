@@ -797,3 +797,55 @@ async fn http_publish_is_held_to_the_publish_rate_and_a_body_deadline() {
     let resp = String::from_utf8_lossy(&buf[..n]);
     assert!(resp.starts_with("HTTP/1.1 408"), "{resp}");
 }
+
+/// An RSA key below 2048 bits in the JWKS verifies nothing: AWS-LC (the
+/// verifier's backend) refuses it, as it should (Cognito's keys are 2048
+/// bits; a 1024-bit key is factorable by a determined attacker). The token
+/// is signed with the weak key by hand (PKCS#1 v1.5, SHA-256), since no
+/// signer the project uses would sign with it. Before the switch from the
+/// pure-Rust `rsa` backend such a token was accepted (the relay went on to
+/// dial the upstream and answered 502, not 401).
+#[tokio::test]
+async fn tokens_signed_with_an_rsa_key_under_2048_bits_are_refused() {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine as _;
+    use rsa::traits::PublicKeyParts;
+    use sha2::Digest as _;
+    let weak = rsa::RsaPrivateKey::new(&mut rand::thread_rng(), 1024).unwrap();
+    let public = weak.to_public_key();
+    let jwks = JwksServer::start(json!({"keys": [{
+        "kty": "RSA", "kid": "weak-1", "alg": "RS256", "use": "sig",
+        "n": URL_SAFE_NO_PAD.encode(public.n().to_bytes_be()),
+        "e": URL_SAFE_NO_PAD.encode(public.e().to_bytes_be()),
+    }]}))
+    .await;
+    let header = json!({"alg": "RS256", "typ": "JWT", "kid": "weak-1"});
+    let claims = access_claims(&jwks.issuer());
+    let input = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(header.to_string()),
+        URL_SAFE_NO_PAD.encode(claims.to_string())
+    );
+    // DigestInfo prefix of SHA-256 (RFC 8017, 9.2 note 1), then the hash.
+    let mut digest_info = vec![
+        0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01,
+        0x05, 0x00, 0x04, 0x20,
+    ];
+    digest_info.extend_from_slice(&sha2::Sha256::digest(input.as_bytes()));
+    let signature = weak
+        .sign(rsa::Pkcs1v15Sign::new_unprefixed(), &digest_info)
+        .unwrap();
+    let token = format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature));
+    // Nothing upstream: the relay must refuse before it would dial.
+    let relay = start_relay(relay_config("http://127.0.0.1:9/event", &jwks, &[])).await;
+    let url = format!("ws://{}/event/realtime", relay.public_addr);
+    let cookies = amplify_cookies(Some(&token), None);
+    match try_connect(&url, &Upgrade::browser(&cookies)).await {
+        Attempt::Refused(status, _) => assert_eq!(
+            status, 401,
+            "a weak-key token was not refused as unauthenticated"
+        ),
+        Attempt::Open(..) => panic!("a token signed with a 1024-bit RSA key was accepted"),
+        Attempt::Failed(e) => panic!("{e}"),
+    }
+}

@@ -76,9 +76,11 @@ fn serve_jwks(body: String) -> String {
 fn fixture() -> &'static Fixture {
     static F: OnceLock<Fixture> = OnceLock::new();
     F.get_or_init(|| {
-        // 512 bits keeps signing cheap per input (the verifier has no
-        // minimum key size, and the size is irrelevant to the parsing under test).
-        let key = rsa::RsaPrivateKey::new(&mut rand::thread_rng(), 512).expect("rsa key");
+        // 2048 bits, Cognito's size and AWS-LC's minimum: the verifier's
+        // backend (jsonwebtoken on aws_lc_rs) refuses to sign or verify with
+        // smaller RSA keys, so a smaller key would test nothing past the
+        // signature check.
+        let key = rsa::RsaPrivateKey::new(&mut rand::thread_rng(), 2048).expect("rsa key");
         let public = key.to_public_key();
         let der = key.to_pkcs1_der().expect("der");
         let rs256 = EncodingKey::from_rsa_der(der.as_bytes());
