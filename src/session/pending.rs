@@ -24,6 +24,7 @@
 
 use super::proof::SessionProof;
 use super::tokens::TokenSet;
+use crate::bounded::make_room;
 use crate::clock::now_secs;
 use crate::verify::{token_hash, unverified_times};
 use dashmap::DashMap;
@@ -90,18 +91,11 @@ impl PendingRenewals {
         proof: SessionProof,
     ) {
         if self.entries.len() >= self.capacity {
+            // Dead renewals first, then the oldest until an eighth is free:
+            // every socket renewal records here, so a full store must not
+            // cost a scan per insert.
             self.entries.retain(|_, p| self.live(p));
-            if self.entries.len() >= self.capacity {
-                // Full of live renewals: drop the oldest rather than grow.
-                let oldest = self
-                    .entries
-                    .iter()
-                    .min_by_key(|e| e.created)
-                    .map(|e| *e.key());
-                if let Some(k) = oldest {
-                    self.entries.remove(&k);
-                }
-            }
+            make_room(&self.entries, self.capacity, self.ttl, |p| p.created);
         }
         self.entries.insert(
             browser_refresh,
