@@ -25,7 +25,7 @@ use crate::authenticate::{complete, identify, Authenticated};
 use crate::error::RelayError;
 use crate::limits::{ConnectionPermit, LimitHit};
 use crate::protocol;
-use crate::relay::{self, ConnectionContext, RelayOutcome};
+use crate::relay::{ConnectionContext, Relay, RelayOutcome};
 use crate::response::{empty, Body};
 use crate::rewrite::UpstreamAuth;
 use crate::state::RelayState;
@@ -206,6 +206,7 @@ fn switch_protocols(
         issued_at: authenticated.claims.iat,
         session: authenticated.session,
     };
+    let mut relay = Relay::new(upstream, ctx);
     let task_state = state.clone();
     state.tracker.spawn(async move {
         let upgraded = match on_upgrade.await {
@@ -215,7 +216,7 @@ fn switch_protocols(
                 return;
             }
         };
-        let client = WebSocketStream::from_raw_socket(
+        let mut client = WebSocketStream::from_raw_socket(
             TokioIo::new(upgraded),
             Role::Server,
             Some(task_state.ws_config),
@@ -224,7 +225,7 @@ fn switch_protocols(
         let metrics = &task_state.metrics;
         metrics.connections_active.inc();
         let opened = Instant::now();
-        let outcome = relay::run(client, upstream, ctx).await;
+        let outcome = relay.run(&mut client).await;
         drop(permit);
         metrics.connections_active.dec();
         record_ended(&task_state, &outcome, opened, peer, &sub);

@@ -22,7 +22,9 @@ use tokio::net::TcpListener;
 /// (18.3 against 17.6) and no measurable CPU per handshake. mimalloc was
 /// tried too: less CPU per cold handshake, but it kept the peak as glibc
 /// does (and returned part of it only with `MIMALLOC_PURGE_DELAY=0`, at a
-/// CPU cost).
+/// CPU cost). The `system-allocator` feature leaves glibc's malloc in place
+/// for heap profilers that hook it (DHAT, heaptrack).
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

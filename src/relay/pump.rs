@@ -104,6 +104,10 @@ impl Connection {
         }
     }
 
+    pub fn state(&self) -> &Arc<RelayState> {
+        &self.state
+    }
+
     /// Relays until either side ends; returns why.
     pub async fn pump<C>(&mut self, client: &mut WebSocketStream<C>) -> Ending
     where

@@ -6,18 +6,24 @@
 //! misbehaving (502), too slow (504). Nothing here logs or returns the token:
 //! tungstenite errors describe the response, never the request headers.
 
+mod io;
+
 use crate::protocol;
 use crate::rewrite::UpstreamAuth;
 use hyper::header::{HeaderValue, SEC_WEBSOCKET_PROTOCOL};
+use rustls::pki_types::ServerName;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Error as WsError;
-use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::WebSocketStream;
 
-pub type UpstreamSocket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+pub use io::UpstreamIo;
+
+pub type UpstreamSocket = WebSocketStream<UpstreamIo>;
 
 #[derive(Clone)]
 pub struct UpstreamConfig {
@@ -69,6 +75,42 @@ impl UpstreamError {
     }
 }
 
+/// The TCP connection (to `--appsync-address` when set, else the URL's
+/// host), and TLS over it for `wss://`: the name stays the URL's host for
+/// SNI and the certificate either way.
+async fn open(cfg: &UpstreamConfig, uri: &hyper::Uri) -> Result<UpstreamIo, UpstreamError> {
+    let tls = match uri.scheme_str() {
+        Some("wss") => true,
+        Some("ws") => false,
+        _ => {
+            return Err(UpstreamError::Unreachable(
+                "not a ws:// or wss:// URL".into(),
+            ))
+        }
+    };
+    let host = uri
+        .host()
+        .map(|h| h.trim_start_matches('[').trim_end_matches(']'))
+        .ok_or_else(|| UpstreamError::Unreachable("URL without a host".into()))?;
+    let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+    let tcp = match cfg.address {
+        Some(ip) => TcpStream::connect((ip, port)).await,
+        None => TcpStream::connect((host, port)).await,
+    }
+    .map_err(|e| UpstreamError::Unreachable(e.to_string()))?;
+    let _ = tcp.set_nodelay(true);
+    if !tls {
+        return Ok(UpstreamIo::Plain(tcp));
+    }
+    let name = ServerName::try_from(host.to_owned())
+        .map_err(|e| UpstreamError::Unreachable(format!("TLS: {e}")))?;
+    let stream = TlsConnector::from(cfg.tls.clone())
+        .connect(name, tcp)
+        .await
+        .map_err(|e| UpstreamError::Unreachable(format!("TLS: {e}")))?;
+    Ok(UpstreamIo::Tls(Box::new(stream)))
+}
+
 fn classify(e: WsError) -> UpstreamError {
     match e {
         WsError::Http(resp) => match resp.status().as_u16() {
@@ -100,43 +142,15 @@ pub async fn connect(
     let value = HeaderValue::from_str(&offered)
         .map_err(|_| UpstreamError::Protocol("token is not header-safe".into()))?;
     request.headers_mut().insert(SEC_WEBSOCKET_PROTOCOL, value);
-    let connector = Connector::Rustls(cfg.tls.clone());
     let attempt = async {
-        match cfg.address {
-            None => {
-                tokio_tungstenite::connect_async_tls_with_config(
-                    request,
-                    Some(cfg.ws_config),
-                    true,
-                    Some(connector),
-                )
-                .await
-            }
-            Some(ip) => {
-                // The name stays in the request (Host, SNI, certificate).
-                let port = request
-                    .uri()
-                    .port_u16()
-                    .unwrap_or(match request.uri().scheme_str() {
-                        Some("wss") => 443,
-                        _ => 80,
-                    });
-                let stream = TcpStream::connect((ip, port)).await.map_err(WsError::Io)?;
-                let _ = stream.set_nodelay(true);
-                tokio_tungstenite::client_async_tls_with_config(
-                    request,
-                    stream,
-                    Some(cfg.ws_config),
-                    Some(connector),
-                )
-                .await
-            }
-        }
+        let io = open(cfg, request.uri()).await?;
+        tokio_tungstenite::client_async_with_config(request, io, Some(cfg.ws_config))
+            .await
+            .map_err(classify)
     };
     let (socket, response) = tokio::time::timeout(cfg.connect_timeout, attempt)
         .await
-        .map_err(|_| UpstreamError::Timeout(cfg.connect_timeout))?
-        .map_err(classify)?;
+        .map_err(|_| UpstreamError::Timeout(cfg.connect_timeout))??;
     let selected = response
         .headers()
         .get(SEC_WEBSOCKET_PROTOCOL)
