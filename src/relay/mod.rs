@@ -4,7 +4,7 @@
 //!
 //! # Layout
 //!
-//! - `mod.rs`: [`run`], which owns the connection from the 101 to the
+//! - `mod.rs`: [`Relay`], which owns the connection from the 101 to the
 //!   closing log line's figures.
 //! - [`pump`]: the `select!` loop and the per-frame limits.
 //! - [`subscriptions`]: what the browser subscribed to, for replay.
