@@ -314,6 +314,11 @@ pub struct EmulateArgs {
         default_value = "127.0.0.1:8081"
     )]
     pub listen: SocketAddr,
+    /// Admin listener of the emulator: `GET /metrics` serves its AppSync
+    /// operations meter (`appsync_emulator_operations_total{kind}` and the
+    /// connection and subscription gauges). Off unless given.
+    #[arg(long, env = "APPSYNC_EMULATOR_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
     /// Accept this API key (x-api-key). Either this or the Cognito settings.
     #[arg(long, env = "APPSYNC_EMULATOR_API_KEY")]
     pub api_key: Option<String>,

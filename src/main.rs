@@ -164,6 +164,13 @@ async fn emulate(args: EmulateArgs) -> ExitCode {
         Ok(l) => l,
         Err(code) => return code,
     };
+    let admin = match args.admin_listen {
+        None => None,
+        Some(addr) => match bind("emulator admin", addr).await {
+            Ok(l) => Some(l),
+            Err(code) => return code,
+        },
+    };
     let mut cfg = EmulatorConfig::new(auth).with_namespaces(args.namespaces.clone());
     cfg.http_host = args.http_host.clone();
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
@@ -181,7 +188,7 @@ async fn emulate(args: EmulateArgs) -> ExitCode {
     }
     cfg.ka_interval = Duration::from_secs(args.ka_interval.max(1));
     tracing::info!(listen = %args.listen, "AppSync Events emulator listening on /event and /event/realtime");
-    emulator::run(listener, cfg, shutdown_signal()).await;
+    emulator::run(listener, admin, cfg, shutdown_signal()).await;
     ExitCode::SUCCESS
 }
 

@@ -689,3 +689,175 @@ async fn cognito_mode_wants_the_jwt_in_authorization() {
     .await;
     assert_eq!(recv(&mut ws).await["type"], "subscribe_success");
 }
+
+// === operations meter ===
+
+/// `GET /metrics` on the emulator's admin listener.
+async fn scrape(admin: std::net::SocketAddr) -> String {
+    let mut stream = within(TcpStream::connect(admin)).await.unwrap();
+    within(stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"))
+        .await
+        .unwrap();
+    let mut response = Vec::new();
+    within(stream.read_to_end(&mut response)).await.unwrap();
+    let response = String::from_utf8(response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    response
+}
+
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[tokio::test]
+async fn the_meter_counts_operations_as_aws_bills_them() {
+    let emu = start().await;
+    let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin_addr = admin.local_addr().unwrap();
+    emu.serve_admin(admin);
+    let before = scrape(admin_addr).await;
+    for kind in [
+        "connect",
+        "subscribe",
+        "unsubscribe",
+        "publish",
+        "delivery",
+        "keepalive",
+    ] {
+        let series = format!("appsync_emulator_operations_total{{kind=\"{kind}\"}}");
+        assert_eq!(
+            sample(&before, &series),
+            Some(0.0),
+            "{kind} missing at start"
+        );
+    }
+
+    // Refused work is not billed: a handshake with a bad key, a subscribe
+    // with bad authorization.
+    let refused = connect_with(
+        &emu,
+        Some(&format!(
+            "aws-appsync-event-ws, {}",
+            header_protocol("wrong")
+        )),
+    )
+    .await;
+    assert!(refused.is_err());
+    let mut a = connect(&emu).await;
+    let mut b = connect(&emu).await;
+    send(
+        &mut a,
+        json!({"type": "subscribe", "id": "x", "channel": "/ns/a", "authorization": api_key_auth("wrong")}),
+    )
+    .await;
+    assert_eq!(recv(&mut a).await["type"], "subscribe_error");
+    assert_eq!(emu.operations("connect"), 2);
+    assert_eq!(emu.operations("subscribe"), 0);
+
+    assert_eq!(
+        subscribe(&mut a, "s1", "/ns/a").await["type"],
+        "subscribe_success"
+    );
+    assert_eq!(
+        subscribe(&mut b, "s2", "/ns/a").await["type"],
+        "subscribe_success"
+    );
+    assert_eq!(
+        subscribe(&mut b, "w", "/ns/*").await["type"],
+        "subscribe_success"
+    );
+
+    // One small event: one publish, one delivery per matching subscription.
+    let ack = publish(&mut a, "p1", "/ns/a", json!(["\"hi\""])).await;
+    assert_eq!(ack["type"], "publish_success");
+    assert_eq!(recv(&mut a).await["type"], "data");
+    for _ in 0..2 {
+        assert_eq!(recv(&mut b).await["type"], "data");
+    }
+    assert_eq!(emu.operations("publish"), 1);
+    assert_eq!(emu.operations("delivery"), 3);
+
+    // An event over 5 KB is two of each.
+    let big = Value::String(format!("\"{}\"", "x".repeat(6000)));
+    let (status, _) = http_publish(
+        &emu,
+        KEY,
+        &json!({"channel": "/ns/a", "events": [big.as_str().unwrap()]}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(recv(&mut a).await["type"], "data");
+    for _ in 0..2 {
+        assert_eq!(recv(&mut b).await["type"], "data");
+    }
+    assert_eq!(emu.operations("publish"), 1 + 2);
+    assert_eq!(emu.operations("delivery"), 3 + 6);
+
+    send(&mut b, json!({"type": "unsubscribe", "id": "s2"})).await;
+    assert_eq!(recv(&mut b).await["type"], "unsubscribe_success");
+    assert_eq!(emu.operations("unsubscribe"), 1);
+
+    let text = scrape(admin_addr).await;
+    assert_eq!(
+        sample(&text, "appsync_emulator_connections_active"),
+        Some(2.0)
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "appsync_emulator_subscriptions_active{channel=\"/ns/a\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "appsync_emulator_subscriptions_active{channel=\"/ns/*\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "appsync_emulator_operations_total{kind=\"delivery\"}"
+        ),
+        Some(9.0)
+    );
+    assert!(!text.contains(KEY), "a credential reached the metrics");
+
+    // A connection that goes away takes its subscriptions off the gauges
+    // (and its series, once a channel has none).
+    drop(b);
+    eventually(|| emu.connection_count() == 1).await;
+    let text = scrape(admin_addr).await;
+    assert_eq!(
+        sample(&text, "appsync_emulator_connections_active"),
+        Some(1.0)
+    );
+    assert!(!text.contains("channel=\"/ns/*\""), "{text}");
+    assert_eq!(
+        sample(
+            &text,
+            "appsync_emulator_subscriptions_active{channel=\"/ns/a\"}"
+        ),
+        Some(1.0)
+    );
+    drop(a);
+}
+
+#[tokio::test]
+async fn keepalives_are_metered() {
+    let emu = start_with(|c| c.ka_interval = Duration::from_millis(20)).await;
+    let mut ws = connect(&emu).await;
+    for _ in 0..3 {
+        let Message::Text(text) = recv_message(&mut ws).await else {
+            panic!("expected ka")
+        };
+        assert_eq!(text.as_str(), r#"{"type":"ka"}"#);
+    }
+    assert!(emu.operations("keepalive") >= 3);
+    assert!(emu
+        .metrics_text()
+        .contains("appsync_emulator_operations_total{kind=\"keepalive\"}"));
+}

@@ -23,6 +23,8 @@
 //! - `publish`: `POST /event` and the event-list rules shared with WebSocket
 //!   publish.
 //! - `registry`: connections, subscriptions, fan-out, the credential ring.
+//! - [`meter`]: the operations meter (what AWS would bill), served as
+//!   Prometheus text on `--admin-listen`.
 //!
 //! # Behaviour choices where AWS documents nothing
 //!
@@ -38,9 +40,11 @@
 //!   [`EmulatorHandle::refuse_after_upgrade`] switches to the other style
 //!   seen in the wild (101, then `connection_error` and close 4401).
 
+mod admin;
 pub mod auth;
 mod config;
 mod handshake;
+pub mod meter;
 mod publish;
 mod realtime;
 mod registry;
@@ -162,6 +166,22 @@ impl EmulatorHandle {
         self.shared.registry.subscription_count()
     }
 
+    /// The operations meter as Prometheus text, as `GET /metrics` on the
+    /// admin listener serves it.
+    pub fn metrics_text(&self) -> String {
+        self.shared.registry.meter().render()
+    }
+
+    /// Operations of one `kind` so far (the kinds are in [`meter::KINDS`]).
+    pub fn operations(&self, kind: &str) -> u64 {
+        self.shared.registry.meter().operations(kind)
+    }
+
+    /// Serves `GET /metrics` on `listener` until the emulator shuts down.
+    pub fn serve_admin(&self, listener: TcpListener) {
+        tokio::spawn(admin::serve(self.shared.clone(), listener));
+    }
+
     /// Closes every WebSocket connection with a close frame carrying `code`.
     pub fn close_all(&self, code: u16) {
         self.shared.registry.close_all(CloseCmd::Frame {
@@ -211,8 +231,17 @@ pub async fn spawn(listener: TcpListener, cfg: EmulatorConfig) -> EmulatorHandle
 /// Runs the emulator on `listener` until `shutdown` completes, then closes
 /// every connection (1001) and returns once they are done or
 /// [`EmulatorConfig::drain_timeout`] has passed. For `appsync-relay emulate`.
-pub async fn run(listener: TcpListener, cfg: EmulatorConfig, shutdown: impl Future<Output = ()>) {
+/// With `admin`, `GET /metrics` there serves the operations meter.
+pub async fn run(
+    listener: TcpListener,
+    admin: Option<TcpListener>,
+    cfg: EmulatorConfig,
+    shutdown: impl Future<Output = ()>,
+) {
     let shared = Shared::new(cfg);
+    if let Some(admin) = admin {
+        tokio::spawn(admin::serve(shared.clone(), admin));
+    }
     let token = shared.shutdown.clone();
     let serving = serve(shared, listener);
     tokio::pin!(serving);

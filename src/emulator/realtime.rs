@@ -104,6 +104,7 @@ where
                 if ws.send(Message::Text(r#"{"type":"ka"}"#.into())).await.is_err() {
                     break End::Gone;
                 }
+                shared.registry.meter().count("keepalive", 1);
             }
             () = &mut lifetime => {
                 break End::Close(1000, "maximum connection duration reached".into());

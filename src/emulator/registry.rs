@@ -15,6 +15,7 @@ use std::sync::{Mutex, MutexGuard};
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
 
+use super::meter::Meter;
 use crate::protocol::Channel;
 
 /// Identifies one WebSocket connection inside the emulator.
@@ -53,6 +54,18 @@ pub(crate) struct Registration {
 pub(crate) struct Registry {
     conns: Mutex<HashMap<ConnId, Conn>>,
     next_id: AtomicU64,
+    /// Kept here, beside the maps, so every way a connection or a
+    /// subscription goes away also moves the gauges.
+    meter: Meter,
+}
+
+/// The channel as its subscription named it (`/ns/*` for a wildcard).
+fn label(channel: &Channel) -> String {
+    if channel.is_wildcard() {
+        format!("{}/*", channel.path())
+    } else {
+        channel.path().to_owned()
+    }
 }
 
 /// A subscription id already active on the connection.
@@ -80,11 +93,26 @@ impl Registry {
                 subs: HashMap::new(),
             },
         );
+        self.meter.connection_opened();
         Registration { id, rx, control }
     }
 
+    pub fn meter(&self) -> &Meter {
+        &self.meter
+    }
+
     pub fn deregister(&self, id: ConnId) {
-        self.lock().remove(&id);
+        if let Some(conn) = self.lock().remove(&id) {
+            self.forget(&conn);
+        }
+    }
+
+    /// The gauges of a connection removed from the map.
+    fn forget(&self, conn: &Conn) {
+        self.meter.connection_closed();
+        for channel in conn.subs.values() {
+            self.meter.subscription_removed(&label(channel));
+        }
     }
 
     /// Adds a subscription, refusing an id already active on `conn`.
@@ -103,21 +131,35 @@ impl Registry {
         if c.subs.contains_key(sub_id) {
             return Err(DuplicateId);
         }
+        self.meter.subscription_added(&label(&channel));
+        self.meter.count("subscribe", 1);
         c.subs.insert(sub_id.to_owned(), channel);
         Ok(())
     }
 
     /// Removes a subscription; `false` if `sub_id` was not active.
     pub fn unsubscribe(&self, conn: ConnId, sub_id: &str) -> bool {
-        self.lock()
+        let removed = self
+            .lock()
             .get_mut(&conn)
-            .is_some_and(|c| c.subs.remove(sub_id).is_some())
+            .and_then(|c| c.subs.remove(sub_id));
+        match removed {
+            Some(channel) => {
+                self.meter.subscription_removed(&label(&channel));
+                self.meter.count("unsubscribe", 1);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Queues one `data` frame per event for every subscription matching
     /// `channel`, on every connection. Connections whose queue is full are
     /// removed and told to close; the publisher never waits.
     pub fn publish(&self, channel: &Channel, events: &[String]) {
+        for event in events {
+            self.meter.count_message("publish", event.len());
+        }
         let mut conns = self.lock();
         let mut slow = Vec::new();
         'conns: for (id, conn) in conns.iter() {
@@ -127,8 +169,9 @@ impl Registry {
                 }
                 for event in events {
                     let frame = json!({"type": "data", "id": sub_id, "event": event}).to_string();
+                    let bytes = frame.len();
                     match conn.tx.try_send(frame) {
-                        Ok(()) => {}
+                        Ok(()) => self.meter.count_message("delivery", bytes),
                         Err(mpsc::error::TrySendError::Full(_)) => {
                             slow.push(*id);
                             continue 'conns;
@@ -141,6 +184,7 @@ impl Registry {
         }
         for id in slow {
             if let Some(conn) = conns.remove(&id) {
+                self.forget(&conn);
                 tracing::warn!(
                     conn = id,
                     "emulator: dropping subscriber whose queue is full"
