@@ -291,6 +291,33 @@ pub struct ServeArgs {
     /// Seconds one frame may take to be written to either side; a browser that stops reading is disconnected, an upstream that stops reading is re-dialled.
     #[arg(long, env = "APPSYNC_RELAY_SEND_TIMEOUT", default_value_t = 30)]
     pub send_timeout: u64,
+    /// Serve subscriptions to channels matching PATTERN (a channel, or `/ns/prefix/*` for everything below it) from one upstream subscription per channel per relay, fanned out here (repeatable). Only for channels whose events every authorised viewer sees alike: see the README, "Shared channels".
+    #[arg(
+        long = "shared-channel",
+        env = "APPSYNC_RELAY_SHARED_CHANNELS",
+        value_delimiter = ','
+    )]
+    pub shared_channels: Vec<String>,
+    /// Before a browser joins a shared channel, ask AppSync with the user's own token (subscribe), or trust every signed-in user (none: only for namespaces that admit all of them).
+    #[arg(
+        long,
+        env = "APPSYNC_RELAY_SHARED_CHANNEL_CHECK",
+        value_enum,
+        default_value = "subscribe"
+    )]
+    pub shared_channel_check: SharedCheck,
+    /// Seconds a shared subscription outlives its last browser (so page reloads do not churn AppSync).
+    #[arg(long, env = "APPSYNC_RELAY_SHARED_LINGER", default_value_t = 5)]
+    pub shared_linger: u64,
+    /// Events of shared channels that may wait for one browser; a browser further behind is closed with 1008 (the others are not slowed).
+    #[arg(long, env = "APPSYNC_RELAY_SHARED_QUEUE", default_value_t = 256)]
+    pub shared_queue: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SharedCheck {
+    Subscribe,
+    None,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

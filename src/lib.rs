@@ -49,6 +49,7 @@ pub mod upstream;
 pub mod verify;
 
 pub mod emulator;
+pub mod fanout;
 pub mod refresh;
 pub mod session;
 

@@ -46,6 +46,16 @@ pub struct Metrics {
     pub app_requests: IntCounterVec,
     /// Requests or frames refused by a configured limit, by limit.
     pub limits_hit: IntCounterVec,
+    /// Shared channels (`--shared-channel`) with an upstream subscription.
+    pub shared_subscriptions_active: IntGauge,
+    /// Browsers on a shared subscription, observed at each upstream event.
+    pub shared_browsers: Histogram,
+    /// Events of shared subscriptions by side: `upstream` (what AppSync
+    /// delivered to the relay) and `browser` (what the relay delivered).
+    pub shared_deliveries: IntCounterVec,
+    /// Per-user checks before joining a shared subscription, by outcome
+    /// (`allowed`, `refused`, `skipped`).
+    pub shared_probes: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -112,8 +122,43 @@ impl Metrics {
         registry
             .register(Box::new(build_info))
             .expect("metric names are unique");
+        let shared_subscriptions_active = IntGauge::new(
+            "shared_subscriptions_active",
+            "Shared channels with an upstream subscription",
+        )
+        .expect("static metric definition is valid");
+        registry
+            .register(Box::new(shared_subscriptions_active.clone()))
+            .expect("metric names are unique");
+        let shared_browsers = Histogram::with_opts(
+            HistogramOpts::new(
+                "shared_browsers",
+                "Browsers on a shared subscription, at each upstream event",
+            )
+            .buckets(vec![
+                1.0, 2.0, 5.0, 10.0, 100.0, 1000.0, 10_000.0, 100_000.0,
+            ]),
+        )
+        .expect("static metric definition is valid");
+        registry
+            .register(Box::new(shared_browsers.clone()))
+            .expect("metric names are unique");
         Metrics {
             connections_active,
+            shared_subscriptions_active,
+            shared_browsers,
+            shared_deliveries: counter(
+                &registry,
+                "shared_deliveries_total",
+                "Events of shared subscriptions by side (upstream, browser)",
+                &["side"],
+            ),
+            shared_probes: counter(
+                &registry,
+                "shared_probes_total",
+                "Per-user checks before joining a shared subscription, by outcome",
+                &["outcome"],
+            ),
             handshakes: counter(
                 &registry,
                 "handshakes_total",

@@ -9,6 +9,7 @@
 
 use crate::bounded::make_room;
 use crate::config::Config;
+use crate::fanout::Hub;
 use crate::http_client::{self, HttpClient, Resolver};
 use crate::limits::{ConnectionLimits, SessionRates};
 use crate::metrics::Metrics;
@@ -84,6 +85,8 @@ pub struct RelayState {
     retired: dashmap::DashMap<[u8; 32], Instant>,
     /// Every open relayed socket, by user, so an ended session reaches them.
     pub sockets: LiveSockets,
+    /// Shared channels (`--shared-channel`); `None` when none are set.
+    pub fanout: Option<Arc<Hub>>,
 }
 
 /// How long an ended sign-in is remembered: as long as any of its sockets
@@ -133,18 +136,29 @@ impl RelayState {
             ),
             None => http.clone(),
         };
+        let metrics = Arc::new(Metrics::new());
+        let shutdown = CancellationToken::new();
+        let fanout = (!config.shared.patterns.is_empty()).then(|| {
+            Hub::new(
+                config.shared.clone(),
+                upstream.clone(),
+                metrics.clone(),
+                shutdown.clone(),
+            )
+        });
         Arc::new(RelayState {
+            fanout,
             verifier,
             refresher,
             pending,
             upstream,
             appsync_http,
             http,
-            metrics: Arc::new(Metrics::new()),
+            metrics,
             ws_config,
             draining: CancellationToken::new(),
             stop_accepting: CancellationToken::new(),
-            shutdown: CancellationToken::new(),
+            shutdown,
             tracker: TaskTracker::new(),
             limits: ConnectionLimits::new(config.limits.clone()),
             rates: SessionRates::new(&config.limits, config.token_cache_size),

@@ -14,6 +14,7 @@
 pub mod app;
 pub mod endpoints;
 pub mod ranges;
+pub mod shared;
 
 pub use app::{AppTarget, AppUpstream};
 
@@ -82,6 +83,8 @@ pub struct Config {
     /// `--public-origin` is https: browsers reach us over TLS terminated in
     /// front, so cookies are `Secure`.
     pub public_https: bool,
+    /// `--shared-channel*`; no patterns means no shared channels.
+    pub shared: crate::fanout::SharedConfig,
 }
 
 impl Config {
@@ -252,6 +255,7 @@ impl Config {
                 response_timeout: Duration::from_secs(args.app_timeout.max(1)),
             })
         });
+        let shared = shared::parse(args, &mut errors);
         let http_host = http_endpoint.as_ref().and_then(host_with_port);
         match (
             errors.is_empty(),
@@ -316,6 +320,7 @@ impl Config {
                 log_format: args.log_format,
                 send_timeout: Duration::from_secs(args.send_timeout),
                 public_https,
+                shared,
                 limits: Limits {
                     max_connections: args.max_connections,
                     max_connections_per_user: args.max_connections_per_user,

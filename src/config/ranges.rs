@@ -71,6 +71,8 @@ fn table(a: &ServeArgs) -> Vec<(&'static str, u64, u64, u64)> {
         ("idle-timeout", a.idle_timeout, 0, 7 * DAY),
         ("send-timeout", a.send_timeout, 1, 3_600),
         ("body-timeout", a.body_timeout, 1, 3_600),
+        ("shared-linger", a.shared_linger, 0, 3_600),
+        ("shared-queue", n(a.shared_queue), 1, 1_000_000),
     ]
 }
 

@@ -21,6 +21,7 @@ pub const GOING_AWAY: u16 = 1001;
 pub const PROTOCOL_ERROR: u16 = 1002;
 pub const UNSUPPORTED_DATA: u16 = 1003;
 pub const INVALID_PAYLOAD: u16 = 1007;
+pub const POLICY: u16 = 1008;
 pub const TOO_BIG: u16 = 1009;
 pub const UPSTREAM_UNAVAILABLE: u16 = 1013;
 pub const REAUTHENTICATE: u16 = 4000;
@@ -53,6 +54,8 @@ pub enum Ending {
     Reauthenticate,
     /// Nothing but keep-alives for `--idle-timeout`.
     Idle,
+    /// Fell more than `--shared-queue` events behind on a shared channel.
+    Lagging,
 }
 
 impl Ending {
@@ -73,6 +76,7 @@ impl Ending {
             Ending::SessionEnded(_) => (Some(SESSION_ENDED), Some(NORMAL)),
             Ending::Reauthenticate => (Some(REAUTHENTICATE), Some(NORMAL)),
             Ending::Idle => (Some(NORMAL), Some(NORMAL)),
+            Ending::Lagging => (Some(POLICY), Some(NORMAL)),
         }
     }
 }
@@ -119,6 +123,7 @@ fn reason_for(code: u16) -> &'static str {
         UNSUPPORTED_DATA => "binary frames are not supported",
         INVALID_PAYLOAD => "text frame is not UTF-8",
         TOO_BIG => "message too big",
+        POLICY => "too far behind",
         UPSTREAM_UNAVAILABLE => "upstream unavailable",
         REAUTHENTICATE => "reauthenticate",
         SESSION_ENDED => "session ended",

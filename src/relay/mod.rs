@@ -13,9 +13,13 @@
 //! - [`redial`]: a new upstream with everything replayed.
 //! - [`close`]: endings, close codes, the closing handshake.
 //! - [`counters`]: per-connection figures and metric handles.
+//! - `admit`: per-frame limits, and routing shared-channel subscriptions.
+//! - [`membership`]: this browser's shared-channel subscriptions.
 
+mod admit;
 pub mod close;
 pub mod counters;
+pub mod membership;
 pub mod pump;
 pub mod redial;
 pub mod slot;

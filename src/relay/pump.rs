@@ -31,13 +31,14 @@
 
 use super::close::{self, client_error, redialable, Ending};
 use super::counters::{FrameCounters, Stats};
+use super::membership::Membership;
 use super::redial::redial;
 use super::slot::WriteSlot;
-use super::subscriptions::{Refusal, Subscriptions};
+use super::subscriptions::Subscriptions;
 use super::token::TokenState;
+use crate::fanout::Delivery;
 use crate::limits::TokenBucket;
 use crate::metrics::frame_type_label;
-use crate::protocol::{error_frame, error_type};
 use crate::rewrite::{prepare_client_frame, render, FrameKind, Prepared};
 use crate::state::RelayState;
 use crate::upstream::UpstreamSocket;
@@ -64,20 +65,25 @@ enum Event {
     ClientWriteFailed,
     UpstreamWriteFailed,
     Timer,
+    Shared(Delivery),
+    Lagged,
 }
 
 /// Everything one relayed connection owns besides the browser's socket.
 pub struct Connection {
-    state: Arc<RelayState>,
-    token: TokenState,
-    subs: Subscriptions,
+    pub(super) state: Arc<RelayState>,
+    pub(super) token: TokenState,
+    pub(super) subs: Subscriptions,
     pub upstream: UpstreamSocket,
     to_upstream: WriteSlot,
     to_client: WriteSlot,
-    replies: VecDeque<String>,
+    pub(super) replies: VecDeque<String>,
     max_age_at: Option<Instant>,
     /// Publishes allowed per second on this connection.
-    publish_bucket: Option<TokenBucket>,
+    pub(super) publish_bucket: Option<TokenBucket>,
+    /// Shared-channel subscriptions; boxed and made on the first one, so a
+    /// connection without any pays one pointer.
+    pub(super) shared: Option<Box<Membership>>,
     /// Last frame other than a keep-alive, either way (for `--idle-timeout`).
     last_activity: Instant,
     pub stats: Stats,
@@ -99,6 +105,7 @@ impl Connection {
             to_upstream: WriteSlot::default(),
             to_client: WriteSlot::default(),
             replies: VecDeque::new(),
+            shared: None,
             last_activity: now,
             stats: Stats::default(),
         }
@@ -156,6 +163,10 @@ impl Connection {
                         }
                         Prepared::Forward { kind, body } => (kind, body),
                     };
+                    if let Some(reply) = self.route_shared(&kind) {
+                        self.replies.extend(reply);
+                        continue;
+                    }
                     let label = match &kind {
                         FrameKind::ConnectionInit => "connection_init",
                         FrameKind::Subscribe { .. } => "subscribe",
@@ -189,6 +200,10 @@ impl Connection {
                     let (len, label) = match &msg {
                         Message::Text(t) => {
                             let label = frame_type_label(t);
+                            let probe = self.shared.as_mut();
+                            if probe.is_some_and(|m| m.on_upstream(label, t, &mut self.replies)) {
+                                continue;
+                            }
                             if self.subs.on_upstream(label, t) {
                                 continue;
                             }
@@ -224,6 +239,14 @@ impl Connection {
                         .inc();
                     bytes_down.inc_by(len);
                 }
+                Event::Shared(delivery) => {
+                    let frame = self.shared_frame(delivery);
+                    self.stats.frames_to_client += 1;
+                    self.stats.bytes_to_client += frame.len() as u64;
+                    bytes_down.inc_by(frame.len() as u64);
+                    self.to_client.put(Message::Text(frame.into()));
+                }
+                Event::Lagged => return Ending::Lagging,
                 Event::ClientWriteFailed => return Ending::ClientGone,
                 Event::UpstreamWriteFailed => {
                     if let Err(e) = Box::pin(self.redial(Ending::UpstreamGone)).await {
@@ -270,10 +293,20 @@ impl Connection {
     where
         C: AsyncRead + AsyncWrite + Unpin,
     {
+        if let Some(m) = &mut self.shared {
+            if m.poll_lagged(cx).is_ready() {
+                return Poll::Ready(Event::Lagged);
+            }
+        }
         loop {
             if !self.to_client.is_busy() {
                 if let Some(reply) = self.replies.pop_front() {
                     self.to_client.put(Message::Text(reply.into()));
+                }
+            }
+            if !self.to_upstream.is_busy() {
+                if let Some(frame) = self.shared.as_mut().and_then(|m| m.next_upstream()) {
+                    self.to_upstream.put(Message::Text(frame.into()));
                 }
             }
             let mut progressed = false;
@@ -301,6 +334,13 @@ impl Connection {
             }
         }
         if !self.to_client.is_busy() {
+            // Shared events first: the browser's own upstream can wait in
+            // its TCP window, a shared queue that fills closes the browser.
+            if let Some(m) = &mut self.shared {
+                if let Poll::Ready(Some(delivery)) = m.poll_delivery(cx) {
+                    return Poll::Ready(Event::Shared(delivery));
+                }
+            }
             if let Poll::Ready(msg) = Pin::new(&mut self.upstream).poll_next(cx) {
                 return Poll::Ready(Event::Upstream(msg));
             }
@@ -341,62 +381,12 @@ impl Connection {
         None
     }
 
-    /// Bookkeeping and limits for a frame about to go upstream. Returns a
-    /// local reply instead when the frame must not go.
-    fn admit(&mut self, kind: &FrameKind) -> Option<String> {
-        match kind {
-            FrameKind::ConnectionInit => self.subs.saw_init(),
-            FrameKind::Subscribe { id, channel } => {
-                let max = self.state.config.limits.max_subscriptions;
-                if let Err(refusal) = self.subs.add(id, channel, max) {
-                    if refusal == Refusal::TooMany {
-                        self.limit_hit("max_subscriptions");
-                    }
-                    return Some(error_frame(
-                        "subscribe_error",
-                        Some(id),
-                        error_type::BAD_REQUEST,
-                        refusal.message(),
-                    ));
-                }
-            }
-            FrameKind::Unsubscribe { id } => self.subs.remove(id),
-            FrameKind::Publish { id } => {
-                if let Some(bucket) = &mut self.publish_bucket {
-                    if !bucket.try_take() {
-                        self.limit_hit("publish_rate");
-                        return Some(error_frame(
-                            "publish_error",
-                            Some(id),
-                            error_type::BAD_REQUEST,
-                            "Publish rate exceeded; retry later",
-                        ));
-                    }
-                }
-                if let Err(refusal) = self.subs.publish(id) {
-                    return Some(error_frame(
-                        "publish_error",
-                        Some(id),
-                        error_type::BAD_REQUEST,
-                        refusal.message(),
-                    ));
-                }
-            }
-        }
-        None
-    }
-
-    fn limit_hit(&self, limit: &str) {
-        self.state
-            .metrics
-            .limits_hit
-            .with_label_values(&[limit])
-            .inc();
-    }
-
     async fn renew(&mut self) -> Result<(), Ending> {
         if self.token.renew(&self.state).await? {
             self.stats.refreshes += 1;
+            if let Some(m) = &self.shared {
+                m.set_auth(&self.token.auth);
+            }
         }
         Ok(())
     }
@@ -414,6 +404,9 @@ impl Connection {
         .await?;
         self.upstream = socket;
         self.to_upstream.clear();
+        if let Some(m) = &mut self.shared {
+            m.resend_probes(&self.token.auth);
+        }
         self.replies.extend(self.subs.answers_after_redial());
         Ok(())
     }

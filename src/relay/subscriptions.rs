@@ -85,6 +85,10 @@ impl Subscriptions {
         self.init_seen
     }
 
+    pub fn has(&self, id: &str) -> bool {
+        self.active.contains_key(id)
+    }
+
     pub fn len(&self) -> usize {
         self.active.len()
     }

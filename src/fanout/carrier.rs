@@ -1,0 +1,243 @@
+//! One relay-owned upstream connection carrying shared subscriptions.
+//!
+//! A carrier connects only when it has subscriptions to carry, with the
+//! token of a browser currently on one of them (`Owner::auth_for`); each
+//! subscribe carries the token of the browser that caused it. When the
+//! connection drops it re-dials (backing off up to [`MAX_BACKOFF`]) with
+//! whichever member's token is current then, and replays every shared
+//! subscription it carries: browsers keep their sockets and see no second
+//! `subscribe_success`. When none of its channels has a member left it
+//! closes and waits for the next subscribe.
+//!
+//! It never logs a token or an event; what it reads from AppSync it parses
+//! only as far as the frame's type and top-level id.
+
+use super::splice::IdSpan;
+use crate::metrics::{frame_type_label, Metrics};
+use crate::rewrite::{subscribe_frame, UpstreamAuth};
+use crate::upstream::{self, UpstreamConfig, UpstreamSocket};
+use futures_util::{SinkExt, StreamExt};
+use std::collections::HashSet;
+use std::sync::Weak;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+
+/// Longest wait between two re-dials.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// A write to AppSync that takes longer is a dead connection.
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a carrier needs from the hub that owns it: a trait, so that the
+/// carrier does not depend on the hub (which spawns carriers).
+pub(crate) trait Owner: Send + Sync + 'static {
+    /// An event for the upstream subscription `span.id(frame)`; returns
+    /// how many browsers it was queued for.
+    fn deliver(&self, frame: &str, span: &IdSpan) -> usize;
+    /// AppSync acknowledged the upstream subscription `sid`.
+    fn on_subscribed(&self, sid: &str);
+    /// AppSync refused the upstream subscription `span.id(frame)`.
+    fn on_refused(&self, frame: &str, span: &IdSpan);
+    /// `(sid, channel)` of every subscription carrier `carrier` holds.
+    fn subscriptions_on(&self, carrier: usize) -> Vec<(String, String)>;
+    /// The token of a browser on one of `carrier`'s channels.
+    fn auth_for(&self, carrier: usize) -> Option<UpstreamAuth>;
+    fn upstream(&self) -> &UpstreamConfig;
+    fn metrics(&self) -> &Metrics;
+}
+
+pub(crate) enum Command {
+    Subscribe {
+        sid: String,
+        channel: String,
+        auth: UpstreamAuth,
+    },
+    Unsubscribe {
+        sid: String,
+    },
+}
+
+/// The hub's end of a carrier: its command queue and how many shared
+/// channels it holds.
+pub(crate) struct Handle {
+    tx: mpsc::UnboundedSender<Command>,
+    pub(crate) channels: usize,
+}
+
+impl Handle {
+    pub(crate) fn subscribe(&self, sid: &str, channel: &str, auth: UpstreamAuth) {
+        let _ = self.tx.send(Command::Subscribe {
+            sid: sid.to_owned(),
+            channel: channel.to_owned(),
+            auth,
+        });
+    }
+
+    pub(crate) fn unsubscribe(&self, sid: &str) {
+        let _ = self.tx.send(Command::Unsubscribe {
+            sid: sid.to_owned(),
+        });
+    }
+}
+
+pub(crate) fn spawn(hub: Weak<dyn Owner>, index: usize, shutdown: CancellationToken) -> Handle {
+    // Unbounded but fed only by joins and lingers expiring, each bounded by
+    // the channels a carrier may hold.
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(run(hub, index, rx, shutdown));
+    Handle { tx, channels: 0 }
+}
+
+async fn run(
+    hub: Weak<dyn Owner>,
+    index: usize,
+    mut rx: mpsc::UnboundedReceiver<Command>,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(100);
+    let mut first: Option<Command> = None;
+    loop {
+        // Nothing to carry: wait for the next subscribe.
+        let has_work = hub
+            .upgrade()
+            .is_some_and(|h| !h.subscriptions_on(index).is_empty());
+        if !has_work && first.is_none() {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                cmd = rx.recv() => match cmd {
+                    None => return,
+                    Some(cmd @ Command::Subscribe { .. }) => first = Some(cmd),
+                    Some(Command::Unsubscribe { .. }) => continue,
+                },
+            }
+        }
+        let Some(h) = hub.upgrade() else { return };
+        let auth = match (&first, h.auth_for(index)) {
+            (_, Some(auth)) => auth,
+            (Some(Command::Subscribe { auth, .. }), None) => auth.clone(),
+            _ => {
+                first = None;
+                continue;
+            }
+        };
+        let connected = tokio::select! {
+            () = shutdown.cancelled() => return,
+            c = upstream::connect(h.upstream(), &auth) => c,
+        };
+        let label = if connected.is_ok() { "ok" } else { "failed" };
+        h.metrics()
+            .upstream_connects
+            .with_label_values(&[label])
+            .inc();
+        let mut socket = match connected {
+            Ok(socket) => socket,
+            Err(e) => {
+                tracing::warn!(carrier = index, error = %e, "shared channels: upstream connect failed");
+                drop(h);
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
+            }
+        };
+        // Everything this carrier holds, then what was waiting.
+        let mut frames = vec![r#"{"type":"connection_init"}"#.to_owned()];
+        let mut sent = HashSet::new();
+        for (sid, channel) in h.subscriptions_on(index) {
+            frames.push(subscribe_frame(&sid, &channel, &auth));
+            sent.insert(sid);
+        }
+        first = None;
+        drop(h);
+        let mut ok = true;
+        for frame in frames {
+            ok &= send(&mut socket, frame).await;
+        }
+        if ok {
+            backoff = Duration::from_millis(100);
+            if !carry(&hub, &mut socket, &mut rx, &mut sent, &shutdown).await {
+                let _ = socket.close(None).await;
+                return;
+            }
+        }
+        tracing::info!(
+            carrier = index,
+            "shared channels: upstream lost, re-dialling"
+        );
+    }
+}
+
+async fn send(socket: &mut UpstreamSocket, frame: String) -> bool {
+    matches!(
+        tokio::time::timeout(SEND_TIMEOUT, socket.send(Message::Text(frame.into()))).await,
+        Ok(Ok(()))
+    )
+}
+
+/// Relays one connection's life; `false` when the carrier is to stop
+/// (shutdown, or the hub is gone), `true` to re-dial. `sent` holds the
+/// subscriptions this connection already carries: a queued subscribe for
+/// one of them (replayed at connect) is not sent twice, which AppSync would
+/// refuse as a duplicate id.
+async fn carry(
+    hub: &Weak<dyn Owner>,
+    socket: &mut UpstreamSocket,
+    rx: &mut mpsc::UnboundedReceiver<Command>,
+    sent: &mut HashSet<String>,
+    shutdown: &CancellationToken,
+) -> bool {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return false,
+            cmd = rx.recv() => {
+                let frame = match cmd {
+                    None => return false,
+                    Some(Command::Subscribe { sid, channel, auth }) => {
+                        if !sent.insert(sid.clone()) {
+                            continue;
+                        }
+                        subscribe_frame(&sid, &channel, &auth)
+                    }
+                    Some(Command::Unsubscribe { sid }) => {
+                        if !sent.remove(&sid) {
+                            continue;
+                        }
+                        serde_json::json!({"type": "unsubscribe", "id": sid}).to_string()
+                    }
+                };
+                if !send(socket, frame).await {
+                    return true;
+                }
+            }
+            msg = socket.next() => {
+                let text = match msg {
+                    Some(Ok(Message::Text(text))) => text,
+                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return true,
+                    Some(Ok(_)) => continue,
+                };
+                let Some(hub) = hub.upgrade() else { return false };
+                on_frame(hub.as_ref(), text.as_str());
+            }
+        }
+    }
+}
+
+fn on_frame(hub: &dyn Owner, text: &str) {
+    let label = frame_type_label(text);
+    if !matches!(label, "data" | "subscribe_success" | "subscribe_error") {
+        return;
+    }
+    let Some(span) = IdSpan::find(text) else {
+        return;
+    };
+    match label {
+        "data" => {
+            hub.deliver(text, &span);
+        }
+        "subscribe_success" => hub.on_subscribed(span.id(text)),
+        _ => hub.on_refused(text, &span),
+    }
+}

@@ -1,0 +1,375 @@
+//! The hub: which shared channels exist, who is on each, the linger after
+//! the last browser leaves, and fan-out of each event into every member's
+//! bounded queue (see the module docs of `fanout`).
+
+use super::carrier::{self, Owner};
+use super::patterns::SharedConfig;
+use super::splice::IdSpan;
+use crate::metrics::Metrics;
+use crate::rewrite::UpstreamAuth;
+use crate::upstream::UpstreamConfig;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// AppSync's documented limit of subscriptions per WebSocket connection.
+pub const MAX_SUBSCRIPTIONS_PER_CARRIER: usize = 200;
+
+/// What a browser's connection receives from the hub.
+#[derive(Debug)]
+pub enum Delivery {
+    /// An event, already carrying the browser's subscription id.
+    Frame(String),
+    /// The shared subscription is active: answer `subscribe_success`.
+    Joined { id: String },
+    /// AppSync refused the shared subscription: this frame (a
+    /// `subscribe_error` with the browser's id) is the answer.
+    Refused { id: String, frame: String },
+}
+
+/// One browser connection's end of the hub: its queue, its lag signal, and
+/// the token the carriers may use while it is a member.
+pub struct Sink {
+    tx: mpsc::Sender<Delivery>,
+    lagged: CancellationToken,
+    auth: Mutex<UpstreamAuth>,
+}
+
+impl Sink {
+    pub fn new(auth: UpstreamAuth, queue: usize) -> (Arc<Sink>, mpsc::Receiver<Delivery>) {
+        let (tx, rx) = mpsc::channel(queue.max(1));
+        let sink = Sink {
+            tx,
+            lagged: CancellationToken::new(),
+            auth: Mutex::new(auth),
+        };
+        (Arc::new(sink), rx)
+    }
+
+    pub fn lagged(&self) -> &CancellationToken {
+        &self.lagged
+    }
+
+    /// The connection renewed its token: carriers use the new one from now.
+    pub fn set_auth(&self, auth: &UpstreamAuth) {
+        *self.auth.lock().unwrap_or_else(|e| e.into_inner()) = auth.clone();
+    }
+
+    fn auth(&self) -> UpstreamAuth {
+        self.auth.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+struct Member {
+    sink: Arc<Sink>,
+    id: String,
+}
+
+struct Shared {
+    /// The relay's subscription id upstream.
+    sid: String,
+    channel: String,
+    carrier: usize,
+    active: bool,
+    members: HashMap<u64, Member>,
+    /// Bumped whenever the member set changes, so a linger timer knows
+    /// whether it is still the last word.
+    generation: u64,
+}
+
+#[derive(Default)]
+struct Inner {
+    channels: HashMap<String, Shared>,
+    /// Upstream subscription id → channel key.
+    by_sid: HashMap<String, String>,
+    carriers: Vec<carrier::Handle>,
+}
+
+/// The shared subscriptions of one relay process.
+pub struct Hub {
+    cfg: SharedConfig,
+    upstream: UpstreamConfig,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+    inner: Mutex<Inner>,
+    next: AtomicU64,
+    me: Weak<Hub>,
+}
+
+/// A browser's place on one shared channel, for [`Hub::leave`].
+#[derive(Debug, Clone)]
+pub struct MemberKey {
+    key: String,
+    member: u64,
+}
+
+impl Hub {
+    pub fn new(
+        cfg: SharedConfig,
+        upstream: UpstreamConfig,
+        metrics: Arc<Metrics>,
+        shutdown: CancellationToken,
+    ) -> Arc<Hub> {
+        Arc::new_cyclic(|me| Hub {
+            cfg,
+            upstream,
+            metrics,
+            shutdown,
+            inner: Mutex::new(Inner::default()),
+            next: AtomicU64::new(1),
+            me: me.clone(),
+        })
+    }
+
+    pub fn config(&self) -> &SharedConfig {
+        &self.cfg
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn next_id(&self) -> u64 {
+        self.next.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Adds the browser subscription `id` (on the connection `sink`) to the
+    /// shared channel `key`, subscribing upstream if it is the first. The
+    /// browser hears [`Delivery::Joined`] once the upstream subscription is
+    /// active (at once when it already is).
+    pub fn join(&self, key: &str, id: &str, sink: &Arc<Sink>) -> MemberKey {
+        let member = self.next_id();
+        let mut inner = self.lock();
+        let fresh = !inner.channels.contains_key(key);
+        if fresh {
+            let sid = format!("relay-shared-{}", self.next_id());
+            let carrier = self.carrier_with_room(&mut inner);
+            inner.carriers[carrier].channels += 1;
+            inner.by_sid.insert(sid.clone(), key.to_owned());
+            inner.carriers[carrier].subscribe(&sid, key, sink.auth());
+            inner.channels.insert(
+                key.to_owned(),
+                Shared {
+                    sid,
+                    channel: key.to_owned(),
+                    carrier,
+                    active: false,
+                    members: HashMap::new(),
+                    generation: 0,
+                },
+            );
+        }
+        let shared = inner.channels.get_mut(key).expect("inserted above");
+        shared.generation += 1;
+        shared.members.insert(
+            member,
+            Member {
+                sink: sink.clone(),
+                id: id.to_owned(),
+            },
+        );
+        if shared.active {
+            offer(sink, Delivery::Joined { id: id.to_owned() }, &self.metrics);
+        }
+        MemberKey {
+            key: key.to_owned(),
+            member,
+        }
+    }
+
+    /// Takes a browser off its shared channel; the last one out starts the
+    /// linger, after which the upstream subscription is unsubscribed.
+    pub fn leave(&self, member: &MemberKey) {
+        let mut inner = self.lock();
+        let Some(shared) = inner.channels.get_mut(&member.key) else {
+            return;
+        };
+        if shared.members.remove(&member.member).is_none() || !shared.members.is_empty() {
+            return;
+        }
+        shared.generation += 1;
+        let generation = shared.generation;
+        drop(inner);
+        let hub = self.me.clone();
+        let key = member.key.clone();
+        let linger = self.cfg.linger;
+        tokio::spawn(async move {
+            tokio::time::sleep(linger).await;
+            if let Some(hub) = hub.upgrade() {
+                hub.expire(&key, generation);
+            }
+        });
+    }
+
+    /// The linger is over: unsubscribe unless someone joined meanwhile.
+    fn expire(&self, key: &str, generation: u64) {
+        let mut inner = self.lock();
+        let still_empty = inner
+            .channels
+            .get(key)
+            .is_some_and(|s| s.generation == generation && s.members.is_empty());
+        if !still_empty {
+            return;
+        }
+        if let Some(shared) = inner.channels.remove(key) {
+            inner.by_sid.remove(&shared.sid);
+            if shared.active {
+                self.metrics.shared_subscriptions_active.dec();
+            }
+            let carrier = &mut inner.carriers[shared.carrier];
+            carrier.channels = carrier.channels.saturating_sub(1);
+            carrier.unsubscribe(&shared.sid);
+        }
+    }
+
+    fn carrier_with_room(&self, inner: &mut Inner) -> usize {
+        if let Some(i) = inner
+            .carriers
+            .iter()
+            .position(|c| c.channels < MAX_SUBSCRIPTIONS_PER_CARRIER)
+        {
+            return i;
+        }
+        let index = inner.carriers.len();
+        let owner: Weak<dyn Owner> = self.me.clone();
+        inner
+            .carriers
+            .push(carrier::spawn(owner, index, self.shutdown.clone()));
+        index
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+}
+
+impl Owner for Hub {
+    /// An event for the upstream subscription `span.id(frame)`: one copy per
+    /// member, with the member's id. Returns how many browsers got it.
+    fn deliver(&self, frame: &str, span: &IdSpan) -> usize {
+        let inner = self.lock();
+        let Some(shared) = inner
+            .by_sid
+            .get(span.id(frame))
+            .and_then(|key| inner.channels.get(key))
+        else {
+            return 0;
+        };
+        self.metrics
+            .shared_deliveries
+            .with_label_values(&["upstream"])
+            .inc();
+        self.metrics
+            .shared_browsers
+            .observe(shared.members.len() as f64);
+        let mut delivered = 0;
+        for member in shared.members.values() {
+            let copy = Delivery::Frame(span.with_id(frame, &member.id));
+            delivered += usize::from(offer(&member.sink, copy, &self.metrics));
+        }
+        self.metrics
+            .shared_deliveries
+            .with_label_values(&["browser"])
+            .inc_by(delivered as u64);
+        delivered
+    }
+
+    /// AppSync acknowledged (or, after a re-dial, re-acknowledged) the
+    /// upstream subscription `sid`.
+    fn on_subscribed(&self, sid: &str) {
+        let mut inner = self.lock();
+        let Some(key) = inner.by_sid.get(sid).cloned() else {
+            return;
+        };
+        let Some(shared) = inner.channels.get_mut(&key) else {
+            return;
+        };
+        if shared.active {
+            return;
+        }
+        shared.active = true;
+        self.metrics.shared_subscriptions_active.inc();
+        for member in shared.members.values() {
+            let joined = Delivery::Joined {
+                id: member.id.clone(),
+            };
+            offer(&member.sink, joined, &self.metrics);
+        }
+    }
+
+    /// AppSync refused the upstream subscription `sid` (`frame`, a
+    /// `subscribe_error`): every member gets it under its own id, and the
+    /// shared channel is gone (the next browser starts over).
+    fn on_refused(&self, frame: &str, span: &IdSpan) {
+        let mut inner = self.lock();
+        let Some(key) = inner.by_sid.remove(span.id(frame)) else {
+            return;
+        };
+        let Some(shared) = inner.channels.remove(&key) else {
+            return;
+        };
+        if shared.active {
+            self.metrics.shared_subscriptions_active.dec();
+        }
+        let carrier = &mut inner.carriers[shared.carrier];
+        carrier.channels = carrier.channels.saturating_sub(1);
+        for member in shared.members.into_values() {
+            let refused = Delivery::Refused {
+                frame: span.with_id(frame, &member.id),
+                id: member.id,
+            };
+            offer(&member.sink, refused, &self.metrics);
+        }
+    }
+
+    /// Every upstream subscription on `carrier`, `(sid, channel)`, for a
+    /// replay after a re-dial; each is inactive until acknowledged again.
+    fn subscriptions_on(&self, carrier: usize) -> Vec<(String, String)> {
+        let inner = self.lock();
+        inner
+            .channels
+            .values()
+            .filter(|s| s.carrier == carrier)
+            .map(|s| (s.sid.clone(), s.channel.clone()))
+            .collect()
+    }
+
+    /// A token of a browser currently on one of `carrier`'s channels.
+    fn auth_for(&self, carrier: usize) -> Option<UpstreamAuth> {
+        let inner = self.lock();
+        inner
+            .channels
+            .values()
+            .filter(|s| s.carrier == carrier)
+            .flat_map(|s| s.members.values())
+            .find(|m| !m.sink.lagged.is_cancelled())
+            .map(|m| m.sink.auth())
+    }
+
+    fn upstream(&self) -> &UpstreamConfig {
+        &self.upstream
+    }
+
+    fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+}
+
+/// Queues `delivery` for one browser without waiting; a full queue marks
+/// the browser lagging (its connection then closes). `true` when queued.
+fn offer(sink: &Sink, delivery: Delivery, metrics: &Metrics) -> bool {
+    if sink.lagged.is_cancelled() {
+        return false;
+    }
+    match sink.tx.try_send(delivery) {
+        Ok(()) => true,
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            sink.lagged.cancel();
+            metrics.limits_hit.with_label_values(&["shared_lag"]).inc();
+            false
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => false,
+    }
+}

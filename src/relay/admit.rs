@@ -1,0 +1,143 @@
+//! What the relay decides about a browser frame before anything goes
+//! upstream: the per-connection limits and bookkeeping ([`Connection::admit`])
+//! and the routing of shared-channel subscriptions to the hub
+//! ([`Connection::route_shared`]), which are answered here and never
+//! forwarded as they are.
+
+use super::membership::Membership;
+use super::pump::Connection;
+use super::subscriptions::Refusal;
+use crate::fanout::Delivery;
+use crate::protocol::{error_frame, error_type};
+use crate::rewrite::FrameKind;
+
+impl Connection {
+    /// Bookkeeping and limits for a frame about to go upstream. Returns a
+    /// local reply instead when the frame must not go.
+    pub(super) fn admit(&mut self, kind: &FrameKind) -> Option<String> {
+        match kind {
+            FrameKind::ConnectionInit => self.subs.saw_init(),
+            FrameKind::Subscribe { id, channel } => {
+                // Shared subscriptions count against the same limit.
+                let shared = self.shared.as_ref().map_or(0, |m| m.len());
+                let max = self
+                    .state
+                    .config
+                    .limits
+                    .max_subscriptions
+                    .saturating_sub(shared);
+                if let Err(refusal) = self.subs.add(id, channel, max) {
+                    if refusal == Refusal::TooMany {
+                        self.limit_hit("max_subscriptions");
+                    }
+                    return Some(error_frame(
+                        "subscribe_error",
+                        Some(id),
+                        error_type::BAD_REQUEST,
+                        refusal.message(),
+                    ));
+                }
+            }
+            FrameKind::Unsubscribe { id } => self.subs.remove(id),
+            FrameKind::Publish { id } => {
+                if let Some(bucket) = &mut self.publish_bucket {
+                    if !bucket.try_take() {
+                        self.limit_hit("publish_rate");
+                        return Some(error_frame(
+                            "publish_error",
+                            Some(id),
+                            error_type::BAD_REQUEST,
+                            "Publish rate exceeded; retry later",
+                        ));
+                    }
+                }
+                if let Err(refusal) = self.subs.publish(id) {
+                    return Some(error_frame(
+                        "publish_error",
+                        Some(id),
+                        error_type::BAD_REQUEST,
+                        refusal.message(),
+                    ));
+                }
+            }
+        }
+        None
+    }
+
+    pub(super) fn limit_hit(&self, limit: &str) {
+        self.state
+            .metrics
+            .limits_hit
+            .with_label_values(&[limit])
+            .inc();
+    }
+
+    /// A subscribe to a shared channel, or an unsubscribe of one: handled
+    /// here (`Some`, with the local reply if there is one). `None` for
+    /// everything else, which takes the usual path.
+    pub(super) fn route_shared(&mut self, kind: &FrameKind) -> Option<Option<String>> {
+        let hub = self.state.fanout.as_ref()?;
+        match kind {
+            FrameKind::Subscribe { id, channel } => {
+                let in_use = self.shared.as_ref().is_some_and(|m| m.uses(id));
+                let Some(key) = hub.config().key_for(channel) else {
+                    // Not shared; but an id of a shared subscription is
+                    // still taken.
+                    return in_use.then(|| Some(duplicate(id)));
+                };
+                if in_use || self.subs.has(id) {
+                    return Some(Some(duplicate(id)));
+                }
+                let held = self.subs.len() + self.shared.as_ref().map_or(0, |m| m.len());
+                if held >= self.state.config.limits.max_subscriptions {
+                    self.limit_hit("max_subscriptions");
+                    return Some(Some(subscribe_refused(id, Refusal::TooMany)));
+                }
+                let check = hub.config().check;
+                let auth = &self.token.auth;
+                let membership = self
+                    .shared
+                    .get_or_insert_with(|| Box::new(Membership::new(hub.clone(), auth)));
+                let subs = &self.subs;
+                membership.subscribe(id, &key, channel, auth, check, |probe| subs.has(probe));
+                Some(None)
+            }
+            FrameKind::Unsubscribe { id } => {
+                let membership = self.shared.as_mut()?;
+                membership.unsubscribe(id).then(|| {
+                    Some(serde_json::json!({"type": "unsubscribe_success", "id": id}).to_string())
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// The frame a hub delivery becomes for the browser.
+    pub(super) fn shared_frame(&mut self, delivery: Delivery) -> String {
+        match delivery {
+            Delivery::Frame(frame) => frame,
+            Delivery::Joined { id } => {
+                serde_json::json!({"type": "subscribe_success", "id": id}).to_string()
+            }
+            Delivery::Refused { id, frame } => {
+                if let Some(m) = &mut self.shared {
+                    m.forget(&id);
+                }
+                frame
+            }
+        }
+    }
+}
+
+fn subscribe_refused(id: &str, refusal: Refusal) -> String {
+    error_frame(
+        "subscribe_error",
+        Some(id),
+        error_type::BAD_REQUEST,
+        refusal.message(),
+    )
+}
+
+fn duplicate(id: &str) -> String {
+    subscribe_refused(id, Refusal::DuplicateId)
+}
