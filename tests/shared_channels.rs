@@ -158,3 +158,112 @@ async fn an_upstream_drop_is_redialled_with_the_shared_subscriptions_replayed() 
         assert_eq!(data["id"], id);
     }
 }
+
+/// Cookies of a second user (another `sub`).
+fn other_user_cookies(stack: &Stack, sub: &str) -> String {
+    let mut claims = access_claims(&stack.jwks.issuer());
+    claims["sub"] = json!(sub);
+    claims["username"] = json!("bob@example.com");
+    amplify_cookies(Some(&sign(&claims, signing_key())), None)
+}
+
+const BOB: &str = "5f1c6a2e-0000-4000-8000-0000000000b0";
+
+#[tokio::test]
+async fn a_user_the_namespace_refuses_gets_subscribe_error_and_no_events() {
+    let stack = Stack::start_with(SHARED).await;
+    stack.emulator.refuse_subscriptions(BOB, "/ns/room");
+    let (mut alice, answer) = subscriber(&stack, "a", "/ns/room").await;
+    assert_eq!(answer["type"], "subscribe_success");
+
+    let mut bob = connect(&stack.realtime_url(), &other_user_cookies(&stack, BOB)).await;
+    init(&mut bob).await;
+    send_json(&mut bob, amplify_subscribe("b", "/ns/room")).await;
+    let refused = recv_json(&mut bob).await;
+    assert_eq!(refused["type"], "subscribe_error", "{refused}");
+    assert_eq!(refused["id"], "b");
+    assert_eq!(refused["errors"][0]["errorType"], "UnauthorizedException");
+
+    publish(&mut alice, "p1", "/ns/room", json!("secret")).await;
+    assert_eq!(recv_json(&mut alice).await["type"], "data");
+    // Bob's next frame answers his next request: no event was queued for him.
+    send_json(&mut bob, amplify_subscribe("c", "/ns/elsewhere")).await;
+    let next = recv_json(&mut bob).await;
+    assert_eq!(
+        next,
+        json!({"type": "subscribe_success", "id": "c"}),
+        "{next}"
+    );
+}
+
+#[tokio::test]
+async fn a_session_that_ends_leaves_the_shared_subscription_to_the_others() {
+    let stack = Stack::start_with(&["--shared-channel", "/ns/*", "--max-session-age", "2"]).await;
+    let (mut alice, _) = subscriber(&stack, "a", "/ns/room").await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let (mut bob, _) = subscriber(&stack, "b", "/ns/room").await;
+    // Alice's session reaches its maximum age first: 4401 for her only.
+    assert_eq!(recv_close(&mut alice).await, Some(4401));
+    publish(&mut bob, "p1", "/ns/room", json!("still here")).await;
+    let data = recv_json(&mut bob).await;
+    assert_eq!(
+        (data["type"].as_str(), data["id"].as_str()),
+        (Some("data"), Some("b"))
+    );
+    assert_eq!(stack.emulator.subscription_count(), 1);
+}
+
+#[tokio::test]
+async fn a_browser_that_falls_behind_is_closed_and_the_others_keep_up() {
+    let stack = Stack::start_with(&[
+        "--shared-channel",
+        "/ns/*",
+        "--shared-queue",
+        "4",
+        "--publish-rate",
+        "0",
+    ])
+    .await;
+    let (mut reader, _) = subscriber(&stack, "r", "/ns/room").await;
+    let (mut stalled, _) = subscriber(&stack, "s", "/ns/room").await;
+    let (mut publisher, _) = subscriber(&stack, "p", "/ns/other").await;
+    // Events big enough to fill the stalled browser's socket buffers
+    // quickly; it reads nothing from here on.
+    let event = json!("x".repeat(60_000));
+    let mut lagged = false;
+    for i in 0..400 {
+        publish(&mut publisher, &format!("p{i}"), "/ns/room", event.clone()).await;
+        let data = recv_json(&mut reader).await;
+        assert_eq!(
+            (data["type"].as_str(), data["id"].as_str()),
+            (Some("data"), Some("r"))
+        );
+        let (_, _, metrics) = http(stack.relay.admin_addr, "GET", "/metrics", &[], "").await;
+        if metrics.contains("limits_hit_total{limit=\"shared_lag\"} 1") {
+            lagged = true;
+            break;
+        }
+    }
+    assert!(lagged, "the stalled browser was never found lagging");
+    // The reader is still served in real time.
+    publish(&mut publisher, "last", "/ns/room", json!("after")).await;
+    assert_eq!(
+        recv_json(&mut reader).await["event"],
+        json!("after").to_string()
+    );
+    // The stalled one, once it reads again, finds its socket ended.
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match futures_util::StreamExt::next(&mut stalled).await {
+                Some(Ok(tokio_tungstenite::tungstenite::Message::Close(frame))) => {
+                    return frame.map(|f| u16::from(f.code));
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return None,
+            }
+        }
+    })
+    .await
+    .expect("the lagging socket was not closed");
+    assert!(matches!(ended, Some(1008) | None), "{ended:?}");
+}

@@ -156,6 +156,18 @@ impl EmulatorHandle {
             .store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Refuses subscriptions by the user `sub` (the token's claim) to
+    /// `channel_prefix` and everything below it, as a namespace's
+    /// `onSubscribe` handler can: `subscribe_error` with
+    /// `UnauthorizedException`, after the authorization itself passed.
+    pub fn refuse_subscriptions(&self, sub: &str, channel_prefix: &str) {
+        self.shared
+            .subscribe_rules
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((sub.to_owned(), channel_prefix.to_owned()));
+    }
+
     /// Open WebSocket connections.
     pub fn connection_count(&self) -> usize {
         self.shared.registry.connection_count()

@@ -256,6 +256,14 @@ impl Session {
         if let Some(frame) = self.undefined_namespace(ERR, id, &channel) {
             return frame;
         }
+        if self.shared.refuses_subscribe(message, &channel) {
+            return error_frame(
+                ERR,
+                Some(id),
+                error_type::UNAUTHORIZED,
+                "the namespace's onSubscribe handler refused this subscription",
+            );
+        }
         match self.shared.registry.subscribe(self.conn, id, channel) {
             Ok(()) => json!({"type": "subscribe_success", "id": id}).to_string(),
             Err(_) => error_frame(

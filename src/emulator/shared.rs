@@ -6,6 +6,7 @@
 use super::auth::{self, AuthFailure};
 use super::config::EmulatorConfig;
 use super::registry::{AuthLog, Registry};
+use crate::protocol::Channel;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::header::{HeaderValue, CONTENT_TYPE};
@@ -31,6 +32,9 @@ pub(crate) struct Shared {
     /// Refuse a bad handshake after the 101 (`connection_error`, close
     /// 4401) instead of with HTTP 401.
     pub(crate) refuse_after_upgrade: AtomicBool,
+    /// `(sub, channel prefix)`: subscriptions this user may not make, as a
+    /// namespace's `onSubscribe` handler would refuse them.
+    pub(crate) subscribe_rules: Mutex<Vec<(String, String)>>,
 }
 
 // === impl Shared ===
@@ -44,6 +48,7 @@ impl Shared {
             tracker: TaskTracker::new(),
             revoked: Mutex::new(HashSet::new()),
             refuse_after_upgrade: AtomicBool::new(false),
+            subscribe_rules: Mutex::new(Vec::new()),
             cfg,
         })
     }
@@ -73,6 +78,38 @@ impl Shared {
             tracing::debug!(%failure, "emulator: authorization refused");
         }
         result
+    }
+}
+
+impl Shared {
+    /// Whether a rule refuses this (already authorized) subscribe: the
+    /// `sub` of its token is named with a prefix of the channel.
+    pub(crate) fn refuses_subscribe(
+        &self,
+        message: &Map<String, Value>,
+        channel: &Channel,
+    ) -> bool {
+        let rules = self
+            .subscribe_rules
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if rules.is_empty() {
+            return false;
+        }
+        let sub = message
+            .get("authorization")
+            .and_then(|a| a.get(auth::JWT_FIELD))
+            .and_then(Value::as_str)
+            .and_then(crate::verify::unverified_sub);
+        let Some(sub) = sub else { return false };
+        let path = channel.path();
+        rules.iter().any(|(who, prefix)| {
+            *who == sub
+                && (path == prefix
+                    || path
+                        .strip_prefix(prefix.as_str())
+                        .is_some_and(|rest| rest.starts_with('/')))
+        })
     }
 }
 
