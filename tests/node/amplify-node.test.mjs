@@ -41,6 +41,8 @@ import {
 const here = dirname(fileURLToPath(import.meta.url));
 const RELAY_BIN = resolve(here, process.env.APPSYNC_RELAY_BIN || '../../target/debug/appsync-relay');
 const CHANNEL = '/default/node';
+// Served from one upstream subscription (`--shared-channel /default/shared/*`).
+const SHARED_CHANNEL = '/default/shared/prices';
 const PASSWORD = 'Passw0rd!';
 // `@` and `+` in the username: the cookie names carry it percent-encoded.
 const USERNAME = `node+user-${randomBytes(4).toString('hex')}@example.com`;
@@ -50,6 +52,7 @@ const MODE = TLS ? 'https/wss' : 'http/ws';
 
 let cognito;
 let emulator;
+let emulatorAdmin;
 let relay;
 let relayArgs;
 let origin;
@@ -147,9 +150,12 @@ before(async () => {
   const tokens = await cognito.signIn(USERNAME, PASSWORD);
 
   const emuPort = await freePort();
+  const emuAdminPort = await freePort();
+  emulatorAdmin = `http://127.0.0.1:${emuAdminPort}`;
   emulator = startChild('emulator', RELAY_BIN, [
     'emulate',
     '--listen', `127.0.0.1:${emuPort}`,
+    '--admin-listen', `127.0.0.1:${emuAdminPort}`,
     '--cognito-issuer', cognito.issuer,
     '--cognito-jwks-url', cognito.jwksUrl,
     '--cognito-client-id', cognito.clientId,
@@ -173,6 +179,8 @@ before(async () => {
     '--allowed-origin', origin,
     // SIGTERM in the reconnect test: give open sockets one second, then 1001.
     '--drain-timeout', '1',
+    '--shared-channel', '/default/shared/*',
+    '--shared-linger', '1',
   ];
   let ca;
   if (TLS) {
@@ -280,6 +288,58 @@ test(`[${MODE}] subscribe receives a WebSocket publish from another client and a
     assert.deepEqual(inbox.errors, []);
     const errorsOnWire = wire.frames.filter((f) => f.kind === 'error' || (f.kind === 'recv' && /error/.test(f.msg?.type ?? '')));
     assert.deepEqual(errorsOnWire, []);
+  }),
+);
+
+/** One series of the emulator's operations meter. */
+async function meter(series) {
+  const text = await (await fetch(`${emulatorAdmin}/metrics`)).text();
+  const line = text.split('\n').find((l) => l.startsWith(`${series} `));
+  return line ? Number(line.split(' ')[1]) : 0;
+}
+
+test(`[${MODE}] a shared channel: two Amplify subscriptions get every event under their own ids, AppSync delivers once`, { timeout: 60_000 }, () =>
+  explained(async () => {
+    const from = wire.frames.length;
+    const first = await withDeadline(events.connect(SHARED_CHANNEL), 15_000, 'events.connect (1)');
+    const second = await withDeadline(events.connect(SHARED_CHANNEL), 15_000, 'events.connect (2)');
+    const a = collector();
+    const b = collector();
+    const subA = first.subscribe(a.observer);
+    const subB = second.subscribe(b.observer);
+    await withDeadline(Promise.all([subA.ready, subB.ready]), 15_000, 'shared subscriptions ready');
+    const ids = wire.frames
+      .slice(from)
+      .filter((f) => f.kind === 'send' && f.msg?.type === 'subscribe' && f.msg.channel === SHARED_CHANNEL)
+      .map((f) => f.msg.id);
+    assert.equal(ids.length, 2);
+    assert.notEqual(ids[0], ids[1]);
+
+    const deliveries = await meter('appsync_emulator_operations_total{kind="delivery"}');
+    const mark = `shared-${randomBytes(4).toString('hex')}`;
+    await withDeadline(peerCall({ op: 'publish', channel: SHARED_CHANNEL, event: { mark } }), 15_000, 'peer publish');
+    await a.waitEvent((e) => e?.mark === mark, 10_000, 'the event on the first subscription');
+    await b.waitEvent((e) => e?.mark === mark, 10_000, 'the event on the second subscription');
+    // Each data frame Amplify received carried one of its own ids.
+    const data = wire.frames.slice(from).filter((f) => f.kind === 'recv' && f.msg?.type === 'data');
+    assert.deepEqual(data.map((f) => f.msg.id).sort(), [...ids].sort());
+    // AppSync delivered the event once, to the relay's shared subscription.
+    assert.equal(await meter('appsync_emulator_operations_total{kind="delivery"}') - deliveries, 1);
+    assert.equal(await meter(`appsync_emulator_subscriptions_active{channel="${SHARED_CHANNEL}"}`), 1);
+    assert.deepEqual([...a.errors, ...b.errors], []);
+    // Unsubscribes are answered by the relay (nothing to undo upstream),
+    // then Amplify closes the idle socket as usual.
+    const closeFrom = wire.frames.length;
+    const upgrade = wire.frames.slice(from).find((f) => f.kind === 'upgrade');
+    await first.close();
+    await second.close();
+    for (const id of ids) {
+      const ack = await wire.waitFor((f) => f.kind === 'recv' && f.msg?.id === id, 5_000, 'unsubscribe answer', closeFrom);
+      assert.equal(ack.msg.type, 'unsubscribe_success', JSON.stringify(ack.msg));
+    }
+    if (upgrade) {
+      await wire.waitFor((f) => f.kind === 'close' && f.socket === upgrade.socket, 5_000, 'socket close', closeFrom);
+    }
   }),
 );
 
