@@ -1,0 +1,54 @@
+//! An upstream frame → `fanout::splice::IdSpan` (the id splicing of shared
+//! channels: each browser's copy of an AppSync event carries its own id).
+//!
+//! The input is split at the first NUL: frame, then the new id.
+//!
+//! Invariants:
+//! - never panics, whatever the frame (the span comes from the parser, and
+//!   is sliced out of the frame it was found in);
+//! - a span is found only for a JSON object whose top-level `id` is a valid
+//!   id string, and `id()` is that string;
+//! - splicing a valid id gives a frame that parses to the same object with
+//!   only `id` changed (duplicate keys aside, where the parser keeps the
+//!   last one and so does the check).
+#![no_main]
+
+use appsync_relay::fanout::splice::IdSpan;
+use appsync_relay::protocol::is_valid_id;
+use libfuzzer_sys::fuzz_target;
+use serde_json::Value;
+
+fuzz_target!(|data: &[u8]| {
+    let (frame, new_id) = match data.iter().position(|b| *b == 0) {
+        Some(i) => (&data[..i], &data[i + 1..]),
+        None => (data, &b"browser-1"[..]),
+    };
+    let Ok(frame) = std::str::from_utf8(frame) else {
+        return;
+    };
+    let Some(span) = IdSpan::find(frame) else {
+        // No span: then the frame is no object with a valid string id.
+        if let Ok(Value::Object(o)) = serde_json::from_str::<Value>(frame) {
+            if let Some(Value::String(id)) = o.get("id") {
+                assert!(!is_valid_id(id), "a valid id was not found in {frame:?}");
+            }
+        }
+        return;
+    };
+    let old = span.id(frame);
+    assert!(is_valid_id(old));
+    let Ok(Value::Object(mut before)) = serde_json::from_str::<Value>(frame) else {
+        panic!("a span in something that is not a JSON object: {frame:?}");
+    };
+    assert_eq!(before.get("id"), Some(&Value::String(old.to_owned())));
+    let Ok(new_id) = std::str::from_utf8(new_id) else {
+        return;
+    };
+    if !is_valid_id(new_id) {
+        return;
+    }
+    let spliced = span.with_id(frame, new_id);
+    let after: Value = serde_json::from_str(&spliced).expect("a spliced frame parses");
+    before.insert("id".into(), Value::String(new_id.to_owned()));
+    assert_eq!(after, Value::Object(before));
+});
