@@ -21,7 +21,7 @@ pub const MAX_SUBSCRIPTIONS_PER_CARRIER: usize = 200;
 #[derive(Debug)]
 pub enum Delivery {
     /// An event, already carrying the browser's subscription id.
-    Frame(String),
+    Frame { id: String, frame: String },
     /// The shared subscription is active: answer `subscribe_success`.
     Joined { id: String },
     /// AppSync refused the shared subscription: this frame (a
@@ -266,7 +266,10 @@ impl Owner for Hub {
             .observe(shared.members.len() as f64);
         let mut delivered = 0;
         for member in shared.members.values() {
-            let copy = Delivery::Frame(span.with_id(frame, &member.id));
+            let copy = Delivery::Frame {
+                frame: span.with_id(frame, &member.id),
+                id: member.id.clone(),
+            };
             delivered += usize::from(offer(&member.sink, copy, &self.metrics));
         }
         self.metrics

@@ -112,18 +112,20 @@ impl Connection {
         }
     }
 
-    /// The frame a hub delivery becomes for the browser.
-    pub(super) fn shared_frame(&mut self, delivery: Delivery) -> String {
+    /// The frame a hub delivery becomes for the browser; `None` for one
+    /// queued before the browser unsubscribed (it must not see an event, or
+    /// a `subscribe_success`, for a subscription it has ended).
+    pub(super) fn shared_frame(&mut self, delivery: Delivery) -> Option<String> {
+        let membership = self.shared.as_mut()?;
         match delivery {
-            Delivery::Frame(frame) => frame,
-            Delivery::Joined { id } => {
-                serde_json::json!({"type": "subscribe_success", "id": id}).to_string()
-            }
+            Delivery::Frame { id, frame } => membership.holds(&id).then_some(frame),
+            Delivery::Joined { id } => membership
+                .holds(&id)
+                .then(|| serde_json::json!({"type": "subscribe_success", "id": id}).to_string()),
             Delivery::Refused { id, frame } => {
-                if let Some(m) = &mut self.shared {
-                    m.forget(&id);
-                }
-                frame
+                let held = membership.holds(&id);
+                membership.forget(&id);
+                held.then_some(frame)
             }
         }
     }

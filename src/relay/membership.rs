@@ -227,6 +227,11 @@ impl Membership {
         self.rx.poll_recv(cx)
     }
 
+    /// Whether `id` is a joined shared subscription of this browser.
+    pub fn holds(&self, id: &str) -> bool {
+        self.joined.contains_key(id)
+    }
+
     /// A refusal of a joined subscription (the hub dropped it).
     pub fn forget(&mut self, id: &str) {
         self.joined.remove(id);

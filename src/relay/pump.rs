@@ -240,7 +240,9 @@ impl Connection {
                     bytes_down.inc_by(len);
                 }
                 Event::Shared(delivery) => {
-                    let frame = self.shared_frame(delivery);
+                    let Some(frame) = self.shared_frame(delivery) else {
+                        continue;
+                    };
                     self.stats.frames_to_client += 1;
                     self.stats.bytes_to_client += frame.len() as u64;
                     bytes_down.inc_by(frame.len() as u64);
