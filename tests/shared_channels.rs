@@ -267,3 +267,26 @@ async fn a_browser_that_falls_behind_is_closed_and_the_others_keep_up() {
     .expect("the lagging socket was not closed");
     assert!(matches!(ended, Some(1008) | None), "{ended:?}");
 }
+
+/// Found by review: a carrier that lost its upstream while its only channel
+/// lingered (no member left to lend a token) looped without ever waiting;
+/// on this single-threaded runtime that froze the relay outright.
+#[tokio::test]
+async fn a_carrier_with_nobody_to_carry_for_waits_instead_of_spinning() {
+    let stack = Stack::start_with(&["--shared-channel", "/ns/*", "--shared-linger", "30"]).await;
+    let (mut a, _) = subscriber(&stack, "a", "/ns/room").await;
+    eventually("shared", || stack.emulator.subscription_count() == 1).await;
+    send_json(&mut a, json!({"type": "unsubscribe", "id": "a"})).await;
+    assert_eq!(recv_json(&mut a).await["type"], "unsubscribe_success");
+    // The channel lingers with no member; now its carrier loses AppSync.
+    stack.emulator.abort_all();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The relay still serves: a new browser, a plain subscription.
+    let answer = tokio::time::timeout(Duration::from_secs(5), async {
+        let (_ws, answer) = subscriber(&stack, "b", "/elsewhere/x").await;
+        answer
+    })
+    .await
+    .expect("the relay stopped serving");
+    assert_eq!(answer["type"], "subscribe_success", "{answer}");
+}

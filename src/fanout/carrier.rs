@@ -1,8 +1,9 @@
 //! One relay-owned upstream connection carrying shared subscriptions.
 //!
 //! A carrier connects only when it has subscriptions to carry, with the
-//! token of a browser currently on one of them (`Owner::auth_for`); each
-//! subscribe carries the token of the browser that caused it. When the
+//! token of a browser currently on one of them; each subscribe carries the
+//! token of a member of that subscription's own channel (the joiner's, or
+//! at a replay one of its current members'). When the
 //! connection drops it re-dials (backing off up to [`MAX_BACKOFF`]) with
 //! whichever member's token is current then, and replays every shared
 //! subscription it carries: browsers keep their sockets and see no second
@@ -21,11 +22,15 @@ use std::collections::HashSet;
 use std::sync::Weak;
 use std::time::Duration;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
 /// Longest wait between two re-dials.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+/// A connection that lasted this long resets the backoff when it is lost.
+const STABLE: Duration = Duration::from_secs(10);
 /// A write to AppSync that takes longer is a dead connection.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -39,10 +44,10 @@ pub(crate) trait Owner: Send + Sync + 'static {
     fn on_subscribed(&self, sid: &str);
     /// AppSync refused the upstream subscription `span.id(frame)`.
     fn on_refused(&self, frame: &str, span: &IdSpan);
-    /// `(sid, channel)` of every subscription carrier `carrier` holds.
-    fn subscriptions_on(&self, carrier: usize) -> Vec<(String, String)>;
-    /// The token of a browser on one of `carrier`'s channels.
-    fn auth_for(&self, carrier: usize) -> Option<UpstreamAuth>;
+    /// `(sid, channel, token)` of every subscription carrier `carrier`
+    /// holds, the token that of one of the channel's current members
+    /// (none while it lingers without any, or all of them lag).
+    fn subscriptions_on(&self, carrier: usize) -> Vec<(String, String, Option<UpstreamAuth>)>;
     fn upstream(&self) -> &UpstreamConfig;
     fn metrics(&self) -> &Metrics;
 }
@@ -95,32 +100,26 @@ async fn run(
     mut rx: mpsc::UnboundedReceiver<Command>,
     shutdown: CancellationToken,
 ) {
-    let mut backoff = Duration::from_millis(100);
-    let mut first: Option<Command> = None;
+    let mut backoff = MIN_BACKOFF;
     loop {
-        // Nothing to carry: wait for the next subscribe.
-        let has_work = hub
-            .upgrade()
-            .is_some_and(|h| !h.subscriptions_on(index).is_empty());
-        if !has_work && first.is_none() {
+        let Some(h) = hub.upgrade() else { return };
+        let auth = h
+            .subscriptions_on(index)
+            .into_iter()
+            .find_map(|(_, _, auth)| auth);
+        drop(h);
+        let Some(auth) = auth else {
+            // Nothing to carry, or nobody left whose token could carry it
+            // (the last members left and the linger runs, or all of them
+            // lag): wait until the hub tells us something changed. Never
+            // loop without waiting.
             tokio::select! {
                 () = shutdown.cancelled() => return,
-                cmd = rx.recv() => match cmd {
-                    None => return,
-                    Some(cmd @ Command::Subscribe { .. }) => first = Some(cmd),
-                    Some(Command::Unsubscribe { .. }) => continue,
-                },
+                cmd = rx.recv() => if cmd.is_none() { return },
             }
-        }
-        let Some(h) = hub.upgrade() else { return };
-        let auth = match (&first, h.auth_for(index)) {
-            (_, Some(auth)) => auth,
-            (Some(Command::Subscribe { auth, .. }), None) => auth.clone(),
-            _ => {
-                first = None;
-                continue;
-            }
+            continue;
         };
+        let Some(h) = hub.upgrade() else { return };
         let connected = tokio::select! {
             () = shutdown.cancelled() => return,
             c = upstream::connect(h.upstream(), &auth) => c,
@@ -135,39 +134,58 @@ async fn run(
             Err(e) => {
                 tracing::warn!(carrier = index, error = %e, "shared channels: upstream connect failed");
                 drop(h);
-                tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    () = tokio::time::sleep(backoff) => {}
+                if !pause(&shutdown, &mut backoff).await {
+                    return;
                 }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
                 continue;
             }
         };
-        // Everything this carrier holds, then what was waiting.
+        // Everything this carrier holds, each with a token of one of that
+        // channel's own members (a lingering channel, with none, with the
+        // connection's).
         let mut frames = vec![r#"{"type":"connection_init"}"#.to_owned()];
         let mut sent = HashSet::new();
-        for (sid, channel) in h.subscriptions_on(index) {
-            frames.push(subscribe_frame(&sid, &channel, &auth));
+        for (sid, channel, member_auth) in h.subscriptions_on(index) {
+            frames.push(subscribe_frame(
+                &sid,
+                &channel,
+                member_auth.as_ref().unwrap_or(&auth),
+            ));
             sent.insert(sid);
         }
-        first = None;
         drop(h);
+        let connected_at = Instant::now();
         let mut ok = true;
         for frame in frames {
             ok &= send(&mut socket, frame).await;
         }
-        if ok {
-            backoff = Duration::from_millis(100);
-            if !carry(&hub, &mut socket, &mut rx, &mut sent, &shutdown).await {
-                let _ = socket.close(None).await;
-                return;
-            }
+        if ok && !carry(&hub, &mut socket, &mut rx, &mut sent, &shutdown).await {
+            let _ = socket.close(None).await;
+            return;
         }
         tracing::info!(
             carrier = index,
             "shared channels: upstream lost, re-dialling"
         );
+        // A connection that lasted is a blip: re-dial at once. One lost
+        // soon after it opened (AppSync refusing the token after the
+        // upgrade, say) backs off like a failed connect.
+        if connected_at.elapsed() >= STABLE {
+            backoff = MIN_BACKOFF;
+        } else if !pause(&shutdown, &mut backoff).await {
+            return;
+        }
     }
+}
+
+/// Sleeps `backoff` (doubling it up to [`MAX_BACKOFF`]); `false` on shutdown.
+async fn pause(shutdown: &CancellationToken, backoff: &mut Duration) -> bool {
+    tokio::select! {
+        () = shutdown.cancelled() => return false,
+        () = tokio::time::sleep(*backoff) => {}
+    }
+    *backoff = (*backoff * 2).min(MAX_BACKOFF);
+    true
 }
 
 async fn send(socket: &mut UpstreamSocket, frame: String) -> bool {

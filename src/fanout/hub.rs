@@ -17,16 +17,19 @@ use tokio_util::sync::CancellationToken;
 /// AppSync's documented limit of subscriptions per WebSocket connection.
 pub const MAX_SUBSCRIPTIONS_PER_CARRIER: usize = 200;
 
-/// What a browser's connection receives from the hub.
+/// What a browser's connection receives from the hub. `member` is the
+/// membership it was queued for ([`MemberKey::number`]): one queued before
+/// the browser unsubscribed (and perhaps reused the id) is recognised as
+/// stale and dropped.
 #[derive(Debug)]
 pub enum Delivery {
     /// An event, already carrying the browser's subscription id.
-    Frame { id: String, frame: String },
+    Frame { member: u64, frame: String },
     /// The shared subscription is active: answer `subscribe_success`.
-    Joined { id: String },
+    Joined { member: u64, id: String },
     /// AppSync refused the shared subscription: this frame (a
     /// `subscribe_error` with the browser's id) is the answer.
-    Refused { id: String, frame: String },
+    Refused { member: u64, frame: String },
 }
 
 /// One browser connection's end of the hub: its queue, its lag signal, and
@@ -105,6 +108,13 @@ pub struct MemberKey {
     member: u64,
 }
 
+impl MemberKey {
+    /// Unique per join, in this process.
+    pub fn number(&self) -> u64 {
+        self.member
+    }
+}
+
 impl Hub {
     pub fn new(
         cfg: SharedConfig,
@@ -171,7 +181,11 @@ impl Hub {
             },
         );
         if shared.active {
-            offer(sink, Delivery::Joined { id: id.to_owned() }, &self.metrics);
+            let joined = Delivery::Joined {
+                member,
+                id: id.to_owned(),
+            };
+            offer(sink, joined, &self.metrics);
         }
         MemberKey {
             key: key.to_owned(),
@@ -265,10 +279,13 @@ impl Owner for Hub {
             .shared_browsers
             .observe(shared.members.len() as f64);
         let mut delivered = 0;
-        for member in shared.members.values() {
+        for (&number, member) in &shared.members {
+            if member.sink.lagged.is_cancelled() {
+                continue;
+            }
             let copy = Delivery::Frame {
+                member: number,
                 frame: span.with_id(frame, &member.id),
-                id: member.id.clone(),
             };
             delivered += usize::from(offer(&member.sink, copy, &self.metrics));
         }
@@ -294,8 +311,9 @@ impl Owner for Hub {
         }
         shared.active = true;
         self.metrics.shared_subscriptions_active.inc();
-        for member in shared.members.values() {
+        for (&number, member) in &shared.members {
             let joined = Delivery::Joined {
+                member: number,
                 id: member.id.clone(),
             };
             offer(&member.sink, joined, &self.metrics);
@@ -318,37 +336,32 @@ impl Owner for Hub {
         }
         let carrier = &mut inner.carriers[shared.carrier];
         carrier.channels = carrier.channels.saturating_sub(1);
-        for member in shared.members.into_values() {
+        for (number, member) in shared.members {
             let refused = Delivery::Refused {
+                member: number,
                 frame: span.with_id(frame, &member.id),
-                id: member.id,
             };
             offer(&member.sink, refused, &self.metrics);
         }
     }
 
-    /// Every upstream subscription on `carrier`, `(sid, channel)`, for a
-    /// replay after a re-dial; each is inactive until acknowledged again.
-    fn subscriptions_on(&self, carrier: usize) -> Vec<(String, String)> {
+    /// Every upstream subscription on `carrier`, for a replay after a
+    /// re-dial, each with a current (not lagging) member's token.
+    fn subscriptions_on(&self, carrier: usize) -> Vec<(String, String, Option<UpstreamAuth>)> {
         let inner = self.lock();
         inner
             .channels
             .values()
             .filter(|s| s.carrier == carrier)
-            .map(|s| (s.sid.clone(), s.channel.clone()))
+            .map(|s| {
+                let auth = s
+                    .members
+                    .values()
+                    .find(|m| !m.sink.lagged.is_cancelled())
+                    .map(|m| m.sink.auth());
+                (s.sid.clone(), s.channel.clone(), auth)
+            })
             .collect()
-    }
-
-    /// A token of a browser currently on one of `carrier`'s channels.
-    fn auth_for(&self, carrier: usize) -> Option<UpstreamAuth> {
-        let inner = self.lock();
-        inner
-            .channels
-            .values()
-            .filter(|s| s.carrier == carrier)
-            .flat_map(|s| s.members.values())
-            .find(|m| !m.sink.lagged.is_cancelled())
-            .map(|m| m.sink.auth())
     }
 
     fn upstream(&self) -> &UpstreamConfig {

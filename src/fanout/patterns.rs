@@ -31,14 +31,17 @@ impl SharedConfig {
 }
 
 /// Whether pattern `p` covers the subscription `c`: the same channel, or
-/// for a `/*` pattern anything at or below its prefix (a wildcard
-/// subscription included, when its own prefix is at or below it).
+/// for a `/*` pattern anything below its prefix (a wildcard subscription
+/// included, when its own prefix is at or below it).
 fn covers(p: &Channel, c: &Channel) -> bool {
     if !p.is_wildcard() {
         return !c.is_wildcard() && p.path() == c.path();
     }
+    // As AppSync reads `/*`: strictly below the prefix (so `/prices/*`
+    // does not cover `/prices` itself), or a wildcard subscription of the
+    // same prefix.
     let prefix = p.path();
-    c.path() == prefix
+    (c.is_wildcard() && c.path() == prefix)
         || c.path()
             .strip_prefix(prefix)
             .is_some_and(|rest| rest.starts_with('/'))

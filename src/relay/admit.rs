@@ -113,19 +113,20 @@ impl Connection {
     }
 
     /// The frame a hub delivery becomes for the browser; `None` for one
-    /// queued before the browser unsubscribed (it must not see an event, or
-    /// a `subscribe_success`, for a subscription it has ended).
+    /// queued for a membership that has ended since (the browser
+    /// unsubscribed, perhaps reusing the id): it must not see an event, a
+    /// `subscribe_success` or a refusal for a subscription it has ended.
     pub(super) fn shared_frame(&mut self, delivery: Delivery) -> Option<String> {
         let membership = self.shared.as_mut()?;
         match delivery {
-            Delivery::Frame { id, frame } => membership.holds(&id).then_some(frame),
-            Delivery::Joined { id } => membership
-                .holds(&id)
-                .then(|| serde_json::json!({"type": "subscribe_success", "id": id}).to_string()),
-            Delivery::Refused { id, frame } => {
-                let held = membership.holds(&id);
+            Delivery::Frame { member, frame } => membership.current(member).map(|_| frame),
+            Delivery::Joined { member, id } => membership
+                .current(member)
+                .map(|_| serde_json::json!({"type": "subscribe_success", "id": id}).to_string()),
+            Delivery::Refused { member, frame } => {
+                let id = membership.current(member)?.to_owned();
                 membership.forget(&id);
-                held.then_some(frame)
+                Some(frame)
             }
         }
     }

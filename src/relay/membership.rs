@@ -227,9 +227,13 @@ impl Membership {
         self.rx.poll_recv(cx)
     }
 
-    /// Whether `id` is a joined shared subscription of this browser.
-    pub fn holds(&self, id: &str) -> bool {
-        self.joined.contains_key(id)
+    /// The browser id of membership `number`, if it is still one of this
+    /// browser's shared subscriptions.
+    pub fn current(&self, number: u64) -> Option<&str> {
+        self.joined
+            .iter()
+            .find(|(_, key)| key.number() == number)
+            .map(|(id, _)| id.as_str())
     }
 
     /// A refusal of a joined subscription (the hub dropped it).

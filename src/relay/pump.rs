@@ -243,6 +243,7 @@ impl Connection {
                     let Some(frame) = self.shared_frame(delivery) else {
                         continue;
                     };
+                    self.last_activity = Instant::now();
                     self.stats.frames_to_client += 1;
                     self.stats.bytes_to_client += frame.len() as u64;
                     bytes_down.inc_by(frame.len() as u64);
@@ -407,6 +408,8 @@ impl Connection {
         self.upstream = socket;
         self.to_upstream.clear();
         if let Some(m) = &mut self.shared {
+            // A re-dial may have renewed the token: the hub's copy follows.
+            m.set_auth(&self.token.auth);
             m.resend_probes(&self.token.auth);
         }
         self.replies.extend(self.subs.answers_after_redial());
