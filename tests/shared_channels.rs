@@ -120,6 +120,12 @@ async fn leaving_touches_nobody_else_and_the_last_one_out_unsubscribes_after_the
     })
     .await;
     assert_eq!(stack.emulator.operations("unsubscribe"), unsubscribes + 1);
+    // The carrier, with nothing left to carry, closes: only `a`'s own
+    // upstream stays.
+    eventually("the idle carrier closed", || {
+        stack.emulator.connection_count() == 1
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -7,8 +7,9 @@
 //! connection drops it re-dials (backing off up to [`MAX_BACKOFF`]) with
 //! whichever member's token is current then, and replays every shared
 //! subscription it carries: browsers keep their sockets and see no second
-//! `subscribe_success`. When none of its channels has a member left it
-//! closes and waits for the next subscribe.
+//! `subscribe_success`. When it carries nothing any more it closes and waits
+//! for the next subscribe. A `connection_error`, or silence longer than
+//! AppSync's `connectionTimeoutMs`, counts as a lost connection.
 //!
 //! It never logs a token or an event; what it reads from AppSync it parses
 //! only as far as the frame's type and top-level id.
@@ -33,6 +34,9 @@ const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const STABLE: Duration = Duration::from_secs(10);
 /// A write to AppSync that takes longer is a dead connection.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// Nothing at all from AppSync for this long (it promises a `ka` within
+/// `connectionTimeoutMs`, 300 s) is a dead connection.
+const SILENCE: Duration = Duration::from_secs(300);
 
 /// What a carrier needs from the hub that owns it: a trait, so that the
 /// carrier does not depend on the hub (which spawns carriers).
@@ -159,9 +163,19 @@ async fn run(
         for frame in frames {
             ok &= send(&mut socket, frame).await;
         }
-        if ok && !carry(&hub, &mut socket, &mut rx, &mut sent, &shutdown).await {
-            let _ = socket.close(None).await;
-            return;
+        if ok {
+            match carry(&hub, &mut socket, &mut rx, &mut sent, &shutdown).await {
+                Carried::Stop => {
+                    let _ = socket.close(None).await;
+                    return;
+                }
+                Carried::Idle => {
+                    let _ = tokio::time::timeout(SEND_TIMEOUT, socket.close(None)).await;
+                    backoff = MIN_BACKOFF;
+                    continue;
+                }
+                Carried::Lost => {}
+            }
         }
         tracing::info!(
             carrier = index,
@@ -206,13 +220,18 @@ async fn carry(
     rx: &mut mpsc::UnboundedReceiver<Command>,
     sent: &mut HashSet<String>,
     shutdown: &CancellationToken,
-) -> bool {
+) -> Carried {
+    // AppSync sends `ka` about every minute and promises one within
+    // `connectionTimeoutMs` (300 s): silence that long is a dead connection.
+    let silence = tokio::time::sleep(SILENCE);
+    tokio::pin!(silence);
     loop {
         tokio::select! {
-            () = shutdown.cancelled() => return false,
+            () = shutdown.cancelled() => return Carried::Stop,
+            () = &mut silence => return Carried::Lost,
             cmd = rx.recv() => {
                 let frame = match cmd {
-                    None => return false,
+                    None => return Carried::Stop,
                     Some(Command::Subscribe { sid, channel, auth }) => {
                         if !sent.insert(sid.clone()) {
                             continue;
@@ -227,20 +246,41 @@ async fn carry(
                     }
                 };
                 if !send(socket, frame).await {
-                    return true;
+                    return Carried::Lost;
+                }
+                if sent.is_empty() {
+                    // Nothing left to carry: close rather than hold an idle
+                    // connection on a departed user's token.
+                    return Carried::Idle;
                 }
             }
             msg = socket.next() => {
                 let text = match msg {
                     Some(Ok(Message::Text(text))) => text,
-                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return true,
+                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return Carried::Lost,
                     Some(Ok(_)) => continue,
                 };
-                let Some(hub) = hub.upgrade() else { return false };
+                silence.as_mut().reset(tokio::time::Instant::now() + SILENCE);
+                if matches!(frame_type_label(text.as_str()), "connection_error" | "error") {
+                    // AppSync gave up on this connection (a token refused
+                    // after the upgrade, say): a fresh one, after the backoff.
+                    return Carried::Lost;
+                }
+                let Some(hub) = hub.upgrade() else { return Carried::Stop };
                 on_frame(hub.as_ref(), text.as_str());
             }
         }
     }
+}
+
+/// How one connection's life ended.
+enum Carried {
+    /// Shutdown, or the hub is gone: the carrier ends.
+    Stop,
+    /// The connection failed: re-dial.
+    Lost,
+    /// It carries nothing any more: close it and wait for work.
+    Idle,
 }
 
 fn on_frame(hub: &dyn Owner, text: &str) {

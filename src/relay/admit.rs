@@ -104,7 +104,7 @@ impl Connection {
             }
             FrameKind::Unsubscribe { id } => {
                 let membership = self.shared.as_mut()?;
-                membership.unsubscribe(id).then(|| {
+                membership.unsubscribe(id, &mut self.replies).then(|| {
                     Some(serde_json::json!({"type": "unsubscribe_success", "id": id}).to_string())
                 })
             }

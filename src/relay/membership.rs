@@ -23,7 +23,7 @@ use crate::fanout::splice::IdSpan;
 use crate::fanout::{Delivery, Hub, MemberKey, Sink};
 use crate::protocol::is_valid_id;
 use crate::rewrite::{subscribe_frame, UpstreamAuth};
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -46,8 +46,10 @@ pub struct Membership {
     joined: HashMap<String, MemberKey>,
     /// Probe id → what it checks.
     probes: HashMap<String, Probe>,
-    /// Probes unsubscribed whose answer is still to be swallowed.
-    closing: HashSet<String>,
+    /// Probes being undone → answers from AppSync still owed for them (and
+    /// swallowed): the unsubscribe's, and the subscribe's when the browser
+    /// cancelled before it came. They hold a subscription slot until then.
+    closing: HashMap<String, u8>,
     /// Frames for the browser's upstream, waiting for its write slot.
     outbox: VecDeque<String>,
     next_probe: u64,
@@ -64,15 +66,15 @@ impl Membership {
             lagged,
             joined: HashMap::new(),
             probes: HashMap::new(),
-            closing: HashSet::new(),
+            closing: HashMap::new(),
             outbox: VecDeque::new(),
             next_probe: 0,
         }
     }
 
-    /// Shared subscriptions held or being checked.
+    /// Shared subscriptions held, being checked, or being undone upstream.
     pub fn len(&self) -> usize {
-        self.joined.len() + self.probes.len()
+        self.joined.len() + self.probes.len() + self.closing.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -85,7 +87,7 @@ impl Membership {
         self.joined.contains_key(id)
             || self.probes.values().any(|p| p.id == id)
             || self.probes.contains_key(id)
-            || self.closing.contains(id)
+            || self.closing.contains_key(id)
     }
 
     /// A browser subscription `id` to the shared channel `key`: checked
@@ -129,8 +131,10 @@ impl Membership {
     }
 
     /// An unsubscribe from the browser; `true` when it was a shared
-    /// subscription (the relay answers it: nothing goes upstream).
-    pub fn unsubscribe(&mut self, id: &str) -> bool {
+    /// subscription (the relay answers it: nothing goes upstream). One
+    /// still being checked gets its subscribe answered first, in `replies`
+    /// (`subscribe_error`: it was never joined).
+    pub fn unsubscribe(&mut self, id: &str, replies: &mut VecDeque<String>) -> bool {
         if let Some(member) = self.joined.remove(id) {
             self.hub.leave(&member);
             return true;
@@ -141,10 +145,17 @@ impl Membership {
             .find(|(_, p)| p.id == id)
             .map(|(probe, _)| probe.clone());
         if let Some(probe) = probe {
-            // Still being checked: forget it; its answer is swallowed.
+            // Still being checked: undo it upstream (both its answers are
+            // swallowed), and answer the browser's subscribe now.
             self.probes.remove(&probe);
-            self.closing.insert(probe.clone());
+            self.closing.insert(probe.clone(), 2);
             self.outbox.push_back(unsubscribe_frame(&probe));
+            replies.push_back(crate::protocol::error_frame(
+                "subscribe_error",
+                Some(id),
+                crate::protocol::error_type::BAD_REQUEST,
+                "Unsubscribed before the subscription was confirmed",
+            ));
             return true;
         }
         false
@@ -171,9 +182,12 @@ impl Membership {
             return false;
         };
         let probe_id = span.id(text);
-        if self.closing.contains(probe_id) {
-            if label.starts_with("unsubscribe") {
-                self.closing.remove(probe_id);
+        if let Some(owed) = self.closing.get_mut(probe_id) {
+            if label != "data" {
+                *owed = owed.saturating_sub(1);
+                if *owed == 0 {
+                    self.closing.remove(probe_id);
+                }
             }
             return true;
         }
@@ -184,7 +198,7 @@ impl Membership {
         match label {
             "subscribe_success" => {
                 metrics.shared_probes.with_label_values(&["allowed"]).inc();
-                self.closing.insert(probe_id.to_owned());
+                self.closing.insert(probe_id.to_owned(), 1);
                 self.outbox.push_back(unsubscribe_frame(probe_id));
                 let member = self.hub.join(&probe.key, &probe.id, &self.sink);
                 self.joined.insert(probe.id, member);
