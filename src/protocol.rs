@@ -116,6 +116,16 @@ impl Channel {
         self.wildcard
     }
 
+    /// The channel as a subscription names it: the path, with `/*` for a
+    /// wildcard (`/ns/a`, `/ns/*`).
+    pub fn as_subscribed(&self) -> String {
+        if self.wildcard {
+            format!("{}/*", self.path)
+        } else {
+            self.path.clone()
+        }
+    }
+
     /// The channel namespace: the first segment.
     pub fn namespace(&self) -> &str {
         let rest = &self.path[1..];

@@ -59,15 +59,6 @@ pub(crate) struct Registry {
     meter: Meter,
 }
 
-/// The channel as its subscription named it (`/ns/*` for a wildcard).
-fn label(channel: &Channel) -> String {
-    if channel.is_wildcard() {
-        format!("{}/*", channel.path())
-    } else {
-        channel.path().to_owned()
-    }
-}
-
 /// A subscription id already active on the connection.
 #[derive(Debug)]
 pub(crate) struct DuplicateId;
@@ -111,7 +102,7 @@ impl Registry {
     fn forget(&self, conn: &Conn) {
         self.meter.connection_closed();
         for channel in conn.subs.values() {
-            self.meter.subscription_removed(&label(channel));
+            self.meter.subscription_removed(&channel.as_subscribed());
         }
     }
 
@@ -131,7 +122,7 @@ impl Registry {
         if c.subs.contains_key(sub_id) {
             return Err(DuplicateId);
         }
-        self.meter.subscription_added(&label(&channel));
+        self.meter.subscription_added(&channel.as_subscribed());
         self.meter.count("subscribe", 1);
         c.subs.insert(sub_id.to_owned(), channel);
         Ok(())
@@ -145,7 +136,7 @@ impl Registry {
             .and_then(|c| c.subs.remove(sub_id));
         match removed {
             Some(channel) => {
-                self.meter.subscription_removed(&label(&channel));
+                self.meter.subscription_removed(&channel.as_subscribed());
                 self.meter.count("unsubscribe", 1);
                 true
             }

@@ -26,7 +26,7 @@ impl SharedConfig {
         self.patterns
             .iter()
             .any(|p| covers(p, &channel))
-            .then(|| label(&channel))
+            .then(|| channel.as_subscribed())
     }
 }
 
@@ -45,14 +45,6 @@ fn covers(p: &Channel, c: &Channel) -> bool {
         || c.path()
             .strip_prefix(prefix)
             .is_some_and(|rest| rest.starts_with('/'))
-}
-
-pub fn label(c: &Channel) -> String {
-    if c.is_wildcard() {
-        format!("{}/*", c.path())
-    } else {
-        c.path().to_owned()
-    }
 }
 
 #[cfg(test)]
