@@ -312,6 +312,9 @@ pub struct ServeArgs {
     /// Events of shared channels that may wait for one browser; a browser further behind is closed with 1008 (the others are not slowed).
     #[arg(long, env = "APPSYNC_RELAY_SHARED_QUEUE", default_value_t = 256)]
     pub shared_queue: usize,
+    /// File holding an AppSync API key for the relay's own shared-channel connections (the API must allow API-key auth). Without it they use the token of a browser on the channel. Users are still checked with their own tokens.
+    #[arg(long, env = "APPSYNC_RELAY_SHARED_API_KEY_FILE")]
+    pub shared_api_key_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -346,7 +349,7 @@ pub struct EmulateArgs {
     /// connection and subscription gauges). Off unless given.
     #[arg(long, env = "APPSYNC_EMULATOR_ADMIN_LISTEN")]
     pub admin_listen: Option<SocketAddr>,
-    /// Accept this API key (x-api-key). Either this or the Cognito settings.
+    /// Accept this API key (x-api-key): alone, or beside the Cognito settings for an API with both auth modes.
     #[arg(long, env = "APPSYNC_EMULATOR_API_KEY")]
     pub api_key: Option<String>,
     /// Expected token issuer (Cognito mode).

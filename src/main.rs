@@ -131,7 +131,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
 async fn emulate(args: EmulateArgs) -> ExitCode {
     let auth = match (&args.api_key, &args.cognito_issuer, &args.cognito_client_id) {
         (Some(key), None, None) => EmulatorAuth::ApiKey(key.clone()),
-        (None, Some(issuer), Some(client_id)) => {
+        (key, Some(issuer), Some(client_id)) => {
             let issuer = issuer.trim_end_matches('/').to_string();
             let jwks_url = args
                 .cognito_jwks_url
@@ -151,11 +151,16 @@ async fn emulate(args: EmulateArgs) -> ExitCode {
                 },
                 http_client::build(Duration::from_secs(10)),
             );
-            EmulatorAuth::Cognito(verifier as Arc<dyn emulator::TokenVerifier>)
+            let verifier = verifier as Arc<dyn emulator::TokenVerifier>;
+            match key {
+                // An API with both auth modes, as AppSync allows.
+                Some(key) => EmulatorAuth::CognitoOrApiKey(verifier, key.clone()),
+                None => EmulatorAuth::Cognito(verifier),
+            }
         }
         _ => {
             return usage_error(&[
-                "emulate needs either --api-key, or --cognito-issuer and --cognito-client-id"
+                "emulate needs --api-key, or --cognito-issuer and --cognito-client-id (or all three, for an API with both auth modes)"
                     .to_string(),
             ])
         }

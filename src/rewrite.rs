@@ -20,16 +20,38 @@ use crate::strict_json;
 use serde_json::{Map, Value};
 use std::fmt;
 
-/// The credentials the relay injects upstream for one connection.
+/// The credentials the relay injects upstream for one connection: a
+/// user's Cognito token (every browser connection) or, for relay-owned
+/// shared-channel connections only, the API's key (`--shared-api-key-file`).
 #[derive(Clone)]
 pub struct UpstreamAuth {
     token: String,
     host: String,
+    kind: Credential,
+}
+
+/// Which AppSync header carries [`UpstreamAuth`]'s secret.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Credential {
+    /// `Authorization: <JWT>` (Cognito user pools).
+    Jwt,
+    /// `x-api-key: <key>` (API key auth).
+    ApiKey,
+}
+
+impl Credential {
+    fn field(self) -> &'static str {
+        match self {
+            Credential::Jwt => "Authorization",
+            Credential::ApiKey => "x-api-key",
+        }
+    }
 }
 
 impl fmt::Debug for UpstreamAuth {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("UpstreamAuth")
+            .field("kind", &self.kind)
             .field("token", &"<redacted>")
             .field("host", &self.host)
             .finish()
@@ -37,11 +59,27 @@ impl fmt::Debug for UpstreamAuth {
 }
 
 impl UpstreamAuth {
+    /// A user's Cognito JWT.
     pub fn new(token: impl Into<String>, host: impl Into<String>) -> Self {
         UpstreamAuth {
             token: token.into(),
             host: host.into(),
+            kind: Credential::Jwt,
         }
+    }
+
+    /// The API's key, sent as `x-api-key`.
+    pub fn api_key(key: impl Into<String>, host: impl Into<String>) -> Self {
+        UpstreamAuth {
+            token: key.into(),
+            host: host.into(),
+            kind: Credential::ApiKey,
+        }
+    }
+
+    /// Whether this is an API key rather than a user's token.
+    pub fn is_api_key(&self) -> bool {
+        self.kind == Credential::ApiKey
     }
 
     pub fn host(&self) -> &str {
@@ -49,16 +87,20 @@ impl UpstreamAuth {
     }
 
     /// The `sub` of the token (read without verifying it: the token was
-    /// verified when it was put here).
+    /// verified when it was put here); none for an API key.
     pub fn subject(&self) -> Option<String> {
-        crate::verify::unverified_sub(&self.token)
+        match self.kind {
+            Credential::Jwt => crate::verify::unverified_sub(&self.token),
+            Credential::ApiKey => None,
+        }
     }
 
-    /// `{"Authorization": <JWT>, "host": <host>}`, the shape AppSync expects
-    /// both in the `header-` subprotocol and in each message.
+    /// `{"Authorization": <JWT>, "host": <host>}` (or `x-api-key` for a
+    /// key), the shape AppSync expects both in the `header-` subprotocol and
+    /// in each message.
     pub fn as_map(&self) -> Map<String, Value> {
         let mut m = Map::with_capacity(2);
-        m.insert("Authorization".into(), Value::from(self.token.as_str()));
+        m.insert(self.kind.field().into(), Value::from(self.token.as_str()));
         m.insert("host".into(), Value::from(self.host.as_str()));
         m
     }
@@ -217,11 +259,14 @@ pub fn prepare_client_frame(text: &str) -> Prepared {
     }
 }
 
-/// `{"Authorization": <JWT>, "host": <host>}` as it is serialised.
+/// `{"Authorization": <JWT>, "host": <host>}` (or `{"x-api-key": ..}`) as
+/// it is serialised.
 #[derive(serde::Serialize)]
 struct AuthOut<'a> {
-    #[serde(rename = "Authorization")]
-    authorization: &'a str,
+    #[serde(rename = "Authorization", skip_serializing_if = "Option::is_none")]
+    authorization: Option<&'a str>,
+    #[serde(rename = "x-api-key", skip_serializing_if = "Option::is_none")]
+    api_key: Option<&'a str>,
     host: &'a str,
 }
 
@@ -248,8 +293,10 @@ enum FrameOut<'a> {
 /// The text to send upstream for `body`, with `auth` injected where
 /// AppSync reads it.
 pub fn render(body: Outgoing, auth: &UpstreamAuth) -> String {
+    let secret = Some(auth.token.as_str());
     let a = || AuthOut {
-        authorization: &auth.token,
+        authorization: secret.filter(|_| auth.kind == Credential::Jwt),
+        api_key: secret.filter(|_| auth.kind == Credential::ApiKey),
         host: &auth.host,
     };
     let out = match &body {
@@ -484,5 +531,25 @@ mod tests {
     #[test]
     fn debug_redacts_token() {
         assert!(!format!("{:?}", auth()).contains("REAL"));
+    }
+
+    #[test]
+    fn an_api_key_goes_out_as_x_api_key_and_a_jwt_as_authorization_never_both() {
+        let key = UpstreamAuth::api_key("da2-KEY", "api.example.com");
+        let sub = serde_json::from_str::<Value>(&subscribe_frame("s", "/default/a", &key)).unwrap();
+        assert_eq!(
+            sub["authorization"],
+            json!({"x-api-key": "da2-KEY", "host": "api.example.com"})
+        );
+        assert_eq!(Value::Object(key.as_map()), sub["authorization"]);
+        assert!(key.is_api_key() && key.subject().is_none());
+        assert!(!format!("{key:?}").contains("da2-KEY"));
+        let jwt =
+            serde_json::from_str::<Value>(&subscribe_frame("s", "/default/a", &auth())).unwrap();
+        assert_eq!(
+            jwt["authorization"],
+            json!({"Authorization": "REAL.JWT.TOKEN", "host": "api.example.com"})
+        );
+        assert_eq!(Value::Object(auth().as_map()), jwt["authorization"]);
     }
 }

@@ -296,3 +296,65 @@ async fn a_carrier_with_nobody_to_carry_for_waits_instead_of_spinning() {
     .expect("the relay stopped serving");
     assert_eq!(answer["type"], "subscribe_success", "{answer}");
 }
+
+#[tokio::test]
+async fn with_an_api_key_the_shared_connection_uses_it_and_users_are_still_checked() {
+    const KEY: &str = "da2-sharedchannelsapikey";
+    let dir = std::env::temp_dir().join(format!("shared-key-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key_file = dir.join("key");
+    std::fs::write(&key_file, format!("{KEY}\n")).unwrap();
+    let key_path = key_file.to_string_lossy().into_owned();
+    let mut flags = SHARED.to_vec();
+    flags.extend(["--shared-api-key-file", key_path.as_str()]);
+    let stack = Stack::start_with_api_key(&flags, KEY).await;
+    stack.emulator.refuse_subscriptions(BOB, "/ns/room");
+    let key_uses = || {
+        stack
+            .emulator
+            .seen_authorizations()
+            .iter()
+            .filter(|c| *c == KEY)
+            .count()
+    };
+
+    let (mut alice, answer) = subscriber(&stack, "a", "/ns/room").await;
+    assert_eq!(answer["type"], "subscribe_success", "{answer}");
+    // The carrier's connect and its one subscribe carried the key; alice's
+    // own connection and her check carried her token, never the key.
+    eventually("the carrier subscribed with the key", || key_uses() == 2).await;
+    let seen = stack.emulator.seen_authorizations();
+    let jwts = seen.iter().filter(|c| c.starts_with("eyJ")).count();
+    assert_eq!(jwts + 2, seen.len(), "only JWTs besides the key: {seen:?}");
+    assert!(jwts >= 2, "alice's connect and check: {seen:?}");
+
+    // A user the namespace refuses is still refused: the key does not
+    // stand in for anybody's authorisation.
+    let mut bob = connect(&stack.realtime_url(), &other_user_cookies(&stack, BOB)).await;
+    init(&mut bob).await;
+    send_json(&mut bob, amplify_subscribe("b", "/ns/room")).await;
+    let refused = recv_json(&mut bob).await;
+    assert_eq!(refused["type"], "subscribe_error", "{refused}");
+
+    publish(&mut alice, "p1", "/ns/room", json!({"n": 1})).await;
+    let data = recv_json(&mut alice).await;
+    assert_eq!(
+        (data["type"].as_str(), data["id"].as_str()),
+        (Some("data"), Some("a"))
+    );
+    assert!(!data.to_string().contains(KEY));
+
+    // A second channel on the connected carrier: its subscribe carries
+    // the key, not alice's token.
+    send_json(&mut alice, amplify_subscribe("a2", "/ns/second")).await;
+    let answer = recv_json(&mut alice).await;
+    assert_eq!(answer, json!({"type": "subscribe_success", "id": "a2"}));
+    assert_eq!(key_uses(), 3);
+
+    // A re-dial replays with the key too (connect + two subscribes).
+    stack.emulator.abort_all();
+    eventually("re-dialled with the key", || key_uses() == 6).await;
+    let (_, _, metrics) = http(stack.relay.admin_addr, "GET", "/metrics", &[], "").await;
+    assert!(!metrics.contains(KEY));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -30,7 +30,7 @@ Without flags: the standard scenarios against direct, nginx and the relay
 (~7 min on 2 cores). FLAGS:
   --quick               seconds-long smoke run with tiny numbers (CI)
   --scenarios LIST      comma-separated subset of memory,storm,handshake,latency,
-                        fanout,fanmax,soak
+                        fanout,fanmax,soak,shared
   --reps N              repetitions of the alternating runs (default 3)
   --no-nginx            skip the nginx baseline
   --legs MODE           plain, tls or both (default both: every scenario with

@@ -15,7 +15,10 @@
 //! a reconnect storm of 10k users with fresh tokens (cold verification),
 //! a handshake burst, publish → data latency at 5 000 msg/s with one
 //! subscriber, fan-out to 1 000 subscribers at 50 000 deliveries/s, and the
-//! highest fan-out delivery rate sustained without loss.
+//! highest fan-out delivery rate sustained without loss, and one channel
+//! with 1 000 and 10 000 subscribers that the relay shares
+//! (`--shared-channel`), with the AppSync operations per publish read from
+//! the emulator's meter.
 //!
 //! Latency is end-to-end publish → `data` with the clock of this process on
 //! both ends. Publishes are sent on a fixed schedule by a dedicated thread
@@ -44,6 +47,7 @@ mod processes;
 mod publisher;
 mod report;
 mod scenarios;
+mod shared;
 mod soak;
 mod stack;
 mod storm;
@@ -84,7 +88,7 @@ fn main() {
     watchdog(if args.quick {
         Duration::from_secs(180)
     } else {
-        Duration::from_secs(30 * 60)
+        Duration::from_secs(60 * 60)
     });
     let limit = raise_nofile(65_536);
     let rt = tokio::runtime::Builder::new_current_thread()

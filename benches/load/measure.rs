@@ -19,6 +19,8 @@ pub(crate) enum Kind {
     Direct,
     Nginx,
     Relay,
+    /// The relay, on channels it shares (`--shared-channel`).
+    Shared,
     Custom,
 }
 
@@ -28,6 +30,7 @@ impl Kind {
             Kind::Direct => "direct",
             Kind::Nginx => "nginx",
             Kind::Relay => "relay",
+            Kind::Shared => "shared",
             Kind::Custom => "target",
         }
     }

@@ -127,6 +127,18 @@ pub(crate) fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
         .ok()
 }
 
+/// The body of `GET path` (HTTP/1.0, so the server closes when done), if
+/// it answered 200.
+pub(crate) fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nhost: {addr}\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    (head.split_whitespace().nth(1)? == "200").then(|| body.to_owned())
+}
+
 /// A scratch directory for configs and logs, removed at the end.
 pub(crate) struct TempDir(pub(crate) PathBuf);
 

@@ -85,9 +85,13 @@ pub(crate) fn print_table(results: &Results, scenario: &str, kinds: &[Kind], tit
         let _ = write!(head, " {} |", k.name());
         rule.push_str("---:|");
     }
-    let with_ratio = kinds.contains(&Kind::Relay) && kinds.contains(&Kind::Nginx);
-    if with_ratio {
-        head.push_str(" relay/nginx |");
+    // One ratio column per relay target, when nginx ran beside it.
+    let ratios: Vec<Kind> = [Kind::Relay, Kind::Shared]
+        .into_iter()
+        .filter(|k| kinds.contains(k) && kinds.contains(&Kind::Nginx))
+        .collect();
+    for k in &ratios {
+        let _ = write!(head, " {}/nginx |", k.name());
         rule.push_str("---:|");
     }
     println!("{head}\n{rule}");
@@ -96,12 +100,12 @@ pub(crate) fn print_table(results: &Results, scenario: &str, kinds: &[Kind], tit
         for k in kinds {
             let _ = write!(row, " {} |", fmt(results.median(scenario, metric, *k)));
         }
-        if with_ratio {
+        for k in &ratios {
             let _ = write!(
                 row,
                 " {} |",
                 ratio(
-                    results.median(scenario, metric, Kind::Relay),
+                    results.median(scenario, metric, *k),
                     results.median(scenario, metric, Kind::Nginx)
                 )
             );
@@ -120,12 +124,8 @@ pub(crate) fn print_table(results: &Results, scenario: &str, kinds: &[Kind], tit
                 added.insert(*k, v);
                 let _ = write!(row, " {} |", fmt(v));
             }
-            if with_ratio {
-                let _ = write!(
-                    row,
-                    " {} |",
-                    ratio(added[&Kind::Relay], added[&Kind::Nginx])
-                );
+            for k in &ratios {
+                let _ = write!(row, " {} |", ratio(added[k], added[&Kind::Nginx]));
             }
             println!("{row}");
         }

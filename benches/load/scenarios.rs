@@ -8,6 +8,7 @@ use crate::host::{client_sources, machine};
 use crate::measure::{handshake_burst, memory_ramp, run_load, settle, Kind, LoadSpec, Target};
 use crate::monitor::Monitor;
 use crate::report::{fmt, log_run, print_table, Results};
+use crate::shared::{shared_fanout, SharedPlan};
 use crate::soak::soak;
 use crate::stack::{Legs, Stack};
 use crate::storm::storm;
@@ -121,6 +122,11 @@ pub(crate) async fn standard(args: &Args, stack: &mut Stack, nofile: u64) -> Res
         p.storm_users = p.storm_users.min(fit);
         p.soak_conns = p.soak_conns.min(fit);
     }
+    let mut shared_plan = SharedPlan::new(args.quick);
+    for l in &mut shared_plan.levels {
+        *l = (*l).min(fit);
+    }
+    shared_plan.levels.dedup();
     let max_conns = p
         .levels
         .iter()
@@ -128,7 +134,8 @@ pub(crate) async fn standard(args: &Args, stack: &mut Stack, nofile: u64) -> Res
         .max()
         .unwrap_or(0)
         .max(p.fanmax_subs)
-        .max(p.storm_users);
+        .max(p.storm_users)
+        .max(shared_plan.levels.iter().copied().max().unwrap_or(0));
     let sources = Arc::new(client_sources(max_conns));
     let targets = stack.targets(&sources);
     let kinds: Vec<Kind> = targets.iter().map(|t| t.kind).collect();
@@ -323,6 +330,12 @@ pub(crate) async fn standard(args: &Args, stack: &mut Stack, nofile: u64) -> Res
             }
             stack.check_alive()?;
         }
+    }
+
+    if want(args, "shared") {
+        let mut with_shared = targets.clone();
+        with_shared.extend(stack.shared_target(&sources));
+        shared_fanout(stack, &with_shared, &shared_plan, &emu, &mut results).await?;
     }
 
     println!(

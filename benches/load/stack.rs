@@ -1,19 +1,27 @@
 //! The local stack: a JWKS (in this process), the emulator and the relay
 //! (as `appsync-relay` child processes, the binary rebuilt if stale) and
-//! nginx, and the three targets (direct, nginx, relay) they offer clients.
+//! nginx, and the targets (direct, nginx, relay, and the relay's shared
+//! channels) they offer clients.
 
 use crate::clients::{appsync_endpoint, browser_endpoint, Endpoint};
 use crate::common;
 use crate::measure::{Kind, Target};
 use crate::monitor::{children_of, Monitor};
 use crate::nginx::start_nginx;
-use crate::processes::{free_port, http_status, tcp_open, wait_for, which, Proc, TempDir};
+use crate::processes::{
+    free_port, http_get, http_status, tcp_open, wait_for, which, Proc, TempDir,
+};
 use crate::{MANIFEST_DIR, ORIGIN_HEADER, RELAY_BIN, USERNAME};
+use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// Channels below this are shared by the relay (`--shared-channel`).
+pub(crate) const SHARED_PREFIX: &str = "/bench/shared";
+const SHARED_PREFIX_PATTERN: &str = "/bench/shared/*";
 
 /// Makes sure the relay binary exists and is not older than the sources
 /// (`cargo bench` builds it with the bench; a bench binary run by hand may
@@ -115,6 +123,8 @@ pub(crate) struct Stack {
     tls: Option<TlsFiles>,
     token: String,
     pub(crate) emu_host: String,
+    /// The emulator's admin listener: its AppSync operations meter.
+    emu_admin: SocketAddr,
     emulator: Proc,
     relay: Proc,
     pub(crate) relay_addr: SocketAddr,
@@ -140,8 +150,12 @@ impl Stack {
 
         let emu_port = free_port();
         let emu_host = format!("127.0.0.1:{emu_port}");
+        let emu_admin: SocketAddr = format!("127.0.0.1:{}", free_port())
+            .parse()
+            .map_err(|_| "emulator admin address")?;
         let mut cmd = Command::new(RELAY_BIN);
         cmd.args(["emulate", "--listen", &emu_host])
+            .args(["--admin-listen", &emu_admin.to_string()])
             .args(["--cognito-issuer", &idp.issuer()])
             .args(["--cognito-jwks-url", &idp.jwks_url()])
             .args(["--cognito-client-id", common::CLIENT_ID])
@@ -156,7 +170,9 @@ impl Stack {
         }
         let mut emulator = Proc::spawn("emulator", cmd, &dir.0)?;
         let emu_addr: SocketAddr = emu_host.parse().map_err(|_| "emulator address")?;
-        wait_for("emulator", &mut emulator, || tcp_open(emu_addr))?;
+        wait_for("emulator", &mut emulator, || {
+            tcp_open(emu_addr) && tcp_open(emu_admin)
+        })?;
 
         let relay_addr: SocketAddr = format!("127.0.0.1:{}", free_port())
             .parse()
@@ -184,6 +200,9 @@ impl Stack {
             .args(["--max-connections-per-ip", "0"])
             .args(["--publish-rate", "0"])
             .args(["--max-subscriptions", "100000"])
+            // Only channels under it are shared: every other scenario's
+            // channels relay exactly as without the flag.
+            .args(["--shared-channel", SHARED_PREFIX_PATTERN])
             .args(["--drain-delay", "0", "--drain-timeout", "2"])
             .args(["--log-format", "json"])
             .env("APPSYNC_RELAY_LOG", "warn");
@@ -232,6 +251,7 @@ impl Stack {
             tls,
             token,
             emu_host,
+            emu_admin,
             emulator,
             relay,
             relay_addr,
@@ -265,7 +285,7 @@ impl Stack {
         let mut ep = match kind {
             Kind::Direct => appsync_endpoint(url(&self.emu_host), token, &self.emu_host),
             Kind::Nginx => appsync_endpoint(url(&self.nginx.as_ref()?.1), token, &self.emu_host),
-            Kind::Relay => browser_endpoint(
+            Kind::Relay | Kind::Shared => browser_endpoint(
                 url(&self.relay_addr),
                 format!(
                     "{}={username}; {}={token}",
@@ -328,6 +348,38 @@ impl Stack {
             out.push(Target { kind, ep, proxy });
         }
         out
+    }
+
+    /// The relay again, as the target of channels it shares (under
+    /// [`SHARED_PREFIX`]): same process, same endpoint.
+    pub(crate) fn shared_target(&self, sources: &Arc<Vec<Ipv4Addr>>) -> Option<Target> {
+        Some(Target {
+            kind: Kind::Shared,
+            ep: self.endpoint(Kind::Shared, USERNAME, &self.token, sources)?,
+            proxy: Some(Monitor {
+                pids: vec![self.relay.pid()],
+            }),
+        })
+    }
+
+    /// The emulator's AppSync operations so far, by kind (`delivery`,
+    /// `publish`, `subscribe`, ...), read from its meter.
+    pub(crate) fn emulator_operations(&self) -> Result<HashMap<String, f64>, String> {
+        let body =
+            http_get(self.emu_admin, "/metrics").ok_or("the emulator's meter did not answer")?;
+        let mut ops = HashMap::new();
+        for line in body.lines() {
+            let Some(rest) = line.strip_prefix("appsync_emulator_operations_total{kind=\"") else {
+                continue;
+            };
+            let Some((kind, value)) = rest.split_once("\"} ") else {
+                continue;
+            };
+            if let Ok(v) = value.trim().parse::<f64>() {
+                ops.insert(kind.to_owned(), v);
+            }
+        }
+        Ok(ops)
     }
 
     pub(crate) fn emulator_monitor(&self) -> Monitor {

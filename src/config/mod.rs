@@ -255,8 +255,8 @@ impl Config {
                 response_timeout: Duration::from_secs(args.app_timeout.max(1)),
             })
         });
-        let shared = shared::parse(args, &mut errors);
         let http_host = http_endpoint.as_ref().and_then(host_with_port);
+        let shared = shared::parse(args, http_host.as_deref(), &mut errors);
         match (
             errors.is_empty(),
             http_endpoint,
@@ -451,5 +451,53 @@ mod tests {
                 .any(|e| e.starts_with("--appsync-http-endpoint")),
             "{errs:?}"
         );
+    }
+
+    #[test]
+    fn the_shared_api_key_file_is_read_checked_and_never_echoed() {
+        let dir = std::env::temp_dir().join(format!("relay-key-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = |name: &str, text: &str| {
+            let p = dir.join(name);
+            std::fs::write(&p, text).unwrap();
+            p.to_string_lossy().into_owned()
+        };
+        let good = file("good", "da2-SECRETKEY\n");
+        let shared = ["--shared-channel", "/prices/*", "--shared-api-key-file"];
+        let with = |path: &str| {
+            let mut a = shared.to_vec();
+            a.push(path);
+            Config::from_args(&args(&a))
+        };
+        let c = with(&good).unwrap();
+        let key = c.shared.api_key.expect("key read");
+        assert_eq!(
+            key.as_map()["x-api-key"],
+            "da2-SECRETKEY",
+            "trimmed, sent as x-api-key"
+        );
+        assert_eq!(key.host(), "abc.appsync-api.eu-west-1.amazonaws.com");
+        assert!(!format!("{key:?}").contains("SECRETKEY"));
+
+        for bad in [file("empty", " \n"), file("two", "da2-SECRETKEY other\n")] {
+            let errs = with(&bad).unwrap_err();
+            assert!(
+                errs.iter().any(|e| e.contains("expected one API key")),
+                "{errs:?}"
+            );
+            assert!(!errs.iter().any(|e| e.contains("SECRETKEY")), "{errs:?}");
+        }
+        let errs = with(&dir.join("missing").to_string_lossy()).unwrap_err();
+        assert!(
+            errs.iter().any(|e| e.starts_with("--shared-api-key-file")),
+            "{errs:?}"
+        );
+        // Without shared channels the key would be used by nothing.
+        let errs = Config::from_args(&args(&["--shared-api-key-file", &good])).unwrap_err();
+        assert!(
+            errs.iter().any(|e| e.contains("add --shared-channel")),
+            "{errs:?}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

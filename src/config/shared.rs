@@ -4,9 +4,11 @@
 use crate::cli::{ServeArgs, SharedCheck};
 use crate::fanout::SharedConfig;
 use crate::protocol::Channel;
+use crate::rewrite::UpstreamAuth;
 use std::time::Duration;
 
-pub fn parse(args: &ServeArgs, errors: &mut Vec<String>) -> SharedConfig {
+/// `http_host` is the AppSync HTTP host the API key is presented for.
+pub fn parse(args: &ServeArgs, http_host: Option<&str>, errors: &mut Vec<String>) -> SharedConfig {
     let mut patterns = Vec::new();
     for raw in args
         .shared_channels
@@ -21,8 +23,36 @@ pub fn parse(args: &ServeArgs, errors: &mut Vec<String>) -> SharedConfig {
             )),
         }
     }
+    let api_key = args.shared_api_key_file.as_ref().and_then(|path| {
+        if patterns.is_empty() {
+            errors.push(
+                "--shared-api-key-file is only used by shared channels: add --shared-channel, or drop it"
+                    .into(),
+            );
+            return None;
+        }
+        // Never echo the file's contents: it is a secret.
+        match std::fs::read_to_string(path) {
+            Ok(text) => {
+                let key = text.trim();
+                if key.is_empty() || key.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                    errors.push(format!(
+                        "--shared-api-key-file {}: expected one API key (such as da2-...) and nothing else",
+                        path.display()
+                    ));
+                    return None;
+                }
+                Some(UpstreamAuth::api_key(key, http_host.unwrap_or_default()))
+            }
+            Err(e) => {
+                errors.push(format!("--shared-api-key-file {}: {e}", path.display()));
+                None
+            }
+        }
+    });
     SharedConfig {
         patterns,
+        api_key,
         check: args.shared_channel_check == SharedCheck::Subscribe,
         linger: Duration::from_secs(args.shared_linger),
         queue: args.shared_queue,

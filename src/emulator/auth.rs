@@ -46,16 +46,20 @@ impl TokenVerifier for crate::verify::Verifier {
     }
 }
 
-/// The single auth mode the emulated API accepts on connect, subscribe and
-/// publish. (Real AppSync can allow several modes per API; the relay only
-/// ever needs one, and accepting exactly one is what catches leaks such as a
-/// browser's placeholder API key reaching upstream.)
+/// The auth modes the emulated API accepts on connect, subscribe and
+/// publish. Real AppSync allows several per API; the emulator allows one,
+/// or the pair a relay with `--shared-api-key-file` needs (users' tokens
+/// and the API key). Accepting no more than configured is what catches
+/// leaks such as a browser's placeholder API key reaching upstream.
 #[derive(Clone)]
 pub enum EmulatorAuth {
     /// `x-api-key` must equal this key.
     ApiKey(String),
     /// `Authorization` must hold a JWT this verifier accepts.
     Cognito(Arc<dyn TokenVerifier>),
+    /// Either mode, one per request: an object carrying both credentials is
+    /// refused (AWS documents no precedence, so the emulator takes none).
+    CognitoOrApiKey(Arc<dyn TokenVerifier>, String),
 }
 
 impl fmt::Debug for EmulatorAuth {
@@ -64,6 +68,7 @@ impl fmt::Debug for EmulatorAuth {
         match self {
             EmulatorAuth::ApiKey(_) => f.write_str("ApiKey(<redacted>)"),
             EmulatorAuth::Cognito(_) => f.write_str("Cognito(..)"),
+            EmulatorAuth::CognitoOrApiKey(..) => f.write_str("CognitoOrApiKey(.., <redacted>)"),
         }
     }
 }
@@ -84,6 +89,8 @@ pub enum AuthFailure {
     MissingHost,
     #[error("authorization host does not match this API's HTTP endpoint host")]
     WrongHost,
+    #[error("authorization carries both x-api-key and Authorization")]
+    TwoCredentials,
 }
 
 // === impl EmulatorAuth ===
@@ -105,19 +112,37 @@ impl EmulatorAuth {
             }
         }
         match self {
-            EmulatorAuth::ApiKey(key) => match auth.get(API_KEY_FIELD) {
-                Some(Value::String(given)) if given == key => Ok(()),
-                Some(Value::String(_)) => Err(AuthFailure::WrongApiKey),
-                _ => Err(AuthFailure::MissingCredential(API_KEY_FIELD)),
-            },
-            EmulatorAuth::Cognito(verifier) => match auth.get(JWT_FIELD) {
-                Some(Value::String(token)) if !token.is_empty() => verifier
-                    .verify_token(token)
-                    .await
-                    .map_err(AuthFailure::InvalidToken),
-                _ => Err(AuthFailure::MissingCredential(JWT_FIELD)),
-            },
+            EmulatorAuth::ApiKey(key) => check_key(auth, key),
+            EmulatorAuth::Cognito(verifier) => check_jwt(auth, verifier.as_ref()).await,
+            EmulatorAuth::CognitoOrApiKey(verifier, key) => {
+                match (auth.get(JWT_FIELD), auth.get(API_KEY_FIELD)) {
+                    (Some(_), Some(_)) => Err(AuthFailure::TwoCredentials),
+                    (None, Some(_)) => check_key(auth, key),
+                    _ => check_jwt(auth, verifier.as_ref()).await,
+                }
+            }
         }
+    }
+}
+
+fn check_key(auth: &Map<String, Value>, key: &str) -> Result<(), AuthFailure> {
+    match auth.get(API_KEY_FIELD) {
+        Some(Value::String(given)) if given == key => Ok(()),
+        Some(Value::String(_)) => Err(AuthFailure::WrongApiKey),
+        _ => Err(AuthFailure::MissingCredential(API_KEY_FIELD)),
+    }
+}
+
+async fn check_jwt(
+    auth: &Map<String, Value>,
+    verifier: &dyn TokenVerifier,
+) -> Result<(), AuthFailure> {
+    match auth.get(JWT_FIELD) {
+        Some(Value::String(token)) if !token.is_empty() => verifier
+            .verify_token(token)
+            .await
+            .map_err(AuthFailure::InvalidToken),
+        _ => Err(AuthFailure::MissingCredential(JWT_FIELD)),
     }
 }
 
@@ -200,6 +225,42 @@ mod tests {
             Err(AuthFailure::MissingCredential(JWT_FIELD))
         );
         assert!(!format!("{auth:?}").contains("good"));
+    }
+
+    #[tokio::test]
+    async fn both_modes_take_one_credential_each_and_refuse_two() {
+        let auth = EmulatorAuth::CognitoOrApiKey(Arc::new(AcceptOnly("good.jwt.sig")), "k1".into());
+        let ok = |v: Value| obj(v);
+        assert_eq!(
+            auth.authorize(&ok(json!({"x-api-key": "k1"})), None).await,
+            Ok(())
+        );
+        assert_eq!(
+            auth.authorize(&ok(json!({"Authorization": "good.jwt.sig"})), None)
+                .await,
+            Ok(())
+        );
+        assert_eq!(
+            auth.authorize(&ok(json!({"x-api-key": "k2"})), None).await,
+            Err(AuthFailure::WrongApiKey)
+        );
+        assert_eq!(
+            auth.authorize(&ok(json!({"Authorization": "old.jwt.sig"})), None)
+                .await,
+            Err(AuthFailure::InvalidToken("Token has expired.".into()))
+        );
+        // A valid token does not carry a placeholder key along, nor the
+        // other way round.
+        let both = ok(json!({"Authorization": "good.jwt.sig", "x-api-key": "k1"}));
+        assert_eq!(
+            auth.authorize(&both, None).await,
+            Err(AuthFailure::TwoCredentials)
+        );
+        assert_eq!(
+            auth.authorize(&ok(json!({"host": "h"})), None).await,
+            Err(AuthFailure::MissingCredential(JWT_FIELD))
+        );
+        assert!(!format!("{auth:?}").contains("k1"));
     }
 
     #[test]

@@ -141,6 +141,12 @@ impl Hub {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// What a carrier subscribes with: the API key when configured, else
+    /// the token of `sink`, a member of the channel.
+    fn carrier_auth(&self, sink: &Sink) -> UpstreamAuth {
+        self.cfg.api_key.clone().unwrap_or_else(|| sink.auth())
+    }
+
     fn next_id(&self) -> u64 {
         self.next.fetch_add(1, Ordering::Relaxed)
     }
@@ -158,7 +164,7 @@ impl Hub {
             let carrier = self.carrier_with_room(&mut inner);
             inner.carriers[carrier].channels += 1;
             inner.by_sid.insert(sid.clone(), key.to_owned());
-            inner.carriers[carrier].subscribe(&sid, key, sink.auth());
+            inner.carriers[carrier].subscribe(&sid, key, self.carrier_auth(sink));
             inner.channels.insert(
                 key.to_owned(),
                 Shared {
@@ -354,11 +360,12 @@ impl Owner for Hub {
             .values()
             .filter(|s| s.carrier == carrier)
             .map(|s| {
-                let auth = s
-                    .members
-                    .values()
-                    .find(|m| !m.sink.lagged.is_cancelled())
-                    .map(|m| m.sink.auth());
+                let auth = self.cfg.api_key.clone().or_else(|| {
+                    s.members
+                        .values()
+                        .find(|m| !m.sink.lagged.is_cancelled())
+                        .map(|m| m.sink.auth())
+                });
                 (s.sid.clone(), s.channel.clone(), auth)
             })
             .collect()

@@ -2,6 +2,7 @@
 //! the other `--shared-channel*` settings.
 
 use crate::protocol::Channel;
+use crate::rewrite::UpstreamAuth;
 use std::time::Duration;
 
 /// What `--shared-channel*` configure.
@@ -9,6 +10,9 @@ use std::time::Duration;
 pub struct SharedConfig {
     /// Subscriptions to channels these match are shared.
     pub patterns: Vec<Channel>,
+    /// `--shared-api-key-file`: what the carriers authenticate with instead
+    /// of a member's token (its `Debug` redacts the key).
+    pub api_key: Option<UpstreamAuth>,
     /// Ask AppSync with the user's token before a browser joins
     /// (`--shared-channel-check subscribe`, the default).
     pub check: bool,
@@ -53,6 +57,7 @@ mod tests {
 
     fn cfg(patterns: &[&str]) -> SharedConfig {
         SharedConfig {
+            api_key: None,
             patterns: patterns
                 .iter()
                 .map(|p| Channel::parse(p, true).unwrap())

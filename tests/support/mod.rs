@@ -287,10 +287,24 @@ pub fn emulator_verifier(jwks: &JwksServer, client_id: &str) -> Arc<Verifier> {
 pub const NAMESPACES: [&str; 5] = ["default", "ns", "a", "d", "elsewhere"];
 
 pub async fn start_emulator(jwks: &JwksServer, client_id: &str) -> EmulatorHandle {
+    start_emulator_with_key(jwks, client_id, None).await
+}
+
+/// An emulated API taking users' tokens and, when `api_key` is given, that
+/// API key too (AppSync's two auth modes on one API).
+pub async fn start_emulator_with_key(
+    jwks: &JwksServer,
+    client_id: &str,
+    api_key: Option<&str>,
+) -> EmulatorHandle {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let host = listener.local_addr().unwrap().to_string();
-    let mut cfg = EmulatorConfig::new(EmulatorAuth::Cognito(emulator_verifier(jwks, client_id)))
-        .with_namespaces(NAMESPACES);
+    let verifier = emulator_verifier(jwks, client_id);
+    let auth = match api_key {
+        Some(key) => EmulatorAuth::CognitoOrApiKey(verifier, key.to_owned()),
+        None => EmulatorAuth::Cognito(verifier),
+    };
+    let mut cfg = EmulatorConfig::new(auth).with_namespaces(NAMESPACES);
     cfg.http_host = Some(host);
     emulator::spawn(listener, cfg).await
 }
@@ -361,8 +375,17 @@ impl Stack {
 
     /// A stack whose fake Cognito issues tokens living `lifetime` seconds.
     pub async fn start_with_lifetime(extra: &[&str], lifetime: u64) -> Stack {
+        Stack::start_full(extra, lifetime, None).await
+    }
+
+    /// A stack whose emulated API also accepts `api_key`.
+    pub async fn start_with_api_key(extra: &[&str], api_key: &str) -> Stack {
+        Stack::start_full(extra, 3600, Some(api_key)).await
+    }
+
+    async fn start_full(extra: &[&str], lifetime: u64, api_key: Option<&str>) -> Stack {
         let jwks = JwksServer::start(json!({"keys": [signing_key().jwk()]})).await;
-        let emulator = start_emulator(&jwks, CLIENT_ID).await;
+        let emulator = start_emulator_with_key(&jwks, CLIENT_ID, api_key).await;
         let cognito = fake_cognito::FakeCognito::start(jwks.issuer(), lifetime).await;
         let endpoint = cognito.endpoint();
         let mut args = vec!["--cognito-endpoint", endpoint.as_str()];
