@@ -312,6 +312,13 @@ pub struct ServeArgs {
     /// Events of shared channels that may wait for one browser; a browser further behind is closed with 1008 (the others are not slowed).
     #[arg(long, env = "APPSYNC_RELAY_SHARED_QUEUE", default_value_t = 256)]
     pub shared_queue: usize,
+    /// Shared channels one relay holds at most (lingering ones included); a subscription that would open one more is served unshared, as without --shared-channel (0: no cap).
+    #[arg(
+        long,
+        env = "APPSYNC_RELAY_SHARED_MAX_CHANNELS",
+        default_value_t = 10_000
+    )]
+    pub shared_max_channels: usize,
     /// File holding an AppSync API key for the relay's own shared-channel connections (the API must allow API-key auth). Without it they use the token of a browser on the channel. Users are still checked with their own tokens.
     #[arg(long, env = "APPSYNC_RELAY_SHARED_API_KEY_FILE")]
     pub shared_api_key_file: Option<std::path::PathBuf>,

@@ -358,3 +358,52 @@ async fn with_an_api_key_the_shared_connection_uses_it_and_users_are_still_check
     assert!(!metrics.contains(KEY));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn beyond_the_cap_a_new_channel_is_served_unshared() {
+    let stack =
+        Stack::start_with(&["--shared-channel", "/ns/*", "--shared-max-channels", "1"]).await;
+    let (mut a, _) = subscriber(&stack, "a", "/ns/one").await;
+    let (mut b, _) = subscriber(&stack, "b", "/ns/one").await;
+    eventually("one shared", || stack.emulator.subscription_count() == 1).await;
+
+    // A second channel would be a second shared one: each browser gets
+    // its own upstream subscription instead, as without --shared-channel.
+    for (ws, id) in [(&mut a, "a2"), (&mut b, "b2")] {
+        send_json(ws, amplify_subscribe(id, "/ns/two")).await;
+        assert_eq!(
+            recv_json(ws).await,
+            json!({"type": "subscribe_success", "id": id})
+        );
+    }
+    let (_, _, metrics) = http(stack.relay.admin_addr, "GET", "/metrics", &[], "").await;
+    assert!(
+        metrics.contains("appsync_relay_shared_subscriptions_active 1\n"),
+        "{metrics}"
+    );
+    eventually("one shared and two own", || {
+        stack.emulator.subscription_count() == 3
+    })
+    .await;
+    publish(&mut a, "p1", "/ns/two", json!("unshared")).await;
+    for (ws, id) in [(&mut a, "a2"), (&mut b, "b2")] {
+        let data = recv_json(ws).await;
+        assert_eq!(
+            (data["type"].as_str(), data["id"].as_str()),
+            (Some("data"), Some(id))
+        );
+    }
+    // The shared channel itself still takes joiners.
+    let (_c, answer) = subscriber(&stack, "c", "/ns/one").await;
+    assert_eq!(answer["type"], "subscribe_success");
+    // (Its check's probe is undone upstream just after.)
+    eventually("c joined the shared one", || {
+        stack.emulator.subscription_count() == 3
+    })
+    .await;
+    let (_, _, metrics) = http(stack.relay.admin_addr, "GET", "/metrics", &[], "").await;
+    assert!(
+        metrics.contains("appsync_relay_limits_hit_total{limit=\"shared_channels\"} 2"),
+        "{metrics}"
+    );
+}

@@ -5,7 +5,7 @@
 //! a run at a fixed publish rate (latency, loss, relay CPU per delivery,
 //! RSS, and the AppSync operations each publish cost, read from the
 //! emulator's meter), then a ramp to the highest delivery rate sustained
-//! with no loss and p99 under [`SUSTAINED_P99`].
+//! with no loss and p99 under [`p99_bound`].
 
 use crate::measure::{run_load, settle, Kind, LoadSpec, Measure, Target};
 use crate::monitor::Monitor;
@@ -48,6 +48,17 @@ impl SharedPlan {
             }
         }
     }
+}
+
+/// The p99 under which a ramp step counts as kept up with:
+/// [`SUSTAINED_P99`] per 1 000 subscribers. One publish is a burst of one
+/// delivery per subscriber that every target (direct included) serialises
+/// onto the same two cores, so the last copy of a burst waits for all the
+/// others: with 10 000 subscribers even direct needs ~130 ms for that at the
+/// lowest step. What the bound must catch is a backlog (latency growing
+/// over the window), not the width of one burst.
+fn p99_bound(subs: usize) -> Duration {
+    SUSTAINED_P99 * subs.div_ceil(1000).max(1) as u32
 }
 
 /// Publishes/s that offer about `deliveries`/s to `subs` subscribers.
@@ -95,9 +106,11 @@ pub(crate) async fn shared_fanout(
     let kinds: Vec<Kind> = targets.iter().map(|t| t.kind).collect();
     for &subs in &plan.levels {
         let scenario = format!("shared@{subs}");
+        let bound = p99_bound(subs);
         println!(
-            "\n== shared channel: {subs} subscribers on one channel, {} deliveries/s, then the highest sustained ==",
-            plan.deliveries
+            "\n== shared channel: {subs} subscribers on one channel, {} deliveries/s, then the highest sustained (no loss, p99 < {} ms) ==",
+            plan.deliveries,
+            bound.as_millis()
         );
         for t in targets {
             let mons: Vec<&Monitor> = std::iter::once(emu).chain(t.proxy.as_ref()).collect();
@@ -135,7 +148,7 @@ pub(crate) async fn shared_fanout(
                     Ok(s) => {
                         get(s, "lost") == 0.0
                             && get(s, "closed") == 0.0
-                            && get(s, "p99_us") <= SUSTAINED_P99.as_micros() as f64
+                            && get(s, "p99_us") <= bound.as_micros() as f64
                     }
                     Err(_) => false,
                 };

@@ -55,6 +55,7 @@ pub fn parse(args: &ServeArgs, http_host: Option<&str>, errors: &mut Vec<String>
         api_key,
         check: args.shared_channel_check == SharedCheck::Subscribe,
         linger: Duration::from_secs(args.shared_linger),
+        max_channels: args.shared_max_channels,
         queue: args.shared_queue,
     }
 }

@@ -151,6 +151,18 @@ impl Hub {
         self.next.fetch_add(1, Ordering::Relaxed)
     }
 
+    /// Whether a subscription to `key` may be shared: its channel exists
+    /// already, or there is room for one more under `--shared-max-channels`.
+    /// Soft: subscriptions still being checked are not counted, so the cap
+    /// can be passed by the checks in flight (each bounded per connection
+    /// by `--max-subscriptions`).
+    pub fn admits(&self, key: &str) -> bool {
+        let inner = self.lock();
+        self.cfg.max_channels == 0
+            || inner.channels.len() < self.cfg.max_channels
+            || inner.channels.contains_key(key)
+    }
+
     /// Adds the browser subscription `id` (on the connection `sink`) to the
     /// shared channel `key`, subscribing upstream if it is the first. The
     /// browser hears [`Delivery::Joined`] once the upstream subscription is

@@ -20,6 +20,8 @@ pub struct SharedConfig {
     pub linger: Duration,
     /// Events that may wait for one browser before it counts as lagging.
     pub queue: usize,
+    /// Shared channels held at most (0: no cap); beyond it, unshared.
+    pub max_channels: usize,
 }
 
 impl SharedConfig {
@@ -64,6 +66,7 @@ mod tests {
                 .collect(),
             check: true,
             linger: Duration::from_secs(1),
+            max_channels: 0,
             queue: 4,
         }
     }

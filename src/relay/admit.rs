@@ -80,7 +80,14 @@ impl Connection {
         match kind {
             FrameKind::Subscribe { id, channel } => {
                 let in_use = self.shared.as_ref().is_some_and(|m| m.uses(id));
-                let Some(key) = hub.config().key_for(channel) else {
+                let key = hub.config().key_for(channel);
+                let full = key.as_ref().is_some_and(|k| !hub.admits(k));
+                if full {
+                    // As many shared channels as allowed: this one is
+                    // served as if it matched no pattern.
+                    self.limit_hit("shared_channels");
+                }
+                let Some(key) = key.filter(|_| !full) else {
                     // Not shared; but an id of a shared subscription is
                     // still taken.
                     return in_use.then(|| Some(duplicate(id)));
