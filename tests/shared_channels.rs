@@ -407,3 +407,39 @@ async fn beyond_the_cap_a_new_channel_is_served_unshared() {
         "{metrics}"
     );
 }
+
+#[tokio::test]
+async fn a_key_appsync_refuses_answers_the_browsers_instead_of_leaving_them_waiting() {
+    let dir = std::env::temp_dir().join(format!("shared-badkey-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key_file = dir.join("key");
+    std::fs::write(&key_file, "da2-revokedorwrongkey\n").unwrap();
+    let key_path = key_file.to_string_lossy().into_owned();
+    let mut flags = SHARED.to_vec();
+    flags.extend(["--shared-api-key-file", key_path.as_str()]);
+    let stack = Stack::start_with_api_key(&flags, "da2-theapiskey").await;
+
+    // Refused on the upgrade (HTTP 401), and, MiniStack's way, with a
+    // connection_error after it: either way the browser hears
+    // subscribe_error under its own id, and its socket stays usable.
+    let mut ws = connect(&stack.realtime_url(), &stack.good_cookies()).await;
+    init(&mut ws).await;
+    for (id, channel, after_upgrade) in [("a", "/ns/one", false), ("b", "/ns/two", true)] {
+        stack.emulator.refuse_after_upgrade(after_upgrade);
+        send_json(&mut ws, amplify_subscribe(id, channel)).await;
+        let answer = recv_json(&mut ws).await;
+        assert_eq!(answer["type"], "subscribe_error", "{answer}");
+        assert_eq!(answer["id"], id);
+        assert_eq!(answer["errors"][0]["errorType"], "UnauthorizedException");
+        assert!(!answer.to_string().contains("da2-"), "{answer}");
+    }
+    stack.emulator.refuse_after_upgrade(false);
+    send_json(&mut ws, amplify_subscribe("c", "/ns/plain-but-shared")).await;
+    assert_eq!(recv_json(&mut ws).await["type"], "subscribe_error");
+    let (_, _, metrics) = http(stack.relay.admin_addr, "GET", "/metrics", &[], "").await;
+    assert!(
+        metrics.contains("appsync_relay_shared_subscriptions_active 0\n"),
+        "{metrics}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

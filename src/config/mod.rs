@@ -479,7 +479,17 @@ mod tests {
         assert_eq!(key.host(), "abc.appsync-api.eu-west-1.amazonaws.com");
         assert!(!format!("{key:?}").contains("SECRETKEY"));
 
-        for bad in [file("empty", " \n"), file("two", "da2-SECRETKEY other\n")] {
+        let bom = file("bom", "\u{feff}da2-SECRETKEY\r\n");
+        let c = with(&bom).unwrap();
+        assert_eq!(
+            c.shared.api_key.unwrap().as_map()["x-api-key"],
+            "da2-SECRETKEY"
+        );
+        for bad in [
+            file("empty", " \n"),
+            file("two", "da2-SECRETKEY other\n"),
+            file("zwsp", "da2-SECRETKEY\u{200b}\n"),
+        ] {
             let errs = with(&bad).unwrap_err();
             assert!(
                 errs.iter().any(|e| e.contains("expected one API key")),
@@ -492,6 +502,17 @@ mod tests {
             errs.iter().any(|e| e.starts_with("--shared-api-key-file")),
             "{errs:?}"
         );
+        // Without the check, the key would authorise every signed-in user.
+        let errs = Config::from_args(&args(&[
+            "--shared-channel",
+            "/prices/*",
+            "--shared-channel-check",
+            "none",
+            "--shared-api-key-file",
+            &good,
+        ]))
+        .unwrap_err();
+        assert!(errs.iter().any(|e| e.contains("check none")), "{errs:?}");
         // Without shared channels the key would be used by nothing.
         let errs = Config::from_args(&args(&["--shared-api-key-file", &good])).unwrap_err();
         assert!(

@@ -31,11 +31,20 @@ pub fn parse(args: &ServeArgs, http_host: Option<&str>, errors: &mut Vec<String>
             );
             return None;
         }
+        if args.shared_channel_check == SharedCheck::None {
+            // No user's token would reach AppSync for a shared channel at
+            // all: the key would stand in for everyone's authorisation.
+            errors.push(
+                "--shared-api-key-file with --shared-channel-check none would let the API key authorise every signed-in user: keep the check (subscribe), or drop the key"
+                    .into(),
+            );
+            return None;
+        }
         // Never echo the file's contents: it is a secret.
-        match std::fs::read_to_string(path) {
+        match read_small(path) {
             Ok(text) => {
-                let key = text.trim();
-                if key.is_empty() || key.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                let key = text.trim_start_matches('\u{feff}').trim();
+                if key.is_empty() || !key.bytes().all(|b| b.is_ascii_graphic()) {
                     errors.push(format!(
                         "--shared-api-key-file {}: expected one API key (such as da2-...) and nothing else",
                         path.display()
@@ -58,4 +67,15 @@ pub fn parse(args: &ServeArgs, http_host: Option<&str>, errors: &mut Vec<String>
         max_channels: args.shared_max_channels,
         queue: args.shared_queue,
     }
+}
+
+/// A key file's text: at most 4 KiB (an API key is ~40 characters; a
+/// flag pointed at a large file or a device must not exhaust memory).
+fn read_small(path: &std::path::Path) -> std::io::Result<String> {
+    use std::io::Read as _;
+    let mut text = String::new();
+    std::fs::File::open(path)?
+        .take(4096)
+        .read_to_string(&mut text)?;
+    Ok(text)
 }

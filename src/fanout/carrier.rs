@@ -48,6 +48,11 @@ pub(crate) trait Owner: Send + Sync + 'static {
     fn on_subscribed(&self, sid: &str);
     /// AppSync refused the upstream subscription `span.id(frame)`.
     fn on_refused(&self, frame: &str, span: &IdSpan);
+    /// AppSync refused the API key this carrier connected with.
+    fn on_key_refused(&self, carrier: usize);
+    /// Whether the upstream subscription `sid` still exists (a queued
+    /// subscribe for one the hub has ended since is not sent).
+    fn holds(&self, sid: &str) -> bool;
     /// `(sid, channel, token)` of every subscription carrier `carrier`
     /// holds, the token that of one of the channel's current members
     /// (none while it lingers without any, or all of them lag).
@@ -137,6 +142,9 @@ async fn run(
             Ok(socket) => socket,
             Err(e) => {
                 tracing::warn!(carrier = index, error = %e, "shared channels: upstream connect failed");
+                if auth.is_api_key() && matches!(e, upstream::UpstreamError::Unauthorized(_)) {
+                    h.on_key_refused(index);
+                }
                 drop(h);
                 if !pause(&shutdown, &mut backoff).await {
                     return;
@@ -165,6 +173,12 @@ async fn run(
         }
         if ok {
             match carry(&hub, &mut socket, &mut rx, &mut sent, &shutdown).await {
+                Carried::Refused if auth.is_api_key() => {
+                    if let Some(h) = hub.upgrade() {
+                        h.on_key_refused(index);
+                    }
+                }
+                Carried::Refused => {}
                 Carried::Stop => {
                     let _ = socket.close(None).await;
                     return;
@@ -225,6 +239,7 @@ async fn carry(
     // `connectionTimeoutMs` (300 s): silence that long is a dead connection.
     let silence = tokio::time::sleep(SILENCE);
     tokio::pin!(silence);
+    let mut acked = false;
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return Carried::Stop,
@@ -233,7 +248,8 @@ async fn carry(
                 let frame = match cmd {
                     None => return Carried::Stop,
                     Some(Command::Subscribe { sid, channel, auth }) => {
-                        if !sent.insert(sid.clone()) {
+                        let Some(hub) = hub.upgrade() else { return Carried::Stop };
+                        if !hub.holds(&sid) || !sent.insert(sid.clone()) {
                             continue;
                         }
                         subscribe_frame(&sid, &channel, &auth)
@@ -261,10 +277,15 @@ async fn carry(
                     Some(Ok(_)) => continue,
                 };
                 silence.as_mut().reset(tokio::time::Instant::now() + SILENCE);
-                if matches!(frame_type_label(text.as_str()), "connection_error" | "error") {
-                    // AppSync gave up on this connection (a token refused
-                    // after the upgrade, say): a fresh one, after the backoff.
-                    return Carried::Lost;
+                match frame_type_label(text.as_str()) {
+                    "connection_ack" => acked = true,
+                    // Refused before it was acknowledged: the credentials
+                    // (MiniStack's way of refusing them after the upgrade).
+                    "connection_error" if !acked => return Carried::Refused,
+                    // AppSync gave up on this connection: a fresh one,
+                    // after the backoff.
+                    "connection_error" | "error" => return Carried::Lost,
+                    _ => {}
                 }
                 let Some(hub) = hub.upgrade() else { return Carried::Stop };
                 on_frame(hub.as_ref(), text.as_str());
@@ -281,6 +302,8 @@ enum Carried {
     Lost,
     /// It carries nothing any more: close it and wait for work.
     Idle,
+    /// AppSync refused the connection's credentials after the upgrade.
+    Refused,
 }
 
 fn on_frame(hub: &dyn Owner, text: &str) {

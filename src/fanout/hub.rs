@@ -6,6 +6,7 @@ use super::carrier::{self, Owner};
 use super::patterns::SharedConfig;
 use super::splice::IdSpan;
 use crate::metrics::Metrics;
+use crate::protocol::{error_frame, error_type};
 use crate::rewrite::UpstreamAuth;
 use crate::upstream::UpstreamConfig;
 use std::collections::HashMap;
@@ -277,6 +278,28 @@ impl Hub {
     }
 }
 
+impl Hub {
+    /// Ends the shared channel `key`: every member hears `frame(its id)`.
+    fn refuse(&self, inner: &mut Inner, key: &str, frame: impl Fn(&str) -> String) {
+        let Some(shared) = inner.channels.remove(key) else {
+            return;
+        };
+        inner.by_sid.remove(&shared.sid);
+        if shared.active {
+            self.metrics.shared_subscriptions_active.dec();
+        }
+        let carrier = &mut inner.carriers[shared.carrier];
+        carrier.channels = carrier.channels.saturating_sub(1);
+        for (number, member) in shared.members {
+            let refused = Delivery::Refused {
+                member: number,
+                frame: frame(&member.id),
+            };
+            offer(&member.sink, refused, &self.metrics);
+        }
+    }
+}
+
 impl Owner for Hub {
     /// An event for the upstream subscription `span.id(frame)`: one copy per
     /// member, with the member's id. Returns how many browsers got it.
@@ -343,24 +366,48 @@ impl Owner for Hub {
     /// shared channel is gone (the next browser starts over).
     fn on_refused(&self, frame: &str, span: &IdSpan) {
         let mut inner = self.lock();
-        let Some(key) = inner.by_sid.remove(span.id(frame)) else {
+        let Some(key) = inner.by_sid.get(span.id(frame)).cloned() else {
             return;
         };
-        let Some(shared) = inner.channels.remove(&key) else {
-            return;
-        };
-        if shared.active {
-            self.metrics.shared_subscriptions_active.dec();
+        self.refuse(&mut inner, &key, |id| span.with_id(frame, id));
+    }
+
+    /// AppSync refused the API key on `carrier`'s connection. Nothing will
+    /// heal that (a member's token would be replaced when its session
+    /// ends; the key is not), so rather than leave browsers waiting for an
+    /// answer or for events, every channel on the carrier is refused:
+    /// `subscribe_error` (UnauthorizedException) under each member's id. A
+    /// later subscribe starts over and, with the key still refused, is
+    /// refused again at its first connect.
+    fn on_key_refused(&self, carrier: usize) {
+        let mut inner = self.lock();
+        let keys: Vec<String> = inner
+            .channels
+            .iter()
+            .filter(|(_, s)| s.carrier == carrier)
+            .map(|(k, _)| k.clone())
+            .collect();
+        if !keys.is_empty() {
+            tracing::error!(
+                carrier,
+                channels = keys.len(),
+                "shared channels: AppSync refused the --shared-api-key-file key; their browsers get subscribe_error"
+            );
         }
-        let carrier = &mut inner.carriers[shared.carrier];
-        carrier.channels = carrier.channels.saturating_sub(1);
-        for (number, member) in shared.members {
-            let refused = Delivery::Refused {
-                member: number,
-                frame: span.with_id(frame, &member.id),
-            };
-            offer(&member.sink, refused, &self.metrics);
+        for key in keys {
+            self.refuse(&mut inner, &key, |id| {
+                error_frame(
+                    "subscribe_error",
+                    Some(id),
+                    error_type::UNAUTHORIZED,
+                    "the relay's shared subscription was refused by AppSync",
+                )
+            });
         }
+    }
+
+    fn holds(&self, sid: &str) -> bool {
+        self.lock().by_sid.contains_key(sid)
     }
 
     /// Every upstream subscription on `carrier`, for a replay after a

@@ -82,7 +82,7 @@ impl Connection {
                 let in_use = self.shared.as_ref().is_some_and(|m| m.uses(id));
                 let key = hub.config().key_for(channel);
                 let full = key.as_ref().is_some_and(|k| !hub.admits(k));
-                if full {
+                if full && !in_use {
                     // As many shared channels as allowed: this one is
                     // served as if it matched no pattern.
                     self.limit_hit("shared_channels");
