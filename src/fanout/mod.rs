@@ -11,6 +11,7 @@
 //!   AppSync's limit per connection), each authenticated with the token of a
 //!   browser currently on one of its channels, re-dialled with everything
 //!   replayed.
+//! - [`sink`]: a browser connection's bounded queue and lag signal.
 //! - [`patterns`]: which subscriptions are shared (`SharedConfig`).
 //! - [`splice`]: each browser's copy of an event carries its own
 //!   subscription id, spliced into the bytes AppSync sent.
@@ -27,9 +28,11 @@
 pub mod carrier;
 pub mod hub;
 pub mod patterns;
+pub mod sink;
 pub mod splice;
 
-pub use hub::{Delivery, Hub, MemberKey, Sink};
+pub use hub::{Hub, MemberKey};
 pub use patterns::SharedConfig;
+pub use sink::{Delivery, Sink};
 
 pub use hub::MAX_SUBSCRIPTIONS_PER_CARRIER;
