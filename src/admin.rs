@@ -23,7 +23,12 @@ use std::time::Duration;
 pub fn respond(state: &RelayState, req: &Request<Incoming>) -> Response<Body> {
     match req.uri().path() {
         "/healthz" => text(StatusCode::OK, "ok\n"),
-        "/readyz" if state.is_ready() => text(StatusCode::OK, "ready\n"),
+        // Ready stays ready with a warning: an outage of trust settings
+        // must not take every replica out of the load balancer.
+        "/readyz" if state.is_ready() => text(
+            StatusCode::OK,
+            format!("ready\n{}", state.readiness_notes()),
+        ),
         "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
         "/metrics" => {
             let mut resp = text(StatusCode::OK, state.metrics.render());

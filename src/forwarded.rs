@@ -9,6 +9,8 @@
 
 use hyper::header::{HeaderMap, HeaderValue};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 const X_FORWARDED_FOR: &str = "x-forwarded-for";
 const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
@@ -159,9 +161,92 @@ impl TrustedProxies {
     }
 }
 
+/// Requests carrying `X-Forwarded-For` from a peer `--trust-forwarded`
+/// does not list: the sign of an ingress nobody told the relay about, whose
+/// clients then all share its address for the per-IP limits (the 201st
+/// user behind it is refused). Remembered so the log says it once in a
+/// while, and `/readyz` says it while it keeps happening.
+#[derive(Debug, Default)]
+pub struct UntrustedForwarders {
+    /// The newest such peer, and when.
+    last: Mutex<Option<(IpAddr, Instant)>>,
+    /// When the log last said so.
+    warned: Mutex<Option<Instant>>,
+}
+
+/// How often the log repeats the warning.
+const WARN_EVERY: Duration = Duration::from_secs(600);
+/// How long `/readyz` shows a peer after its last such request.
+const SHOW_FOR: Duration = Duration::from_secs(3600);
+
+impl UntrustedForwarders {
+    /// Whether a request from `peer` with these `headers` is one; if so it
+    /// is remembered. The second value: whether to log it now (the first
+    /// time, then every [`WARN_EVERY`]).
+    pub fn note(
+        &self,
+        trusted: &TrustedProxies,
+        headers: &HeaderMap,
+        peer: IpAddr,
+        now: Instant,
+    ) -> (bool, bool) {
+        let peer = peer.to_canonical();
+        if trusted.trusts(peer) || !headers.contains_key(X_FORWARDED_FOR) {
+            return (false, false);
+        }
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some((peer, now));
+        let mut warned = self.warned.lock().unwrap_or_else(|e| e.into_inner());
+        let due = warned.is_none_or(|at| now.duration_since(at) >= WARN_EVERY);
+        if due {
+            *warned = Some(now);
+        }
+        (true, due)
+    }
+
+    /// The peer that sent one within the last hour, if any.
+    pub fn recent(&self, now: Instant) -> Option<IpAddr> {
+        let last = *self.last.lock().unwrap_or_else(|e| e.into_inner());
+        last.filter(|(_, at)| now.duration_since(*at) < SHOW_FOR)
+            .map(|(ip, _)| ip)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn untrusted_forwarders_are_noted_warned_about_sparingly_and_forgotten() {
+        let w = UntrustedForwarders::default();
+        let none = TrustedProxies::default();
+        let ingress: IpAddr = "10.0.0.5".parse().unwrap();
+        let mut h = HeaderMap::new();
+        let t0 = Instant::now();
+        assert_eq!(w.note(&none, &h, ingress, t0), (false, false), "no header");
+        h.insert(X_FORWARDED_FOR, HeaderValue::from_static("203.0.113.9"));
+        assert_eq!(w.note(&none, &h, ingress, t0), (true, true));
+        assert_eq!(
+            w.note(&none, &h, ingress, t0 + Duration::from_secs(60)),
+            (true, false)
+        );
+        assert_eq!(
+            w.note(&none, &h, ingress, t0 + WARN_EVERY + Duration::from_secs(1)),
+            (true, true)
+        );
+        assert_eq!(w.recent(t0 + WARN_EVERY), Some(ingress));
+        assert_eq!(
+            w.recent(t0 + WARN_EVERY + SHOW_FOR + Duration::from_secs(2)),
+            None
+        );
+        let listed = TrustedProxies::new(vec![IpNet::parse("10.0.0.0/8").unwrap()]);
+        let fresh = UntrustedForwarders::default();
+        assert_eq!(
+            fresh.note(&listed, &h, ingress, t0),
+            (false, false),
+            "trusted"
+        );
+        assert_eq!(fresh.recent(t0), None);
+    }
 
     #[test]
     fn ip_networks() {

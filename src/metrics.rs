@@ -5,8 +5,8 @@
 //! message types, directions): never a channel, a user or a token.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -56,6 +56,11 @@ pub struct Metrics {
     /// Per-user checks before joining a shared subscription, by outcome
     /// (`allowed`, `refused`, `skipped`).
     pub shared_probes: IntCounterVec,
+    /// Requests carrying `X-Forwarded-For` from a peer not in
+    /// `--trust-forwarded`.
+    pub forwarded_untrusted: IntCounter,
+    /// 1 from the moment a drain starts (SIGTERM) until the process exits.
+    pub draining: IntGauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -143,7 +148,25 @@ impl Metrics {
         registry
             .register(Box::new(shared_browsers.clone()))
             .expect("metric names are unique");
-        Metrics {
+        let forwarded_untrusted = IntCounter::new(
+            "forwarded_untrusted_total",
+            "Requests carrying X-Forwarded-For from a peer --trust-forwarded does not list",
+        )
+        .expect("static metric definition is valid");
+        registry
+            .register(Box::new(forwarded_untrusted.clone()))
+            .expect("metric names are unique");
+        let draining = IntGauge::new(
+            "draining",
+            "1 while the relay drains (from SIGTERM until it exits)",
+        )
+        .expect("static metric definition is valid");
+        registry
+            .register(Box::new(draining.clone()))
+            .expect("metric names are unique");
+        let metrics = Metrics {
+            draining,
+            forwarded_untrusted,
             connections_active,
             shared_subscriptions_active,
             shared_browsers,
@@ -234,6 +257,66 @@ impl Metrics {
                 &["limit"],
             ),
             registry,
+        };
+        metrics.zero_known_series();
+        metrics
+    }
+
+    /// Creates, at 0, the series of label values known in advance, so that
+    /// they are scraped from the start: `rate()` and alerts see a counter
+    /// that has not moved yet instead of no series at all, and every metric
+    /// the dashboards and alerts name exists on a fresh relay.
+    fn zero_known_series(&self) {
+        let zero = |v: &IntCounterVec, labels: &[&[&str]]| {
+            for l in labels {
+                v.with_label_values(l);
+            }
+        };
+        zero(&self.handshakes, &[&["accepted"]]);
+        zero(
+            &self.connections_closed,
+            &[&["1000"], &["1001"], &["4401"], &["1013"]],
+        );
+        zero(&self.publish_requests, &[&["2xx"]]);
+        zero(&self.jwks_fetches, &[&["ok"], &["error"]]);
+        zero(&self.upstream_connects, &[&["ok"]]);
+        zero(&self.upstream_redials, &[&["ok"], &["gave_up"]]);
+        for phase in ["handshake", "connection"] {
+            for result in ["ok", "rejected", "unavailable"] {
+                self.token_refreshes.with_label_values(&[phase, result]);
+            }
+        }
+        zero(
+            &self.sessions_ended,
+            &[&["refresh_rejected"], &["max_session_age"], &["signed_out"]],
+        );
+        zero(&self.app_requests, &[&["2xx"]]);
+        for limit in [
+            "max_connections",
+            "max_connections_per_user",
+            "max_connections_per_ip",
+            "max_subscriptions",
+            "publish_rate",
+            "refresh_rate_per_ip",
+            "refresh_rate_per_user",
+            "idle_timeout",
+            "send_timeout",
+            "shared_lag",
+            "shared_channels",
+        ] {
+            self.limits_hit.with_label_values(&[limit]);
+        }
+        for phase in ["verify", "renew", "upstream_connect", "total"] {
+            self.handshake_seconds.with_label_values(&[phase]);
+        }
+        zero(&self.shared_deliveries, &[&["upstream"], &["browser"]]);
+        zero(
+            &self.shared_probes,
+            &[&["allowed"], &["refused"], &["skipped"]],
+        );
+        for direction in ["client_to_upstream", "upstream_to_client", "local_reply"] {
+            self.frames.with_label_values(&[direction, "data"]);
+            self.bytes.with_label_values(&[direction]);
         }
     }
 

@@ -58,6 +58,7 @@ impl RelayHandle {
         // Readiness drops at once; the listeners keep serving for the drain
         // delay so load balancers see the 503 and stop sending new clients.
         state.draining.cancel();
+        state.metrics.draining.set(1);
         tracing::info!(
             drain_delay_ms = drain_delay.as_millis() as u64,
             "draining: /readyz is 503"

@@ -87,6 +87,8 @@ pub struct RelayState {
     pub sockets: LiveSockets,
     /// Shared channels (`--shared-channel`); `None` when none are set.
     pub fanout: Option<Arc<Hub>>,
+    /// Peers sending `X-Forwarded-For` without being trusted to.
+    pub untrusted_forwarders: crate::forwarded::UntrustedForwarders,
 }
 
 /// How long an ended sign-in is remembered: as long as any of its sockets
@@ -148,6 +150,7 @@ impl RelayState {
         });
         Arc::new(RelayState {
             fanout,
+            untrusted_forwarders: Default::default(),
             verifier,
             refresher,
             pending,
@@ -184,7 +187,44 @@ impl RelayState {
 
     /// The client's IP (see [`crate::forwarded::TrustedProxies::client_ip`]).
     pub fn client_ip(&self, headers: &hyper::HeaderMap, peer: SocketAddr) -> IpAddr {
+        self.note_forwarding(headers, peer);
         self.config.trust_forwarded.client_ip(headers, peer)
+    }
+
+    /// Counts (and now and then logs) a request carrying `X-Forwarded-For`
+    /// from a peer `--trust-forwarded` does not list.
+    pub fn note_forwarding(&self, headers: &hyper::HeaderMap, peer: SocketAddr) {
+        let (noted, warn) = self.untrusted_forwarders.note(
+            &self.config.trust_forwarded,
+            headers,
+            peer.ip(),
+            Instant::now(),
+        );
+        if noted {
+            self.metrics.forwarded_untrusted.inc();
+        }
+        if warn {
+            tracing::warn!(
+                peer = %peer.ip().to_canonical(),
+                max_connections_per_ip = self.config.limits.max_connections_per_ip,
+                "requests carrying X-Forwarded-For arrive from a peer --trust-forwarded does not list: \
+                 every client behind it shares its address for the per-IP limits; if it is your \
+                 ingress or load balancer, add its address range to --trust-forwarded"
+            );
+        }
+    }
+
+    /// What `/readyz` adds to its body: a warning about an untrusted
+    /// forwarder seen within the hour, if any.
+    pub fn readiness_notes(&self) -> String {
+        match self.untrusted_forwarders.recent(Instant::now()) {
+            Some(ip) => format!(
+                "warning: requests carrying X-Forwarded-For arrived from {ip}, which --trust-forwarded does not list: \
+                 every client behind it shares its address for --max-connections-per-ip ({})\n",
+                self.config.limits.max_connections_per_ip
+            ),
+            None => String::new(),
+        }
     }
 
     /// Cognito refused `refresh_token`, shown for the sign-in `proof`. What

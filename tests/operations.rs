@@ -81,8 +81,10 @@ async fn connection_limits_answer_429_and_free_their_slots() {
         m.contains("appsync_relay_limits_hit_total{limit=\"max_connections_per_user\"} 1"),
         "{m}"
     );
+    // (The series exists from the start, at 0: it must have moved.)
     assert!(
-        m.contains("appsync_relay_limits_hit_total{limit=\"max_connections\"}"),
+        m.contains("appsync_relay_limits_hit_total{limit=\"max_connections\"}")
+            && !m.contains("appsync_relay_limits_hit_total{limit=\"max_connections\"} 0\n"),
         "{m}"
     );
 }
@@ -114,6 +116,72 @@ async fn per_ip_limit_counts_the_client_behind_a_trusted_proxy() {
     assert!(metrics(&stack)
         .await
         .contains("appsync_relay_limits_hit_total{limit=\"max_connections_per_ip\"} 1"));
+}
+
+#[tokio::test]
+async fn an_untrusted_forwarder_is_counted_and_named_by_readyz_which_stays_ready() {
+    // The default: no --trust-forwarded. An ingress in front (127.0.0.1
+    // here) forwards X-Forwarded-For: every browser behind it shares its
+    // address for the per-IP limit, which the operator must hear about.
+    let stack = Stack::start_with(&["--max-connections-per-ip", "2"]).await;
+    let url = stack.realtime_url();
+    let (status, _, body) = http(stack.relay.admin_addr, "GET", "/readyz", &[], "").await;
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "ready\n"),
+        "nothing seen yet"
+    );
+    let direct = Upgrade::browser(&cookies_for_sub(&stack, "u0"));
+    let _plain = connect_as(&url, &direct).await;
+    assert!(metrics(&stack)
+        .await
+        .contains("appsync_relay_forwarded_untrusted_total 0"));
+
+    let via = |user: &str, ip: &str| Upgrade {
+        headers: vec![("x-forwarded-for", ip.to_string())],
+        ..Upgrade::browser(&cookies_for_sub(&stack, user))
+    };
+    let _c1 = connect_as(&url, &via("u1", "203.0.113.1")).await;
+    // Another client behind it is refused: u0 and u1 already hold the
+    // ingress's address, and the limit is 2.
+    let refused = matches!(
+        try_connect(&url, &via("u2", "203.0.113.2")).await,
+        Attempt::Refused(429, _)
+    );
+    assert!(
+        refused,
+        "the header must not be believed from an untrusted peer"
+    );
+    assert!(metrics(&stack)
+        .await
+        .contains("appsync_relay_forwarded_untrusted_total 2"));
+    let (status, _, body) = http(stack.relay.admin_addr, "GET", "/readyz", &[], "").await;
+    assert_eq!(status, 200, "a warning, not an outage: {body}");
+    assert!(body.starts_with("ready\n"), "{body}");
+    assert!(
+        body.contains("X-Forwarded-For arrived from 127.0.0.1")
+            && body.contains("--trust-forwarded"),
+        "{body}"
+    );
+    assert!(
+        !body.contains("203.0.113"),
+        "a client's claimed address is not news: {body}"
+    );
+}
+
+#[tokio::test]
+async fn a_trusted_forwarder_is_not_warned_about() {
+    let stack = Stack::start_with(&["--trust-forwarded", "127.0.0.1"]).await;
+    let up = Upgrade {
+        headers: vec![("x-forwarded-for", "203.0.113.1".to_string())],
+        ..Upgrade::browser(&cookies_for_sub(&stack, "u1"))
+    };
+    let _c = connect_as(&stack.realtime_url(), &up).await;
+    assert!(metrics(&stack)
+        .await
+        .contains("appsync_relay_forwarded_untrusted_total 0"));
+    let (_, _, body) = http(stack.relay.admin_addr, "GET", "/readyz", &[], "").await;
+    assert_eq!(body, "ready\n");
 }
 
 #[tokio::test]

@@ -8,7 +8,8 @@
 # Needs: Debian packages (Node.js + npm for cognito-local, aws-amplify and
 # playwright-core; Debian's Chromium for the browser tests; openssl for
 # throwaway certificates; nginx for the load harness's baseline; Python 3
-# with venv for MiniStack), installed with apt when running as root — else
+# with venv for MiniStack; prometheus for promtool, which checks
+# deploy/monitoring), installed with apt when running as root — else
 # the exact command is printed and the script stops. Then the npm packages
 # pinned by tests/node/package-lock.json, the Next.js example's packages
 # (examples/nextjs/package-lock.json) and its `next build`, and MiniStack,
@@ -23,6 +24,7 @@ command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 python3 -c 'import ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "tests/run.sh: missing Debian packages; install them with:" >&2
