@@ -14,6 +14,9 @@ use std::time::{Duration, Instant};
 
 const X_FORWARDED_FOR: &str = "x-forwarded-for";
 const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
+/// The request id header an ingress (ingress-nginx, Envoy, ALB's
+/// `X-Amzn-Trace-Id` aside) commonly adds.
+pub const X_REQUEST_ID: &str = "x-request-id";
 
 /// An IP network (`10.0.0.0/8`, `::1/128`, or a bare address).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,6 +142,27 @@ impl TrustedProxies {
                 })
     }
 
+    /// The request's id, for the logs and the app: a trusted proxy's
+    /// `X-Request-Id` when it is a plain token (1–128 of `A-Za-z0-9._:-`),
+    /// else a fresh random one. Never a client's own: ids end up in the
+    /// relay's and the app's logs, where a client could otherwise forge,
+    /// collide or inject them.
+    pub fn request_id(&self, headers: &HeaderMap, peer: SocketAddr) -> String {
+        let given = headers
+            .get(X_REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+            .filter(|_| self.trusts(peer.ip().to_canonical()))
+            .filter(|v| {
+                (1..=128).contains(&v.len())
+                    && v.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
+            });
+        match given {
+            Some(id) => id.to_owned(),
+            None => format!("{:032x}", rand::random::<u128>()),
+        }
+    }
+
     /// The `X-Forwarded-For` to pass on: a trusted peer's chain with the peer
     /// appended, else the peer alone.
     pub fn x_forwarded_for(&self, headers: &HeaderMap, peer: SocketAddr) -> HeaderValue {
@@ -214,6 +238,41 @@ impl UntrustedForwarders {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_ids_are_taken_from_trusted_proxies_only_and_only_when_plain() {
+        let proxy: SocketAddr = "10.0.0.5:40000".parse().unwrap();
+        let stranger: SocketAddr = "203.0.113.7:40000".parse().unwrap();
+        let trusted = TrustedProxies::new(vec![IpNet::parse("10.0.0.0/8").unwrap()]);
+        let with = |v: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert(X_REQUEST_ID, HeaderValue::from_static(v));
+            h
+        };
+        assert_eq!(trusted.request_id(&with("req-42.a:b"), proxy), "req-42.a:b");
+        let generated = |id: String| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit());
+        assert!(
+            generated(trusted.request_id(&with("req-42"), stranger)),
+            "a client's own"
+        );
+        assert!(
+            generated(trusted.request_id(&with("a b\"c"), proxy)),
+            "not plain"
+        );
+        assert!(
+            generated(trusted.request_id(&HeaderMap::new(), proxy)),
+            "none given"
+        );
+        let long: &'static str = Box::leak("x".repeat(129).into_boxed_str());
+        assert!(
+            generated(trusted.request_id(&with(long), proxy)),
+            "too long"
+        );
+        assert_ne!(
+            trusted.request_id(&HeaderMap::new(), proxy),
+            trusted.request_id(&HeaderMap::new(), proxy)
+        );
+    }
 
     #[test]
     fn untrusted_forwarders_are_noted_warned_about_sparingly_and_forgotten() {

@@ -51,6 +51,7 @@ struct Accepted {
     authenticated: Authenticated,
     /// This connection's slot in the admission limits, held until it ends.
     permit: ConnectionPermit,
+    client_ip: std::net::IpAddr,
 }
 
 /// A refusal, with the renewed session cookies it must still carry when
@@ -80,14 +81,15 @@ pub async fn respond(
     peer: SocketAddr,
 ) -> Response<Body> {
     let started = Instant::now();
+    let request_id = state.config.trust_forwarded.request_id(req.headers(), peer);
     match accept(&state, &req, peer).await {
         Ok(accepted) => {
             record_accepted(&state, started);
             let on_upgrade = hyper::upgrade::on(&mut req);
-            switch_protocols(state, accepted, on_upgrade, peer)
+            switch_protocols(state, accepted, on_upgrade, peer, request_id)
         }
         Err(Refused { error, set_cookies }) => {
-            record_refused(&state, &error, peer);
+            record_refused(&state, &error, peer, &request_id);
             let mut resp = error.into_response();
             let h = resp.headers_mut();
             h.insert(CONNECTION, HeaderValue::from_static("close"));
@@ -159,6 +161,7 @@ async fn accept(
         auth,
         authenticated,
         permit,
+        client_ip,
     })
 }
 
@@ -184,6 +187,7 @@ fn switch_protocols(
     accepted: Accepted,
     on_upgrade: hyper::upgrade::OnUpgrade,
     peer: SocketAddr,
+    request_id: String,
 ) -> Response<Body> {
     let Accepted {
         accept_key,
@@ -191,6 +195,7 @@ fn switch_protocols(
         auth,
         authenticated,
         permit,
+        client_ip,
     } = accepted;
     let sub = authenticated.claims.sub.clone();
     // Registered before the 101 goes out: a sign-out from here on reaches it.
@@ -212,7 +217,7 @@ fn switch_protocols(
         let upgraded = match on_upgrade.await {
             Ok(u) => u,
             Err(e) => {
-                tracing::info!(%peer, error = %e, "browser vanished during the upgrade");
+                tracing::info!(%request_id, %peer, error = %e, "browser vanished during the upgrade");
                 return;
             }
         };
@@ -228,7 +233,13 @@ fn switch_protocols(
         let outcome = relay.run(&mut client).await;
         drop(permit);
         metrics.connections_active.dec();
-        record_ended(&task_state, &outcome, opened, peer, &sub);
+        let who = Who {
+            request_id: &request_id,
+            peer,
+            client_ip,
+            sub: &sub,
+        };
+        record_ended(&task_state, &outcome, opened, &who);
     });
 
     let mut resp = Response::new(empty());
@@ -280,13 +291,13 @@ fn record_accepted(state: &RelayState, started: Instant) {
         .observe(started.elapsed().as_secs_f64());
 }
 
-fn record_refused(state: &RelayState, e: &RelayError, peer: SocketAddr) {
+fn record_refused(state: &RelayState, e: &RelayError, peer: SocketAddr, request_id: &str) {
     state
         .metrics
         .handshakes
         .with_label_values(&[e.reason()])
         .inc();
-    tracing::info!(%peer, status = e.status().as_u16(), reason = e.reason(), side = e.side(), error = %e, "websocket handshake refused");
+    tracing::info!(%request_id, %peer, status = e.status().as_u16(), reason = e.reason(), side = e.side(), error = %e, "websocket handshake refused");
 }
 
 fn limit_hit(state: &RelayState, hit: LimitHit) -> RelayError {
@@ -298,14 +309,17 @@ fn limit_hit(state: &RelayState, hit: LimitHit) -> RelayError {
     RelayError::Limit(hit)
 }
 
-/// The connection's closing figures: metrics and its one log line.
-fn record_ended(
-    state: &RelayState,
-    outcome: &RelayOutcome,
-    opened: Instant,
+/// Whose connection it was, for its log line.
+struct Who<'a> {
+    request_id: &'a str,
     peer: SocketAddr,
-    sub: &str,
-) {
+    client_ip: std::net::IpAddr,
+    sub: &'a str,
+}
+
+/// The connection's closing figures: metrics and its one log line, whose
+/// fields are a stable interface (README, "Logs").
+fn record_ended(state: &RelayState, outcome: &RelayOutcome, opened: Instant, who: &Who) {
     let metrics = &state.metrics;
     metrics
         .connection_seconds
@@ -316,11 +330,14 @@ fn record_ended(
         .with_label_values(&[close_label(code)])
         .inc();
     tracing::info!(
-        %peer,
-        sub = %sub,
+        request_id = %who.request_id,
+        peer = %who.peer,
+        client_ip = %who.client_ip,
+        sub = %who.sub,
         duration_ms = opened.elapsed().as_millis() as u64,
-        ending = ?outcome.ending,
+        reason = %outcome.ending.reason(),
         close_code = code,
+        upstream_close_code = outcome.upstream_close.unwrap_or(0),
         frames_to_upstream = outcome.stats.frames_to_upstream,
         frames_to_client = outcome.stats.frames_to_client,
         local_replies = outcome.stats.local_replies,

@@ -127,6 +127,34 @@ async fn no_token_or_cookie_value_is_ever_logged() {
     );
     assert!(logs.contains("websocket handshake refused"), "{logs}");
     assert!(logs.contains("sub="), "the user is identified by sub");
+    // The per-connection line's fields are an interface (README, "Logs"):
+    // every one is on every such line.
+    let ended: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("websocket relay ended"))
+        .collect();
+    for line in &ended {
+        for field in [
+            "request_id=",
+            "peer=",
+            "client_ip=",
+            "sub=",
+            "duration_ms=",
+            "reason=",
+            "close_code=",
+            "upstream_close_code=",
+            "frames_to_upstream=",
+            "frames_to_client=",
+        ] {
+            assert!(line.contains(field), "{field} missing: {line}");
+        }
+    }
+    assert!(
+        ended
+            .iter()
+            .any(|l| l.contains("reason=session_ended") || l.contains("reason=refresh_rejected")),
+        "the 4401 connection names why: {ended:#?}"
+    );
     for secret in &secrets {
         assert!(secret.len() > 10);
         // Any 12-character window of the secret would do: check three.

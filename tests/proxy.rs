@@ -260,6 +260,52 @@ async fn forwarding_headers_from_a_trusted_peer_are_kept_and_appended() {
 }
 
 #[tokio::test]
+async fn the_app_gets_a_trusted_proxys_request_id_or_ours_never_a_clients() {
+    let generated = |id: Option<&str>| {
+        id.is_some_and(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+    };
+    let app = TestApp::start().await;
+    let relay = start_proxied(proxy_config(app.url()), &[]).await;
+    roundtrip(
+        relay.addr(),
+        "GET",
+        "/",
+        &[("x-request-id", "forged-by-a-client")],
+        "",
+    )
+    .await;
+    let h = app.last().headers;
+    assert!(generated(header(&h, "x-request-id")), "{h:?}");
+    assert_eq!(h.get_all("x-request-id").iter().count(), 1);
+
+    let app = TestApp::start().await;
+    let relay = start_proxied(proxy_config(app.url()), &["--trust-forwarded", "127.0.0.1"]).await;
+    roundtrip(
+        relay.addr(),
+        "GET",
+        "/",
+        &[("x-request-id", "ingress-7f3a")],
+        "",
+    )
+    .await;
+    assert_eq!(
+        header(&app.last().headers, "x-request-id"),
+        Some("ingress-7f3a")
+    );
+    roundtrip(
+        relay.addr(),
+        "GET",
+        "/",
+        &[("x-request-id", "two words")],
+        "",
+    )
+    .await;
+    assert!(generated(header(&app.last().headers, "x-request-id")));
+    roundtrip(relay.addr(), "GET", "/", &[], "").await;
+    assert!(generated(header(&app.last().headers, "x-request-id")));
+}
+
+#[tokio::test]
 async fn hop_by_hop_headers_are_not_forwarded_either_way() {
     let app = TestApp::start().await;
     let relay = start_proxied(proxy_config(app.url()), &[]).await;

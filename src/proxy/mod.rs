@@ -283,10 +283,16 @@ impl App for AppProxy {
     fn respond<'a>(
         &'a self,
         state: &'a Arc<RelayState>,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
         peer: SocketAddr,
     ) -> Pin<Box<dyn Future<Output = Response<Body>> + Send + 'a>> {
         Box::pin(async move {
+            // The id the app sees and the relay logs: a trusted proxy's, or
+            // ours (a client's own never reaches the app).
+            let request_id = state.config.trust_forwarded.request_id(req.headers(), peer);
+            if let Ok(v) = hyper::header::HeaderValue::from_str(&request_id) {
+                req.headers_mut().insert(crate::forwarded::X_REQUEST_ID, v);
+            }
             let browser_session = browser_session(state, req.headers());
             let browser_refresh = browser_session.as_ref().map(|(_, rt)| rt.clone());
             // Only the cookies, kept to judge a sign-out in the answer.
@@ -314,7 +320,7 @@ impl App for AppProxy {
             };
             record_outcome(state, label);
             let mut resp = result.unwrap_or_else(|e| {
-                tracing::warn!(%peer, status = e.status().as_u16(), reason = e.label(), side = e.side(), error = %e, "app request failed");
+                tracing::warn!(%request_id, %peer, status = e.status().as_u16(), reason = e.label(), side = e.side(), error = %e, "app request failed");
                 e.into_response()
             });
             // 5b. Our Set-Cookies, on whatever the answer is: the renewal was

@@ -59,6 +59,25 @@ pub enum Ending {
 }
 
 impl Ending {
+    /// A stable name for the log line of a connection that ended.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Ending::ClientClosed(_) => "client_closed",
+            Ending::ClientGone => "client_gone",
+            Ending::ClientBinary => "client_binary",
+            Ending::ClientTooBig => "client_too_big",
+            Ending::ClientProtocol => "client_protocol",
+            Ending::ClientBadData => "client_bad_data",
+            Ending::UpstreamClosed(_) => "upstream_closed",
+            Ending::UpstreamGone => "upstream_gone",
+            Ending::Draining => "draining",
+            Ending::SessionEnded(reason) => reason,
+            Ending::Reauthenticate => "reauthenticate",
+            Ending::Idle => "idle",
+            Ending::Lagging => "lagging",
+        }
+    }
+
     /// `(code to the browser, code to upstream)`; `None` when that leg is
     /// already gone and there is nobody to tell.
     pub fn close_codes(&self) -> (Option<u16>, Option<u16>) {

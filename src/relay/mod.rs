@@ -45,6 +45,8 @@ pub struct RelayOutcome {
     pub ending: Ending,
     /// Close code sent to the browser (or echoed to its close).
     pub client_close: Option<u16>,
+    /// Close code sent to upstream, or the one upstream closed with.
+    pub upstream_close: Option<u16>,
     pub stats: Stats,
 }
 
@@ -141,6 +143,10 @@ impl Relay {
         RelayOutcome {
             client_close: to_client.or(match ending {
                 Ending::ClientClosed(code) => Some(code),
+                _ => None,
+            }),
+            upstream_close: to_upstream.or(match ending {
+                Ending::UpstreamClosed(code) => Some(code),
                 _ => None,
             }),
             ending,
