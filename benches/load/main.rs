@@ -36,6 +36,7 @@
 mod common;
 
 mod args;
+mod chart;
 mod clients;
 mod clock;
 mod custom;

@@ -28,6 +28,17 @@ impl Results {
         }
     }
 
+    /// The scenarios that recorded anything, in the order they did.
+    pub(crate) fn scenarios(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for (s, _) in &self.order {
+            if !out.contains(s) {
+                out.push(s.clone());
+            }
+        }
+        out
+    }
+
     pub(crate) fn median(&self, scenario: &str, metric: &str, kind: Kind) -> Option<f64> {
         let v = self
             .values

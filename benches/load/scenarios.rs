@@ -4,6 +4,7 @@
 //! relay's targets.
 
 use crate::args::Args;
+use crate::chart::write_report;
 use crate::host::{client_sources, machine};
 use crate::measure::{handshake_burst, memory_ramp, run_load, settle, Kind, LoadSpec, Target};
 use crate::monitor::Monitor;
@@ -403,6 +404,14 @@ pub(crate) async fn standard(args: &Args, stack: &mut Stack, nofile: u64) -> Res
         ),
     );
     verdicts(&results, &p, stack.legs);
+    let slug = match stack.legs {
+        Legs::Plain => "plain",
+        Legs::Tls => "tls",
+    };
+    match write_report(&results, slug, &p.levels) {
+        Ok(path) => println!("\nreport (SVG charts): {}", path.display()),
+        Err(e) => println!("\nreport not written: {e}"),
+    }
     Ok(())
 }
 
