@@ -143,13 +143,17 @@ impl TrustedProxies {
     }
 
     /// The request's id, for the logs and the app: a trusted proxy's
-    /// `X-Request-Id` when it is a plain token (1–128 of `A-Za-z0-9._:-`),
-    /// else a fresh random one. Never a client's own: ids end up in the
-    /// relay's and the app's logs, where a client could otherwise forge,
-    /// collide or inject them.
+    /// `X-Request-Id` when it sent exactly one and it is a plain token
+    /// (1–128 of `A-Za-z0-9._:-`), else a fresh random one. A client
+    /// talking to the relay directly never picks it; behind an ingress it
+    /// is only as trustworthy as that ingress's rule (ingress-nginx keeps a
+    /// client's `X-Request-ID` when one is sent). The filter means no id can
+    /// carry anything but a token into a log line.
     pub fn request_id(&self, headers: &HeaderMap, peer: SocketAddr) -> String {
-        let given = headers
-            .get(X_REQUEST_ID)
+        let mut values = headers.get_all(X_REQUEST_ID).iter();
+        let given = values
+            .next()
+            .filter(|_| values.next().is_none())
             .and_then(|v| v.to_str().ok())
             .filter(|_| self.trusts(peer.ip().to_canonical()))
             .filter(|v| {
@@ -198,6 +202,24 @@ pub struct UntrustedForwarders {
     warned: Mutex<Option<Instant>>,
 }
 
+/// Loopback, private (RFC 1918, shared CGNAT space, IPv6 ULA) or
+/// link-local: where a load balancer or ingress in front of the relay is.
+fn internal(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || (a == 100 && (64..128).contains(&b))
+        }
+        IpAddr::V6(v6) => {
+            let first = v6.segments()[0];
+            v6.is_loopback() || (first & 0xfe00) == 0xfc00 || (first & 0xffc0) == 0xfe80
+        }
+    }
+}
+
 /// How often the log repeats the warning.
 const WARN_EVERY: Duration = Duration::from_secs(600);
 /// How long `/readyz` shows a peer after its last such request.
@@ -215,7 +237,11 @@ impl UntrustedForwarders {
         now: Instant,
     ) -> (bool, bool) {
         let peer = peer.to_canonical();
-        if trusted.trusts(peer) || !headers.contains_key(X_FORWARDED_FOR) {
+        // Only a peer with an internal address can be an ingress nobody
+        // listed; a public one sending the header is a client (or its
+        // corporate proxy), and telling the operator to trust it would hand
+        // it the per-IP limits.
+        if trusted.trusts(peer) || !internal(peer) || !headers.contains_key(X_FORWARDED_FOR) {
             return (false, false);
         }
         *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some((peer, now));
@@ -268,6 +294,12 @@ mod tests {
             generated(trusted.request_id(&with(long), proxy)),
             "too long"
         );
+        let mut two = with("req-1");
+        two.append(X_REQUEST_ID, HeaderValue::from_static("req-2"));
+        assert!(
+            generated(trusted.request_id(&two, proxy)),
+            "two values: neither"
+        );
         assert_ne!(
             trusted.request_id(&HeaderMap::new(), proxy),
             trusted.request_id(&HeaderMap::new(), proxy)
@@ -305,6 +337,24 @@ mod tests {
             "trusted"
         );
         assert_eq!(fresh.recent(t0), None);
+        // A public peer sending the header is a client, not a forgotten
+        // ingress: never named (trusting it would hand it the limits).
+        for public in ["203.0.113.9", "2001:db8::1", "8.8.8.8"] {
+            let ip: IpAddr = public.parse().unwrap();
+            assert_eq!(fresh.note(&none, &h, ip, t0), (false, false), "{public}");
+        }
+        for internal in [
+            "192.168.1.2",
+            "172.16.0.9",
+            "100.64.3.4",
+            "::1",
+            "fd00::7",
+            "fe80::1",
+            "::ffff:10.1.2.3",
+        ] {
+            let ip: IpAddr = internal.parse().unwrap();
+            assert!(fresh.note(&none, &h, ip, t0).0, "{internal}");
+        }
     }
 
     #[test]

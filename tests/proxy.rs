@@ -277,6 +277,16 @@ async fn the_app_gets_a_trusted_proxys_request_id_or_ours_never_a_clients() {
     let h = app.last().headers;
     assert!(generated(header(&h, "x-request-id")), "{h:?}");
     assert_eq!(h.get_all("x-request-id").iter().count(), 1);
+    // Naming it hop-by-hop does not take the relay's away from the app.
+    roundtrip(
+        relay.addr(),
+        "GET",
+        "/",
+        &[("connection", "x-request-id")],
+        "",
+    )
+    .await;
+    assert!(generated(header(&app.last().headers, "x-request-id")));
 
     let app = TestApp::start().await;
     let relay = start_proxied(proxy_config(app.url()), &["--trust-forwarded", "127.0.0.1"]).await;

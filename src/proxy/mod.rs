@@ -192,6 +192,7 @@ impl AppProxy {
         mut req: Request<Incoming>,
         peer: SocketAddr,
         renewal: Option<&Pending>,
+        request_id: &str,
     ) -> Result<Response<Body>, ProxyError> {
         // 1. Target.
         if req.method() == Method::CONNECT {
@@ -220,6 +221,11 @@ impl AppProxy {
             restore_websocket_upgrade(&mut headers);
         }
         set_forwarding(&mut headers, state, peer);
+        // After the hop-by-hop headers are gone (a client naming
+        // X-Request-Id in `Connection` cannot strip it), replacing any value.
+        if let Ok(v) = hyper::header::HeaderValue::from_str(request_id) {
+            headers.insert(crate::forwarded::X_REQUEST_ID, v);
+        }
         if let Some(p) = renewal {
             rewrite_cookie_header(
                 &mut headers,
@@ -283,16 +289,13 @@ impl App for AppProxy {
     fn respond<'a>(
         &'a self,
         state: &'a Arc<RelayState>,
-        mut req: Request<Incoming>,
+        req: Request<Incoming>,
         peer: SocketAddr,
     ) -> Pin<Box<dyn Future<Output = Response<Body>> + Send + 'a>> {
         Box::pin(async move {
             // The id the app sees and the relay logs: a trusted proxy's, or
             // ours (a client's own never reaches the app).
             let request_id = state.config.trust_forwarded.request_id(req.headers(), peer);
-            if let Ok(v) = hyper::header::HeaderValue::from_str(&request_id) {
-                req.headers_mut().insert(crate::forwarded::X_REQUEST_ID, v);
-            }
             let browser_session = browser_session(state, req.headers());
             let browser_refresh = browser_session.as_ref().map(|(_, rt)| rt.clone());
             // Only the cookies, kept to judge a sign-out in the answer.
@@ -313,7 +316,9 @@ impl App for AppProxy {
                 None => None,
             };
             let secure = state.is_secure(req.headers(), peer);
-            let result = self.proxy(state, req, peer, renewal.as_ref()).await;
+            let result = self
+                .proxy(state, req, peer, renewal.as_ref(), &request_id)
+                .await;
             let label = match &result {
                 Ok(resp) => outcome_label(resp.status()),
                 Err(e) => e.label(),
