@@ -264,6 +264,13 @@ fuzz_target!(|data: &[u8]| {
                 if !matches!(msg_type.as_deref(), Some("subscribe" | "publish")) {
                     return;
                 }
+                // A duplicate key is refused by the relay on purpose (two
+                // parsers picking different duplicates would read different
+                // frames); re-serialising the frame for the emulator below
+                // would drop the duplicate, so there is nothing to compare.
+                if appsync_relay::strict_json::parse(text).is_err() {
+                    return;
+                }
                 let Ok(Value::Object(mut m)) = serde_json::from_str::<Value>(text) else {
                     return;
                 };
