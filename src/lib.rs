@@ -28,7 +28,8 @@
 //! 7. [`relay`]: one connection's pump, subscriptions, token, re-dial, close.
 //! 8. Request handlers: [`handshake`], [`publish`], [`proxy`], [`admin`].
 //! 9. [`server`]: listeners, routing, shutdown.
-//! 10. [`demo`]: relay + emulator + development identity provider.
+//! 10. Tools: [`demo`] (relay + emulator + development identity provider),
+//!     [`check`] (a deployment's settings verified, then a real round trip).
 #![forbid(unsafe_code)]
 
 pub mod bounded;
@@ -70,4 +71,5 @@ pub mod publish;
 
 pub mod server;
 
+pub mod check;
 pub mod demo;

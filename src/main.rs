@@ -1,7 +1,9 @@
 //! Wiring only: parse flags, set up logging, bind, run until a signal.
 #![forbid(unsafe_code)]
 
-use appsync_relay::cli::{Cli, Command, DemoArgs, EmulateArgs, LogFormat, ServeArgs};
+use appsync_relay::cli::{
+    CheckArgs, CheckOutput, Cli, Command, DemoArgs, EmulateArgs, LogFormat, ServeArgs,
+};
 use appsync_relay::config::Config;
 use appsync_relay::emulator::{self, EmulatorAuth, EmulatorConfig};
 use appsync_relay::verify::{Verifier, VerifierConfig};
@@ -49,6 +51,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => runtime.block_on(serve(*args)),
         Command::Emulate(args) => runtime.block_on(emulate(args)),
         Command::Demo(args) => runtime.block_on(demo(args)),
+        Command::Check(args) => runtime.block_on(check(*args)),
     }
 }
 
@@ -238,6 +241,20 @@ async fn demo(args: DemoArgs) -> ExitCode {
         .await;
     demo.emulator.shutdown().await;
     ExitCode::SUCCESS
+}
+
+/// Exit 0 when every check passed, 1 otherwise; the report on stdout.
+async fn check(args: CheckArgs) -> ExitCode {
+    let report = appsync_relay::check::run(&args).await;
+    match args.output {
+        CheckOutput::Text => print!("{}", report.text()),
+        CheckOutput::Json => println!("{}", report.json()),
+    }
+    if report.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 async fn shutdown_signal() {

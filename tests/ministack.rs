@@ -354,3 +354,100 @@ async fn an_expired_session_is_renewed_by_ministack_and_a_revoked_one_ends() {
         other => panic!("revoked session reconnected: {other:?}"),
     }
 }
+
+/// `appsync-relay check` against MiniStack's Cognito and AppSync Events,
+/// with the cookies of a real sign-in there: every check passes, the round
+/// trip included (with the user's own token reaching MiniStack); a wrong
+/// app client id is named by both the token and the Cognito checks.
+#[tokio::test]
+async fn check_passes_against_ministack_and_names_a_wrong_client() {
+    let ms = MiniStack::start().await;
+    let pool = ms.pool(3600).await;
+    let api = ms.event_api(&pool).await;
+    let tap = Tap::start(ms.addr()).await;
+    let host = |h: &str| format!("{}:{}", h.rsplit_once(':').unwrap().0, tap.port);
+    let http_endpoint = format!("http://{}/event", host(&api.http_host));
+    let realtime = format!("ws://{}/event/realtime", host(&api.realtime_host));
+    let tokens = ms.sign_up_and_in(&pool, "carol").await;
+    let cookie_file = std::env::temp_dir().join(format!("ministack-check-{}", std::process::id()));
+    std::fs::write(&cookie_file, cookies(&pool, "carol", &tokens)).unwrap();
+    let (issuer, jwks, cognito) = (ms.issuer(&pool), ms.jwks_url(&pool), ms.cognito_endpoint());
+    let argv = |client_id: &str| -> Vec<String> {
+        [
+            "appsync-relay",
+            "check",
+            "--appsync-http-endpoint",
+            &http_endpoint,
+            "--appsync-realtime-endpoint",
+            &realtime,
+            "--appsync-address",
+            "127.0.0.1",
+            "--cognito-user-pool-id",
+            &pool.id,
+            "--cognito-client-id",
+            client_id,
+            "--cognito-issuer",
+            &issuer,
+            "--cognito-jwks-url",
+            &jwks,
+            "--cognito-endpoint",
+            &cognito,
+            "--allowed-origin",
+            ORIGIN,
+            "--cookie-file",
+            cookie_file.to_str().unwrap(),
+            "--check-channel",
+            "/default/relay-check",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    use appsync_relay::check::Status;
+    use clap::Parser as _;
+    let run = |argv: Vec<String>| async move {
+        match appsync_relay::cli::Cli::try_parse_from(argv)
+            .unwrap()
+            .command
+        {
+            appsync_relay::cli::Command::Check(args) => appsync_relay::check::run(&args).await,
+            _ => unreachable!(),
+        }
+    };
+    let report = run(argv(&pool.client_id)).await;
+    eprintln!("{}", report.text());
+    assert!(report.ok, "{}", report.text());
+    for check in [
+        "openid_configuration",
+        "jwks",
+        "token",
+        "cognito",
+        "round_trip.http_publish",
+        "round_trip.unsubscribe",
+    ] {
+        assert!(
+            report
+                .checks
+                .iter()
+                .any(|l| l.check == check && l.status == Status::Pass),
+            "{check}: {}",
+            report.text()
+        );
+    }
+    // MiniStack accepts any Authorization: what the relay sent is checked.
+    let sent = tap.sent();
+    assert!(
+        upgrade_authorizations(&sent).contains(&tokens.access),
+        "the check's socket did not carry carol's token"
+    );
+    assert!(!report.json().contains(&tokens.access) && !report.json().contains(&tokens.refresh));
+
+    let report = run(argv("wrongclient123")).await;
+    let failed = report.failures();
+    assert!(
+        failed.contains(&"cognito") && failed.contains(&"sign_in"),
+        "{}",
+        report.text()
+    );
+    let _ = std::fs::remove_file(&cookie_file);
+}

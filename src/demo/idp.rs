@@ -142,7 +142,7 @@ impl DevIdentityProvider {
         Ok(idp)
     }
 
-    /// `GET <jwks path>`, and `POST /` with
+    /// `GET <jwks path>` and the OpenID configuration beside it, and `POST /` with
     /// `X-Amz-Target: AWSCognitoIdentityProviderService.GetTokensFromRefreshToken`
     /// (JSON `{"ClientId", "RefreshToken"}`), answered as Cognito does, with
     /// rotation.
@@ -151,8 +151,23 @@ impl DevIdentityProvider {
         req: hyper::Request<hyper::body::Incoming>,
         jwks_path: &str,
     ) -> Response<Full<Bytes>> {
-        if req.uri().path() == jwks_path {
-            let mut resp = Response::new(Full::new(Bytes::from(self.jwks.to_string())));
+        let document = if req.uri().path() == jwks_path {
+            Some(self.jwks.to_string())
+        } else if req.uri().path() == jwks_path.replace("jwks.json", "openid-configuration") {
+            // As Cognito serves it (what `appsync-relay check` reads).
+            Some(
+                serde_json::json!({
+                    "issuer": self.issuer,
+                    "jwks_uri": self.jwks_url(),
+                    "id_token_signing_alg_values_supported": ["RS256"],
+                })
+                .to_string(),
+            )
+        } else {
+            None
+        };
+        if let Some(document) = document {
+            let mut resp = Response::new(Full::new(Bytes::from(document)));
             resp.headers_mut()
                 .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
             return resp;

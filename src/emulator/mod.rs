@@ -168,6 +168,17 @@ impl EmulatorHandle {
             .push((sub.to_owned(), channel_prefix.to_owned()));
     }
 
+    /// Refuses WebSocket publishes by `sub` to `channel_prefix` and below,
+    /// as a namespace's `onPublish` handler can: `publish_error` with
+    /// `UnauthorizedException`.
+    pub fn refuse_publishes(&self, sub: &str, channel_prefix: &str) {
+        self.shared
+            .publish_rules
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((sub.to_owned(), channel_prefix.to_owned()));
+    }
+
     /// Open WebSocket connections.
     pub fn connection_count(&self) -> usize {
         self.shared.registry.connection_count()

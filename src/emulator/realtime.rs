@@ -296,6 +296,14 @@ impl Session {
         if let Some(frame) = self.undefined_namespace(ERR, id, &channel) {
             return frame;
         }
+        if self.shared.refuses_publish(message, &channel) {
+            return error_frame(
+                ERR,
+                Some(id),
+                error_type::UNAUTHORIZED,
+                "the namespace's onPublish handler refused this publish",
+            );
+        }
         let events = match validate_events(message.get("events")) {
             Ok(events) => events,
             Err(reason) => return error_frame(ERR, Some(id), error_type::BAD_REQUEST, &reason),

@@ -35,6 +35,8 @@ pub(crate) struct Shared {
     /// `(sub, channel prefix)`: subscriptions this user may not make, as a
     /// namespace's `onSubscribe` handler would refuse them.
     pub(crate) subscribe_rules: Mutex<Vec<(String, String)>>,
+    /// The same for WebSocket publishes (a namespace's `onPublish`).
+    pub(crate) publish_rules: Mutex<Vec<(String, String)>>,
 }
 
 // === impl Shared ===
@@ -49,6 +51,7 @@ impl Shared {
             revoked: Mutex::new(HashSet::new()),
             refuse_after_upgrade: AtomicBool::new(false),
             subscribe_rules: Mutex::new(Vec::new()),
+            publish_rules: Mutex::new(Vec::new()),
             cfg,
         })
     }
@@ -89,28 +92,38 @@ impl Shared {
         message: &Map<String, Value>,
         channel: &Channel,
     ) -> bool {
-        let rules = self
-            .subscribe_rules
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if rules.is_empty() {
-            return false;
-        }
-        let sub = message
-            .get("authorization")
-            .and_then(|a| a.get(auth::JWT_FIELD))
-            .and_then(Value::as_str)
-            .and_then(crate::verify::unverified_sub);
-        let Some(sub) = sub else { return false };
-        let path = channel.path();
-        rules.iter().any(|(who, prefix)| {
-            *who == sub
-                && (path == prefix
-                    || path
-                        .strip_prefix(prefix.as_str())
-                        .is_some_and(|rest| rest.starts_with('/')))
-        })
+        refused_by(&self.subscribe_rules, message, channel)
     }
+
+    /// The same for a publish.
+    pub(crate) fn refuses_publish(&self, message: &Map<String, Value>, channel: &Channel) -> bool {
+        refused_by(&self.publish_rules, message, channel)
+    }
+}
+
+fn refused_by(
+    rules: &Mutex<Vec<(String, String)>>,
+    message: &Map<String, Value>,
+    channel: &Channel,
+) -> bool {
+    let rules = rules.lock().unwrap_or_else(|e| e.into_inner());
+    if rules.is_empty() {
+        return false;
+    }
+    let sub = message
+        .get("authorization")
+        .and_then(|a| a.get(auth::JWT_FIELD))
+        .and_then(Value::as_str)
+        .and_then(crate::verify::unverified_sub);
+    let Some(sub) = sub else { return false };
+    let path = channel.path();
+    rules.iter().any(|(who, prefix)| {
+        *who == sub
+            && (path == prefix
+                || path
+                    .strip_prefix(prefix.as_str())
+                    .is_some_and(|rest| rest.starts_with('/')))
+    })
 }
 
 /// An AppSync-shaped HTTP error: `{"errors":[{"errorType","message"}]}`.

@@ -24,7 +24,7 @@ mod jwks;
 pub use claims::{Claims, TokenUse};
 pub use error::VerifyError;
 pub use jose::{unverified_claims, unverified_sub, unverified_times, MAX_TOKEN_BYTES};
-pub use jwks::JwksError;
+pub use jwks::{parse as parse_jwks, JwksError};
 
 use crate::clock::now_secs;
 use crate::http_client::HttpClient;

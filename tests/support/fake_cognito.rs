@@ -157,6 +157,14 @@ impl Shared {
             ),
             _ => return error("InvalidParameterException", "unsupported"),
         };
+        // As Cognito: a client with a secret refuses a call without one
+        // before it looks at the refresh token.
+        if self.client_secret.lock().unwrap().is_some() && given_secret.is_none() {
+            return error(
+                "NotAuthorizedException",
+                "Client is configured for secret but secret was not received",
+            );
+        }
         let username = match self.inner.lock().unwrap().refresh_tokens.get(&rt) {
             Some((u, false)) => u.clone(),
             _ => return error("NotAuthorizedException", "Invalid Refresh Token"),

@@ -103,6 +103,9 @@ pub struct JwksServer {
     pub addr: SocketAddr,
     pub fetches: Arc<AtomicUsize>,
     pub jwks: Arc<Mutex<Value>>,
+    /// The OpenID configuration served beside the keys, as Cognito serves
+    /// it; `None` serves the one that matches this server.
+    pub openid: Arc<Mutex<Option<Value>>>,
 }
 
 impl JwksServer {
@@ -111,23 +114,34 @@ impl JwksServer {
         let addr = listener.local_addr().unwrap();
         let fetches = Arc::new(AtomicUsize::new(0));
         let jwks = Arc::new(Mutex::new(jwks));
-        let (f, j) = (fetches.clone(), jwks.clone());
+        let openid = Arc::new(Mutex::new(None::<Value>));
+        let (f, j, o) = (fetches.clone(), jwks.clone(), openid.clone());
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
-                let (f, j) = (f.clone(), j.clone());
+                let (f, j, o) = (f.clone(), j.clone(), o.clone());
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
-                        let (f, j) = (f.clone(), j.clone());
+                        let (f, j, o) = (f.clone(), j.clone(), o.clone());
                         async move {
-                            let resp = if req.uri().path()
-                                == format!("/{POOL_ID}/.well-known/jwks.json")
-                            {
+                            let path = req.uri().path();
+                            let resp = if path == format!("/{POOL_ID}/.well-known/jwks.json") {
                                 f.fetch_add(1, Ordering::SeqCst);
                                 let body = j.lock().unwrap().to_string();
                                 Response::new(Full::new(Bytes::from(body)))
+                            } else if path == format!("/{POOL_ID}/.well-known/openid-configuration")
+                            {
+                                let issuer = format!("http://{addr}/{POOL_ID}");
+                                let doc = o.lock().unwrap().clone().unwrap_or_else(|| {
+                                    json!({
+                                        "issuer": issuer,
+                                        "jwks_uri": format!("{issuer}/.well-known/jwks.json"),
+                                        "id_token_signing_alg_values_supported": ["RS256"],
+                                    })
+                                });
+                                Response::new(Full::new(Bytes::from(doc.to_string())))
                             } else {
                                 let mut r = Response::new(Full::new(Bytes::new()));
                                 *r.status_mut() = StatusCode::NOT_FOUND;
@@ -146,6 +160,7 @@ impl JwksServer {
             addr,
             fetches,
             jwks,
+            openid,
         }
     }
 

@@ -1,35 +1,11 @@
-//! The command line: every subcommand's flags, each with an
-//! `APPSYNC_RELAY_*` (or `APPSYNC_EMULATOR_*`) environment variable.
-//!
-//! This is only the surface clap parses. What the values mean, and whether
-//! they are acceptable together, is decided once, in the `config` module.
+//! `serve`'s flags (also `check`'s: it takes exactly what `serve` takes),
+//! and the small value enums they use.
 
 use crate::refresh::RefreshApi;
 use crate::session::SameSite;
 use crate::verify::TokenUse;
-use clap::{Args, Parser, Subcommand};
+use clap::Args;
 use std::net::SocketAddr;
-
-#[derive(Debug, Parser)]
-#[command(
-    name = "appsync-relay",
-    version,
-    about = "Relay browser WebSockets to AWS AppSync Events with the Cognito token from HTTP-only cookies"
-)]
-pub struct Cli {
-    #[command(subcommand)]
-    pub command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Run the relay.
-    Serve(Box<ServeArgs>),
-    /// Run the built-in strict AppSync Events emulator (for local development and tests).
-    Emulate(EmulateArgs),
-    /// Run everything locally: relay, emulator and a development identity provider, with a demo page.
-    Demo(DemoArgs),
-}
 
 #[derive(Debug, Clone, Args)]
 #[command(args_override_self = true)]
@@ -340,92 +316,4 @@ pub enum LogFormat {
 pub enum OnOff {
     On,
     Off,
-}
-
-#[derive(Debug, Clone, Args)]
-pub struct EmulateArgs {
-    /// Listener for the emulated AppSync Events API (/event and /event/realtime).
-    #[arg(
-        long,
-        env = "APPSYNC_EMULATOR_LISTEN",
-        default_value = "127.0.0.1:8081"
-    )]
-    pub listen: SocketAddr,
-    /// Admin listener of the emulator: `GET /metrics` serves its AppSync
-    /// operations meter (`appsync_emulator_operations_total{kind}` and the
-    /// connection and subscription gauges). Off unless given.
-    #[arg(long, env = "APPSYNC_EMULATOR_ADMIN_LISTEN")]
-    pub admin_listen: Option<SocketAddr>,
-    /// Accept this API key (x-api-key): alone, or beside the Cognito settings for an API with both auth modes.
-    #[arg(long, env = "APPSYNC_EMULATOR_API_KEY")]
-    pub api_key: Option<String>,
-    /// Expected token issuer (Cognito mode).
-    #[arg(long, env = "APPSYNC_EMULATOR_COGNITO_ISSUER")]
-    pub cognito_issuer: Option<String>,
-    /// JWKS URL (Cognito mode); defaults to <issuer>/.well-known/jwks.json.
-    #[arg(long, env = "APPSYNC_EMULATOR_COGNITO_JWKS_URL")]
-    pub cognito_jwks_url: Option<String>,
-    /// App client id the tokens must be issued to (Cognito mode).
-    #[arg(long, env = "APPSYNC_EMULATOR_COGNITO_CLIENT_ID")]
-    pub cognito_client_id: Option<String>,
-    #[arg(
-        long,
-        env = "APPSYNC_EMULATOR_TOKEN_USE",
-        value_enum,
-        default_value = "access"
-    )]
-    pub token_use: TokenUse,
-    /// Host that every authorization object must name (the HTTP endpoint's host); unchecked when omitted.
-    #[arg(long, env = "APPSYNC_EMULATOR_HTTP_HOST")]
-    pub http_host: Option<String>,
-    /// Seconds between keep-alive (ka) messages.
-    #[arg(long, env = "APPSYNC_EMULATOR_KA_INTERVAL", default_value_t = 60)]
-    pub ka_interval: u64,
-    /// A channel namespace defined on the emulated API (repeatable). As on
-    /// AppSync, channels of any other namespace are refused as unauthorized.
-    #[arg(
-        long = "namespace",
-        env = "APPSYNC_EMULATOR_NAMESPACES",
-        value_delimiter = ',',
-        default_value = "default"
-    )]
-    pub namespaces: Vec<String>,
-    /// PEM certificate chain: serve HTTPS and wss:// (with --tls-key), as
-    /// AppSync does.
-    #[arg(long, env = "APPSYNC_EMULATOR_TLS_CERT", requires = "tls_key")]
-    pub tls_cert: Option<std::path::PathBuf>,
-    /// PEM private key for --tls-cert.
-    #[arg(long, env = "APPSYNC_EMULATOR_TLS_KEY", requires = "tls_cert")]
-    pub tls_key: Option<std::path::PathBuf>,
-}
-
-#[derive(Debug, Clone, Args)]
-pub struct DemoArgs {
-    /// Public listener (HTTPS): the demo page, the login route and the relay routes.
-    #[arg(
-        long,
-        env = "APPSYNC_RELAY_DEMO_LISTEN",
-        default_value = "127.0.0.1:8443"
-    )]
-    pub listen: SocketAddr,
-    /// Admin listener (/healthz, /readyz, /metrics).
-    #[arg(
-        long,
-        env = "APPSYNC_RELAY_DEMO_ADMIN_LISTEN",
-        default_value = "127.0.0.1:9090"
-    )]
-    pub admin_listen: SocketAddr,
-    /// Lifetime of the access and ID tokens the demo issues, in seconds.
-    #[arg(
-        long,
-        env = "APPSYNC_RELAY_DEMO_TOKEN_LIFETIME",
-        default_value_t = 3600
-    )]
-    pub token_lifetime: u64,
-    /// PEM certificate to serve instead of a generated self-signed one (with --tls-key).
-    #[arg(long, env = "APPSYNC_RELAY_DEMO_TLS_CERT", requires = "tls_key")]
-    pub tls_cert: Option<std::path::PathBuf>,
-    /// PEM private key for --tls-cert.
-    #[arg(long, env = "APPSYNC_RELAY_DEMO_TLS_KEY", requires = "tls_cert")]
-    pub tls_key: Option<std::path::PathBuf>,
 }
