@@ -12,6 +12,7 @@ use clap::Parser as _;
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use support::*;
+use support::{fake_cognito, jar};
 
 struct Env {
     jwks: JwksServer,
@@ -298,11 +299,8 @@ async fn an_issuer_that_does_not_match_the_openid_configuration_is_named() {
     }));
     let r = env.check(&[]).await;
     let line = failure(&r, "openid_configuration");
-    assert!(
-        line.fix.as_ref().unwrap().contains("eu-west-1_Other"),
-        "{}",
-        r.text()
-    );
+    assert!(line.fix.as_ref().unwrap().contains("--cognito-issuer"));
+    assert!(line.detail.contains("eu-west-1_Other"), "{}", r.text());
 
     // Keys advertised elsewhere than the relay would fetch them.
     *env.jwks.openid.lock().unwrap() = Some(json!({
@@ -362,7 +360,9 @@ async fn a_key_set_without_usable_keys_or_with_a_shared_kid_fails() {
     );
 
     *env.jwks.jwks.lock().unwrap() = json!({"not": "a jwks"});
-    failure(&env.check(&[]).await, "jwks");
+    assert!(failure(&env.check(&[]).await, "jwks")
+        .detail
+        .contains("no \"keys\""));
 
     let r = env
         .check(&["--cognito-jwks-url", "http://127.0.0.1:9/jwks.json"])
@@ -441,7 +441,13 @@ async fn a_token_from_another_pool_client_or_kind_is_explained() {
     );
 
     let r = check_with("not a token".into()).await;
-    failure(&r, "sign_in");
+    assert!(
+        failure(&r, "sign_in")
+            .detail
+            .contains("does not hold a JWT"),
+        "{}",
+        r.text()
+    );
 }
 
 #[tokio::test]
@@ -662,4 +668,185 @@ async fn the_binary_exits_0_or_1_and_prints_json_for_pipelines() {
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("✗ cognito:"), "{out}");
     assert!(out.contains("    fix: "), "{out}");
+}
+
+/// A leg without TLS to another host: nothing secret is sent on it, so the
+/// Cognito probe (the client id, any secret) and the round trip (the user's
+/// token) do not run. Before the fix both ran after the ✗.
+#[tokio::test]
+async fn after_a_plaintext_leg_neither_the_probe_nor_the_round_trip_runs() {
+    let env = Env::start().await;
+    let token_file = file("token", &env.good_token());
+    let r = env
+        .check(&[
+            "--appsync-http-endpoint",
+            "http://appsync.relay-check.invalid/event",
+            "--token-file",
+            token_file.to_str().unwrap(),
+            "--check-channel",
+            "/default/x",
+        ])
+        .await;
+    failure(&r, "transport");
+    assert_eq!(status(&r, "cognito"), vec![Status::Skip], "{}", r.text());
+    assert_eq!(status(&r, "round_trip"), vec![Status::Skip]);
+    assert_eq!(env.cognito.total_calls(), 0, "the probe went out");
+    let r = env
+        .check(&["--app-upstream", "http://app.internal.example:3000"])
+        .await;
+    assert!(
+        failure(&r, "transport").detail.contains("--app-upstream"),
+        "{}",
+        r.text()
+    );
+}
+
+/// What peers answer is printed without control characters (no terminal
+/// escape reaches the operator's screen) and never as the fix.
+#[tokio::test]
+async fn a_hostile_peers_words_are_defanged_and_never_the_fix() {
+    let env = Env::start().await;
+    let evil = "https://evil.example/\u{1b}]0;pwned\u{7}\u{1b}[2J";
+    *env.jwks.openid.lock().unwrap() =
+        Some(json!({"issuer": evil, "jwks_uri": "x".repeat(100_000)}));
+    let r = env.check(&[]).await;
+    let line = failure(&r, "openid_configuration");
+    assert!(!line.fix.as_ref().unwrap().contains("evil"), "{}", r.text());
+    for out in [r.text(), r.json()] {
+        assert!(
+            !out.contains('\u{1b}') && !out.contains('\u{7}'),
+            "escape in the output"
+        );
+        assert!(!out.contains("\\u001b"), "escape in the JSON");
+    }
+    assert!(line.detail.len() < 600, "{}", line.detail.len());
+}
+
+/// The cookies' refresh token is left out of the round trip unless
+/// --allow-refresh: an expired token fails instead of being renewed (the
+/// browser's session is not spent); with the flag the relay inside renews
+/// it and the rest of the round trip uses the renewed cookies.
+#[tokio::test]
+async fn the_refresh_token_is_only_spent_with_allow_refresh() {
+    let env = Env::start().await;
+    let mut session = env.cognito.sign_in(USERNAME);
+    session.access = fake_cognito::expired_access(&env.jwks.issuer(), USERNAME, 60);
+    let headers = jar::header_for(&jar::jar(&session));
+    let cookies = headers.get("cookie").unwrap().to_str().unwrap().to_string();
+    let cookie_file = file("cookies", &cookies);
+    let args = [
+        "--cookie-file",
+        cookie_file.to_str().unwrap(),
+        "--check-channel",
+        "/default/relay-check",
+    ];
+    let r = env.check(&args).await;
+    assert!(
+        failure(&r, "token")
+            .fix
+            .as_ref()
+            .unwrap()
+            .contains("--allow-refresh"),
+        "{}",
+        r.text()
+    );
+    assert!(
+        failure(&r, "round_trip.connect").detail.contains("401"),
+        "{}",
+        r.text()
+    );
+    assert!(
+        env.cognito.is_live(&session.refresh),
+        "the refresh token was spent"
+    );
+    assert_eq!(
+        env.cognito.calls("GetTokensFromRefreshToken"),
+        1,
+        "only the dummy probe"
+    );
+
+    let mut with = args.to_vec();
+    with.push("--allow-refresh");
+    let r = env.check(&with).await;
+    assert!(r.ok, "{}", r.text());
+    assert_eq!(
+        env.cognito.calls("GetTokensFromRefreshToken"),
+        3,
+        "the probe again, and one renewal"
+    );
+    for out in [r.text(), r.json()] {
+        for secret in [&session.refresh, &session.access, &session.id] {
+            assert!(!out.contains(secret.as_str()), "a token in the output");
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_client_secret_missing_or_wrong_is_named_and_never_printed() {
+    let env = Env::start().await;
+    *env.cognito.client_secret.lock().unwrap() = Some("s3cr3t-of-the-client".into());
+    let r = env.check(&[]).await;
+    assert!(
+        failure(&r, "cognito")
+            .fix
+            .as_ref()
+            .unwrap()
+            .contains("give it with"),
+        "{}",
+        r.text()
+    );
+    let r = env
+        .check(&["--cognito-client-secret", "wrong-secret-value"])
+        .await;
+    assert!(
+        failure(&r, "cognito")
+            .fix
+            .as_ref()
+            .unwrap()
+            .contains("does not match"),
+        "{}",
+        r.text()
+    );
+    assert!(!r.text().contains("wrong-secret-value") && !r.json().contains("wrong-secret-value"));
+}
+
+#[tokio::test]
+async fn a_custom_events_path_and_the_shared_channel_key_are_checked() {
+    let jwks = JwksServer::start(json!({"keys": [signing_key().jwk()]})).await;
+    let emulator = start_emulator_with_key(&jwks, CLIENT_ID, Some("da2-relaycheckkey")).await;
+    let cognito = fake_cognito::FakeCognito::start(jwks.issuer(), 3600).await;
+    let env = Env {
+        jwks,
+        emulator,
+        cognito,
+    };
+    let token_file = file("token", &env.good_token());
+    let key = file("key", "da2-relaycheckkey\n");
+    let r = env
+        .check(&[
+            "--events-path",
+            "/realtime-events",
+            "--shared-channel",
+            "/default/shared/*",
+            "--shared-api-key-file",
+            key.to_str().unwrap(),
+            "--token-file",
+            token_file.to_str().unwrap(),
+            "--check-channel",
+            "/default/relay-check",
+        ])
+        .await;
+    assert!(r.ok, "{}", r.text());
+    assert_eq!(status(&r, "shared_api_key"), vec![Status::Pass]);
+    assert!(!r.json().contains("da2-relaycheckkey"));
+    let bad = file("key", "da2-notthekey\n");
+    let r = env
+        .check(&[
+            "--shared-channel",
+            "/default/shared/*",
+            "--shared-api-key-file",
+            bad.to_str().unwrap(),
+        ])
+        .await;
+    failure(&r, "shared_api_key");
 }

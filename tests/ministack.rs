@@ -358,7 +358,8 @@ async fn an_expired_session_is_renewed_by_ministack_and_a_revoked_one_ends() {
 /// `appsync-relay check` against MiniStack's Cognito and AppSync Events,
 /// with the cookies of a real sign-in there: every check passes, the round
 /// trip included (with the user's own token reaching MiniStack); a wrong
-/// app client id is named by both the token and the Cognito checks.
+/// app client id is named by the sign-in (its cookies are another client's)
+/// and by MiniStack's Cognito.
 #[tokio::test]
 async fn check_passes_against_ministack_and_names_a_wrong_client() {
     let ms = MiniStack::start().await;

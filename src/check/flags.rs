@@ -34,7 +34,7 @@ pub fn check(args: &CheckArgs, report: &mut Report) -> Option<Config> {
     check_channel(args, report);
     if let Some(c) = &config {
         origins(args, report);
-        transport(c, report);
+        transport(c, args.serve.app_upstream.as_deref(), report);
         forwarded(args, report);
     }
     config
@@ -120,11 +120,12 @@ fn is_local(host: Option<url::Host<&str>>) -> bool {
 
 /// Every outbound leg that would carry a token, a refresh token or the keys
 /// that prove tokens without TLS, to a host that is not this machine.
-fn transport(c: &Config, report: &mut Report) {
+fn transport(c: &Config, app_upstream: Option<&str>, report: &mut Report) {
     let appsync_local = c.appsync_address.is_some_and(|ip: IpAddr| ip.is_loopback());
     let jwks = url::Url::parse(&c.jwks_url).ok();
     let cognito = url::Url::parse(&c.refresh.endpoint).ok();
-    let legs: [(&str, Option<&url::Url>, bool, &str); 4] = [
+    let app = app_upstream.and_then(|u| url::Url::parse(u).ok());
+    let legs: [(&str, Option<&url::Url>, bool, &str); 5] = [
         (
             "--appsync-http-endpoint",
             Some(&c.http_endpoint),
@@ -148,6 +149,12 @@ fn transport(c: &Config, report: &mut Report) {
             jwks.as_ref(),
             false,
             "the keys that prove tokens (a forged key set would be believed)",
+        ),
+        (
+            "--app-upstream",
+            app.as_ref(),
+            false,
+            "the session cookies of every page request",
         ),
     ];
     let mut plain = Vec::new();

@@ -5,7 +5,7 @@
 //! valid (a real one would be spent: with rotation, the user's session
 //! would end).
 
-use super::report::Report;
+use super::report::{peer_text, Report};
 use crate::cli::ServeArgs;
 use crate::config::Config;
 use crate::http_client::HttpClient;
@@ -65,14 +65,37 @@ async fn get(http: &HttpClient, url: &str, timeout: Duration) -> Result<(u16, By
     exchange(http, req, timeout).await.map(|(s, _, b)| (s, b))
 }
 
-/// Where the OpenID configuration is: beside the JWKS when that has
-/// Cognito's shape (an emulator serving both on another host), else under
-/// the issuer, as Cognito serves it.
-fn openid_url(config: &Config) -> String {
-    match config.jwks_url.strip_suffix("/.well-known/jwks.json") {
-        Some(base) => format!("{base}/.well-known/openid-configuration"),
-        None => format!("{}/.well-known/openid-configuration", config.issuer),
+/// Where the OpenID configuration may be: under the issuer, where Cognito
+/// serves it, then beside the JWKS when that has Cognito's shape on another
+/// host (an emulator whose issuer is an AWS URL).
+fn openid_urls(config: &Config) -> Vec<String> {
+    let mut urls = vec![format!(
+        "{}/.well-known/openid-configuration",
+        config.issuer
+    )];
+    if let Some(base) = config.jwks_url.strip_suffix("/.well-known/jwks.json") {
+        let beside = format!("{base}/.well-known/openid-configuration");
+        if beside != urls[0] {
+            urls.push(beside);
+        }
     }
+    urls
+}
+
+/// The first OpenID configuration document found, and where.
+async fn fetch_openid(config: &Config, http: &HttpClient) -> Result<(String, Value), String> {
+    let mut tried = Vec::new();
+    for url in openid_urls(config) {
+        match get(http, &url, config.upstream_timeout).await {
+            Ok((200, body)) => match serde_json::from_slice(&body) {
+                Ok(v @ Value::Object(_)) => return Ok((url, v)),
+                _ => tried.push(format!("{url} is not a JSON document")),
+            },
+            Ok((status, _)) => tried.push(format!("{url} answered HTTP {status}")),
+            Err(e) => tried.push(format!("cannot fetch {url}: {}", peer_text(&e))),
+        }
+    }
+    Err(tried.join("; "))
 }
 
 pub async fn openid_configuration(
@@ -82,34 +105,21 @@ pub async fn openid_configuration(
     report: &mut Report,
 ) {
     const CHECK: &str = "openid_configuration";
-    let url = openid_url(config);
-    let fix_issuer =
-        "check --cognito-user-pool-id (the issuer and its URLs derive from it) or --cognito-issuer";
-    let doc: Value = match get(http, &url, config.upstream_timeout).await {
-        Err(e) => return report.fail(CHECK, format!("cannot fetch {url}: {e}"), fix_issuer),
-        Ok((200, body)) => match serde_json::from_slice(&body) {
-            Ok(v) => v,
-            Err(_) => {
-                return report.fail(CHECK, format!("{url} is not a JSON document"), fix_issuer)
-            }
-        },
-        Ok((status, _)) => {
-            return report.fail(
-                CHECK,
-                format!("{url} answered HTTP {status}; Cognito serves it for every user pool"),
-                fix_issuer,
-            )
-        }
+    let fix_issuer = "check --cognito-user-pool-id (the issuer and its URLs derive from it) or --cognito-issuer; Cognito serves this document for every user pool";
+    let (url, doc) = match fetch_openid(config, http).await {
+        Ok(found) => found,
+        Err(e) => return report.fail(CHECK, e, fix_issuer),
     };
     let issuer = doc["issuer"].as_str().unwrap_or_default();
     if issuer != config.issuer {
         return report.fail(
             CHECK,
             format!(
-                "the configuration names issuer '{issuer}', the relay expects '{}': every token would be refused",
+                "{url} names issuer '{}', the relay expects '{}': every token would be refused",
+                peer_text(issuer),
                 config.issuer
             ),
-            format!("set --cognito-issuer {issuer} (or correct --cognito-user-pool-id)"),
+            "set --cognito-issuer (or correct --cognito-user-pool-id) to your user pool's issuer, https://cognito-idp.<region>.amazonaws.com/<pool id>",
         );
     }
     if let Some(algs) = doc["id_token_signing_alg_values_supported"].as_array() {
@@ -121,7 +131,7 @@ pub async fn openid_configuration(
             );
         }
     }
-    let jwks_uri = doc["jwks_uri"].as_str().unwrap_or_default();
+    let jwks_uri = peer_text(doc["jwks_uri"].as_str().unwrap_or_default());
     if jwks_uri == config.jwks_url {
         report.pass(CHECK, format!("issuer {issuer}, keys at {jwks_uri}"));
     } else if args.cognito_jwks_url.is_some() {
@@ -136,7 +146,7 @@ pub async fn openid_configuration(
                 "the configuration puts the keys at '{jwks_uri}', the relay would fetch '{}'",
                 config.jwks_url
             ),
-            format!("set --cognito-jwks-url {jwks_uri}"),
+            "set --cognito-jwks-url to the key set of your user pool (normally <issuer>/.well-known/jwks.json)",
         );
     }
 }
@@ -147,7 +157,7 @@ pub async fn jwks(config: &Config, http: &HttpClient, report: &mut Report) {
     let url = &config.jwks_url;
     let fix = "check --cognito-jwks-url (default <issuer>/.well-known/jwks.json) and that this host reaches it";
     let body = match get(http, url, config.upstream_timeout).await {
-        Err(e) => return report.fail(CHECK, format!("cannot fetch {url}: {e}"), fix),
+        Err(e) => return report.fail(CHECK, format!("cannot fetch {url}: {}", peer_text(&e)), fix),
         Ok((200, body)) => body,
         Ok((status, _)) => return report.fail(CHECK, format!("{url} answered HTTP {status}"), fix),
     };
@@ -183,7 +193,7 @@ pub async fn jwks(config: &Config, http: &HttpClient, report: &mut Report) {
         Ok(store) => {
             let mut usable: Vec<&String> = store.keys.keys().collect();
             usable.sort();
-            let names: Vec<&str> = usable.iter().map(|k| k.as_str()).collect();
+            let names: Vec<String> = usable.iter().map(|k| peer_text(k)).collect();
             report.pass(
                 CHECK,
                 format!(
@@ -213,7 +223,10 @@ pub async fn token(
     }
     let peek = unverified_claims(token);
     let said = |f: &dyn Fn(&crate::verify::Claims) -> Option<String>| {
-        peek.as_ref().and_then(f).unwrap_or_else(|| "?".into())
+        peek.as_ref()
+            .and_then(f)
+            .map(|v| peer_text(&v))
+            .unwrap_or_else(|| "?".into())
     };
     let fix_pool = "the sign-in is from another user pool or app client than the flags name";
     match verifier.verify(token).await {
@@ -232,7 +245,7 @@ pub async fn token(
             let (detail, fix) = match e {
                 VerifyError::Expired => (
                     "has expired".to_string(),
-                    "sign in again and copy a fresh token (or give --cookie-file, whose refresh token renews it)".to_string(),
+                    "reload the app in the browser (it renews the session), then copy the token or cookies again; or give --cookie-file with --allow-refresh, which spends the refresh token (with rotation that browser must sign in again)".to_string(),
                 ),
                 VerifyError::Issuer => (
                     format!("was issued by '{}', the relay expects '{}'", said(&|c| Some(c.iss.clone())), config.issuer),
@@ -326,30 +339,50 @@ pub async fn cognito(config: &Config, http: &HttpClient, report: &mut Report) {
                 .next()
                 .unwrap_or(t)
         })
-        .unwrap_or_default()
-        .to_string();
-    let message: String = v["message"]
+        .map(peer_text)
+        .unwrap_or_default();
+    // Whatever answered may echo the request: the secret never gets printed.
+    let mut message = v["message"]
         .as_str()
         .or_else(|| v["Message"].as_str())
         .unwrap_or_default()
-        .chars()
-        .take(200)
-        .collect();
+        .to_string();
+    if let Some(secret) = r.client_secret.as_deref().filter(|s| !s.is_empty()) {
+        message = message.replace(secret, "<redacted>");
+    }
+    let message = peer_text(&message);
     let secret_problem = message.to_ascii_lowercase().contains("secret");
     match (status, kind.as_str()) {
-        (400, "NotAuthorizedException") if secret_problem => report.fail(
-            CHECK,
-            format!("Cognito refused the app client's credentials: {message}"),
-            if r.client_secret.is_some() {
-                "--cognito-client-secret does not match the app client's secret"
+        (400, "NotAuthorizedException") if secret_problem && r.client_secret.is_none() => {
+            report.fail(
+                CHECK,
+                format!("Cognito wants the app client's secret: {message}"),
+                "the app client has a secret: give it with --cognito-client-secret",
+            )
+        }
+        // GetTokensFromRefreshToken takes the secret itself: a refusal
+        // naming it is about the secret. InitiateAuth's SECRET_HASH mixes
+        // in the user, whom a dummy token has not: no verdict from it.
+        (400, "NotAuthorizedException") if secret_problem && r.api == RefreshApi::GetTokens => {
+            report.fail(
+                CHECK,
+                format!("Cognito refused the app client's secret: {message}"),
+                "--cognito-client-secret does not match the app client's secret (or the client has none: drop the flag)",
+            )
+        }
+        (400, "NotAuthorizedException") => {
+            // Whether Cognito weighs the secret before the token is not
+            // documented: a pass says nothing about the secret.
+            let secret_note = if r.client_secret.is_some() {
+                "; the client secret is proven only by a real refresh"
             } else {
-                "the app client has a secret: give it with --cognito-client-secret"
-            },
-        ),
-        (400, "NotAuthorizedException") => report.pass(
-            CHECK,
-            format!("{} answers {target} for app client {} (a dummy refresh token was refused, as it must be)", r.endpoint, r.client_id),
-        ),
+                ""
+            };
+            report.pass(
+                CHECK,
+                format!("{} answers {target} for app client {} (a dummy refresh token was refused, as it must be){secret_note}", r.endpoint, r.client_id),
+            )
+        }
         (400, "ResourceNotFoundException") => report.fail(
             CHECK,
             format!("Cognito does not know app client '{}': {message}", r.client_id),

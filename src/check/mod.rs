@@ -10,19 +10,20 @@
 //! - [`identity`]: OpenID configuration, JWKS, token, Cognito.
 //! - [`network`]: the AppSync hosts.
 //! - [`roundtrip`]: connect, subscribe, publish, receive, HTTP publish,
-//!   unsubscribe.
+//!   unsubscribe; [`browser`]: the browser's side of it.
 //!
 //! It must never print a token, a cookie, the client secret or an API key:
 //! the files holding them are read, never echoed, and every line names what
 //! it checked by flag or URL.
 
+pub mod browser;
 pub mod flags;
 pub mod identity;
 pub mod network;
 pub mod report;
 pub mod roundtrip;
 
-pub use report::{Line, Report, Status};
+pub use report::{peer_text, Line, Report, Status};
 
 use crate::cli::CheckArgs;
 use crate::config::Config;
@@ -58,9 +59,20 @@ pub async fn run(args: &CheckArgs) -> Report {
     if let Some(s) = &sign_in {
         identity::token(&config, &probe.verifier, &s.token, s.renewable, &mut report).await;
     }
-    identity::cognito(&config, &probe.http, &mut report).await;
+    // A leg that is not TLS carries no secret of the check's either: the
+    // probe names the app client (and its secret), the round trip the user.
+    let plaintext = report.failed("transport");
+    if plaintext {
+        report.skip("cognito", "not run: see transport");
+    } else {
+        identity::cognito(&config, &probe.http, &mut report).await;
+    }
     network::appsync_hosts(&config, &mut report).await;
+    if let Some(key) = &config.shared.api_key {
+        network::shared_api_key(&probe.upstream, key, &mut report).await;
+    }
     match (&sign_in, &args.check_channel) {
+        (Some(_), _) if plaintext => report.skip("round_trip", "not run: see transport"),
         (Some(s), Some(channel)) if !report.failed("check_channel") => {
             let origin = args.serve.allowed_origins.first().cloned();
             roundtrip::run(&config, origin, &s.cookie, channel, &mut report).await;
@@ -121,8 +133,9 @@ fn read_sign_in(args: &CheckArgs, config: &Config, report: &mut Report) -> Optio
         report.pass(
             CHECK,
             format!(
-                "a {} token of user {user}",
-                claims.token_use.as_deref().unwrap_or("?")
+                "an {} token of user {}",
+                peer_text(claims.token_use.as_deref().unwrap_or("?")),
+                peer_text(&user)
             ),
         );
         return Some(SignIn {
@@ -140,6 +153,23 @@ fn read_sign_in(args: &CheckArgs, config: &Config, report: &mut Report) -> Optio
         .filter(|p| !p.is_empty())
         .collect::<Vec<_>>()
         .join("; ");
+    // Without --allow-refresh the refresh token stays out of the round
+    // trip: nothing inside `check` can spend it.
+    let cookie = if args.allow_refresh {
+        cookie
+    } else {
+        cookie
+            .split("; ")
+            .filter(|pair| {
+                !pair
+                    .split('=')
+                    .next()
+                    .unwrap_or("")
+                    .ends_with(".refreshToken")
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
     let mut headers = hyper::HeaderMap::new();
     let Ok(value) = cookie.parse() else {
         report.fail(
@@ -173,16 +203,16 @@ fn read_sign_in(args: &CheckArgs, config: &Config, report: &mut Report) -> Optio
         return None;
     };
     let renewable = session.refresh_token.is_some();
+    let refresh = match (renewable, args.allow_refresh) {
+        (true, _) => "its refresh token may be used (--allow-refresh)",
+        (false, true) => "no refresh token in them",
+        (false, false) => "the refresh token is left out (see --allow-refresh)",
+    };
     report.pass(
         CHECK,
         format!(
-            "Amplify cookies of user {} ({})",
-            session.username,
-            if renewable {
-                "with a refresh token"
-            } else {
-                "without a refresh token"
-            }
+            "Amplify cookies of user {}; {refresh}",
+            peer_text(&session.username)
         ),
     );
     Some(SignIn {

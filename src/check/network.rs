@@ -3,12 +3,16 @@
 //! `https`/`wss` a TLS handshake that checks the certificate against the
 //! same roots (public, plus `--upstream-ca-file`) with the host name as SNI.
 
-use super::report::Report;
+use super::report::{peer_text, Report};
 use crate::config::Config;
+use crate::rewrite::UpstreamAuth;
+use crate::upstream::{self, UpstreamConfig};
+use futures_util::{SinkExt, StreamExt};
 use rustls::pki_types::ServerName;
 use std::net::SocketAddr;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
+use tokio_tungstenite::tungstenite::Message;
 
 pub async fn appsync_hosts(config: &Config, report: &mut Report) {
     reach("appsync_http", &config.http_endpoint, config, report).await;
@@ -47,29 +51,37 @@ async fn reach(check: &'static str, url: &url::Url, config: &Config, report: &mu
             }
         },
     };
-    let Some(addr) = addrs.first().copied() else {
+    if addrs.is_empty() {
         return report.fail(
             check,
             format!("{host} resolves to no address"),
             "check the endpoint's host name",
         );
-    };
-    let tcp = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            return report.fail(
-                check,
-                format!("{host} ({addr}) refuses connections: {e}"),
-                "check the endpoint's port, and any firewall or egress policy between this host and AppSync",
-            )
+    }
+    // Every address in turn, as the relay's connector tries them.
+    let mut last = String::new();
+    let mut connected = None;
+    for addr in &addrs {
+        match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => {
+                connected = Some((s, *addr));
+                break;
+            }
+            Ok(Err(e)) => last = format!("{host} ({addr}) refuses connections: {e}"),
+            Err(_) => {
+                last = format!(
+                    "{host} ({addr}) did not accept a connection within {}s",
+                    timeout.as_secs()
+                )
+            }
         }
-        Err(_) => {
-            return report.fail(
-                check,
-                format!("{host} ({addr}) did not accept a connection within {}s", timeout.as_secs()),
-                "check egress (network policy, NAT, proxy) from this host to AppSync",
-            )
-        }
+    }
+    let Some((tcp, addr)) = connected else {
+        return report.fail(
+            check,
+            last,
+            "check the endpoint's port, and any firewall, network policy or egress proxy between this host and AppSync",
+        );
     };
     if !tls {
         return report.pass(
@@ -93,6 +105,61 @@ async fn reach(check: &'static str, url: &url::Url, config: &Config, report: &mu
             check,
             format!("TLS with {host} did not complete within {}s", timeout.as_secs()),
             "check egress from this host to AppSync",
+        ),
+    }
+}
+
+/// The relay-owned shared-channel connections' API key
+/// (`--shared-api-key-file`): AppSync acknowledges a connection made with it.
+pub async fn shared_api_key(upstream: &UpstreamConfig, key: &UpstreamAuth, report: &mut Report) {
+    const CHECK: &str = "shared_api_key";
+    let fix = "--shared-api-key-file must hold an API key of this AppSync API (the console's Settings lists them), not expired, with API key among the API's auth modes";
+    let mut ws = match upstream::connect(upstream, key).await {
+        Ok(ws) => ws,
+        Err(e) => {
+            return report.fail(
+                CHECK,
+                format!("AppSync refused a connection with the key: {e}"),
+                fix,
+            )
+        }
+    };
+    let init = ws
+        .send(Message::Text(r#"{"type":"connection_init"}"#.into()))
+        .await;
+    let answer = async {
+        while let Some(Ok(msg)) = ws.next().await {
+            if let Message::Text(t) = msg {
+                let v: serde_json::Value = serde_json::from_str(&t).unwrap_or_default();
+                if v["type"] != "ka" {
+                    return v["type"].as_str().map(peer_text);
+                }
+            }
+        }
+        None
+    };
+    let answer = match init {
+        Ok(()) => tokio::time::timeout(upstream.connect_timeout, answer)
+            .await
+            .ok()
+            .flatten(),
+        Err(_) => None,
+    };
+    let _ = ws.close(None).await;
+    match answer.as_deref() {
+        Some("connection_ack") => report.pass(
+            CHECK,
+            "AppSync acknowledged a connection made with the shared-channel API key",
+        ),
+        Some(other) => report.fail(
+            CHECK,
+            format!("AppSync answered the key's connection_init with {other}"),
+            fix,
+        ),
+        None => report.fail(
+            CHECK,
+            "AppSync did not acknowledge the key's connection",
+            fix,
         ),
     }
 }

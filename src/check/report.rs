@@ -7,6 +7,29 @@
 
 use serde::Serialize;
 
+/// Longest piece of a peer's answer quoted in a line.
+const PEER_TEXT_CHARS: usize = 200;
+
+/// A peer's words made safe to print: control characters (terminal escape
+/// sequences among them: C0, DEL, C1) dropped, at most 200 characters.
+/// Whatever a peer sends is quoted only through this, and only in a line's
+/// detail, never as the fix an operator would copy.
+pub fn peer_text(s: &str) -> String {
+    let mut out: String = s
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(PEER_TEXT_CHARS)
+        .collect();
+    if s.chars()
+        .filter(|c| !c.is_control())
+        .nth(PEER_TEXT_CHARS)
+        .is_some()
+    {
+        out.push('…');
+    }
+    out
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
@@ -104,6 +127,14 @@ impl Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn peer_text_drops_escapes_and_is_bounded() {
+        assert_eq!(peer_text("a\x1b[31mb\u{9b}c\u{7f}\nd"), "a[31mbcd");
+        let long = "x".repeat(1000);
+        assert_eq!(peer_text(&long).chars().count(), 201);
+        assert_eq!(peer_text("ok"), "ok");
+    }
 
     #[test]
     fn a_failure_makes_the_report_fail_and_prints_its_fix() {

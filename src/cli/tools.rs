@@ -109,9 +109,16 @@ pub struct CheckArgs {
     )]
     pub token_file: Option<PathBuf>,
     /// File holding a browser's `Cookie` header after a real sign-in (the
-    /// Amplify cookies): enables the round trip, exactly as a browser makes it.
+    /// Amplify cookies): enables the round trip, exactly as a browser makes
+    /// it. Its refresh token is not used unless --allow-refresh is given.
     #[arg(long, env = "APPSYNC_RELAY_CHECK_COOKIE_FILE")]
     pub cookie_file: Option<PathBuf>,
+    /// Let the round trip renew an expired or due token with the cookies'
+    /// refresh token. Off by default, and the refresh token is then left out:
+    /// with refresh-token rotation a renewal inside `check` spends it, and the
+    /// browser the cookies came from must sign in again.
+    #[arg(long, env = "APPSYNC_RELAY_CHECK_ALLOW_REFRESH")]
+    pub allow_refresh: bool,
     /// Channel the round trip subscribes and publishes to, e.g.
     /// /default/relay-check; required with --token-file or --cookie-file.
     /// Pick one that no real subscriber listens on.

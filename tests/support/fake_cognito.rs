@@ -157,13 +157,28 @@ impl Shared {
             ),
             _ => return error("InvalidParameterException", "unsupported"),
         };
-        // As Cognito: a client with a secret refuses a call without one
-        // before it looks at the refresh token.
-        if self.client_secret.lock().unwrap().is_some() && given_secret.is_none() {
-            return error(
-                "NotAuthorizedException",
-                "Client is configured for secret but secret was not received",
-            );
+        // A client with a secret refuses a call without one before it looks
+        // at the refresh token, and GetTokensFromRefreshToken (which takes
+        // the secret itself) a wrong one too: client first, as OAuth token
+        // endpoints authenticate. An assumption about Cognito's order (AWS
+        // does not document it); `appsync-relay check` claims nothing from
+        // a pass either way.
+        if let Some(expected) = self.client_secret.lock().unwrap().clone() {
+            match &given_secret {
+                None => {
+                    return error(
+                        "NotAuthorizedException",
+                        "Client is configured for secret but secret was not received",
+                    )
+                }
+                Some(given) if action == "GetTokensFromRefreshToken" && *given != expected => {
+                    return error(
+                        "NotAuthorizedException",
+                        "Unable to verify secret hash for client",
+                    );
+                }
+                Some(_) => {}
+            }
         }
         let username = match self.inner.lock().unwrap().refresh_tokens.get(&rt) {
             Some((u, false)) => u.clone(),
