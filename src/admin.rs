@@ -5,11 +5,17 @@
 //! - `GET /readyz`: 200 once the JWKS is loaded and the AppSync real-time
 //!   host resolves, 503 before that and from the first moment of a drain.
 //! - `GET /metrics`: Prometheus text format.
+//! - `POST /sessions/end` with `{"sub": "…"}` or `{"username": "…"}`: ends
+//!   that user's sessions (every sign-in made until now) on every replica:
+//!   open sockets close with 4401, handshakes are refused until the user
+//!   signs in again. Answers `{"closed": <sockets here>, "reach": "local" |
+//!   "cluster" | "degraded"}`.
 //!
 //! The watchers: [`load_jwks`] (until the first load succeeds, backing
 //! off) and [`watch_upstream_dns`] (every 10 s until the drain).
 
 use crate::response::{json_error, text, Body};
+use crate::session::Subject;
 use crate::state::RelayState;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_TYPE};
@@ -18,9 +24,17 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Largest `POST /sessions/end` body read.
+const MAX_END_BODY: usize = 4096;
+/// Longest `sub` or username accepted (Cognito's usernames: 128).
+const MAX_SUBJECT_CHARS: usize = 256;
+
 /// The admin listener: `/healthz` (alive), `/readyz` (keys loaded, not
-/// draining), `/metrics` (Prometheus text).
-pub fn respond(state: &RelayState, req: &Request<Incoming>) -> Response<Body> {
+/// draining), `/metrics` (Prometheus text), `POST /sessions/end`.
+pub async fn respond(state: &RelayState, req: Request<Incoming>) -> Response<Body> {
+    if req.uri().path() == "/sessions/end" {
+        return end_sessions(state, req).await;
+    }
     match req.uri().path() {
         "/healthz" => text(StatusCode::OK, "ok\n"),
         // Ready stays ready with a warning: an outage of trust settings
@@ -39,6 +53,74 @@ pub fn respond(state: &RelayState, req: &Request<Incoming>) -> Response<Body> {
             resp
         }
         _ => json_error(StatusCode::NOT_FOUND, "not_found", "not_found"),
+    }
+}
+
+/// `POST /sessions/end`: `{"sub": "…"}` or `{"username": "…"}`, one of them.
+async fn end_sessions(state: &RelayState, req: Request<Incoming>) -> Response<Body> {
+    use http_body_util::BodyExt as _;
+    if req.method() != hyper::Method::POST {
+        return json_error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "method_not_allowed",
+        );
+    }
+    let bad = || {
+        json_error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "expected_sub_or_username",
+        )
+    };
+    let Ok(body) = http_body_util::Limited::new(req.into_body(), MAX_END_BODY)
+        .collect()
+        .await
+    else {
+        return bad();
+    };
+    let bytes = body.to_bytes();
+    let Ok(text_body) = std::str::from_utf8(&bytes) else {
+        return bad();
+    };
+    let Ok(serde_json::Value::Object(fields)) = crate::strict_json::parse(text_body) else {
+        return bad();
+    };
+    let subject = match (fields.len(), fields.get("sub"), fields.get("username")) {
+        (1, Some(serde_json::Value::String(s)), None) => Subject::Sub(s.clone()),
+        (1, None, Some(serde_json::Value::String(u))) => Subject::Username(u.clone()),
+        _ => return bad(),
+    };
+    let (Subject::Sub(v) | Subject::Username(v)) = &subject;
+    if v.is_empty() || v.chars().count() > MAX_SUBJECT_CHARS {
+        return bad();
+    }
+    let (closed, reach) = state.end_subject(&subject).await;
+    let body = serde_json::json!({"closed": closed, "reach": reach.as_str()}).to_string();
+    let mut resp = text(StatusCode::OK, body);
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+/// Ends heard from the other replicas (and found in Redis on a resync)
+/// close this replica's sockets they cover, until the shutdown.
+pub async fn apply_remote_ends(state: Arc<RelayState>) {
+    let mut ends = state.cluster.subscribe();
+    loop {
+        tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            next = ends.recv() => match next {
+                Ok(e) => {
+                    let closed = state.sockets.end_subject(&e.subject, e.at);
+                    if closed > 0 {
+                        tracing::info!(closed, "sessions ended by an operator on another replica");
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
     }
 }
 

@@ -199,9 +199,14 @@ fn switch_protocols(
     } = accepted;
     let sub = authenticated.claims.sub.clone();
     // Registered before the 101 goes out: a sign-out from here on reaches it.
+    let who = crate::session::Who {
+        subjects: crate::session::subjects_of(&authenticated.claims),
+        signed_in_at: crate::session::signed_in_at(&authenticated.claims),
+    };
     let registration = state.sockets.register(
         &authenticated.session.proof,
         authenticated.session.browser_refresh,
+        who,
     );
     let ctx = ConnectionContext {
         registration,

@@ -21,7 +21,8 @@
 //! 2. Wire and tokens: [`upgrade`], [`verify`], [`rewrite`], [`upstream`].
 //! 3. Session: [`session`] (reads and writes Amplify's cookies, pending
 //!    renewals), [`refresh`] (Cognito, single flight), and the strict
-//!    AppSync stand-in [`emulator`].
+//!    AppSync stand-in [`emulator`]; [`fanout`] (shared channels),
+//!    [`cluster`] (replicas agreeing on ended sessions, through Redis).
 //! 4. Configuration: [`cli`] (the flags), [`config`] (validated, once).
 //! 5. Shared state: [`state`], [`error`].
 //! 6. [`authenticate`]: cookies → a verified token; the one `renew()`.
@@ -49,6 +50,7 @@ pub mod upgrade;
 pub mod upstream;
 pub mod verify;
 
+pub mod cluster;
 pub mod emulator;
 pub mod fanout;
 pub mod refresh;

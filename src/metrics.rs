@@ -262,6 +262,11 @@ impl Metrics {
         metrics
     }
 
+    /// Adds a collector defined elsewhere (the cluster's Redis metrics).
+    pub fn register(&self, c: Box<dyn prometheus::core::Collector>) {
+        self.registry.register(c).expect("metric names are unique");
+    }
+
     /// Creates, at 0, the series of label values known in advance, so that
     /// they are scraped from the start: `rate()` and alerts see a counter
     /// that has not moved yet instead of no series at all, and every metric

@@ -122,6 +122,7 @@ pub fn spawn_with_app(
     let tasks = TaskTracker::new();
     tasks.spawn(admin::load_jwks(state.clone()));
     tasks.spawn(admin::watch_upstream_dns(state.clone()));
+    tasks.spawn(admin::apply_remote_ends(state.clone()));
     let acceptor = match tls {
         Some((store, acceptor)) => {
             tasks.spawn(store.watch(state.draining.clone()));
@@ -204,7 +205,7 @@ where
         async move {
             Ok::<_, Infallible>(match kind {
                 Listener::Public => route(state, req, peer).await,
-                Listener::Admin => admin::respond(&state, &req),
+                Listener::Admin => admin::respond(&state, req).await,
             })
         }
     });

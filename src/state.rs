@@ -8,6 +8,7 @@
 //! which IP is it).
 
 use crate::bounded::make_room;
+use crate::cluster::{Cluster, Reach};
 use crate::config::Config;
 use crate::fanout::Hub;
 use crate::http_client::{self, HttpClient, Resolver};
@@ -15,7 +16,7 @@ use crate::limits::{ConnectionLimits, SessionRates};
 use crate::metrics::Metrics;
 use crate::refresh::{Holder, Refresher};
 use crate::response::Body;
-use crate::session::{LiveSockets, Pending, PendingRenewals, SessionProof, TokenSet};
+use crate::session::{LiveSockets, Pending, PendingRenewals, SessionProof, Subject, TokenSet};
 use crate::upgrade;
 use crate::upstream::UpstreamConfig;
 use crate::verify::{Verifier, VerifierConfig};
@@ -89,6 +90,9 @@ pub struct RelayState {
     pub fanout: Option<Arc<Hub>>,
     /// Peers sending `X-Forwarded-For` without being trusted to.
     pub untrusted_forwarders: crate::forwarded::UntrustedForwarders,
+    /// Ended users, agreed with the other replicas through Redis when
+    /// `--redis-url` is set.
+    pub cluster: Cluster,
 }
 
 /// How long an ended sign-in is remembered: as long as any of its sockets
@@ -148,7 +152,17 @@ impl RelayState {
                 shutdown.clone(),
             )
         });
+        let cluster = match &config.cluster {
+            Some(c) => Cluster::start(c, config.refresh_token_validity, &metrics, shutdown.clone())
+                .unwrap_or_else(|e| {
+                    // Config::from_args built this client already.
+                    tracing::error!(error = %e, "redis: cannot start; this replica coordinates alone");
+                    Cluster::local(config.refresh_token_validity)
+                }),
+            None => Cluster::local(config.refresh_token_validity),
+        };
         Arc::new(RelayState {
+            cluster,
             fanout,
             untrusted_forwarders: Default::default(),
             verifier,
@@ -214,10 +228,12 @@ impl RelayState {
         }
     }
 
-    /// What `/readyz` adds to its body: a warning about an untrusted
-    /// forwarder seen within the hour, if any.
+    /// What `/readyz` adds to its body: the Redis link's state (with
+    /// `--redis-url`), and a warning about an untrusted forwarder seen
+    /// within the hour, if any.
     pub fn readiness_notes(&self) -> String {
-        match self.untrusted_forwarders.recent(Instant::now()) {
+        let cluster = self.cluster.readiness_note().unwrap_or_default();
+        cluster.to_string() + &match self.untrusted_forwarders.recent(Instant::now()) {
             Some(ip) => format!(
                 "warning: requests carrying X-Forwarded-For arrived from {ip}, which --trust-forwarded does not list: \
                  every client behind it shares its address for --max-connections-per-ip ({})\n",
@@ -320,6 +336,24 @@ impl RelayState {
         self.ended
             .get(&proof.lineage())
             .is_some_and(|at| at.elapsed() < ENDED_TTL)
+    }
+
+    /// An operator ended `subject`'s sessions (every sign-in made until
+    /// now): this replica's sockets of it close with 4401 at once, the
+    /// other replicas' through Redis, and every replica refuses its tokens
+    /// of those sign-ins from now on. How many sockets closed here, and how
+    /// far the end reached.
+    pub async fn end_subject(&self, subject: &Subject) -> (usize, Reach) {
+        let at = crate::clock::now_secs();
+        let hash = subject.hash();
+        let closed = self.sockets.end_subject(&hash, at);
+        let reach = self.cluster.end(hash, at).await;
+        tracing::info!(
+            closed,
+            reach = reach.as_str(),
+            "sessions ended by an operator"
+        );
+        (closed, reach)
     }
 
     /// Ready to take traffic: signing keys loaded, upstream resolvable, and

@@ -9,8 +9,9 @@
 # playwright-core; Debian's Chromium for the browser tests; openssl for
 # throwaway certificates; nginx for the load harness's baseline; Python 3
 # with venv for MiniStack; prometheus for promtool, which checks
-# deploy/monitoring), installed with apt when running as root — else
-# the exact command is printed and the script stops. Then the npm packages
+# deploy/monitoring; redis-server for the replicas' coordination),
+# installed with apt when running as root — else the exact command is
+# printed and the script stops. Then the npm packages
 # pinned by tests/node/package-lock.json, the Next.js example's packages
 # (examples/nextjs/package-lock.json) and its `next build`, and MiniStack,
 # pinned, in target/ministack-venv (tests/support/ministack.rs looks there).
@@ -25,6 +26,7 @@ command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx-li
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 python3 -c 'import ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+[ -x /usr/bin/redis-server ] || missing+=(redis-server)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "tests/run.sh: missing Debian packages; install them with:" >&2

@@ -128,6 +128,17 @@ pub async fn identify(state: &RelayState, headers: &HeaderMap) -> Result<Identif
         Err(e) => return Err(RelayError::Token(e.clone())),
     };
     let proof = SessionProof::of(&genuine);
+    // An operator ended this user's sessions (here or on another replica)
+    // after this sign-in: refused whatever the token or Cognito would say,
+    // until the user signs in again.
+    if state.cluster.is_ended(
+        &session::subjects_of(&genuine),
+        session::signed_in_at(&genuine),
+    ) {
+        return Err(RelayError::Refresh(RefreshError::Rejected(
+            "session ended by an operator".into(),
+        )));
+    }
     if let Some(rt) = &session.refresh_token {
         // The browser shows it received this token: the ones it replaced
         // stop following the rotation chain for browsers.

@@ -298,6 +298,18 @@ pub struct ServeArgs {
     /// File holding an AppSync API key for the relay's own shared-channel connections (the API must allow API-key auth). Without it they use the token of a browser on the channel. Users are still checked with their own tokens.
     #[arg(long, env = "APPSYNC_RELAY_SHARED_API_KEY_FILE")]
     pub shared_api_key_file: Option<std::path::PathBuf>,
+    /// Redis shared by the replicas (redis://host:6379 or rediss:// for
+    /// TLS; credentials in the URL or --redis-password-file): ends of
+    /// sessions reach every replica. Unset: this process alone.
+    #[arg(long, env = "APPSYNC_RELAY_REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// File holding the Redis password (overrides one in the URL).
+    #[arg(
+        long,
+        env = "APPSYNC_RELAY_REDIS_PASSWORD_FILE",
+        requires = "redis_url"
+    )]
+    pub redis_password_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

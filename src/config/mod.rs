@@ -10,8 +10,10 @@
 //!   pool region).
 //! - [`app`]: the SSR app target (`--app-upstream`), parsed once.
 //! - [`ranges`]: the accepted range of every number.
+//! - [`cluster`]: `--redis-url`, `--redis-password-file`.
 
 pub mod app;
+pub mod cluster;
 pub mod endpoints;
 pub mod ranges;
 pub mod shared;
@@ -85,6 +87,8 @@ pub struct Config {
     pub public_https: bool,
     /// `--shared-channel*`; no patterns means no shared channels.
     pub shared: crate::fanout::SharedConfig,
+    /// `--redis-url`: coordination between replicas; `None`, this process alone.
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 impl Config {
@@ -257,6 +261,7 @@ impl Config {
         });
         let http_host = http_endpoint.as_ref().and_then(host_with_port);
         let shared = shared::parse(args, http_host.as_deref(), &mut errors);
+        let cluster = cluster::parse(args, &mut errors);
         match (
             errors.is_empty(),
             http_endpoint,
@@ -321,6 +326,7 @@ impl Config {
                 send_timeout: Duration::from_secs(args.send_timeout),
                 public_https,
                 shared,
+                cluster,
                 limits: Limits {
                     max_connections: args.max_connections,
                     max_connections_per_user: args.max_connections_per_user,

@@ -71,7 +71,7 @@ pub fn parse(args: &ServeArgs, http_host: Option<&str>, errors: &mut Vec<String>
 
 /// A key file's text: at most 4 KiB (an API key is ~40 characters; a
 /// flag pointed at a large file or a device must not exhaust memory).
-fn read_small(path: &std::path::Path) -> std::io::Result<String> {
+pub fn read_small(path: &std::path::Path) -> std::io::Result<String> {
     use std::io::Read as _;
     let mut text = String::new();
     std::fs::File::open(path)?

@@ -16,12 +16,14 @@
 //! - [`pending`]: [`PendingRenewals`], keyed by refresh-token hash.
 //! - [`sockets`]: [`LiveSockets`], the open sockets of each user, so a
 //!   session ended elsewhere closes them at once.
+//! - [`subject`]: [`Subject`], whom "end this user's sessions" names.
 
 pub mod names;
 pub mod pending;
 pub mod proof;
 pub mod read;
 pub mod sockets;
+pub mod subject;
 pub mod tokens;
 pub mod write;
 
@@ -29,6 +31,7 @@ pub use names::{cookie_name, encode_username, last_auth_user_cookie, COOKIE_PREF
 pub use pending::{Pending, PendingRenewals};
 pub use proof::SessionProof;
 pub use read::{from_headers, Session, SessionError, MAX_COOKIE_HEADER_BYTES};
-pub use sockets::{LiveSockets, Registration};
+pub use sockets::{LiveSockets, Registration, Who};
+pub use subject::{signed_in_at, subjects_of, Subject};
 pub use tokens::TokenSet;
 pub use write::{rewrite_cookie_header, CookiePolicy, SameSite};

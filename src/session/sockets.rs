@@ -19,10 +19,21 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
+/// Who a socket's user is, beyond the `sub` it is filed under: what an
+/// operator's end of the user's sessions is matched against.
+#[derive(Debug, Clone, Default)]
+pub struct Who {
+    /// [`super::Subject`] hashes the token answers to.
+    pub subjects: Vec<[u8; 32]>,
+    /// When its sign-in happened ([`super::signed_in_at`]).
+    pub signed_in_at: u64,
+}
+
 /// What a socket is found by.
 struct Entry {
     id: u64,
     lineage: String,
+    who: Who,
     /// Hash of the refresh token the browser's cookie held once the
     /// handshake's answer (and any `Set-Cookie` it carried) reached it.
     browser_refresh: Option<[u8; 32]>,
@@ -69,6 +80,7 @@ impl LiveSockets {
         &self,
         proof: &SessionProof,
         browser_refresh: Option<[u8; 32]>,
+        who: Who,
     ) -> Registration {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let ended = CancellationToken::new();
@@ -78,6 +90,7 @@ impl LiveSockets {
             .push(Entry {
                 id,
                 lineage: proof.lineage(),
+                who,
                 browser_refresh,
                 ended: ended.clone(),
             });
@@ -101,6 +114,23 @@ impl LiveSockets {
     /// browser's session, whoever else shares the user's lineage claims.
     pub fn end_browser(&self, sub: &str, refresh_hash: &[u8; 32]) -> usize {
         self.end_where(sub, |e| e.browser_refresh.as_ref() == Some(refresh_hash))
+    }
+
+    /// Ends every open socket answering to the subject hashed as `subject`
+    /// whose sign-in happened at or before `at` (unix seconds): an
+    /// operator's end of a user's sessions. Looks through every user's
+    /// sockets (the subject may be a username): rare, and linear.
+    pub fn end_subject(&self, subject: &[u8; 32], at: u64) -> usize {
+        let mut n = 0;
+        for entries in self.by_sub.iter() {
+            for e in entries.iter() {
+                if e.who.signed_in_at <= at && e.who.subjects.contains(subject) {
+                    e.ended.cancel();
+                    n += 1;
+                }
+            }
+        }
+        n
     }
 
     fn end_where(&self, sub: &str, pick: impl Fn(&Entry) -> bool) -> usize {
@@ -141,9 +171,9 @@ mod tests {
     #[test]
     fn ends_only_the_sign_in_or_browser_asked_for() {
         let live = LiveSockets::default();
-        let a1 = live.register(&proof("alice", "j1"), Some([1; 32]));
-        let a2 = live.register(&proof("alice", "j2"), Some([2; 32]));
-        let b1 = live.register(&proof("bob", "j1"), Some([1; 32]));
+        let a1 = live.register(&proof("alice", "j1"), Some([1; 32]), Who::default());
+        let a2 = live.register(&proof("alice", "j2"), Some([2; 32]), Who::default());
+        let b1 = live.register(&proof("bob", "j1"), Some([1; 32]), Who::default());
         assert_eq!(live.end_sign_in(&proof("alice", "j1")), 1);
         assert!(a1.ended().is_cancelled());
         assert!(!a2.ended().is_cancelled() && !b1.ended().is_cancelled());
@@ -155,10 +185,28 @@ mod tests {
     }
 
     #[test]
+    fn an_end_of_a_subject_reaches_only_its_sign_ins_made_before() {
+        let live = LiveSockets::default();
+        let who = |s: u8, at| Who {
+            subjects: vec![[s; 32], [s + 100; 32]],
+            signed_in_at: at,
+        };
+        let old = live.register(&proof("alice", "j1"), None, who(1, 100));
+        let new = live.register(&proof("alice", "j2"), None, who(1, 300));
+        let bob = live.register(&proof("bob", "j3"), None, who(2, 100));
+        // By the username's hash, at 200: the sign-in of 300 is newer.
+        assert_eq!(live.end_subject(&[101; 32], 200), 1);
+        assert!(old.ended().is_cancelled());
+        assert!(!new.ended().is_cancelled() && !bob.ended().is_cancelled());
+        assert_eq!(live.end_subject(&[1; 32], 300), 2);
+        assert!(new.ended().is_cancelled() && !bob.ended().is_cancelled());
+    }
+
+    #[test]
     fn a_closed_socket_leaves_the_table() {
         let live = LiveSockets::default();
-        let a = live.register(&proof("alice", "j1"), None);
-        let b = live.register(&proof("alice", "j1"), None);
+        let a = live.register(&proof("alice", "j1"), None, Who::default());
+        let b = live.register(&proof("alice", "j1"), None, Who::default());
         assert_eq!(live.len(), 2);
         drop(a);
         assert_eq!(live.len(), 1);

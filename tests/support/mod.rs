@@ -8,6 +8,7 @@ pub mod app;
 pub mod fake_cognito;
 pub mod jar;
 pub mod ministack;
+pub mod redis_server;
 
 use appsync_relay::cli::{Cli, Command};
 use appsync_relay::config::Config;

@@ -1,0 +1,132 @@
+//! Following the other replicas' ends of sessions, on a connection of its
+//! own (`XREAD BLOCK` holds it).
+//!
+//! Each time it (re)connects it resynchronises before following: it reads
+//! every marker in Redis into this replica's memory (ending the local
+//! sockets they cover: an end said while this replica could not hear it),
+//! writes back the markers this replica remembers and Redis lacks (a Redis
+//! that came back empty is refilled, so no ended session revives), and
+//! then follows the stream from the last entry it saw, so what was said
+//! while it was away still arrives.
+
+use super::ends::Ends;
+use super::link::{self, Health};
+use super::Ended;
+use redis::aio::ConnectionManager;
+use redis::Value;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+/// How long one `XREAD` waits for an entry before asking again.
+const BLOCK: Duration = Duration::from_secs(2);
+/// Most markers read in a resynchronisation.
+const MAX_MARKERS: usize = 200_000;
+
+pub struct Feed {
+    pub client: redis::Client,
+    pub conn: ConnectionManager,
+    pub ends: Arc<Ends>,
+    pub health: Arc<Health>,
+    pub replica: String,
+    pub tx: broadcast::Sender<Ended>,
+}
+
+impl Feed {
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut last: Option<String> = None;
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            let round = async {
+                let cfg = redis::AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(link::OP_TIMEOUT * 4))
+                    .set_response_timeout(None);
+                let mut reader = self
+                    .client
+                    .get_multiplexed_async_connection_with_config(&cfg)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if last.is_none() {
+                    last = Some(link::stream_tip(&self.conn).await?);
+                }
+                self.resync().await?;
+                self.health.set_up(true);
+                loop {
+                    let from = last.clone().unwrap_or_else(|| "0-0".into());
+                    let reply: Value = tokio::time::timeout(
+                        BLOCK * 2,
+                        redis::cmd("XREAD")
+                            .arg("BLOCK")
+                            .arg(BLOCK.as_millis() as u64)
+                            .arg("COUNT")
+                            .arg(256)
+                            .arg("STREAMS")
+                            .arg(link::STREAM)
+                            .arg(&from)
+                            .query_async(&mut reader),
+                    )
+                    .await
+                    .map_err(|_| "XREAD did not return".to_string())?
+                    .map_err(|e| e.to_string())?;
+                    for (id, fields) in link::read_entries(&reply) {
+                        self.apply(&fields);
+                        last = Some(id);
+                    }
+                    backoff = Duration::from_millis(200);
+                }
+                #[allow(unreachable_code)]
+                Ok::<(), String>(())
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = round => {
+                    if let Err(e) = r {
+                        self.health.failed("feed", &e);
+                    }
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    fn apply(&self, fields: &[(String, String)]) {
+        let get = |k: &str| fields.iter().find(|(f, _)| f == k).map(|(_, v)| v.as_str());
+        if get("r") == Some(self.replica.as_str()) {
+            return; // said here: applied when it was said
+        }
+        let (Some(subject), Some(at)) = (
+            get("h").and_then(link::unhex),
+            get("at").and_then(|v| v.parse::<u64>().ok()),
+        ) else {
+            return;
+        };
+        self.ends.insert(subject, at);
+        let _ = self.tx.send(Ended { subject, at });
+    }
+
+    async fn resync(&self) -> Result<(), String> {
+        let markers = link::all_markers(&self.conn, MAX_MARKERS)
+            .await
+            .inspect_err(|e| self.health.failed("resync", e))?;
+        let in_redis: std::collections::HashSet<[u8; 32]> =
+            markers.iter().map(|(s, _)| *s).collect();
+        for (subject, at) in markers {
+            if self.ends.insert(subject, at) {
+                let _ = self.tx.send(Ended { subject, at });
+            }
+        }
+        for (subject, at, left) in self.ends.entries() {
+            if !in_redis.contains(&subject) {
+                link::restore(&self.conn, &subject, at, left)
+                    .await
+                    .inspect_err(|e| self.health.failed("resync", e))?;
+            }
+        }
+        Ok(())
+    }
+}

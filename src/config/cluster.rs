@@ -1,0 +1,49 @@
+//! `--redis-url` and `--redis-password-file`, checked like every other flag.
+//! Neither the URL's credentials nor the file's contents are ever echoed.
+
+use super::shared::read_small;
+use crate::cli::ServeArgs;
+use crate::cluster::{redact_url, ClusterConfig};
+
+pub fn parse(args: &ServeArgs, errors: &mut Vec<String>) -> Option<ClusterConfig> {
+    let url = args.redis_url.as_deref()?.trim();
+    let shown = redact_url(url);
+    match url::Url::parse(url) {
+        Ok(u) if matches!(u.scheme(), "redis" | "rediss") && u.host_str().is_some() => {}
+        _ => {
+            errors.push(format!(
+                "--redis-url {shown}: expected redis://host[:port][/db] or rediss://… (TLS)"
+            ));
+            return None;
+        }
+    }
+    let password = match &args.redis_password_file {
+        None => None,
+        Some(path) => match read_small(path) {
+            Ok(text) => {
+                let pw = text.trim_start_matches('\u{feff}').trim().to_string();
+                if pw.is_empty() || !pw.bytes().all(|b| b.is_ascii_graphic()) {
+                    errors.push(format!(
+                        "--redis-password-file {}: expected one password of printable characters and nothing else",
+                        path.display()
+                    ));
+                    return None;
+                }
+                Some(pw)
+            }
+            Err(e) => {
+                errors.push(format!("--redis-password-file {}: {e}", path.display()));
+                return None;
+            }
+        },
+    };
+    let cfg = ClusterConfig {
+        url: url.to_string(),
+        password,
+    };
+    if let Err(e) = cfg.client() {
+        errors.push(e);
+        return None;
+    }
+    Some(cfg)
+}

@@ -1,0 +1,63 @@
+//! Whom an operator's "end this user's sessions now" names: a `sub` or a
+//! Cognito username, and which sign-ins it covers (those made at or before
+//! the moment it was said; a later sign-in is a new session).
+//!
+//! Subjects travel (to Redis, between replicas) only as SHA-256 hashes:
+//! usernames are often e-mail addresses.
+
+use crate::verify::Claims;
+use sha2::{Digest, Sha256};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Subject {
+    Sub(String),
+    Username(String),
+}
+
+impl Subject {
+    /// SHA-256 of the kind and the value: what is stored and compared.
+    pub fn hash(&self) -> [u8; 32] {
+        let (kind, value) = match self {
+            Subject::Sub(v) => ("sub", v),
+            Subject::Username(v) => ("username", v),
+        };
+        let mut h = Sha256::new();
+        h.update(kind.as_bytes());
+        h.update([0]);
+        h.update(value.as_bytes());
+        h.finalize().into()
+    }
+}
+
+/// The subjects a token answers to: its `sub`, and its Cognito username
+/// when it carries one.
+pub fn subjects_of(claims: &Claims) -> Vec<[u8; 32]> {
+    let mut out = vec![Subject::Sub(claims.sub.clone()).hash()];
+    if let Some(u) = claims.username() {
+        out.push(Subject::Username(u.to_string()).hash());
+    }
+    out
+}
+
+/// When the sign-in a token belongs to happened: `auth_time` (kept by
+/// every refresh of that sign-in), else `iat`.
+pub fn signed_in_at(claims: &Claims) -> u64 {
+    claims.auth_time.or(claims.iat).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_do_not_collide() {
+        assert_ne!(
+            Subject::Sub("alice".into()).hash(),
+            Subject::Username("alice".into()).hash()
+        );
+        assert_eq!(
+            Subject::Sub("a".into()).hash(),
+            Subject::Sub("a".into()).hash()
+        );
+    }
+}
