@@ -120,7 +120,28 @@ impl RelayState {
             },
             http.clone(),
         );
-        let refresher = Refresher::new(config.refresh.clone(), http.clone());
+        let metrics = Arc::new(Metrics::new());
+        let shutdown = CancellationToken::new();
+        let cluster = match &config.cluster {
+            Some(c) => Cluster::start(
+                c,
+                config.refresh_token_validity,
+                config.refresh.timeout,
+                &metrics,
+                shutdown.clone(),
+            )
+            .unwrap_or_else(|e| {
+                // Config::from_args built this client already.
+                tracing::error!(error = %e, "redis: cannot start; this replica coordinates alone");
+                Cluster::local(config.refresh_token_validity)
+            }),
+            None => Cluster::local(config.refresh_token_validity),
+        };
+        let refresher = Refresher::with_shared(
+            config.refresh.clone(),
+            http.clone(),
+            cluster.refresh_flight(),
+        );
         let pending = PendingRenewals::new(
             config.token_cache_size,
             PENDING_TTL.min(config.refresh_token_validity),
@@ -142,8 +163,6 @@ impl RelayState {
             ),
             None => http.clone(),
         };
-        let metrics = Arc::new(Metrics::new());
-        let shutdown = CancellationToken::new();
         let fanout = (!config.shared.patterns.is_empty()).then(|| {
             Hub::new(
                 config.shared.clone(),
@@ -152,15 +171,6 @@ impl RelayState {
                 shutdown.clone(),
             )
         });
-        let cluster = match &config.cluster {
-            Some(c) => Cluster::start(c, config.refresh_token_validity, &metrics, shutdown.clone())
-                .unwrap_or_else(|e| {
-                    // Config::from_args built this client already.
-                    tracing::error!(error = %e, "redis: cannot start; this replica coordinates alone");
-                    Cluster::local(config.refresh_token_validity)
-                }),
-            None => Cluster::local(config.refresh_token_validity),
-        };
         Arc::new(RelayState {
             cluster,
             fanout,

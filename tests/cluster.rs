@@ -291,3 +291,89 @@ async fn the_end_endpoint_takes_exactly_one_subject_and_only_on_the_admin_listen
     .await;
     assert_eq!(status, 404, "the public listener must not end sessions");
 }
+
+/// 20 tabs of one user spread over 3 replicas, all renewing an expired
+/// access token at once against a Cognito that rotates refresh tokens with
+/// a zero grace period. Without Redis each replica calls Cognito with the
+/// same refresh token, and every replica but the first loses its tabs'
+/// session; with Redis (and --session-key-file) there is exactly one call
+/// and no tab is lost. The token sets in Redis are sealed.
+#[tokio::test(flavor = "multi_thread")]
+async fn twenty_tabs_on_three_replicas_renew_with_one_cognito_call_through_redis() {
+    let redis = Redis::start().await;
+    let key_file = std::env::temp_dir().join(format!("relay-session-key-{}", std::process::id()));
+    std::fs::write(&key_file, format!("# test key\n{}\n", "ab".repeat(32))).unwrap();
+    let key_file = key_file.to_str().unwrap().to_string();
+    for coordinated in [false, true] {
+        let jwks = JwksServer::start(json!({"keys": [signing_key().jwk()]})).await;
+        let emulator = start_emulator(&jwks, CLIENT_ID).await;
+        let cognito = support::fake_cognito::FakeCognito::start(jwks.issuer(), 3600).await;
+        cognito
+            .rotate
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        cognito
+            .invalidate_rotated
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        // Slow enough that the three replicas' calls overlap.
+        cognito
+            .delay_ms
+            .store(150, std::sync::atomic::Ordering::SeqCst);
+        let endpoint = cognito.endpoint();
+        let mut extra = vec!["--cognito-endpoint", endpoint.as_str()];
+        let url = redis.url();
+        if coordinated {
+            extra.extend([
+                "--redis-url",
+                url.as_str(),
+                "--session-key-file",
+                key_file.as_str(),
+            ]);
+        }
+        let mut relays = Vec::new();
+        for _ in 0..3 {
+            relays.push(start_relay(relay_config(&emulator.http_endpoint(), &jwks, &extra)).await);
+        }
+        if coordinated {
+            for relay in &relays {
+                wait_metric(relay, "appsync_relay_redis_up 1").await;
+            }
+        }
+        let mut session = cognito.sign_in(USERNAME);
+        session.access = support::fake_cognito::expired_access(&jwks.issuer(), USERNAME, 60);
+        let headers = support::jar::header_for(&support::jar::jar(&session));
+        let cookies = headers.get("cookie").unwrap().to_str().unwrap().to_string();
+        let tabs = (0..20).map(|i| {
+            let url = format!("ws://{}/event/realtime", relays[i % 3].public_addr);
+            let cookies = cookies.clone();
+            async move { try_connect(&url, &Upgrade::browser(&cookies)).await }
+        });
+        let results = futures_util::future::join_all(tabs).await;
+        let open = results
+            .iter()
+            .filter(|a| matches!(a, Attempt::Open(..)))
+            .count();
+        let calls = cognito.calls("GetTokensFromRefreshToken");
+        eprintln!(
+            "coordinated={coordinated}: {calls} Cognito call(s), {open}/20 tabs kept their session"
+        );
+        if coordinated {
+            assert_eq!(calls, 1, "one refresh token, one call, across replicas");
+            assert_eq!(open, 20, "{results:?}");
+            let dump = format!("{:?}", redis.dump().await);
+            assert!(dump.contains("appsync-relay:refresh:result:"), "{dump}");
+            for secret in [&session.refresh, &session.access, &session.id] {
+                assert!(
+                    !dump.contains(secret.as_str()),
+                    "a token in Redis in the clear"
+                );
+            }
+            assert!(!dump.contains("eyJ"), "a JWT in Redis in the clear: {dump}");
+        } else {
+            assert!(calls >= 2, "the replicas were not racing: {calls} call(s)");
+            assert!(
+                open < 20,
+                "the loss this coordination prevents did not show"
+            );
+        }
+    }
+}

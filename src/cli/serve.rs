@@ -310,6 +310,11 @@ pub struct ServeArgs {
         requires = "redis_url"
     )]
     pub redis_password_file: Option<std::path::PathBuf>,
+    /// File of 32-byte keys (64 hex digits or base64, one per line; the
+    /// first seals, all open) for the token sets replicas share through
+    /// Redis: with it, one Cognito call per refresh token across replicas.
+    #[arg(long, env = "APPSYNC_RELAY_SESSION_KEY_FILE", requires = "redis_url")]
+    pub session_key_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

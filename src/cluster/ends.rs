@@ -8,6 +8,14 @@ use crate::bounded::make_room;
 use dashmap::DashMap;
 use std::time::{Duration, Instant};
 
+/// An end heard from another replica (or found in Redis on resync): the
+/// sockets it covers here must close.
+#[derive(Debug, Clone, Copy)]
+pub struct Ended {
+    pub subject: [u8; 32],
+    pub at: u64,
+}
+
 pub struct Ends {
     table: DashMap<[u8; 32], (u64, Instant)>,
     capacity: usize,

@@ -9,9 +9,8 @@
 //! then follows the stream from the last entry it saw, so what was said
 //! while it was away still arrives.
 
-use super::ends::Ends;
+use super::ends::{Ended, Ends};
 use super::link::{self, Health};
-use super::Ended;
 use redis::aio::ConnectionManager;
 use redis::Value;
 use std::sync::Arc;

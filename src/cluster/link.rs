@@ -80,7 +80,7 @@ impl Health {
         .expect("static metric definition is valid");
         metrics.register(Box::new(gauge.clone()));
         metrics.register(Box::new(errors.clone()));
-        for op in ["end", "feed", "resync"] {
+        for op in ["end", "feed", "resync", "refresh"] {
             errors.with_label_values(&[op]);
         }
         Health {

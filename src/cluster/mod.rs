@@ -13,12 +13,17 @@
 //! - [`ends`]: this replica's memory of ended subjects.
 //! - [`link`]: the keys and commands in Redis, and the link's health.
 //! - [`feed`]: following the other replicas, resynchronising on reconnect.
+//! - [`flight`]: one Cognito call per refresh token across the replicas
+//!   (with `--session-key-file`), the token sets sealed by [`seal`].
 
 pub mod ends;
 pub mod feed;
+pub mod flight;
 pub mod link;
+pub mod seal;
 
 use crate::metrics::Metrics;
+pub use ends::Ended;
 use ends::Ends;
 use link::Health;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -38,6 +43,8 @@ pub struct ClusterConfig {
     pub url: String,
     /// From `--redis-password-file`, overriding the URL's.
     pub password: Option<String>,
+    /// `--session-key-file`: with it, refreshes are single across replicas.
+    pub session_keys: Option<Arc<seal::SessionKeys>>,
 }
 
 impl fmt::Debug for ClusterConfig {
@@ -45,6 +52,7 @@ impl fmt::Debug for ClusterConfig {
         f.debug_struct("ClusterConfig")
             .field("url", &redact_url(&self.url))
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("session_keys", &self.session_keys)
             .finish()
     }
 }
@@ -77,14 +85,6 @@ impl ClusterConfig {
         }
         redis::Client::open(info).map_err(|e| format!("--redis-url {}: {e}", redact_url(&self.url)))
     }
-}
-
-/// An end heard from another replica (or found in Redis on resync): the
-/// sockets it covers here must close.
-#[derive(Debug, Clone, Copy)]
-pub struct Ended {
-    pub subject: [u8; 32],
-    pub at: u64,
 }
 
 struct Link {
@@ -120,6 +120,7 @@ pub struct Cluster {
     ttl: Duration,
     link: Option<Link>,
     tx: broadcast::Sender<Ended>,
+    flight: Option<Arc<flight::ClusterRefresh>>,
 }
 
 impl Cluster {
@@ -130,14 +131,17 @@ impl Cluster {
             ttl,
             link: None,
             tx: broadcast::channel(1024).0,
+            flight: None,
         }
     }
 
     /// Coordinated through Redis; the feed runs until `shutdown`. Never
     /// fails for want of Redis: it connects lazily and keeps trying.
+    /// `refresh_timeout` is Cognito's: a refresh lock outlives it.
     pub fn start(
         cfg: &ClusterConfig,
         ttl: Duration,
+        refresh_timeout: Duration,
         metrics: &Metrics,
         shutdown: CancellationToken,
     ) -> Result<Cluster, String> {
@@ -161,12 +165,27 @@ impl Cluster {
             tx: cluster.tx.clone(),
         };
         tokio::spawn(feed.run(shutdown));
+        cluster.flight = cfg.session_keys.as_ref().map(|keys| {
+            Arc::new(flight::ClusterRefresh {
+                conn: conn.clone(),
+                health: health.clone(),
+                keys: keys.clone(),
+                lock_ttl: refresh_timeout + Duration::from_secs(5),
+            })
+        });
         cluster.link = Some(Link {
             conn,
             health,
             replica,
         });
         Ok(cluster)
+    }
+
+    /// The replicas' refresh single flight, when `--session-key-file` is set.
+    pub fn refresh_flight(&self) -> Option<Arc<dyn crate::refresh::SharedRefresh>> {
+        self.flight
+            .clone()
+            .map(|f| f as Arc<dyn crate::refresh::SharedRefresh>)
     }
 
     /// Ends heard from elsewhere, as they arrive.

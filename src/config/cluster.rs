@@ -1,8 +1,10 @@
-//! `--redis-url` and `--redis-password-file`, checked like every other flag.
-//! Neither the URL's credentials nor the file's contents are ever echoed.
+//! `--redis-url`, `--redis-password-file` and `--session-key-file`, checked
+//! like every other flag. Neither the URL's credentials nor the files'
+//! contents are ever echoed.
 
 use super::shared::read_small;
 use crate::cli::ServeArgs;
+use crate::cluster::seal::SessionKeys;
 use crate::cluster::{redact_url, ClusterConfig};
 
 pub fn parse(args: &ServeArgs, errors: &mut Vec<String>) -> Option<ClusterConfig> {
@@ -37,9 +39,28 @@ pub fn parse(args: &ServeArgs, errors: &mut Vec<String>) -> Option<ClusterConfig
             }
         },
     };
+    let session_keys = match &args.session_key_file {
+        None => {
+            tracing::warn!(
+                "--redis-url without --session-key-file: refreshes are not coordinated across replicas"
+            );
+            None
+        }
+        Some(path) => match read_small(path)
+            .map_err(|e| e.to_string())
+            .and_then(|t| SessionKeys::parse(&t))
+        {
+            Ok(keys) => Some(std::sync::Arc::new(keys)),
+            Err(e) => {
+                errors.push(format!("--session-key-file {}: {e}", path.display()));
+                return None;
+            }
+        },
+    };
     let cfg = ClusterConfig {
         url: url.to_string(),
         password,
+        session_keys,
     };
     if let Err(e) = cfg.client() {
         errors.push(e);

@@ -83,8 +83,27 @@ struct Slot {
     flight: Flight,
 }
 
+/// A refresh coordinated beyond this process: the replicas' single
+/// flight through Redis (`cluster`). This module only knows it as this.
+pub trait SharedRefresh: Send + Sync {
+    /// Runs `call` — the Cognito call for the refresh token hashed as
+    /// `key` — at most once across the replicas, or hands back the outcome
+    /// another replica's call produced. Runs `call` itself whenever it
+    /// cannot coordinate (Redis down): never worse than one process alone.
+    fn run(
+        &self,
+        key: [u8; 32],
+        call: BoxFuture<'static, CallOutcome>,
+    ) -> BoxFuture<'static, CallOutcome>;
+}
+
+/// One Cognito call's outcome, before it is shared inside this process.
+pub type CallOutcome = Result<TokenSet, RefreshError>;
+
 pub struct Refresher {
     cognito: Arc<Cognito>,
+    /// The replicas' single flight, with `--redis-url` and `--session-key-file`.
+    shared: Option<Arc<dyn SharedRefresh>>,
     slots: DashMap<[u8; 32], Slot>,
     /// Refresh tokens Cognito refused, by hash, with when.
     rejected: Arc<DashMap<[u8; 32], Instant>>,
@@ -102,7 +121,17 @@ impl fmt::Debug for Refresher {
 
 impl Refresher {
     pub fn new(cfg: RefreshConfig, http: HttpClient) -> Arc<Refresher> {
+        Refresher::with_shared(cfg, http, None)
+    }
+
+    /// A refresher whose flights are also single across replicas.
+    pub fn with_shared(
+        cfg: RefreshConfig,
+        http: HttpClient,
+        shared: Option<Arc<dyn SharedRefresh>>,
+    ) -> Arc<Refresher> {
         Arc::new(Refresher {
+            shared,
             lineages: Arc::new(Lineages::new(cfg.capacity)),
             cognito: Arc::new(Cognito { cfg, http }),
             slots: DashMap::new(),
@@ -138,9 +167,18 @@ impl Refresher {
         let cognito = self.cognito.clone();
         let rejected = self.rejected.clone();
         let lineages = self.lineages.clone();
+        let shared = self.shared.clone();
         let (refresh_token, username) = (refresh_token.to_string(), username.to_string());
         let task = tokio::spawn(async move {
-            let outcome = cognito.call(&refresh_token, &username).await.map(Arc::new);
+            let call = {
+                let (cognito, rt, user) = (cognito.clone(), refresh_token.clone(), username);
+                async move { cognito.call(&rt, &user).await }.boxed()
+            };
+            let outcome = match shared {
+                Some(shared) => shared.run(key, call).await,
+                None => call.await,
+            }
+            .map(Arc::new);
             let lineage = outcome.as_ref().ok().and_then(|t| answer_lineage(t));
             match (&outcome, &lineage) {
                 (Err(RefreshError::Rejected(_)), _) => {

@@ -23,9 +23,9 @@ use tokio_util::sync::CancellationToken;
 /// operator's end of the user's sessions is matched against.
 #[derive(Debug, Clone, Default)]
 pub struct Who {
-    /// [`super::Subject`] hashes the token answers to.
+    /// [`super::subject::Subject`] hashes the token answers to.
     pub subjects: Vec<[u8; 32]>,
-    /// When its sign-in happened ([`super::signed_in_at`]).
+    /// When its sign-in happened ([`super::subject::signed_in_at`]).
     pub signed_in_at: u64,
 }
 
