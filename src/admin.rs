@@ -103,18 +103,18 @@ async fn end_sessions(state: &RelayState, req: Request<Incoming>) -> Response<Bo
     resp
 }
 
-/// Ends heard from the other replicas (and found in Redis on a resync)
-/// close this replica's sockets they cover, until the shutdown.
+/// What the other replicas said (and what a resync found in Redis) is
+/// applied here, until the shutdown.
 pub async fn apply_remote_ends(state: Arc<RelayState>) {
     let mut ends = state.cluster.subscribe();
     loop {
         tokio::select! {
             _ = state.shutdown.cancelled() => return,
             next = ends.recv() => match next {
-                Ok(e) => {
-                    let closed = state.sockets.end_subject(&e.subject, e.at);
+                Ok(heard) => {
+                    let closed = state.heard(heard);
                     if closed > 0 {
-                        tracing::info!(closed, "sessions ended by an operator on another replica");
+                        tracing::info!(closed, "sockets closed: their session ended on another replica");
                     }
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,

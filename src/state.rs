@@ -8,7 +8,7 @@
 //! which IP is it).
 
 use crate::bounded::make_room;
-use crate::cluster::{Cluster, Reach};
+use crate::cluster::{Cluster, Heard, Reach};
 use crate::config::Config;
 use crate::fanout::Hub;
 use crate::http_client::{self, HttpClient, Resolver};
@@ -81,6 +81,8 @@ pub struct RelayState {
     /// Sign-ins that ended (see [`RelayState::end_session`]), by
     /// [`SessionProof::lineage`], with when.
     ended: dashmap::DashMap<String, Instant>,
+    /// Sign-ins another replica saw end, by [`SessionProof::lineage_hash`].
+    ended_elsewhere: dashmap::DashMap<[u8; 32], Instant>,
     /// Access tokens of browsers that signed out, by hash, with when: not
     /// taken on their word again ([`RelayState::retire_token`]).
     retired: dashmap::DashMap<[u8; 32], Instant>,
@@ -191,6 +193,7 @@ impl RelayState {
             rates: SessionRates::new(&config.limits, config.token_cache_size),
             upstream_resolvable: AtomicBool::new(false),
             ended: dashmap::DashMap::new(),
+            ended_elsewhere: dashmap::DashMap::new(),
             retired: dashmap::DashMap::new(),
             sockets: LiveSockets::default(),
             app,
@@ -292,6 +295,41 @@ impl RelayState {
             *at
         });
         self.ended.insert(proof.lineage(), Instant::now());
+        self.cluster.announce(Heard::SignIn {
+            lineage: proof.lineage_hash(),
+        });
+    }
+
+    /// Applies what another replica said: the same effects as the local
+    /// ends ([`RelayState::end_session`], the app proxy's sign-out, an
+    /// operator's end), by hashes, without saying it again. How many
+    /// sockets closed here.
+    pub fn heard(&self, heard: Heard) -> usize {
+        match heard {
+            Heard::Subject { subject, at } => self.sockets.end_subject(&subject, at),
+            Heard::SignIn { lineage } => {
+                self.pending.end_session_hashed(&lineage);
+                self.refresher.forget_answers_hashed(&lineage);
+                make_room(
+                    &self.ended_elsewhere,
+                    self.config.token_cache_size,
+                    ENDED_TTL,
+                    |at| *at,
+                );
+                self.ended_elsewhere.insert(lineage, Instant::now());
+                self.sockets.end_sign_in_hashed(&lineage)
+            }
+            Heard::Browser {
+                sub,
+                refresh,
+                token,
+            } => {
+                self.pending.forget_hashed(&refresh);
+                self.refresher.retire_hashed(refresh);
+                self.retire_token(&token);
+                self.sockets.end_browser_hashed(&sub, &refresh)
+            }
+        }
     }
 
     /// A browser that showed the token hashed as `hash` signed out: the
@@ -320,6 +358,9 @@ impl RelayState {
     /// refused token had been rotated by someone the relay did not see).
     pub fn session_alive(&self, proof: &SessionProof) {
         self.ended.remove(&proof.lineage());
+        if !self.ended_elsewhere.is_empty() {
+            self.ended_elsewhere.remove(&proof.lineage_hash());
+        }
     }
 
     /// Brings a taken renewal's refresh token up to date: another socket may
@@ -343,9 +384,15 @@ impl RelayState {
     /// Whether the sign-in `proof` belongs to was ended: its tokens are not
     /// taken on their word until Cognito renews it.
     pub fn session_ended(&self, proof: &SessionProof) -> bool {
+        let fresh = |at: &Instant| at.elapsed() < ENDED_TTL;
         self.ended
             .get(&proof.lineage())
-            .is_some_and(|at| at.elapsed() < ENDED_TTL)
+            .is_some_and(|at| fresh(&at))
+            || (!self.ended_elsewhere.is_empty()
+                && self
+                    .ended_elsewhere
+                    .get(&proof.lineage_hash())
+                    .is_some_and(|at| fresh(&at)))
     }
 
     /// An operator ended `subject`'s sessions (every sign-in made until

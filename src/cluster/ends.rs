@@ -8,12 +8,71 @@ use crate::bounded::make_room;
 use dashmap::DashMap;
 use std::time::{Duration, Instant};
 
-/// An end heard from another replica (or found in Redis on resync): the
-/// sockets it covers here must close.
-#[derive(Debug, Clone, Copy)]
-pub struct Ended {
-    pub subject: [u8; 32],
-    pub at: u64,
+/// What another replica said (or a resync found in Redis), for this
+/// replica to apply to its own sockets and memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Heard {
+    /// An operator ended the sign-ins of a subject made until `at`.
+    Subject { subject: [u8; 32], at: u64 },
+    /// A sign-in ended (its newest refresh token was refused, or the app
+    /// signed it out), named by its lineage's hash.
+    SignIn { lineage: [u8; 32] },
+    /// The app signed one browser out: its refresh token (`refresh`) and
+    /// access token (`token`) are retired, its sockets (of the user whose
+    /// `sub` subject is `sub`) closed. All three are hashes.
+    Browser {
+        sub: [u8; 32],
+        refresh: [u8; 32],
+        token: [u8; 32],
+    },
+}
+
+impl Heard {
+    /// As a stream entry's fields.
+    pub fn fields(&self) -> Vec<(&'static str, String)> {
+        use super::hex::hex;
+        match self {
+            Heard::Subject { subject, at } => {
+                vec![
+                    ("k", "subject".into()),
+                    ("h", hex(subject)),
+                    ("at", at.to_string()),
+                ]
+            }
+            Heard::SignIn { lineage } => vec![("k", "sign_in".into()), ("l", hex(lineage))],
+            Heard::Browser {
+                sub,
+                refresh,
+                token,
+            } => vec![
+                ("k", "browser".into()),
+                ("s", hex(sub)),
+                ("b", hex(refresh)),
+                ("t", hex(token)),
+            ],
+        }
+    }
+
+    /// From a stream entry's fields; `None` for anything malformed.
+    pub fn parse(fields: &[(String, String)]) -> Option<Heard> {
+        use super::hex::unhex;
+        let get = |k: &str| fields.iter().find(|(f, _)| f == k).map(|(_, v)| v.as_str());
+        match get("k").unwrap_or("subject") {
+            "subject" => Some(Heard::Subject {
+                subject: unhex(get("h")?)?,
+                at: get("at")?.parse().ok()?,
+            }),
+            "sign_in" => Some(Heard::SignIn {
+                lineage: unhex(get("l")?)?,
+            }),
+            "browser" => Some(Heard::Browser {
+                sub: unhex(get("s")?)?,
+                refresh: unhex(get("b")?)?,
+                token: unhex(get("t")?)?,
+            }),
+            _ => None,
+        }
+    }
 }
 
 pub struct Ends {
@@ -92,6 +151,34 @@ mod tests {
         assert!(ends.covers(&[[1; 32]], 150));
         assert!(!ends.covers(&[[2; 32]], 0));
         assert_eq!(ends.entries().len(), 1);
+    }
+
+    #[test]
+    fn what_is_heard_round_trips_through_stream_fields() {
+        for h in [
+            Heard::Subject {
+                subject: [1; 32],
+                at: 7,
+            },
+            Heard::SignIn { lineage: [2; 32] },
+            Heard::Browser {
+                sub: [3; 32],
+                refresh: [4; 32],
+                token: [5; 32],
+            },
+        ] {
+            let fields: Vec<(String, String)> = h
+                .fields()
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect();
+            assert_eq!(Heard::parse(&fields), Some(h));
+        }
+        let junk = vec![
+            ("k".to_string(), "browser".to_string()),
+            ("s".into(), "zz".into()),
+        ];
+        assert_eq!(Heard::parse(&junk), None);
     }
 
     #[test]

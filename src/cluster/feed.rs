@@ -7,9 +7,11 @@
 //! writes back the markers this replica remembers and Redis lacks (a Redis
 //! that came back empty is refilled, so no ended session revives), and
 //! then follows the stream from the last entry it saw, so what was said
-//! while it was away still arrives.
+//! while it was away still arrives. A replica that starts reads the stream
+//! from its beginning (it is capped): it learns the sign-ins and sign-outs
+//! ended before it started, as well as the operators' ends in the markers.
 
-use super::ends::{Ended, Ends};
+use super::ends::{Ends, Heard};
 use super::link::{self, Health};
 use redis::aio::ConnectionManager;
 use redis::Value;
@@ -29,7 +31,7 @@ pub struct Feed {
     pub ends: Arc<Ends>,
     pub health: Arc<Health>,
     pub replica: String,
-    pub tx: broadcast::Sender<Ended>,
+    pub tx: broadcast::Sender<Heard>,
 }
 
 impl Feed {
@@ -46,9 +48,6 @@ impl Feed {
                     .get_multiplexed_async_connection_with_config(&cfg)
                     .await
                     .map_err(|e| e.to_string())?;
-                if last.is_none() {
-                    last = Some(link::stream_tip(&self.conn).await?);
-                }
                 self.resync().await?;
                 self.health.set_up(true);
                 loop {
@@ -94,18 +93,17 @@ impl Feed {
     }
 
     fn apply(&self, fields: &[(String, String)]) {
-        let get = |k: &str| fields.iter().find(|(f, _)| f == k).map(|(_, v)| v.as_str());
-        if get("r") == Some(self.replica.as_str()) {
-            return; // said here: applied when it was said
+        let said_here = fields.iter().any(|(k, v)| k == "r" && *v == self.replica);
+        if said_here {
+            return; // applied when it was said
         }
-        let (Some(subject), Some(at)) = (
-            get("h").and_then(link::unhex),
-            get("at").and_then(|v| v.parse::<u64>().ok()),
-        ) else {
+        let Some(heard) = Heard::parse(fields) else {
             return;
         };
-        self.ends.insert(subject, at);
-        let _ = self.tx.send(Ended { subject, at });
+        if let Heard::Subject { subject, at } = heard {
+            self.ends.insert(subject, at);
+        }
+        let _ = self.tx.send(heard);
     }
 
     async fn resync(&self) -> Result<(), String> {
@@ -116,7 +114,7 @@ impl Feed {
             markers.iter().map(|(s, _)| *s).collect();
         for (subject, at) in markers {
             if self.ends.insert(subject, at) {
-                let _ = self.tx.send(Ended { subject, at });
+                let _ = self.tx.send(Heard::Subject { subject, at });
             }
         }
         for (subject, at, left) in self.ends.entries() {

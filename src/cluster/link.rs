@@ -3,8 +3,9 @@
 //! - A marker per ended subject, `appsync-relay:end:<hex hash>` = the unix
 //!   second its sign-ins ended, expiring with the refresh-token lifetime:
 //!   what a handshake on any replica is checked against.
-//! - A stream, `appsync-relay:ends`, one entry per end (`h` hash, `at`,
-//!   `r` the replica that said it), capped near [`STREAM_LEN`]: how the
+//! - A stream, `appsync-relay:ends`, one entry per end (an operator's of a
+//!   subject, a sign-in's, a browser's sign-out: `super::ends::Heard`, by
+//!   hashes only; `r` the replica that said it), capped near [`STREAM_LEN`]: how the
 //!   other replicas learn of it within a second, and catch up after they
 //!   lost Redis for a while (a Redis stream is pub/sub with a memory: a
 //!   reader resumes from the last entry it saw, which plain PUBLISH cannot).
@@ -14,6 +15,7 @@
 //! Every command has a deadline ([`OP_TIMEOUT`]) and its failure only
 //! marks the link down: this replica's own memory goes on deciding.
 
+pub use super::hex::{hex, unhex};
 use crate::metrics::Metrics;
 use prometheus::{IntCounterVec, IntGauge, Opts};
 use redis::aio::ConnectionManager;
@@ -41,21 +43,6 @@ pub fn subject_of_key(key: &str) -> Option<[u8; 32]> {
     unhex(key.strip_prefix(MARKER_PREFIX)?)
 }
 
-pub fn hex(b: &[u8; 32]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-pub fn unhex(s: &str) -> Option<[u8; 32]> {
-    if s.len() != 64 || !s.is_ascii() {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
-    }
-    Some(out)
-}
-
 /// The link's health, as `/readyz` and `/metrics` show it.
 pub struct Health {
     up: AtomicBool,
@@ -80,7 +67,7 @@ impl Health {
         .expect("static metric definition is valid");
         metrics.register(Box::new(gauge.clone()));
         metrics.register(Box::new(errors.clone()));
-        for op in ["end", "feed", "resync", "refresh"] {
+        for op in ["end", "announce", "feed", "resync", "refresh"] {
             errors.with_label_values(&[op]);
         }
         Health {
@@ -152,11 +139,22 @@ pub async fn publish_end(
             .invoke_async::<i64>(&mut conn),
     )
     .await?;
-    let fields = [
-        ("h", hex(subject)),
-        ("at", at.to_string()),
-        ("r", replica.to_string()),
-    ];
+    let heard = super::ends::Heard::Subject {
+        subject: *subject,
+        at,
+    };
+    announce(&conn, replica, &heard).await
+}
+
+/// Appends what this replica says to the stream, naming itself (`r`).
+pub async fn announce(
+    conn: &ConnectionManager,
+    replica: &str,
+    heard: &super::ends::Heard,
+) -> Result<(), String> {
+    let mut conn = conn.clone();
+    let mut fields = heard.fields();
+    fields.push(("r", replica.to_string()));
     bounded(conn.xadd_maxlen::<_, _, _, _, String>(
         STREAM,
         redis::streams::StreamMaxlen::Approx(STREAM_LEN),
@@ -217,26 +215,6 @@ pub async fn all_markers(
         }
     }
     Ok(out)
-}
-
-/// The id of the stream's newest entry (`0-0` when it is empty).
-pub async fn stream_tip(conn: &ConnectionManager) -> Result<String, String> {
-    let mut conn = conn.clone();
-    let v: Value = bounded(
-        redis::cmd("XREVRANGE")
-            .arg(STREAM)
-            .arg("+")
-            .arg("-")
-            .arg("COUNT")
-            .arg(1)
-            .query_async(&mut conn),
-    )
-    .await?;
-    Ok(entries(&v)
-        .into_iter()
-        .next()
-        .map(|e| e.0)
-        .unwrap_or_else(|| "0-0".into()))
 }
 
 /// One stream entry: id and fields.
@@ -300,7 +278,6 @@ mod tests {
         let s = [0xab; 32];
         assert_eq!(subject_of_key(&marker_key(&s)), Some(s));
         assert_eq!(subject_of_key("appsync-relay:end:zz"), None);
-        assert_eq!(unhex(&"é".repeat(32)), None);
         assert_eq!(subject_of_key("other:abc"), None);
     }
 

@@ -11,7 +11,8 @@
 //! resynchronises in both directions ([`feed`]).
 //!
 //! - [`ends`]: this replica's memory of ended subjects.
-//! - [`link`]: the keys and commands in Redis, and the link's health.
+//! - [`link`]: the keys and commands in Redis, and the link's health;
+//!   [`hex`]: hashes as Redis holds them.
 //! - [`feed`]: following the other replicas, resynchronising on reconnect.
 //! - [`flight`]: one Cognito call per refresh token across the replicas
 //!   (with `--session-key-file`), the token sets sealed by [`seal`].
@@ -19,12 +20,13 @@
 pub mod ends;
 pub mod feed;
 pub mod flight;
+pub mod hex;
 pub mod link;
 pub mod seal;
 
 use crate::metrics::Metrics;
-pub use ends::Ended;
 use ends::Ends;
+pub use ends::Heard;
 use link::Health;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use std::fmt;
@@ -119,7 +121,7 @@ pub struct Cluster {
     ends: Arc<Ends>,
     ttl: Duration,
     link: Option<Link>,
-    tx: broadcast::Sender<Ended>,
+    tx: broadcast::Sender<Heard>,
     flight: Option<Arc<flight::ClusterRefresh>>,
 }
 
@@ -188,8 +190,21 @@ impl Cluster {
             .map(|f| f as Arc<dyn crate::refresh::SharedRefresh>)
     }
 
-    /// Ends heard from elsewhere, as they arrive.
-    pub fn subscribe(&self) -> broadcast::Receiver<Ended> {
+    /// Tells the other replicas (in the background: nothing waits for
+    /// Redis); without Redis, or while it is down, they do not hear it.
+    pub fn announce(&self, heard: Heard) {
+        let Some(link) = &self.link else { return };
+        let (conn, health, replica) =
+            (link.conn.clone(), link.health.clone(), link.replica.clone());
+        tokio::spawn(async move {
+            if let Err(e) = link::announce(&conn, &replica, &heard).await {
+                health.failed("announce", &e);
+            }
+        });
+    }
+
+    /// What the other replicas said, as it arrives.
+    pub fn subscribe(&self) -> broadcast::Receiver<Heard> {
         self.tx.subscribe()
     }
 

@@ -33,7 +33,7 @@ impl fmt::Debug for SessionKeys {
 
 fn decode_key(line: &str) -> Option<[u8; 32]> {
     if line.len() == 64 {
-        return super::link::unhex(&line.to_ascii_lowercase());
+        return super::hex::unhex(&line.to_ascii_lowercase());
     }
     STANDARD.decode(line).ok()?.try_into().ok()
 }

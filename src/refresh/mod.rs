@@ -270,6 +270,15 @@ impl Refresher {
         });
     }
 
+    /// [`Refresher::forget_answers`] for a sign-in known by the hash of its
+    /// lineage (ended on another replica).
+    pub fn forget_answers_hashed(&self, lineage: &[u8; 32]) {
+        self.slots.retain(|_, slot| match slot.flight.peek() {
+            Some(answer) => answer.lineage.as_deref().map(token_hash).as_ref() != Some(lineage),
+            None => true,
+        });
+    }
+
     /// Drops every finished answer kept for reuse, as [`RESULT_TTL`] passing
     /// would: for the session model test, which cannot wait seconds per step.
     #[doc(hidden)]
@@ -281,7 +290,12 @@ impl Refresher {
     /// refused as if Cognito had refused it (a sign-out revokes it there
     /// too, but a replay must not cost a Cognito call to find out).
     pub fn retire(&self, refresh_token: &str) {
-        let key = token_hash(refresh_token);
+        self.retire_hashed(token_hash(refresh_token));
+    }
+
+    /// [`Refresher::retire`] by the token's hash (a sign-out seen on another
+    /// replica).
+    pub fn retire_hashed(&self, key: [u8; 32]) {
         make_room(
             &self.rejected,
             self.cognito.cfg.capacity,

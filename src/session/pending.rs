@@ -165,6 +165,12 @@ impl PendingRenewals {
         self.entries.remove(&token_hash(refresh_token));
     }
 
+    /// [`PendingRenewals::forget`] by the token's hash (another replica saw
+    /// its browser sign out).
+    pub fn forget_hashed(&self, refresh_hash: &[u8; 32]) {
+        self.entries.remove(refresh_hash);
+    }
+
     /// Forgets every renewal that carries `refresh_token` (Cognito refused
     /// it). Renewals filed *under* it stay: they carry a newer token.
     pub fn forget_refresh_token(&self, refresh_token: &str) {
@@ -175,6 +181,13 @@ impl PendingRenewals {
     /// Forgets every renewal of the sign-in `proof` stands for (it ended).
     pub fn end_session(&self, proof: &SessionProof) {
         self.entries.retain(|_, p| !p.proof.matches(proof));
+    }
+
+    /// [`PendingRenewals::end_session`] for a sign-in known by its
+    /// [`SessionProof::lineage_hash`] (ended on another replica).
+    pub fn end_session_hashed(&self, lineage: &[u8; 32]) {
+        self.entries
+            .retain(|_, p| p.proof.lineage_hash() != *lineage);
     }
 
     /// The refresh token a renewal waiting for `refresh_token` carries,

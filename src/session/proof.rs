@@ -5,7 +5,7 @@
 //! A refresh token alone proves nothing: it may be a dead one, rotated out
 //! or revoked, replayed by someone who copied it.
 
-use crate::verify::Claims;
+use crate::verify::{token_hash, Claims};
 
 /// The identity of a session, from one of its verified tokens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,6 +37,12 @@ impl SessionProof {
             .or(self.event_id.as_deref())
             .unwrap_or("");
         format!("{}\u{0}{line}", self.sub)
+    }
+
+    /// SHA-256 of [`SessionProof::lineage`]: how a sign-in is named beyond
+    /// this process (to the other replicas, through Redis).
+    pub fn lineage_hash(&self) -> [u8; 32] {
+        token_hash(&self.lineage())
     }
 
     /// The same user of the same app client, and — where both tokens carry

@@ -23,7 +23,8 @@ use tokio_util::sync::CancellationToken;
 /// operator's end of the user's sessions is matched against.
 #[derive(Debug, Clone, Default)]
 pub struct Who {
-    /// [`super::subject::Subject`] hashes the token answers to.
+    /// [`super::subject::Subject`] hashes the token answers to, its `sub`'s
+    /// first.
     pub subjects: Vec<[u8; 32]>,
     /// When its sign-in happened ([`super::subject::signed_in_at`]).
     pub signed_in_at: u64,
@@ -121,13 +122,29 @@ impl LiveSockets {
     /// operator's end of a user's sessions. Looks through every user's
     /// sockets (the subject may be a username): rare, and linear.
     pub fn end_subject(&self, subject: &[u8; 32], at: u64) -> usize {
+        self.end_anywhere(|e| e.who.signed_in_at <= at && e.who.subjects.contains(subject))
+    }
+
+    /// [`LiveSockets::end_sign_in`] for a sign-in known by its lineage's
+    /// hash (ended on another replica). Linear, and rare.
+    pub fn end_sign_in_hashed(&self, lineage: &[u8; 32]) -> usize {
+        self.end_anywhere(|e| crate::verify::token_hash(&e.lineage) == *lineage)
+    }
+
+    /// [`LiveSockets::end_browser`] for a user known by the hash of its
+    /// `sub` subject (a sign-out seen on another replica).
+    pub fn end_browser_hashed(&self, sub: &[u8; 32], refresh_hash: &[u8; 32]) -> usize {
+        self.end_anywhere(|e| {
+            e.browser_refresh.as_ref() == Some(refresh_hash) && e.who.subjects.first() == Some(sub)
+        })
+    }
+
+    fn end_anywhere(&self, pick: impl Fn(&Entry) -> bool) -> usize {
         let mut n = 0;
         for entries in self.by_sub.iter() {
-            for e in entries.iter() {
-                if e.who.signed_in_at <= at && e.who.subjects.contains(subject) {
-                    e.ended.cancel();
-                    n += 1;
-                }
+            for e in entries.iter().filter(|e| pick(e)) {
+                e.ended.cancel();
+                n += 1;
             }
         }
         n

@@ -66,6 +66,7 @@ impl std::ops::Deref for FakeCognito {
     }
 }
 
+#[derive(Clone)]
 pub struct Session {
     pub access: String,
     pub id: String,
