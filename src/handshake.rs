@@ -51,6 +51,8 @@ struct Accepted {
     authenticated: Authenticated,
     /// This connection's slot in the admission limits, held until it ends.
     permit: ConnectionPermit,
+    /// The socket's lease in the cluster-wide per-user count.
+    lease: Option<crate::cluster::leases::Lease>,
     client_ip: std::net::IpAddr,
 }
 
@@ -136,6 +138,19 @@ async fn accept(
             })
         }
     };
+    // The same user's limit across replicas (with --redis-url).
+    let sub_subject = crate::session::Subject::Sub(identified.sub().to_string()).hash();
+    let max_per_user = state.config.limits.max_connections_per_user;
+    let lease = match state.cluster.admit(&sub_subject, max_per_user).await {
+        Ok(lease) => lease,
+        Err(()) => {
+            drop(permit);
+            return Err(Refused {
+                error: limit_hit(state, LimitHit::PerUser),
+                set_cookies: identified.undelivered_cookies(state, secure),
+            });
+        }
+    };
     let authenticated = timed(
         state,
         "renew",
@@ -161,6 +176,7 @@ async fn accept(
         auth,
         authenticated,
         permit,
+        lease,
         client_ip,
     })
 }
@@ -195,6 +211,7 @@ fn switch_protocols(
         auth,
         authenticated,
         permit,
+        lease,
         client_ip,
     } = accepted;
     let sub = authenticated.claims.sub.clone();
@@ -237,6 +254,7 @@ fn switch_protocols(
         let opened = Instant::now();
         let outcome = relay.run(&mut client).await;
         drop(permit);
+        drop(lease);
         metrics.connections_active.dec();
         let who = Who {
             request_id: &request_id,

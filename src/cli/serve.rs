@@ -315,6 +315,11 @@ pub struct ServeArgs {
     /// Redis: with it, one Cognito call per refresh token across replicas.
     #[arg(long, env = "APPSYNC_RELAY_SESSION_KEY_FILE", requires = "redis_url")]
     pub session_key_file: Option<std::path::PathBuf>,
+    /// With --redis-url: seconds a connection's lease (what
+    /// --max-connections-per-user counts across replicas) lasts without
+    /// renewal; a crashed replica's connections stop counting after this.
+    #[arg(long, env = "APPSYNC_RELAY_CLUSTER_LEASE_TTL", default_value_t = 30)]
+    pub cluster_lease_ttl: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -67,7 +67,7 @@ impl Health {
         .expect("static metric definition is valid");
         metrics.register(Box::new(gauge.clone()));
         metrics.register(Box::new(errors.clone()));
-        for op in ["end", "announce", "feed", "resync", "refresh"] {
+        for op in ["end", "announce", "feed", "resync", "refresh", "lease"] {
             errors.with_label_values(&[op]);
         }
         Health {

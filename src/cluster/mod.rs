@@ -14,6 +14,7 @@
 //! - [`link`]: the keys and commands in Redis, and the link's health;
 //!   [`hex`]: hashes as Redis holds them.
 //! - [`feed`]: following the other replicas, resynchronising on reconnect.
+//! - [`leases`]: `--max-connections-per-user` across the replicas.
 //! - [`flight`]: one Cognito call per refresh token across the replicas
 //!   (with `--session-key-file`), the token sets sealed by [`seal`].
 
@@ -21,6 +22,7 @@ pub mod ends;
 pub mod feed;
 pub mod flight;
 pub mod hex;
+pub mod leases;
 pub mod link;
 pub mod seal;
 
@@ -47,6 +49,8 @@ pub struct ClusterConfig {
     pub password: Option<String>,
     /// `--session-key-file`: with it, refreshes are single across replicas.
     pub session_keys: Option<Arc<seal::SessionKeys>>,
+    /// `--cluster-lease-ttl`: how long a connection's lease lasts unrenewed.
+    pub lease_ttl: Duration,
 }
 
 impl fmt::Debug for ClusterConfig {
@@ -55,6 +59,7 @@ impl fmt::Debug for ClusterConfig {
             .field("url", &redact_url(&self.url))
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("session_keys", &self.session_keys)
+            .field("lease_ttl", &self.lease_ttl)
             .finish()
     }
 }
@@ -123,6 +128,7 @@ pub struct Cluster {
     link: Option<Link>,
     tx: broadcast::Sender<Heard>,
     flight: Option<Arc<flight::ClusterRefresh>>,
+    leases: Option<leases::Leases>,
 }
 
 impl Cluster {
@@ -134,6 +140,7 @@ impl Cluster {
             link: None,
             tx: broadcast::channel(1024).0,
             flight: None,
+            leases: None,
         }
     }
 
@@ -166,6 +173,13 @@ impl Cluster {
             replica: replica.clone(),
             tx: cluster.tx.clone(),
         };
+        cluster.leases = Some(leases::Leases::start(
+            conn.clone(),
+            health.clone(),
+            replica.clone(),
+            cfg.lease_ttl,
+            shutdown.clone(),
+        ));
         tokio::spawn(feed.run(shutdown));
         cluster.flight = cfg.session_keys.as_ref().map(|keys| {
             Arc::new(flight::ClusterRefresh {
@@ -188,6 +202,19 @@ impl Cluster {
         self.flight
             .clone()
             .map(|f| f as Arc<dyn crate::refresh::SharedRefresh>)
+    }
+
+    /// Admits one more socket of the user whose `sub` subject is `subject`
+    /// against `max` (0: no limit) across the replicas: its lease, `None`
+    /// without Redis, `Err` when the user holds `max` already.
+    pub async fn admit(&self, subject: &[u8; 32], max: usize) -> Result<Option<leases::Lease>, ()> {
+        match &self.leases {
+            Some(l) if max > 0 => match l.admit(subject, max).await {
+                leases::Admission::Admitted(lease) => Ok(Some(lease)),
+                leases::Admission::Full => Err(()),
+            },
+            _ => Ok(None),
+        }
     }
 
     /// Tells the other replicas (in the background: nothing waits for

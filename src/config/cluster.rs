@@ -57,10 +57,18 @@ pub fn parse(args: &ServeArgs, errors: &mut Vec<String>) -> Option<ClusterConfig
             }
         },
     };
+    if !(3..=3600).contains(&args.cluster_lease_ttl) {
+        errors.push(format!(
+            "--cluster-lease-ttl {}: expected 3 to 3600 seconds",
+            args.cluster_lease_ttl
+        ));
+        return None;
+    }
     let cfg = ClusterConfig {
         url: url.to_string(),
         password,
         session_keys,
+        lease_ttl: std::time::Duration::from_secs(args.cluster_lease_ttl),
     };
     if let Err(e) = cfg.client() {
         errors.push(e);
