@@ -297,14 +297,15 @@ async fn the_end_endpoint_takes_exactly_one_subject_and_only_on_the_admin_listen
 /// a zero grace period. Without Redis each replica calls Cognito with the
 /// same refresh token, and every replica but the first loses its tabs'
 /// session; with Redis (and --session-key-file) there is exactly one call
-/// and no tab is lost. The token sets in Redis are sealed.
+/// and no tab is lost, whether the tabs reach the replicas directly or
+/// through haproxy. The token sets in Redis are sealed.
 #[tokio::test(flavor = "multi_thread")]
 async fn twenty_tabs_on_three_replicas_renew_with_one_cognito_call_through_redis() {
     let redis = Redis::start().await;
     let key_file = std::env::temp_dir().join(format!("relay-session-key-{}", std::process::id()));
     std::fs::write(&key_file, format!("# test key\n{}\n", "ab".repeat(32))).unwrap();
     let key_file = key_file.to_str().unwrap().to_string();
-    for coordinated in [false, true] {
+    for (coordinated, via_haproxy) in [(false, false), (true, false), (true, true)] {
         let jwks = JwksServer::start(json!({"keys": [signing_key().jwk()]})).await;
         let emulator = start_emulator(&jwks, CLIENT_ID).await;
         let cognito = support::fake_cognito::FakeCognito::start(jwks.issuer(), 3600).await;
@@ -342,8 +343,19 @@ async fn twenty_tabs_on_three_replicas_renew_with_one_cognito_call_through_redis
         session.access = support::fake_cognito::expired_access(&jwks.issuer(), USERNAME, 60);
         let headers = support::jar::header_for(&support::jar::jar(&session));
         let cookies = headers.get("cookie").unwrap().to_str().unwrap().to_string();
+        let lb = match via_haproxy {
+            true => {
+                let backends: Vec<_> = relays.iter().map(|r| r.public_addr).collect();
+                Some(support::haproxy::Haproxy::start(&backends).await)
+            }
+            false => None,
+        };
         let tabs = (0..20).map(|i| {
-            let url = format!("ws://{}/event/realtime", relays[i % 3].public_addr);
+            let to = lb
+                .as_ref()
+                .map(|l| l.addr)
+                .unwrap_or(relays[i % 3].public_addr);
+            let url = format!("ws://{to}/event/realtime");
             let cookies = cookies.clone();
             async move { try_connect(&url, &Upgrade::browser(&cookies)).await }
         });
@@ -354,8 +366,18 @@ async fn twenty_tabs_on_three_replicas_renew_with_one_cognito_call_through_redis
             .count();
         let calls = cognito.calls("GetTokensFromRefreshToken");
         eprintln!(
-            "coordinated={coordinated}: {calls} Cognito call(s), {open}/20 tabs kept their session"
+            "coordinated={coordinated} via_haproxy={via_haproxy}: {calls} Cognito call(s), {open}/20 tabs kept their session"
         );
+        if via_haproxy {
+            // The balancer spread them over every replica.
+            for relay in &relays {
+                let m = scrape(relay).await;
+                assert!(
+                    !m.lines().any(|l| l == "appsync_relay_connections_active 0"),
+                    "a replica got no tab through haproxy"
+                );
+            }
+        }
         if coordinated {
             assert_eq!(calls, 1, "one refresh token, one call, across replicas");
             assert_eq!(open, 20, "{results:?}");

@@ -9,7 +9,8 @@
 # playwright-core; Debian's Chromium for the browser tests; openssl for
 # throwaway certificates; nginx for the load harness's baseline; Python 3
 # with venv for MiniStack; prometheus for promtool, which checks
-# deploy/monitoring; redis-server for the replicas' coordination),
+# deploy/monitoring; redis-server and haproxy for the replicas'
+# coordination, behind a real load balancer),
 # installed with apt when running as root — else the exact command is
 # printed and the script stops. Then the npm packages
 # pinned by tests/node/package-lock.json, the Next.js example's packages
@@ -27,6 +28,7 @@ command -v python3 >/dev/null 2>&1 || missing+=(python3)
 python3 -c 'import ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 [ -x /usr/bin/redis-server ] || missing+=(redis-server)
+[ -x /usr/sbin/haproxy ] || missing+=(haproxy)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "tests/run.sh: missing Debian packages; install them with:" >&2

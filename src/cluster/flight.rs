@@ -8,8 +8,9 @@
 //!   `appsync-relay:refresh:fence`, set only if absent, expiring after the
 //!   Cognito timeout plus a margin: whoever sets it calls Cognito.
 //!
-//! A caller reads the result first; else it takes the lock and calls, or
-//! waits (polling every [`POLL`]) for the holder's result. The holder
+//! A caller, in one script, takes the result if there is one, else the
+//! lock if it is free, and then calls; else it waits (polling every
+//! [`POLL`]) for the holder's result. The holder
 //! stores its result only while the lock still holds its fencing token (a
 //! holder that outlived its lock cannot overwrite a newer call's answer).
 //! A refusal is shared too, so waiters do not spend Cognito calls on a dead
@@ -32,6 +33,15 @@ use std::time::{Duration, Instant};
 /// How often a waiter looks for the holder's result.
 const POLL: Duration = Duration::from_millis(20);
 const FENCE: &str = "appsync-relay:refresh:fence";
+
+/// `{1, sealed result}` if there is one; else `{2, fence}` with the lock
+/// taken; else `{0, ""}` (someone holds it).
+const TAKE: &str = "\
+local r = redis.call('GET', KEYS[2]) \
+if r then return {1, r} end \
+local fence = redis.call('INCR', KEYS[3]) \
+if redis.call('SET', KEYS[1], fence, 'NX', 'PX', ARGV[1]) then return {2, tostring(fence)} end \
+return {0, ''}";
 
 #[derive(Clone)]
 pub struct ClusterRefresh {
@@ -107,29 +117,27 @@ impl ClusterRefresh {
         let (lock, result) = (lock_key(key), result_key(key));
         let mut conn = self.conn.clone();
         let give_up = Instant::now() + self.lock_ttl + Duration::from_secs(1);
+        let script = redis::Script::new(TAKE);
         loop {
-            match self.read(&mut conn, &result).await {
-                Err(e) => {
-                    self.health.failed("refresh", &e);
-                    return None;
-                }
-                Ok(Some(outcome)) => return Some(outcome),
-                Ok(None) => {}
-            }
-            let taken = async {
-                let fence: u64 = redis::cmd("INCR").arg(FENCE).query_async(&mut conn).await?;
-                let set: Option<String> = redis::cmd("SET")
-                    .arg(&lock)
-                    .arg(fence)
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(self.lock_ttl.as_millis() as u64)
-                    .query_async(&mut conn)
-                    .await?;
-                Ok::<_, redis::RedisError>(set.map(|_| fence))
-            };
-            match tokio::time::timeout(link::OP_TIMEOUT * 2, taken).await {
-                Ok(Ok(Some(fence))) => {
+            // One step: the result if there is one, else the lock if free.
+            // (Reading, then locking, let a holder finish in between and a
+            // second caller spend the rotated-out token: seen in the test.)
+            let mut invocation = script.key(&lock);
+            invocation
+                .key(&result)
+                .key(FENCE)
+                .arg(self.lock_ttl.as_millis() as u64);
+            let step = tokio::time::timeout(
+                link::OP_TIMEOUT * 2,
+                invocation.invoke_async::<(i64, String)>(&mut conn),
+            )
+            .await;
+            match step {
+                // A value that does not open (another deployment's key,
+                // tampering) is no answer: coordination gives up.
+                Ok(Ok((1, sealed))) => return self.open(&sealed, &result),
+                Ok(Ok((2, fence))) => {
+                    let fence = fence.parse::<u64>().ok()?;
                     let outcome = call.take()?.await;
                     if let Err(e) = self
                         .finish(&mut conn, &lock, &result, fence, &outcome)
@@ -139,7 +147,7 @@ impl ClusterRefresh {
                     }
                     return Some(outcome);
                 }
-                Ok(Ok(None)) => {}
+                Ok(Ok(_)) => {}
                 Ok(Err(e)) => {
                     self.health.failed("refresh", &e);
                     return None;
@@ -158,23 +166,9 @@ impl ClusterRefresh {
         }
     }
 
-    async fn read(
-        &self,
-        conn: &mut ConnectionManager,
-        result: &str,
-    ) -> Result<Option<CallOutcome>, String> {
-        let got: Option<String> = tokio::time::timeout(
-            link::OP_TIMEOUT,
-            redis::cmd("GET").arg(result).query_async(conn),
-        )
-        .await
-        .map_err(|_| "no answer in time".to_string())?
-        .map_err(|e| e.to_string())?;
-        // A value that does not open (another key, tampering) is no answer.
-        Ok(got
-            .and_then(|sealed| self.keys.open(&sealed, result))
-            .and_then(|plain| serde_json::from_slice::<Value>(&plain).ok())
-            .and_then(|v| decode(&v)))
+    fn open(&self, sealed: &str, result: &str) -> Option<CallOutcome> {
+        let plain = self.keys.open(sealed, result)?;
+        decode(&serde_json::from_slice::<Value>(&plain).ok()?)
     }
 
     /// Stores the outcome and releases the lock, both only while the lock

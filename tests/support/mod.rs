@@ -6,6 +6,7 @@
 
 pub mod app;
 pub mod fake_cognito;
+pub mod haproxy;
 pub mod jar;
 pub mod ministack;
 pub mod redis_server;
