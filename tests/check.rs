@@ -850,3 +850,30 @@ async fn a_custom_events_path_and_the_shared_channel_key_are_checked() {
         .await;
     failure(&r, "shared_api_key");
 }
+
+#[tokio::test]
+async fn redis_is_checked_when_given_and_its_password_never_printed() {
+    let env = Env::start().await;
+    let redis = support::redis_server::Redis::start().await;
+    let r = env.check(&["--redis-url", &redis.url()]).await;
+    assert_eq!(status(&r, "redis"), vec![Status::Pass], "{}", r.text());
+    assert!(r.text().contains("NOT coordinated"), "{}", r.text());
+    let closed = "redis://:hunter2secret@127.0.0.1:9/0";
+    let r = env.check(&["--redis-url", closed]).await;
+    assert!(failure(&r, "redis")
+        .fix
+        .as_ref()
+        .unwrap()
+        .contains("--redis-url"));
+    for out in [r.text(), r.json()] {
+        assert!(
+            !out.contains("hunter2secret"),
+            "the Redis password in the output: {out}"
+        );
+    }
+    let r = env.check(&[]).await;
+    assert!(
+        status(&r, "redis").is_empty(),
+        "no Redis check without --redis-url"
+    );
+}

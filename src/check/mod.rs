@@ -71,6 +71,9 @@ pub async fn run(args: &CheckArgs) -> Report {
     if let Some(key) = &config.shared.api_key {
         network::shared_api_key(&probe.upstream, key, &mut report).await;
     }
+    if let Some(cluster) = &config.cluster {
+        network::redis(cluster, &mut report).await;
+    }
     match (&sign_in, &args.check_channel) {
         (Some(_), _) if plaintext => report.skip("round_trip", "not run: see transport"),
         (Some(s), Some(channel)) if !report.failed("check_channel") => {

@@ -163,3 +163,46 @@ pub async fn shared_api_key(upstream: &UpstreamConfig, key: &UpstreamAuth, repor
         ),
     }
 }
+
+/// `--redis-url`: Redis answers a PING with the configured credentials.
+pub async fn redis(cfg: &crate::cluster::ClusterConfig, report: &mut Report) {
+    const CHECK: &str = "redis";
+    let shown = crate::cluster::redact_url(&cfg.url);
+    let fix = "check --redis-url (host, port, rediss:// for TLS), the password (in the URL or --redis-password-file), and the network policy between this host and Redis";
+    let client = match cfg.client() {
+        Ok(c) => c,
+        Err(e) => return report.fail(CHECK, e, fix),
+    };
+    let ping = async {
+        let conn_cfg = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(std::time::Duration::from_secs(2)))
+            .set_response_timeout(Some(std::time::Duration::from_secs(2)));
+        let mut conn = client
+            .get_multiplexed_async_connection_with_config(&conn_cfg)
+            .await?;
+        redis::cmd("PING").query_async::<String>(&mut conn).await
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(5), ping).await {
+        Ok(Ok(_)) => {
+            let refresh = if cfg.session_keys.is_some() {
+                "refreshes are single across replicas"
+            } else {
+                "refreshes are NOT coordinated across replicas (no --session-key-file)"
+            };
+            report.pass(
+                CHECK,
+                format!(
+                    "{shown} answers; ends of sessions and per-user limits are shared; {refresh}"
+                ),
+            )
+        }
+        Ok(Err(e)) => {
+            let mut e = e.to_string();
+            if let Some(pw) = cfg.password.as_deref().filter(|p| !p.is_empty()) {
+                e = e.replace(pw, "<redacted>");
+            }
+            report.fail(CHECK, format!("{shown}: {}", peer_text(&e)), fix)
+        }
+        Err(_) => report.fail(CHECK, format!("{shown} did not answer within 5s"), fix),
+    }
+}
