@@ -123,7 +123,9 @@ fn the_alerting_rules_pass_their_promtool_unit_tests() {
 
 #[tokio::test]
 async fn every_query_is_valid_promql_over_metrics_a_running_relay_exports() {
-    let stack = Stack::start().await;
+    // With --redis-url, so the replicas' coordination metrics are there too.
+    let redis = support::redis_server::Redis::start().await;
+    let stack = Stack::start_with(&["--redis-url", &redis.url()]).await;
     let (_, _, scrape) = http(stack.relay.admin_addr, "GET", "/metrics", &[], "").await;
     let exported: BTreeSet<String> = scrape
         .lines()
