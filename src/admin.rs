@@ -106,19 +106,20 @@ async fn end_sessions(state: &RelayState, req: Request<Incoming>) -> Response<Bo
 /// What the other replicas said (and what a resync found in Redis) is
 /// applied here, until the shutdown.
 pub async fn apply_remote_ends(state: Arc<RelayState>) {
-    let mut ends = state.cluster.subscribe();
+    let Some(mut heard) = state.cluster.take_heard() else {
+        return;
+    };
     loop {
         tokio::select! {
             _ = state.shutdown.cancelled() => return,
-            next = ends.recv() => match next {
-                Ok(heard) => {
-                    let closed = state.heard(heard);
+            next = heard.recv() => match next {
+                Some(h) => {
+                    let closed = state.heard(h);
                     if closed > 0 {
                         tracing::info!(closed, "sockets closed: their session ended on another replica");
                     }
                 }
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                None => return,
             }
         }
     }

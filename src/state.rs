@@ -295,6 +295,7 @@ impl RelayState {
             *at
         });
         self.ended.insert(proof.lineage(), Instant::now());
+        self.cluster.forget_sign_in(proof.lineage_hash());
         self.cluster.announce(Heard::SignIn {
             lineage: proof.lineage_hash(),
         });
@@ -401,7 +402,9 @@ impl RelayState {
     /// of those sign-ins from now on. How many sockets closed here, and how
     /// far the end reached.
     pub async fn end_subject(&self, subject: &Subject) -> (usize, Reach) {
-        let at = crate::clock::now_secs();
+        // Cognito's clock sets `auth_time`; this replica's may lag it by up
+        // to the leeway the relay allows tokens anyway.
+        let at = crate::clock::now_secs() + self.config.jwt_leeway.as_secs();
         let hash = subject.hash();
         let closed = self.sockets.end_subject(&hash, at);
         let reach = self.cluster.end(hash, at).await;
@@ -413,11 +416,13 @@ impl RelayState {
         (closed, reach)
     }
 
-    /// Ready to take traffic: signing keys loaded, upstream resolvable, and
-    /// not shutting down.
+    /// Ready to take traffic: signing keys loaded, upstream resolvable, the
+    /// ends said on other replicas known (with `--redis-url`, bounded by
+    /// `cluster::SYNC_WAIT`), and not shutting down.
     pub fn is_ready(&self) -> bool {
         self.verifier.is_ready()
             && self.upstream_resolvable.load(Ordering::Acquire)
+            && self.cluster.is_synced()
             && !self.draining.is_cancelled()
     }
 }

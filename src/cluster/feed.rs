@@ -4,8 +4,9 @@
 //! Each time it (re)connects it resynchronises before following: it reads
 //! every marker in Redis into this replica's memory (ending the local
 //! sockets they cover: an end said while this replica could not hear it),
-//! writes back the markers this replica remembers and Redis lacks (a Redis
-//! that came back empty is refilled, so no ended session revives), and
+//! writes back and announces the ends this replica remembers and Redis
+//! lacks (said while it could not reach Redis, or lost by a Redis that came
+//! back empty: the other replicas hear them, no ended session revives), and
 //! then follows the stream from the last entry it saw, so what was said
 //! while it was away still arrives. A replica that starts reads the stream
 //! from its beginning (it is capped): it learns the sign-ins and sign-outs
@@ -15,9 +16,10 @@ use super::ends::{Ends, Heard};
 use super::link::{self, Health};
 use redis::aio::ConnectionManager;
 use redis::Value;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::broadcast;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// How long one `XREAD` waits for an entry before asking again.
@@ -31,7 +33,13 @@ pub struct Feed {
     pub ends: Arc<Ends>,
     pub health: Arc<Health>,
     pub replica: String,
-    pub tx: broadcast::Sender<Heard>,
+    /// To this replica's applier; bounded, so a burst (a resync, the
+    /// stream read at start) waits for it instead of being dropped.
+    pub tx: mpsc::Sender<Heard>,
+    /// Set once the first resynchronisation is done.
+    pub synced: Arc<AtomicBool>,
+    /// Most seconds an `at` may lie ahead of this replica's clock.
+    pub max_ahead: u64,
 }
 
 impl Feed {
@@ -49,6 +57,7 @@ impl Feed {
                     .await
                     .map_err(|e| e.to_string())?;
                 self.resync().await?;
+                self.synced.store(true, Ordering::Release);
                 self.health.set_up(true);
                 loop {
                     let from = last.clone().unwrap_or_else(|| "0-0".into());
@@ -68,7 +77,7 @@ impl Feed {
                     .map_err(|_| "XREAD did not return".to_string())?
                     .map_err(|e| e.to_string())?;
                     for (id, fields) in link::read_entries(&reply) {
-                        self.apply(&fields);
+                        self.apply(&fields).await;
                         last = Some(id);
                     }
                     backoff = Duration::from_millis(200);
@@ -80,7 +89,10 @@ impl Feed {
                 _ = shutdown.cancelled() => return,
                 r = round => {
                     if let Err(e) = r {
+                        // The feed's connection is the link's health: one
+                        // failed command elsewhere is not an outage.
                         self.health.failed("feed", &e);
+                        self.health.set_up(false);
                     }
                 }
             }
@@ -92,7 +104,7 @@ impl Feed {
         }
     }
 
-    fn apply(&self, fields: &[(String, String)]) {
+    async fn apply(&self, fields: &[(String, String)]) {
         let said_here = fields.iter().any(|(k, v)| k == "r" && *v == self.replica);
         if said_here {
             return; // applied when it was said
@@ -100,10 +112,22 @@ impl Feed {
         let Some(heard) = Heard::parse(fields) else {
             return;
         };
-        if let Heard::Subject { subject, at } = heard {
-            self.ends.insert(subject, at);
-        }
-        let _ = self.tx.send(heard);
+        let heard = match heard {
+            Heard::Subject { subject, at } => {
+                let at = self.clamp(at);
+                self.ends.insert(subject, at);
+                Heard::Subject { subject, at }
+            }
+            other => other,
+        };
+        let _ = self.tx.send(heard).await;
+    }
+
+    /// An end cannot lie in the future: a value far ahead (written into
+    /// Redis by someone who should not) would lock a user out for the
+    /// marker's lifetime. It is cut to now plus the allowed skew.
+    fn clamp(&self, at: u64) -> u64 {
+        at.min(crate::clock::now_secs() + self.max_ahead)
     }
 
     async fn resync(&self) -> Result<(), String> {
@@ -113,13 +137,17 @@ impl Feed {
         let in_redis: std::collections::HashSet<[u8; 32]> =
             markers.iter().map(|(s, _)| *s).collect();
         for (subject, at) in markers {
+            let at = self.clamp(at);
             if self.ends.insert(subject, at) {
-                let _ = self.tx.send(Heard::Subject { subject, at });
+                let _ = self.tx.send(Heard::Subject { subject, at }).await;
             }
         }
+        // What this replica said (or heard) while Redis could not take it:
+        // stored and announced again, so the replicas that stayed connected
+        // hear it too, and a Redis that came back empty holds it again.
         for (subject, at, left) in self.ends.entries() {
             if !in_redis.contains(&subject) {
-                link::restore(&self.conn, &subject, at, left)
+                link::publish_end(&self.conn, &self.replica, &subject, at, left)
                     .await
                     .inspect_err(|e| self.health.failed("resync", e))?;
             }

@@ -4,9 +4,12 @@
 //! - `appsync-relay:refresh:result:<h>`: the outcome of the last call,
 //!   sealed ([`super::seal`]), kept [`RESULT_TTL`] (as this process keeps
 //!   its own: for the other tabs of a reconnect storm);
-//! - `appsync-relay:refresh:lock:<h>` = a fencing token from
-//!   `appsync-relay:refresh:fence`, set only if absent, expiring after the
-//!   Cognito timeout plus a margin: whoever sets it calls Cognito.
+//! - `appsync-relay:refresh:lock:<h>` = a random fencing token, set only if
+//!   absent, expiring after the Cognito timeout plus a margin: whoever sets
+//!   it calls Cognito;
+//! - `appsync-relay:refresh:sign-in:<lineage hash>`: the results of one
+//!   sign-in, dropped together when it ends (a result kept for 5 s must not
+//!   revive a session Cognito or the app just ended).
 //!
 //! A caller, in one script, takes the result if there is one, else the
 //! lock if it is free, and then calls; else it waits (polling every
@@ -16,9 +19,11 @@
 //! A refusal is shared too, so waiters do not spend Cognito calls on a dead
 //! token; an unavailable Cognito is not (the next caller retries).
 //!
-//! Whenever coordination fails — Redis down or slow, a result that does not
-//! open — the caller calls Cognito itself, as one process alone would: the
-//! worst case is today's, never a session held hostage by Redis.
+//! When coordination fails before anyone called — Redis down or slow — the
+//! caller calls Cognito itself, as one process alone would. When another
+//! replica may have called already — a result that does not open, a holder
+//! that never answered — it does not (the token may be rotated out): the
+//! refresh is unavailable for now and retried.
 
 use super::link::{self, Health};
 use super::seal::SessionKeys;
@@ -32,15 +37,12 @@ use std::time::{Duration, Instant};
 
 /// How often a waiter looks for the holder's result.
 const POLL: Duration = Duration::from_millis(20);
-const FENCE: &str = "appsync-relay:refresh:fence";
-
-/// `{1, sealed result}` if there is one; else `{2, fence}` with the lock
-/// taken; else `{0, ""}` (someone holds it).
+/// `{1, sealed result}` if there is one; else `{2, ""}` with the lock taken
+/// (holding the caller's fencing token, `ARGV[1]`); else `{0, ""}`.
 const TAKE: &str = "\
 local r = redis.call('GET', KEYS[2]) \
 if r then return {1, r} end \
-local fence = redis.call('INCR', KEYS[3]) \
-if redis.call('SET', KEYS[1], fence, 'NX', 'PX', ARGV[1]) then return {2, tostring(fence)} end \
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return {2, ''} end \
 return {0, ''}";
 
 #[derive(Clone)]
@@ -118,6 +120,9 @@ impl ClusterRefresh {
         let mut conn = self.conn.clone();
         let give_up = Instant::now() + self.lock_ttl + Duration::from_secs(1);
         let script = redis::Script::new(TAKE);
+        // Random, not a counter: a Redis that restarted empty restarts a
+        // counter, and a stale holder could then match a new lock.
+        let fence = format!("{:032x}", rand::random::<u128>());
         loop {
             // One step: the result if there is one, else the lock if free.
             // (Reading, then locking, let a holder finish in between and a
@@ -125,7 +130,7 @@ impl ClusterRefresh {
             let mut invocation = script.key(&lock);
             invocation
                 .key(&result)
-                .key(FENCE)
+                .arg(&fence)
                 .arg(self.lock_ttl.as_millis() as u64);
             let step = tokio::time::timeout(
                 link::OP_TIMEOUT * 2,
@@ -133,16 +138,34 @@ impl ClusterRefresh {
             )
             .await;
             match step {
-                // A value that does not open (another deployment's key,
-                // tampering) is no answer: coordination gives up.
-                Ok(Ok((1, sealed))) => return self.open(&sealed, &result),
-                Ok(Ok((2, fence))) => {
-                    let fence = fence.parse::<u64>().ok()?;
+                Ok(Ok((1, sealed))) => return Some(self.open(&sealed, &result)),
+                Ok(Ok((2, _))) => {
                     let outcome = call.take()?.await;
-                    if let Err(e) = self
-                        .finish(&mut conn, &lock, &result, fence, &outcome)
-                        .await
-                    {
+                    let lineage = lineage_set(&outcome);
+                    let mut stored = self
+                        .finish(
+                            &mut conn,
+                            &lock,
+                            &result,
+                            lineage.as_deref(),
+                            &fence,
+                            &outcome,
+                        )
+                        .await;
+                    if stored.is_err() {
+                        // Once more: waiters otherwise wait out the lock.
+                        stored = self
+                            .finish(
+                                &mut conn,
+                                &lock,
+                                &result,
+                                lineage.as_deref(),
+                                &fence,
+                                &outcome,
+                            )
+                            .await;
+                    }
+                    if let Err(e) = stored {
                         self.health.failed("refresh", &e);
                     }
                     return Some(outcome);
@@ -158,27 +181,47 @@ impl ClusterRefresh {
                 }
             }
             if Instant::now() > give_up {
-                // A holder that never answers and a lock that never
-                // expires: not ours to wait for any longer.
-                return None;
+                // A holder that never answered: its token may be rotated
+                // out already, so calling with it could end the session.
+                // Retry later (a still-valid token carries on meanwhile).
+                self.health.failed("refresh", &"the holder never answered");
+                return Some(Err(RefreshError::Unavailable(
+                    "another replica's refresh never answered".into(),
+                )));
             }
             tokio::time::sleep(POLL).await;
         }
     }
 
-    fn open(&self, sealed: &str, result: &str) -> Option<CallOutcome> {
-        let plain = self.keys.open(sealed, result)?;
-        decode(&serde_json::from_slice::<Value>(&plain).ok()?)
+    /// A stored result, opened. One that does not open (another
+    /// deployment's key, a key rotated in the wrong order, tampering) is
+    /// not used, and neither is Cognito called with a token another
+    /// replica may have rotated out: the caller retries later.
+    fn open(&self, sealed: &str, result: &str) -> CallOutcome {
+        let opened = self
+            .keys
+            .open(sealed, result)
+            .and_then(|plain| serde_json::from_slice::<Value>(&plain).ok())
+            .and_then(|v| decode(&v));
+        opened.unwrap_or_else(|| {
+            self.health.failed("refresh", &"a shared result did not open");
+            tracing::warn!(
+                "a refresh result in Redis does not open with --session-key-file's keys: are all replicas given the same keys?"
+            );
+            Err(RefreshError::Unavailable("shared refresh result unreadable".into()))
+        })
     }
 
     /// Stores the outcome and releases the lock, both only while the lock
-    /// still holds `fence`.
+    /// still holds `fence`; a success is also filed under its sign-in's
+    /// set (`lineage`), so ending the sign-in drops it ([`forget_sign_in`]).
     async fn finish(
         &self,
         conn: &mut ConnectionManager,
         lock: &str,
         result: &str,
-        fence: u64,
+        lineage: Option<&str>,
+        fence: &str,
         outcome: &CallOutcome,
     ) -> Result<(), String> {
         let sealed = encode(outcome)
@@ -187,6 +230,8 @@ impl ClusterRefresh {
         let script = redis::Script::new(
             "if redis.call('GET', KEYS[1]) == ARGV[1] then \
                if ARGV[2] ~= '' then redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3]) end \
+               if ARGV[2] ~= '' and KEYS[3] ~= '' then \
+                 redis.call('SADD', KEYS[3], KEYS[2]) redis.call('PEXPIRE', KEYS[3], ARGV[3]) end \
                redis.call('DEL', KEYS[1]) \
              end return 1",
         );
@@ -194,7 +239,8 @@ impl ClusterRefresh {
         invocation
             .key(lock)
             .key(result)
-            .arg(fence.to_string())
+            .key(lineage.unwrap_or(""))
+            .arg(fence)
             .arg(sealed)
             .arg(RESULT_TTL.as_millis() as u64);
         match tokio::time::timeout(link::OP_TIMEOUT, invocation.invoke_async::<i64>(conn)).await {
@@ -202,6 +248,36 @@ impl ClusterRefresh {
             Ok(Err(e)) => Err(e.to_string()),
             Err(_) => Err("no answer in time".into()),
         }
+    }
+}
+
+/// The set that files a success's result under its sign-in.
+fn lineage_set(outcome: &CallOutcome) -> Option<String> {
+    let tokens = outcome.as_ref().ok()?;
+    let claims = crate::verify::unverified_claims(&tokens.access_token)?;
+    Some(sign_in_key(
+        &crate::session::SessionProof::of(&claims).lineage_hash(),
+    ))
+}
+
+fn sign_in_key(lineage: &[u8; 32]) -> String {
+    format!("appsync-relay:refresh:sign-in:{}", link::hex(lineage))
+}
+
+/// Drops every shared refresh result of the sign-in `lineage` names (it
+/// ended: a result kept for the next seconds would revive it).
+pub async fn forget_sign_in(conn: &ConnectionManager, lineage: &[u8; 32]) -> Result<(), String> {
+    let mut conn = conn.clone();
+    let script = redis::Script::new(
+        "local m = redis.call('SMEMBERS', KEYS[1]) \
+         for i = 1, #m do redis.call('DEL', m[i]) end \
+         redis.call('DEL', KEYS[1]) return #m",
+    );
+    let invocation = script.key(sign_in_key(lineage));
+    match tokio::time::timeout(link::OP_TIMEOUT, invocation.invoke_async::<i64>(&mut conn)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("no answer in time".into()),
     }
 }
 

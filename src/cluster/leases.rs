@@ -29,10 +29,16 @@ redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[3]) \
 redis.call('PEXPIRE', KEYS[1], ARGV[2]) \
 return 1";
 
+/// `ARGV[2]` is `XX` for a renewal (a lease removed meanwhile, by its
+/// socket closing, is not brought back) or `ADD` for the write-back after
+/// Redis was away (it may have lost them).
 const RENEW: &str = "\
 local t = redis.call('TIME') \
 local now = t[1] * 1000 + math.floor(t[2] / 1000) \
-for i = 2, #ARGV do redis.call('ZADD', KEYS[1], now + tonumber(ARGV[1]), ARGV[i]) end \
+for i = 3, #ARGV do \
+  if ARGV[2] == 'XX' then redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[1]), ARGV[i]) \
+  else redis.call('ZADD', KEYS[1], now + tonumber(ARGV[1]), ARGV[i]) end \
+end \
 redis.call('PEXPIRE', KEYS[1], ARGV[1]) \
 return 1";
 
@@ -63,6 +69,9 @@ impl Drop for Lease {
         self.shared.live.remove(&self.member);
         if !self.shared.health.is_up() {
             return; // it expires; nothing to wait for
+        }
+        if tokio::runtime::Handle::try_current().is_err() {
+            return; // no runtime to send it with: it expires
         }
         let (shared, key, member) = (self.shared.clone(), self.key.clone(), self.member.clone());
         tokio::spawn(async move {
@@ -144,22 +153,25 @@ impl Leases {
 
     async fn renew_until(self, shutdown: CancellationToken) {
         let period = self.shared.ttl / 3;
+        // Redis was away at the last round: write every lease back.
+        let mut was_away = true;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(period) => {}
             }
             if !self.shared.health.is_up() {
+                was_away = true;
                 continue;
             }
-            if let Err(e) = self.renew().await {
-                self.shared.health.failed("lease", &e);
-            }
+            let failures = self.renew(was_away).await;
+            was_away = failures > 0 && was_away;
         }
     }
 
-    /// Renews (or writes back, after Redis lost them) every live lease.
-    async fn renew(&self) -> Result<(), String> {
+    /// Renews every live lease (`write_back`: adds those Redis lost).
+    /// Every user is tried; how many failed.
+    async fn renew(&self, write_back: bool) -> usize {
         let mut by_key: std::collections::HashMap<String, Vec<String>> = Default::default();
         for e in self.shared.live.iter() {
             by_key
@@ -169,17 +181,29 @@ impl Leases {
         }
         let mut conn = self.shared.conn.clone();
         let script = redis::Script::new(RENEW);
+        let mut failures = 0;
         for (key, members) in by_key {
             let mut invocation = script.key(&key);
-            invocation.arg(self.shared.ttl.as_millis() as u64);
+            invocation
+                .arg(self.shared.ttl.as_millis() as u64)
+                .arg(if write_back { "ADD" } else { "XX" });
             for m in &members {
                 invocation.arg(m);
             }
-            tokio::time::timeout(OP_TIMEOUT, invocation.invoke_async::<i64>(&mut conn))
-                .await
-                .map_err(|_| "no answer in time".to_string())?
-                .map_err(|e| e.to_string())?;
+            let done =
+                tokio::time::timeout(OP_TIMEOUT, invocation.invoke_async::<i64>(&mut conn)).await;
+            match done {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    failures += 1;
+                    self.shared.health.failed("lease", &e);
+                }
+                Err(_) => {
+                    failures += 1;
+                    self.shared.health.failed("lease", &"no answer in time");
+                }
+            }
         }
-        Ok(())
+        failures
     }
 }

@@ -95,10 +95,12 @@ impl Health {
         }
     }
 
+    /// Counts a failed command. The link stays up: only the feed's own
+    /// connection decides that (a single timeout must not switch off the
+    /// coordination while Redis answers everything else).
     pub fn failed(&self, op: &str, e: &dyn std::fmt::Display) {
         self.errors.with_label_values(&[op]).inc();
         tracing::debug!(op, error = %e, "redis command failed");
-        self.set_up(false);
     }
 }
 
@@ -162,21 +164,6 @@ pub async fn announce(
         &fields,
     ))
     .await?;
-    Ok(())
-}
-
-/// Re-stores a marker this replica remembers, unless Redis has one.
-pub async fn restore(
-    conn: &ConnectionManager,
-    subject: &[u8; 32],
-    at: u64,
-    left: Duration,
-) -> Result<(), String> {
-    let mut conn = conn.clone();
-    let opts = redis::SetOptions::default()
-        .conditional_set(redis::ExistenceCheck::NX)
-        .with_expiration(redis::SetExpiry::EX(left.as_secs().max(1)));
-    bounded(conn.set_options::<_, _, Value>(marker_key(subject), at, opts)).await?;
     Ok(())
 }
 

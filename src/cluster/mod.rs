@@ -32,13 +32,25 @@ pub use ends::Heard;
 use link::Health;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::broadcast;
+use std::time::Instant;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// Most ended subjects remembered.
 const CAPACITY: usize = 100_000;
+/// How far ahead of this replica's clock an end read from Redis may lie.
+const MAX_AHEAD: Duration = Duration::from_secs(300);
+/// How long an end Redis did not take is said again before only the next
+/// resynchronisation would say it.
+const END_RETRY_FOR: Duration = Duration::from_secs(600);
+/// Sign-outs of one user announced to the other replicas per minute.
+const SIGN_OUTS_PER_MINUTE: u32 = 10;
+/// How long a starting replica waits for its first resynchronisation
+/// before it takes traffic anyway.
+pub const SYNC_WAIT: Duration = Duration::from_secs(10);
 
 /// `--redis-url` and what goes with it.
 #[derive(Clone)]
@@ -107,8 +119,8 @@ pub enum Reach {
     Local,
     /// Stored and announced in Redis: every replica follows within a second.
     Cluster,
-    /// Redis did not take it: this replica only, until Redis returns (its
-    /// resynchronisation then writes it there).
+    /// Redis did not take it: this replica only for now; it is said again
+    /// until Redis takes it (and every resynchronisation writes it back).
     Degraded,
 }
 
@@ -126,21 +138,39 @@ pub struct Cluster {
     ends: Arc<Ends>,
     ttl: Duration,
     link: Option<Link>,
-    tx: broadcast::Sender<Heard>,
+    tx: mpsc::Sender<Heard>,
+    /// The applier's end of `tx`, until it takes it.
+    rx: std::sync::Mutex<Option<mpsc::Receiver<Heard>>>,
     flight: Option<Arc<flight::ClusterRefresh>>,
     leases: Option<leases::Leases>,
+    /// The feed's first resynchronisation is done (readiness waits for it).
+    synced: Arc<AtomicBool>,
+    started: Instant,
+    /// Sign-outs announced per user (by `sub` subject): a genuine token
+    /// shown with ever new junk refresh tokens must not flood the stream
+    /// (pushing real ends out of its window) or every replica's sockets.
+    sign_out_rate: Option<crate::limits::KeyedRate<[u8; 32]>>,
 }
 
 impl Cluster {
     /// This replica alone.
     pub fn local(ttl: Duration) -> Cluster {
+        let (tx, rx) = mpsc::channel(1024);
         Cluster {
             ends: Arc::new(Ends::new(CAPACITY, ttl)),
             ttl,
             link: None,
-            tx: broadcast::channel(1024).0,
+            tx,
+            rx: std::sync::Mutex::new(Some(rx)),
             flight: None,
             leases: None,
+            synced: Arc::new(AtomicBool::new(true)),
+            started: Instant::now(),
+            sign_out_rate: crate::limits::KeyedRate::new(
+                SIGN_OUTS_PER_MINUTE,
+                Duration::from_secs(60),
+                CAPACITY,
+            ),
         }
     }
 
@@ -163,6 +193,7 @@ impl Cluster {
         let conn = ConnectionManager::new_lazy_with_config(client.clone(), manager_cfg)
             .map_err(|e| format!("--redis-url {}: {e}", redact_url(&cfg.url)))?;
         let mut cluster = Cluster::local(ttl);
+        cluster.synced.store(false, Ordering::Release);
         let health = Arc::new(Health::new(metrics));
         let replica = format!("{:016x}", rand::random::<u64>());
         let feed = feed::Feed {
@@ -172,6 +203,8 @@ impl Cluster {
             health: health.clone(),
             replica: replica.clone(),
             tx: cluster.tx.clone(),
+            synced: cluster.synced.clone(),
+            max_ahead: MAX_AHEAD.as_secs(),
         };
         cluster.leases = Some(leases::Leases::start(
             conn.clone(),
@@ -217,6 +250,28 @@ impl Cluster {
         }
     }
 
+    /// Tells the other replicas that the app signed a browser out (the user
+    /// `sub`; hashes of its refresh and access tokens), unless that user's
+    /// budget of such announcements is spent.
+    pub fn announce_sign_out(&self, sub: &str, refresh: [u8; 32], token: [u8; 32]) {
+        let sub = crate::session::Subject::Sub(sub.to_string()).hash();
+        if self
+            .sign_out_rate
+            .as_ref()
+            .is_some_and(|r| !r.try_take(&sub))
+        {
+            tracing::warn!(
+                "sign-outs of one user beyond 10 a minute are not announced to the other replicas"
+            );
+            return;
+        }
+        self.announce(Heard::Browser {
+            sub,
+            refresh,
+            token,
+        });
+    }
+
     /// Tells the other replicas (in the background: nothing waits for
     /// Redis); without Redis, or while it is down, they do not hear it.
     pub fn announce(&self, heard: Heard) {
@@ -230,9 +285,33 @@ impl Cluster {
         });
     }
 
-    /// What the other replicas said, as it arrives.
-    pub fn subscribe(&self) -> broadcast::Receiver<Heard> {
-        self.tx.subscribe()
+    /// A sign-in ended: the refresh results the replicas share for it are
+    /// dropped (in the background), so none revives it in the next seconds.
+    pub fn forget_sign_in(&self, lineage: [u8; 32]) {
+        let Some(link) = &self.link else { return };
+        if self.flight.is_none() {
+            return;
+        }
+        let (conn, health) = (link.conn.clone(), link.health.clone());
+        tokio::spawn(async move {
+            if let Err(e) = flight::forget_sign_in(&conn, &lineage).await {
+                health.failed("refresh", &e);
+            }
+        });
+    }
+
+    /// What the other replicas said, as it arrives: for the one applier
+    /// (`None` once taken).
+    pub fn take_heard(&self) -> Option<mpsc::Receiver<Heard>> {
+        self.rx.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    /// Ready to take traffic as far as the coordination goes: the first
+    /// resynchronisation is done (this replica knows every end in Redis),
+    /// or Redis could not be reached for [`SYNC_WAIT`] after start (an
+    /// outage of Redis must not keep a new replica out for good).
+    pub fn is_synced(&self) -> bool {
+        self.synced.load(Ordering::Acquire) || self.started.elapsed() > SYNC_WAIT
     }
 
     /// The sign-ins of `subject` made at or before `at` are over, here and
@@ -246,6 +325,26 @@ impl Cluster {
             Ok(()) => Reach::Cluster,
             Err(e) => {
                 link.health.failed("end", &e);
+                // Said again until Redis takes it (a resync after a lost
+                // connection would too, but the feed may never lose it).
+                let (conn, health, replica, ttl) = (
+                    link.conn.clone(),
+                    link.health.clone(),
+                    link.replica.clone(),
+                    self.ttl,
+                );
+                tokio::spawn(async move {
+                    let mut wait = Duration::from_millis(500);
+                    let give_up = Instant::now() + END_RETRY_FOR;
+                    while Instant::now() < give_up {
+                        tokio::time::sleep(wait).await;
+                        match link::publish_end(&conn, &replica, &subject, at, ttl).await {
+                            Ok(()) => return,
+                            Err(e) => health.failed("end", &e),
+                        }
+                        wait = (wait * 2).min(Duration::from_secs(10));
+                    }
+                });
                 Reach::Degraded
             }
         }

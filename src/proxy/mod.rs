@@ -416,11 +416,8 @@ async fn signed_out(state: &RelayState, headers: &HeaderMap, rt: &str) {
     state.retire_token(&token_hash(&token));
     let closed = state.sockets.end_browser(&proof.sub, &token_hash(rt));
     // The same browser's sockets on the other replicas, and its tokens there.
-    state.cluster.announce(crate::cluster::Heard::Browser {
-        sub: crate::session::Subject::Sub(proof.sub.clone()).hash(),
-        refresh: token_hash(rt),
-        token: token_hash(&token),
-    });
+    let (refresh, token) = (token_hash(rt), token_hash(&token));
+    state.cluster.announce_sign_out(&proof.sub, refresh, token);
     if state.refresher.belongs(rt, &proof.lineage()) {
         state.end_session(&proof);
     }

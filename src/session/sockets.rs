@@ -34,6 +34,8 @@ pub struct Who {
 struct Entry {
     id: u64,
     lineage: String,
+    /// SHA-256 of `lineage`, how other replicas name the sign-in.
+    lineage_hash: [u8; 32],
     who: Who,
     /// Hash of the refresh token the browser's cookie held once the
     /// handshake's answer (and any `Set-Cookie` it carried) reached it.
@@ -91,6 +93,7 @@ impl LiveSockets {
             .push(Entry {
                 id,
                 lineage: proof.lineage(),
+                lineage_hash: proof.lineage_hash(),
                 who,
                 browser_refresh,
                 ended: ended.clone(),
@@ -128,7 +131,7 @@ impl LiveSockets {
     /// [`LiveSockets::end_sign_in`] for a sign-in known by its lineage's
     /// hash (ended on another replica). Linear, and rare.
     pub fn end_sign_in_hashed(&self, lineage: &[u8; 32]) -> usize {
-        self.end_anywhere(|e| crate::verify::token_hash(&e.lineage) == *lineage)
+        self.end_anywhere(|e| e.lineage_hash == *lineage)
     }
 
     /// [`LiveSockets::end_browser`] for a user known by the hash of its
