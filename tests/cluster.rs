@@ -399,3 +399,45 @@ async fn twenty_tabs_on_three_replicas_renew_with_one_cognito_call_through_redis
         }
     }
 }
+
+/// `rediss://` with a private CA (`--redis-ca-file`): coordinated; without
+/// the CA the certificate is not trusted and the replica stays on its own
+/// (degraded), never falling back to plain text.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tls_redis_is_used_only_with_a_trusted_certificate() {
+    let redis = Redis::start_tls().await;
+    let jwks = JwksServer::start(json!({"keys": [signing_key().jwk()]})).await;
+    let emulator = start_emulator(&jwks, CLIENT_ID).await;
+    let (url, ca) = (redis.url(), redis.ca_file());
+    let ca = ca.to_str().unwrap();
+    let trusted = start_relay(relay_config(
+        &emulator.http_endpoint(),
+        &jwks,
+        &["--redis-url", &url, "--redis-ca-file", ca],
+    ))
+    .await;
+    wait_metric(&trusted, "appsync_relay_redis_up 1").await;
+    let (status, answer) = end(&trusted, r#"{"sub": "sub-ivy"}"#).await;
+    assert_eq!(
+        (status, &answer["reach"]),
+        (200, &json!("cluster")),
+        "{answer}"
+    );
+    let untrusted = start_relay(relay_config(
+        &emulator.http_endpoint(),
+        &jwks,
+        &["--redis-url", &url],
+    ))
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(scrape(&untrusted)
+        .await
+        .lines()
+        .any(|l| l == "appsync_relay_redis_up 0"));
+    let (status, answer) = end(&untrusted, r#"{"sub": "sub-ivy"}"#).await;
+    assert_eq!(
+        (status, &answer["reach"]),
+        (200, &json!("degraded")),
+        "{answer}"
+    );
+}

@@ -310,6 +310,10 @@ pub struct ServeArgs {
         requires = "redis_url"
     )]
     pub redis_password_file: Option<std::path::PathBuf>,
+    /// PEM CA certificate(s) a rediss:// server's certificate must chain
+    /// to, instead of the system's roots (a private CA).
+    #[arg(long, env = "APPSYNC_RELAY_REDIS_CA_FILE", requires = "redis_url")]
+    pub redis_ca_file: Option<std::path::PathBuf>,
     /// File of 32-byte keys (64 hex digits or base64, one per line; the
     /// first seals, all open) for the token sets replicas share through
     /// Redis: with it, one Cognito call per refresh token across replicas.

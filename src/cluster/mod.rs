@@ -63,6 +63,9 @@ pub struct ClusterConfig {
     pub session_keys: Option<Arc<seal::SessionKeys>>,
     /// `--cluster-lease-ttl`: how long a connection's lease lasts unrenewed.
     pub lease_ttl: Duration,
+    /// `--redis-ca-file`'s PEM: for `rediss://`, the CA trusted instead of
+    /// the system's roots (a private CA).
+    pub ca_pem: Option<Vec<u8>>,
 }
 
 impl fmt::Debug for ClusterConfig {
@@ -72,6 +75,7 @@ impl fmt::Debug for ClusterConfig {
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("session_keys", &self.session_keys)
             .field("lease_ttl", &self.lease_ttl)
+            .field("ca_pem", &self.ca_pem.as_ref().map(|_| "<set>"))
             .finish()
     }
 }
@@ -102,7 +106,17 @@ impl ClusterConfig {
             let settings = info.redis_settings().clone().set_password(pw);
             info = info.set_redis_settings(settings);
         }
-        redis::Client::open(info).map_err(|e| format!("--redis-url {}: {e}", redact_url(&self.url)))
+        let client = match &self.ca_pem {
+            None => redis::Client::open(info),
+            Some(pem) => redis::Client::build_with_tls(
+                info,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem.clone()),
+                },
+            ),
+        };
+        client.map_err(|e| format!("--redis-url {}: {e}", redact_url(&self.url)))
     }
 }
 

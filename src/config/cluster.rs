@@ -64,10 +64,31 @@ pub fn parse(args: &ServeArgs, errors: &mut Vec<String>) -> Option<ClusterConfig
         ));
         return None;
     }
+    let ca_pem = match &args.redis_ca_file {
+        None => None,
+        Some(_) if !url.starts_with("rediss://") => {
+            errors.push("--redis-ca-file is for a rediss:// (TLS) --redis-url".into());
+            return None;
+        }
+        Some(path) => match crate::http_client::load_ca_file(path) {
+            Ok(_) => match std::fs::read(path) {
+                Ok(pem) => Some(pem),
+                Err(e) => {
+                    errors.push(format!("--redis-ca-file {}: {e}", path.display()));
+                    return None;
+                }
+            },
+            Err(e) => {
+                errors.push(format!("--redis-ca-file: {e}"));
+                return None;
+            }
+        },
+    };
     let cfg = ClusterConfig {
         url: url.to_string(),
         password,
         session_keys,
+        ca_pem,
         lease_ttl: std::time::Duration::from_secs(args.cluster_lease_ttl),
     };
     if let Err(e) = cfg.client() {

@@ -10,6 +10,8 @@ pub struct Redis {
     pub port: u16,
     child: Option<Child>,
     dir: PathBuf,
+    /// TLS only (`rediss://`), with this self-signed certificate (PEM).
+    pub tls_cert: Option<String>,
 }
 
 fn bin() -> PathBuf {
@@ -37,20 +39,84 @@ impl Redis {
             port,
             child: None,
             dir,
+            tls_cert: None,
+        };
+        r.start_again().await;
+        r
+    }
+
+    /// Speaking TLS only, with a self-signed certificate for 127.0.0.1.
+    pub async fn start_tls() -> Redis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir =
+            std::env::temp_dir().join(format!("relay-redis-tls-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (cert, key) = appsync_relay::tls::self_signed(&["127.0.0.1"]).unwrap();
+        std::fs::write(dir.join("cert.pem"), &cert).unwrap();
+        std::fs::write(dir.join("key.pem"), &key).unwrap();
+        let mut r = Redis {
+            port,
+            child: None,
+            dir,
+            tls_cert: Some(cert),
         };
         r.start_again().await;
         r
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
+        match self.tls_cert {
+            Some(_) => format!("rediss://127.0.0.1:{}/", self.port),
+            None => format!("redis://127.0.0.1:{}/", self.port),
+        }
+    }
+
+    /// The certificate file a client must trust (TLS only).
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.join("cert.pem")
+    }
+
+    fn client(&self) -> redis::Client {
+        match &self.tls_cert {
+            None => redis::Client::open(self.url()).unwrap(),
+            Some(cert) => redis::Client::build_with_tls(
+                self.url(),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(cert.clone().into_bytes()),
+                },
+            )
+            .unwrap(),
+        }
     }
 
     /// (Re)starts the server on the same port, empty.
     pub async fn start_again(&mut self) {
         assert!(self.child.is_none(), "already running");
-        let child = Command::new(bin())
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+        let port = self.port.to_string();
+        let mut cmd = Command::new(bin());
+        match &self.tls_cert {
+            None => cmd.args(["--port", &port]),
+            Some(_) => cmd
+                .args([
+                    "--port",
+                    "0",
+                    "--tls-port",
+                    &port,
+                    "--tls-auth-clients",
+                    "no",
+                ])
+                .arg("--tls-cert-file")
+                .arg(self.dir.join("cert.pem"))
+                .arg("--tls-key-file")
+                .arg(self.dir.join("key.pem")),
+        };
+        let child = cmd
+            .args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
             .arg("--dir")
             .arg(&self.dir)
@@ -79,9 +145,7 @@ impl Redis {
     }
 
     async fn ping(&self) -> bool {
-        let Ok(client) = redis::Client::open(self.url()) else {
-            return false;
-        };
+        let client = self.client();
         let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
             return false;
         };
@@ -94,8 +158,11 @@ impl Redis {
     /// Every key with its value as text (strings, and stream entries'
     /// fields), for looking for secrets.
     pub async fn dump(&self) -> Vec<(String, String)> {
-        let client = redis::Client::open(self.url()).unwrap();
-        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let mut conn = self
+            .client()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
         let keys: Vec<String> = redis::cmd("KEYS")
             .arg("*")
             .query_async(&mut conn)
