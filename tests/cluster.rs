@@ -129,7 +129,7 @@ async fn an_end_on_one_replica_closes_the_users_sockets_on_the_others_within_a_s
     let then = now() - 60;
     let mut bob = r.open(1, &r.cookies("bob", then)).await;
     let mut latencies = Vec::new();
-    for round in 0..30 {
+    for round in 0..100 {
         let name = format!("alice{round}");
         let cookies = r.cookies(&name, then);
         let mut on_b = r.open(1, &cookies).await;

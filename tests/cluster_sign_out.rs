@@ -158,6 +158,28 @@ async fn a_sign_out_through_one_replica_closes_the_browsers_sockets_on_the_other
     // A new sign-in works everywhere.
     let again = jar(&r.cognito.sign_in(USERNAME));
     let _a = open(&r.relays[1], &again).await;
+
+    // How long a sign-out takes to reach the other replica, over many.
+    let mut took = Vec::new();
+    for _ in 0..50 {
+        let browser = jar(&r.cognito.sign_in(USERNAME));
+        let mut elsewhere = open(&r.relays[1], &browser).await;
+        let started = Instant::now();
+        sign_out(&r.relays[0], &browser).await;
+        assert_eq!(
+            closed_within(&mut elsewhere, Duration::from_secs(1)).await,
+            Some(4401)
+        );
+        took.push(started.elapsed());
+    }
+    took.sort();
+    let at = |p: f64| took[((took.len() - 1) as f64 * p).round() as usize];
+    eprintln!(
+        "app sign-out to the other replica's 4401, {} runs: p50 {:?}, p99 {:?}",
+        took.len(),
+        at(0.5),
+        at(0.99)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -237,4 +259,30 @@ async fn a_refresh_refused_on_one_replica_ends_the_sign_in_on_the_others() {
         closed_within(&mut on_b, Duration::from_secs(1)).await,
         Some(4401)
     );
+}
+
+/// Someone with a genuine token and ever-new junk refresh tokens cannot
+/// flood the stream: beyond 60 sign-outs of one user a minute, none is
+/// announced (the cost: a real sign-out in that minute reaches the other
+/// replicas' sockets only at their next renewal).
+#[tokio::test(flavor = "multi_thread")]
+async fn sign_outs_of_one_user_are_announced_at_most_60_a_minute() {
+    let redis = Redis::start().await;
+    let r = start(&redis).await;
+    let victim = jar(&r.cognito.sign_in(USERNAME));
+    let entries = || async {
+        let dump = redis.dump().await;
+        let stream = dump
+            .iter()
+            .find(|(k, _)| k == "appsync-relay:ends")
+            .map(|(_, v)| v.clone());
+        stream.map(|v| v.matches("browser").count()).unwrap_or(0)
+    };
+    for i in 0..70 {
+        let mut forged = victim.clone();
+        forged.insert("refreshToken", format!("rt-junk-{i}"));
+        sign_out(&r.relays[0], &forged).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(entries().await, 60, "announced beyond the budget");
 }

@@ -47,7 +47,7 @@ const MAX_AHEAD: Duration = Duration::from_secs(300);
 /// resynchronisation would say it.
 const END_RETRY_FOR: Duration = Duration::from_secs(600);
 /// Sign-outs of one user announced to the other replicas per minute.
-const SIGN_OUTS_PER_MINUTE: u32 = 10;
+const SIGN_OUTS_PER_MINUTE: u32 = 60;
 /// How long a starting replica waits for its first resynchronisation
 /// before it takes traffic anyway.
 pub const SYNC_WAIT: Duration = Duration::from_secs(10);
@@ -275,7 +275,7 @@ impl Cluster {
             .is_some_and(|r| !r.try_take(&sub))
         {
             tracing::warn!(
-                "sign-outs of one user beyond 10 a minute are not announced to the other replicas"
+                "sign-outs of one user beyond 60 a minute are not announced to the other replicas"
             );
             return;
         }
