@@ -213,6 +213,13 @@ impl Stack {
                 .arg(&f.key);
             cmd.arg("--upstream-ca-file").arg(&f.cert);
         }
+        // More relay flags, after the bench's own (later ones win), e.g.
+        // LOAD_BENCH_RELAY_ARGS="--redis-url redis://127.0.0.1:6390/
+        // --max-connections-per-user 1000000" to measure the replicas'
+        // coordination on the handshake path (see benches/README.md).
+        if let Ok(extra) = std::env::var("LOAD_BENCH_RELAY_ARGS") {
+            cmd.args(extra.split_whitespace());
+        }
         // Profiling hook, e.g. LOAD_BENCH_RELAY_WRAPPER="valgrind --tool=dhat
         // --dhat-out-file=/tmp/relay.dhat" (see benches/README.md).
         if let Ok(wrapper) = std::env::var("LOAD_BENCH_RELAY_WRAPPER") {
