@@ -139,9 +139,8 @@ async fn accept(
         }
     };
     // The same user's limit across replicas (with --redis-url).
-    let sub_subject = crate::session::Subject::Sub(identified.sub().to_string()).hash();
     let max_per_user = state.config.limits.max_connections_per_user;
-    let lease = match state.cluster.admit(&sub_subject, max_per_user).await {
+    let lease = match state.cluster.admit(identified.sub(), max_per_user).await {
         Ok(lease) => lease,
         Err(()) => {
             drop(permit);

@@ -9,10 +9,10 @@
 mod support;
 
 use appsync_relay::server::RelayHandle;
-use appsync_relay::session;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 use support::redis_server::Redis;
+use support::replicas::end_sessions;
 use support::*;
 
 struct Replicas {
@@ -47,22 +47,8 @@ async fn replicas(n: usize, redis: Option<&Redis>) -> Replicas {
 }
 
 impl Replicas {
-    /// A token of user `name` (sub `sub-<name>`) signed in at `signed_in_at`.
-    fn token(&self, name: &str, signed_in_at: u64) -> String {
-        let mut c = access_claims(&self.jwks.issuer());
-        c["sub"] = json!(format!("sub-{name}"));
-        c["username"] = json!(name);
-        c["auth_time"] = json!(signed_in_at);
-        sign(&c, signing_key())
-    }
-
     fn cookies(&self, name: &str, signed_in_at: u64) -> String {
-        let token = self.token(name, signed_in_at);
-        format!(
-            "{}={name}; {}={token}",
-            session::last_auth_user_cookie(CLIENT_ID),
-            session::cookie_name(CLIENT_ID, name, "accessToken"),
-        )
+        support::replicas::cookies_for(&self.jwks, name, signed_in_at)
     }
 
     async fn open(&self, i: usize, cookies: &str) -> Ws {
@@ -85,27 +71,15 @@ impl Replicas {
 }
 
 async fn end(relay: &RelayHandle, body: &str) -> (u16, Value) {
-    let (status, _, text) = http(
-        relay.admin_addr,
-        "POST",
-        "/sessions/end",
-        &[("content-type", "application/json")],
-        body,
-    )
-    .await;
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    end_sessions(relay.admin_addr, body).await
+}
+
+async fn wait_metric(relay: &RelayHandle, line: &str) {
+    support::replicas::wait_metric(relay.admin_addr, line, Duration::from_secs(15)).await
 }
 
 async fn scrape(relay: &RelayHandle) -> String {
     http(relay.admin_addr, "GET", "/metrics", &[], "").await.2
-}
-
-async fn wait_metric(relay: &RelayHandle, line: &str) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !scrape(relay).await.lines().any(|l| l == line) {
-        assert!(Instant::now() < deadline, "never saw `{line}`");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// Still open: a subscribe is answered.
@@ -129,9 +103,11 @@ async fn an_end_on_one_replica_closes_the_users_sockets_on_the_others_within_a_s
     let then = now() - 60;
     let mut bob = r.open(1, &r.cookies("bob", then)).await;
     let mut latencies = Vec::new();
+    let mut tokens_used = Vec::new();
     for round in 0..100 {
         let name = format!("alice{round}");
         let cookies = r.cookies(&name, then);
+        tokens_used.push(cookies.rsplit('=').next().unwrap().to_string());
         let mut on_b = r.open(1, &cookies).await;
         let mut on_c = r.open(2, &cookies).await;
         let sent = Instant::now();
@@ -189,8 +165,15 @@ async fn an_end_on_one_replica_closes_the_users_sockets_on_the_others_within_a_s
     let dump = redis.dump().await;
     assert!(!dump.is_empty());
     let text = format!("{dump:?}");
-    for secret in ["alice0", "sub-alice", "bob", &r.token("alice0", then)] {
+    for secret in ["alice0", "sub-alice", "bob"] {
         assert!(!text.contains(secret), "{secret} in Redis: {text}");
+    }
+    for token in &tokens_used {
+        assert!(!text.contains(token.as_str()), "a user's token in Redis");
+        assert!(
+            !text.contains(token.split('.').nth(2).unwrap()),
+            "a token's signature in Redis"
+        );
     }
 }
 

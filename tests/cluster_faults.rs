@@ -10,49 +10,24 @@
 mod support;
 
 use appsync_relay::server::RelayHandle;
-use appsync_relay::session;
-use futures_util::StreamExt;
 use serde_json::{json, Value};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use support::redis_server::{Cuttable, Redis};
+use support::replicas::{closed_within, cookies_for, end_sessions, expired_copy, wait_metric};
 use support::*;
-
-fn cookies_for(jwks: &JwksServer, name: &str, signed_in_at: u64) -> String {
-    let mut c = access_claims(&jwks.issuer());
-    c["sub"] = json!(format!("sub-{name}"));
-    c["username"] = json!(name);
-    c["auth_time"] = json!(signed_in_at);
-    let token = sign(&c, signing_key());
-    format!(
-        "{}={name}; {}={token}",
-        session::last_auth_user_cookie(CLIENT_ID),
-        session::cookie_name(CLIENT_ID, name, "accessToken"),
-    )
-}
 
 async fn metrics(relay: &RelayHandle) -> String {
     http(relay.admin_addr, "GET", "/metrics", &[], "").await.2
 }
 
 async fn wait_for(relay: &RelayHandle, line: &str, within: Duration) {
-    let deadline = Instant::now() + within;
-    while !metrics(relay).await.lines().any(|l| l == line) {
-        assert!(Instant::now() < deadline, "never saw `{line}`");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_metric(relay.admin_addr, line, within).await
 }
 
 async fn end(relay: &RelayHandle, body: Value) -> Value {
-    let (status, _, text) = http(
-        relay.admin_addr,
-        "POST",
-        "/sessions/end",
-        &[("content-type", "application/json")],
-        &body.to_string(),
-    )
-    .await;
-    assert_eq!(status, 200, "{text}");
-    serde_json::from_str(&text).unwrap()
+    let (status, answer) = end_sessions(relay.admin_addr, &body.to_string()).await;
+    assert_eq!(status, 200, "{answer}");
+    answer
 }
 
 async fn open(relay: &RelayHandle, cookies: &str) -> Ws {
@@ -63,21 +38,6 @@ async fn open(relay: &RelayHandle, cookies: &str) -> Ws {
     .await;
     init(&mut ws).await;
     ws
-}
-
-/// The close code within `within`, `None` if still open.
-async fn closed_within(ws: &mut Ws, within: Duration) -> Option<u16> {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        match tokio::time::timeout_at(deadline, ws.next()).await {
-            Err(_) => return None,
-            Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Close(f)))) => {
-                return Some(f.map(|f| u16::from(f.code)).unwrap_or(1005))
-            }
-            Ok(Some(Ok(_))) => continue,
-            Ok(_) => return Some(1006),
-        }
-    }
 }
 
 async fn redis_cmd(redis: &Redis, args: &[&str]) -> redis::Value {
@@ -178,19 +138,6 @@ async fn a_partitioned_replicas_ends_reach_the_others_when_it_heals() {
         Attempt::Refused(401, _) => {}
         other => panic!("B let an ended user in: {other:?}"),
     }
-}
-
-/// The same sign-in's token (lineage claims kept), expired.
-fn expired_copy(token: &str) -> String {
-    use base64::Engine as _;
-    let payload = token.split('.').nth(1).unwrap();
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload)
-        .unwrap();
-    let mut claims: Value = serde_json::from_slice(&bytes).unwrap();
-    claims["iat"] = json!(now() - 3700);
-    claims["exp"] = json!(now() - 60);
-    sign(&claims, signing_key())
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -11,28 +11,13 @@ use serde_json::json;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use support::redis_server::Redis;
+use support::replicas::wait_metric;
 use support::*;
 
 const LIMIT: &str = "3";
 
 async fn wait_redis_up(admin: std::net::SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        // (A child process may not listen yet.)
-        let listening = tokio::net::TcpStream::connect(admin).await.is_ok();
-        let ok = listening
-            && tokio::time::timeout(
-                Duration::from_secs(1),
-                http(admin, "GET", "/metrics", &[], ""),
-            )
-            .await
-            .is_ok_and(|(_, _, m)| m.lines().any(|l| l == "appsync_relay_redis_up 1"));
-        if ok {
-            return;
-        }
-        assert!(Instant::now() < deadline, "the replica never reached Redis");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_metric(admin, "appsync_relay_redis_up 1", Duration::from_secs(15)).await
 }
 
 fn url(relay: &RelayHandle) -> String {

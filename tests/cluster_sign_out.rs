@@ -9,7 +9,6 @@
 
 mod support;
 
-use futures_util::StreamExt;
 use serde_json::json;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,9 +16,9 @@ use support::app::{proxy_config, roundtrip, TestApp};
 use support::fake_cognito::FakeCognito;
 use support::jar::{header_for, jar, Jar};
 use support::redis_server::Redis;
+use support::replicas::{closed_within, expired_copy, wait_metric};
 use support::*;
 use tokio::net::TcpListener;
-use tokio_tungstenite::tungstenite;
 
 struct Replicas {
     relays: Vec<appsync_relay::server::RelayHandle>,
@@ -53,15 +52,13 @@ async fn replica(
     let relay = appsync_relay::server::spawn_with_app(config, public, admin, Some(Arc::new(proxy)))
         .unwrap();
     assert!(relay.wait_ready(Duration::from_secs(10)).await);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let metrics = http(relay.admin_addr, "GET", "/metrics", &[], "").await.2;
-        if metrics.lines().any(|l| l == "appsync_relay_redis_up 1") {
-            return relay;
-        }
-        assert!(Instant::now() < deadline, "the replica never reached Redis");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_metric(
+        relay.admin_addr,
+        "appsync_relay_redis_up 1",
+        Duration::from_secs(10),
+    )
+    .await;
+    relay
 }
 
 async fn start(redis: &Redis) -> Replicas {
@@ -108,22 +105,6 @@ async fn sign_out(relay: &appsync_relay::server::RelayHandle, jar: &Jar) {
     )
     .await;
     assert_eq!(status, 200);
-}
-
-async fn closed_within(ws: &mut Ws, within: Duration) -> Option<u16> {
-    let deadline = Instant::now() + within;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, ws.next()).await {
-            Err(_) => return None,
-            Ok(None) => return Some(1006),
-            Ok(Some(Ok(tungstenite::Message::Close(f)))) => {
-                return Some(f.map(|f| u16::from(f.code)).unwrap_or(1005))
-            }
-            Ok(Some(Ok(_))) => continue,
-            Ok(Some(Err(_))) => return Some(1006),
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -210,19 +191,6 @@ async fn a_strangers_forged_sign_out_closes_nobodys_socket_on_any_replica() {
         );
     }
     assert!(types.contains(&"publish_success".to_string()), "{types:?}");
-}
-
-/// The same sign-in's access token (its lineage claims kept), expired.
-fn expired_copy(token: &str) -> String {
-    use base64::Engine as _;
-    let payload = token.split('.').nth(1).unwrap();
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload)
-        .unwrap();
-    let mut claims: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
-    claims["iat"] = json!(now() - 3700);
-    claims["exp"] = json!(now() - 60);
-    sign(&claims, signing_key())
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -11,13 +11,13 @@
 
 mod support;
 
-use futures_util::StreamExt;
 use serde_json::json;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::app::{proxy_config, roundtrip, TestApp};
 use support::fake_cognito::FakeCognito;
 use support::jar::{header_for, jar, Jar};
+use support::replicas::closed_within;
 use support::*;
 use tokio::net::TcpListener;
 
@@ -86,25 +86,6 @@ impl Stack {
 fn cookie(jar: &Jar) -> String {
     header_for(jar)["cookie"].to_str().unwrap().to_string()
 }
-
-/// The close code the socket gets within `within`, or `None` if it stays open.
-async fn closed_within(ws: &mut Ws, within: Duration) -> Option<u16> {
-    let deadline = Instant::now() + within;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, ws.next()).await {
-            Err(_) => return None,
-            Ok(None) => return Some(1006),
-            Ok(Some(Ok(tungstenite::Message::Close(f)))) => {
-                return Some(f.map(|f| u16::from(f.code)).unwrap_or(1005))
-            }
-            Ok(Some(Ok(_))) => continue,
-            Ok(Some(Err(_))) => return Some(1006),
-        }
-    }
-}
-
-use tokio_tungstenite::tungstenite;
 
 #[tokio::test]
 async fn sign_out_closes_the_browsers_sockets_with_4401_within_a_second() {

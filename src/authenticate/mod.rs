@@ -131,10 +131,7 @@ pub async fn identify(state: &RelayState, headers: &HeaderMap) -> Result<Identif
     // An operator ended this user's sessions (here or on another replica)
     // after this sign-in: refused whatever the token or Cognito would say,
     // until the user signs in again.
-    if state.cluster.is_ended(
-        &session::subjects_of(&genuine),
-        session::signed_in_at(&genuine),
-    ) {
+    if state.cluster.is_ended(&genuine) {
         return Err(RelayError::Refresh(RefreshError::Rejected(
             "session ended by an operator".into(),
         )));

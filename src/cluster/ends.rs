@@ -112,6 +112,11 @@ impl Ends {
         widened
     }
 
+    /// Nothing was ended (the common case: no hashing needed to tell).
+    pub fn is_empty(&self) -> bool {
+        self.table.is_empty()
+    }
+
     /// Whether a sign-in made at `signed_in_at`, answering to `subjects`,
     /// is over.
     pub fn covers(&self, subjects: &[[u8; 32]], signed_in_at: u64) -> bool {

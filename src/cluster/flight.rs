@@ -142,18 +142,9 @@ impl ClusterRefresh {
                 Ok(Ok((2, _))) => {
                     let outcome = call.take()?.await;
                     let lineage = lineage_set(&outcome);
-                    let mut stored = self
-                        .finish(
-                            &mut conn,
-                            &lock,
-                            &result,
-                            lineage.as_deref(),
-                            &fence,
-                            &outcome,
-                        )
-                        .await;
-                    if stored.is_err() {
-                        // Once more: waiters otherwise wait out the lock.
+                    // Twice at most: waiters otherwise wait out the lock.
+                    let mut stored = Err(String::new());
+                    for _ in 0..2 {
                         stored = self
                             .finish(
                                 &mut conn,
@@ -164,6 +155,9 @@ impl ClusterRefresh {
                                 &outcome,
                             )
                             .await;
+                        if stored.is_ok() {
+                            break;
+                        }
                     }
                     if let Err(e) = stored {
                         self.health.failed("refresh", &e);

@@ -251,12 +251,15 @@ impl Cluster {
             .map(|f| f as Arc<dyn crate::refresh::SharedRefresh>)
     }
 
-    /// Admits one more socket of the user whose `sub` subject is `subject`
-    /// against `max` (0: no limit) across the replicas: its lease, `None`
-    /// without Redis, `Err` when the user holds `max` already.
-    pub async fn admit(&self, subject: &[u8; 32], max: usize) -> Result<Option<leases::Lease>, ()> {
+    /// Admits one more socket of the user `sub` against `max` (0: no
+    /// limit) across the replicas: its lease, `None` without Redis, `Err`
+    /// when the user holds `max` already.
+    pub async fn admit(&self, sub: &str, max: usize) -> Result<Option<leases::Lease>, ()> {
         match &self.leases {
-            Some(l) if max > 0 => match l.admit(subject, max).await {
+            Some(l) if max > 0 => match l
+                .admit(&crate::session::Subject::Sub(sub.to_string()).hash(), max)
+                .await
+            {
                 leases::Admission::Admitted(lease) => Ok(Some(lease)),
                 leases::Admission::Full => Err(()),
             },
@@ -370,8 +373,12 @@ impl Cluster {
     /// every end as it is said. A handshake slipping in between an end and
     /// its arrival here (about a millisecond) registers its socket first, so
     /// the arrival closes it.
-    pub fn is_ended(&self, subjects: &[[u8; 32]], signed_in_at: u64) -> bool {
-        self.ends.covers(subjects, signed_in_at)
+    pub fn is_ended(&self, claims: &crate::verify::Claims) -> bool {
+        !self.ends.is_empty()
+            && self.ends.covers(
+                &crate::session::subjects_of(claims),
+                crate::session::signed_in_at(claims),
+            )
     }
 
     /// For `/readyz`'s body: the coordination's state, when there is one.

@@ -10,6 +10,7 @@ pub mod haproxy;
 pub mod jar;
 pub mod ministack;
 pub mod redis_server;
+pub mod replicas;
 
 use appsync_relay::cli::{Cli, Command};
 use appsync_relay::config::Config;
