@@ -8,8 +8,10 @@
 //! - `POST /sessions/end` with `{"sub": "…"}` or `{"username": "…"}`: ends
 //!   that user's sessions (every sign-in made until now) on every replica:
 //!   open sockets close with 4401, handshakes are refused until the user
-//!   signs in again. Answers `{"closed": <sockets here>, "reach": "local" |
-//!   "cluster" | "degraded"}`.
+//!   signs in again. Answers `{"closed_here": <sockets and handshakes in
+//!   progress closed on this replica>, "reach": "local" | "cluster" |
+//!   "degraded"}`: the other replicas close theirs as the end reaches them
+//!   (`reach` says whether it did), and do not count them here.
 //!
 //! The watchers: [`load_jwks`] (until the first load succeeds, backing
 //! off) and [`watch_upstream_dns`] (every 10 s until the drain).
@@ -20,7 +22,6 @@ use crate::state::RelayState;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Request, Response, StatusCode};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -45,7 +46,7 @@ pub async fn respond(state: &RelayState, req: Request<Incoming>) -> Response<Bod
         ),
         "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
         "/metrics" => {
-            let mut resp = text(StatusCode::OK, state.metrics.render());
+            let mut resp = text(StatusCode::OK, state.metrics().render());
             resp.headers_mut().insert(
                 CONTENT_TYPE,
                 HeaderValue::from_static("text/plain; version=0.0.4"),
@@ -95,8 +96,8 @@ async fn end_sessions(state: &RelayState, req: Request<Incoming>) -> Response<Bo
     if v.is_empty() || v.chars().count() > MAX_SUBJECT_CHARS {
         return bad();
     }
-    let (closed, reach) = state.end_subject(&subject).await;
-    let body = serde_json::json!({"closed": closed, "reach": reach.as_str()}).to_string();
+    let (closed, reach) = state.sessions().end_subject(&subject).await;
+    let body = serde_json::json!({"closed_here": closed, "reach": reach.as_str()}).to_string();
     let mut resp = text(StatusCode::OK, body);
     resp.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -104,37 +105,22 @@ async fn end_sessions(state: &RelayState, req: Request<Incoming>) -> Response<Bo
 }
 
 /// What the other replicas said (and what a resync found in Redis) is
-/// applied here, until the shutdown.
+/// applied by the session authority, until the shutdown.
 pub async fn apply_remote_ends(state: Arc<RelayState>) {
-    let Some(mut heard) = state.cluster.take_heard() else {
-        return;
-    };
-    loop {
-        tokio::select! {
-            _ = state.shutdown.cancelled() => return,
-            next = heard.recv() => match next {
-                Some(h) => {
-                    let closed = state.heard(h);
-                    if closed > 0 {
-                        tracing::info!(closed, "sockets closed: their session ended on another replica");
-                    }
-                }
-                None => return,
-            }
-        }
-    }
+    let sessions = state.sessions().clone();
+    sessions.follow_replicas(state.shutdown().clone()).await;
 }
 
 /// Resolves the AppSync real-time host now and every 10 s: readiness
 /// follows it, so a pod whose DNS is broken takes no new traffic.
 pub async fn watch_upstream_dns(state: Arc<RelayState>) {
-    if let Some(ip) = state.config.appsync_address {
+    if let Some(ip) = state.config().appsync_address {
         // Pinned: there is no name to resolve.
         tracing::info!(%ip, "AppSync connections pinned to an address");
-        state.upstream_resolvable.store(true, Ordering::Release);
+        state.set_upstream_resolvable(true);
         return;
     }
-    let url = &state.config.realtime_endpoint;
+    let url = &state.config().realtime_endpoint;
     let host = url.host_str().unwrap_or_default().to_string();
     let port = url.port_or_known_default().unwrap_or(443);
     loop {
@@ -147,7 +133,7 @@ pub async fn watch_upstream_dns(state: Arc<RelayState>) {
             Ok(Ok(mut addrs)) => addrs.next().is_some(),
             _ => false,
         };
-        let was = state.upstream_resolvable.swap(ok, Ordering::AcqRel);
+        let was = state.set_upstream_resolvable(ok);
         if was != ok {
             if ok {
                 tracing::info!(%host, "upstream host resolves");
@@ -156,7 +142,7 @@ pub async fn watch_upstream_dns(state: Arc<RelayState>) {
             }
         }
         tokio::select! {
-            _ = state.draining.cancelled() => return,
+            _ = state.draining().cancelled() => return,
             _ = tokio::time::sleep(Duration::from_secs(10)) => {}
         }
     }
@@ -167,26 +153,30 @@ pub async fn load_jwks(state: Arc<RelayState>) {
     let mut delay = Duration::from_millis(250);
     loop {
         let attempt = tokio::select! {
-            _ = state.draining.cancelled() => return,
-            r = state.verifier.load_jwks() => r,
+            _ = state.draining().cancelled() => return,
+            r = state.sessions().verifier().load_jwks() => r,
         };
         match attempt {
             Ok(keys) => {
-                state.metrics.jwks_fetches.with_label_values(&["ok"]).inc();
-                tracing::info!(keys, jwks_url = %state.config.jwks_url, "signing keys loaded");
+                state
+                    .metrics()
+                    .jwks_fetches
+                    .with_label_values(&["ok"])
+                    .inc();
+                tracing::info!(keys, jwks_url = %state.config().jwks_url, "signing keys loaded");
                 return;
             }
             Err(e) => {
                 state
-                    .metrics
+                    .metrics()
                     .jwks_fetches
                     .with_label_values(&["error"])
                     .inc();
-                tracing::warn!(error = %e, jwks_url = %state.config.jwks_url, retry_in_ms = delay.as_millis() as u64, "JWKS not loaded yet; not ready");
+                tracing::warn!(error = %e, jwks_url = %state.config().jwks_url, retry_in_ms = delay.as_millis() as u64, "JWKS not loaded yet; not ready");
             }
         }
         tokio::select! {
-            _ = state.draining.cancelled() => return,
+            _ = state.draining().cancelled() => return,
             _ = tokio::time::sleep(delay) => {}
         }
         delay = (delay * 2).min(Duration::from_secs(30));

@@ -16,20 +16,22 @@
 //! Once the session was renewed, every answer carries the new cookies, the
 //! refusals too.
 //!
-//! [`accept`] is that list as code. Each refusal is logged once, with a
-//! bounded reason and never a token or cookie value, counted in
+//! Steps 0–6 are the gate the HTTP publish passes too ([`crate::gate`]);
+//! [`accept`] runs it, then step 7, then checks that no end was said since
+//! step 4 (the request was registered among the user's live sockets before
+//! any end was checked: an end said at any instant either refuses the
+//! handshake or closes the socket it became). Each refusal is logged once,
+//! with a bounded reason and never a token or cookie value, counted in
 //! `handshakes_total{outcome=<reason>}`, and sent with `Connection: close`:
 //! a refused upgrade's connection is not kept alive to hold memory.
 
-use crate::authenticate::{complete, identify, Authenticated};
 use crate::error::RelayError;
-use crate::limits::{ConnectionPermit, LimitHit};
+use crate::gate::{Gate, Passed, Refused, Route};
 use crate::protocol;
 use crate::relay::{ConnectionContext, Relay, RelayOutcome};
 use crate::response::{empty, Body};
 use crate::rewrite::UpstreamAuth;
 use crate::state::RelayState;
-use crate::upgrade;
 use crate::upstream::{self, UpstreamSocket};
 use hyper::body::Incoming;
 use hyper::header::{
@@ -45,35 +47,9 @@ use tokio_tungstenite::WebSocketStream;
 
 /// What a successful handshake produced before the 101 goes out.
 struct Accepted {
-    accept_key: HeaderValue,
+    passed: Passed,
     upstream: UpstreamSocket,
     auth: UpstreamAuth,
-    authenticated: Authenticated,
-    /// This connection's slot in the admission limits, held until it ends.
-    permit: ConnectionPermit,
-    /// The socket's lease in the cluster-wide per-user count.
-    lease: Option<crate::cluster::leases::Lease>,
-    client_ip: std::net::IpAddr,
-}
-
-/// A refusal, with the renewed session cookies it must still carry when
-/// the session was renewed (or a pending renewal taken) before the step
-/// that failed: Cognito may already have rotated the refresh token.
-struct Refused {
-    error: RelayError,
-    set_cookies: Vec<HeaderValue>,
-}
-
-impl<E> From<E> for Refused
-where
-    RelayError: From<E>,
-{
-    fn from(error: E) -> Refused {
-        Refused {
-            error: error.into(),
-            set_cookies: Vec::new(),
-        }
-    }
 }
 
 /// Answers an upgrade request: a 101 (and the relay task), or the refusal.
@@ -83,100 +59,56 @@ pub async fn respond(
     peer: SocketAddr,
 ) -> Response<Body> {
     let started = Instant::now();
-    let request_id = state.config.trust_forwarded.request_id(req.headers(), peer);
+    let request_id = state
+        .config()
+        .trust_forwarded
+        .request_id(req.headers(), peer);
     match accept(&state, &req, peer).await {
         Ok(accepted) => {
             record_accepted(&state, started);
             let on_upgrade = hyper::upgrade::on(&mut req);
             switch_protocols(state, accepted, on_upgrade, peer, request_id)
         }
-        Err(Refused { error, set_cookies }) => {
-            record_refused(&state, &error, peer, &request_id);
-            let mut resp = error.into_response();
-            let h = resp.headers_mut();
-            h.insert(CONNECTION, HeaderValue::from_static("close"));
-            for cookie in set_cookies {
-                h.append(SET_COOKIE, cookie);
-            }
-            resp
+        Err(refused) => {
+            record_refused(&state, &refused.error, peer, &request_id);
+            refused.into_response(Route::Upgrade)
         }
     }
 }
 
-/// The phases, in contract order.
+/// The gate's phases, then the upstream connection with the token.
 async fn accept(
     state: &RelayState,
     req: &Request<Incoming>,
     peer: SocketAddr,
 ) -> Result<Accepted, Refused> {
-    if state.stop_accepting.is_cancelled() {
-        return Err(RelayError::Draining.into());
-    }
-    let accept_key = upgrade::check_upgrade(req)?;
-    state.config.origins.check(req.headers())?;
-    // Full already? Refuse before spending any verification work.
-    if state.limits.total_full() {
-        return Err(limit_hit(state, LimitHit::Total).into());
-    }
-    // Any `header-…` the browser offered holds a placeholder at best; it is
-    // never looked at or forwarded.
-    if !upgrade::offered_protocols(req.headers()).contains(&protocol::SUBPROTOCOL) {
-        return Err(RelayError::NoSubprotocol.into());
-    }
-    let (secure, client_ip) = (
-        state.is_secure(req.headers(), peer),
-        state.client_ip(req.headers(), peer),
-    );
-    let identified = timed(state, "verify", identify(state, req.headers())).await?;
-    // Admission before any Cognito call: a refused request spends none.
-    let permit = match state.limits.try_acquire(identified.sub(), client_ip) {
-        Ok(permit) => permit,
-        Err(hit) => {
-            return Err(Refused {
-                error: limit_hit(state, hit),
-                set_cookies: identified.undelivered_cookies(state, secure),
-            })
-        }
-    };
-    // The same user's limit across replicas (with --redis-url).
-    let max_per_user = state.config.limits.max_connections_per_user;
-    let lease = match state.cluster.admit(identified.sub(), max_per_user).await {
-        Ok(lease) => lease,
-        Err(()) => {
-            drop(permit);
-            return Err(Refused {
-                error: limit_hit(state, LimitHit::PerUser),
-                set_cookies: identified.undelivered_cookies(state, secure),
-            });
-        }
-    };
-    let authenticated = timed(
-        state,
-        "renew",
-        complete(state, identified, secure, client_ip),
-    )
-    .await?;
+    let passed = Gate::pass(state, Route::Upgrade, req, peer).await?;
+    let authenticated = &passed.authenticated;
     let auth = UpstreamAuth::new(
         authenticated.token.as_str(),
-        state.config.http_host.as_str(),
+        state.config().http_host.as_str(),
     );
-    let upstream = match timed(state, "upstream_connect", connect_upstream(state, &auth)).await {
+    let started = Instant::now();
+    let upstream = match connect_upstream(state, &auth).await {
         Ok(upstream) => upstream,
         Err(error) => {
-            return Err(Refused {
+            return Err(Refused::with_cookies(
                 error,
-                set_cookies: authenticated.set_cookies,
-            })
+                authenticated.set_cookies.clone(),
+            ))
         }
     };
+    state
+        .metrics()
+        .handshake_seconds
+        .with_label_values(&["upstream_connect"])
+        .observe(started.elapsed().as_secs_f64());
+    // An end said while the upstream connection was being opened.
+    Gate::still_live(authenticated)?;
     Ok(Accepted {
-        accept_key,
+        passed,
         upstream,
         auth,
-        authenticated,
-        permit,
-        lease,
-        client_ip,
     })
 }
 
@@ -185,10 +117,10 @@ async fn connect_upstream(
     state: &RelayState,
     auth: &UpstreamAuth,
 ) -> Result<UpstreamSocket, RelayError> {
-    let result = upstream::connect(&state.upstream, auth).await;
+    let result = upstream::connect(state.upstream(), auth).await;
     let label = result.as_ref().map(|_| "ok").unwrap_or_else(|e| e.reason());
     state
-        .metrics
+        .metrics()
         .upstream_connects
         .with_label_values(&[label])
         .inc();
@@ -205,27 +137,23 @@ fn switch_protocols(
     request_id: String,
 ) -> Response<Body> {
     let Accepted {
-        accept_key,
+        passed,
         upstream,
         auth,
+    } = accepted;
+    let Passed {
+        accept_key,
         authenticated,
         permit,
         lease,
         client_ip,
-    } = accepted;
+    } = passed;
     let sub = authenticated.claims.sub.clone();
-    // Registered before the 101 goes out: a sign-out from here on reaches it.
-    let who = crate::session::Who {
-        subjects: crate::session::subjects_of(&authenticated.claims),
-        signed_in_at: crate::session::signed_in_at(&authenticated.claims),
-    };
-    let registration = state.sockets.register(
-        &authenticated.session.proof,
-        authenticated.session.browser_refresh,
-        who,
-    );
+    let set_cookies = authenticated.set_cookies;
+    // Registered since the gate identified it (before any end was
+    // checked): an end from then on reaches the socket.
     let ctx = ConnectionContext {
-        registration,
+        registration: authenticated.registration,
         state: state.clone(),
         auth,
         expires_at: authenticated.claims.exp,
@@ -234,7 +162,7 @@ fn switch_protocols(
     };
     let mut relay = Relay::new(upstream, ctx);
     let task_state = state.clone();
-    state.tracker.spawn(async move {
+    state.tracker().spawn(async move {
         let upgraded = match on_upgrade.await {
             Ok(u) => u,
             Err(e) => {
@@ -245,10 +173,10 @@ fn switch_protocols(
         let mut client = WebSocketStream::from_raw_socket(
             TokioIo::new(upgraded),
             Role::Server,
-            Some(task_state.ws_config),
+            Some(task_state.ws_config()),
         )
         .await;
-        let metrics = &task_state.metrics;
+        let metrics = task_state.metrics();
         metrics.connections_active.inc();
         let opened = Instant::now();
         let outcome = relay.run(&mut client).await;
@@ -269,13 +197,15 @@ fn switch_protocols(
     let h = resp.headers_mut();
     h.insert(CONNECTION, HeaderValue::from_static("upgrade"));
     h.insert(UPGRADE, HeaderValue::from_static("websocket"));
-    h.insert(SEC_WEBSOCKET_ACCEPT, accept_key);
+    if let Some(key) = accept_key {
+        h.insert(SEC_WEBSOCKET_ACCEPT, key);
+    }
     h.insert(
         SEC_WEBSOCKET_PROTOCOL,
         HeaderValue::from_static(protocol::SUBPROTOCOL),
     );
     // Renewed session cookies ride on the 101 (Chromium stores them; see README).
-    for cookie in authenticated.set_cookies {
+    for cookie in set_cookies {
         h.append(SET_COOKIE, cookie);
     }
     resp
@@ -283,31 +213,14 @@ fn switch_protocols(
 
 // === Metrics and logs ===
 
-/// Runs a phase, observing its duration in `handshake_seconds{phase}`
-/// when it succeeds.
-async fn timed<T>(
-    state: &RelayState,
-    phase: &'static str,
-    fut: impl std::future::Future<Output = Result<T, RelayError>>,
-) -> Result<T, RelayError> {
-    let started = Instant::now();
-    let result = fut.await?;
-    state
-        .metrics
-        .handshake_seconds
-        .with_label_values(&[phase])
-        .observe(started.elapsed().as_secs_f64());
-    Ok(result)
-}
-
 fn record_accepted(state: &RelayState, started: Instant) {
     state
-        .metrics
+        .metrics()
         .handshakes
         .with_label_values(&["accepted"])
         .inc();
     state
-        .metrics
+        .metrics()
         .handshake_seconds
         .with_label_values(&["total"])
         .observe(started.elapsed().as_secs_f64());
@@ -315,20 +228,11 @@ fn record_accepted(state: &RelayState, started: Instant) {
 
 fn record_refused(state: &RelayState, e: &RelayError, peer: SocketAddr, request_id: &str) {
     state
-        .metrics
+        .metrics()
         .handshakes
         .with_label_values(&[e.reason()])
         .inc();
     tracing::info!(%request_id, %peer, status = e.status().as_u16(), reason = e.reason(), side = e.side(), error = %e, "websocket handshake refused");
-}
-
-fn limit_hit(state: &RelayState, hit: LimitHit) -> RelayError {
-    state
-        .metrics
-        .limits_hit
-        .with_label_values(&[hit.reason()])
-        .inc();
-    RelayError::Limit(hit)
 }
 
 /// Whose connection it was, for its log line.
@@ -342,7 +246,7 @@ struct Who<'a> {
 /// The connection's closing figures: metrics and its one log line, whose
 /// fields are a stable interface (README, "Logs").
 fn record_ended(state: &RelayState, outcome: &RelayOutcome, opened: Instant, who: &Who) {
-    let metrics = &state.metrics;
+    let metrics = state.metrics();
     metrics
         .connection_seconds
         .observe(opened.elapsed().as_secs_f64());

@@ -24,10 +24,13 @@
 //!    AppSync stand-in [`emulator`]; [`fanout`] (shared channels),
 //!    [`cluster`] (replicas agreeing on ended sessions, through Redis).
 //! 4. Configuration: [`cli`] (the flags), [`config`] (validated, once).
-//! 5. Shared state: [`state`], [`error`].
-//! 6. [`authenticate`]: cookies → a verified token; the one `renew()`.
+//! 5. The session authority: [`error`], [`sessions`] (who is asking, a
+//!    token to act with, renewals, ends across replicas: the one owner of
+//!    every session table).
+//! 6. Shared state: [`state`] (wiring, private fields).
 //! 7. [`relay`]: one connection's pump, subscriptions, token, re-dial, close.
-//! 8. Request handlers: [`handshake`], [`publish`], [`proxy`], [`admin`].
+//! 8. Request handlers: [`gate`] (the phases the upgrade and the HTTP
+//!    publish share), [`handshake`], [`publish`], [`proxy`], [`admin`].
 //! 9. [`server`]: listeners, routing, shutdown.
 //! 10. Tools: [`demo`] (relay + emulator + development identity provider),
 //!     [`check`] (a deployment's settings verified, then a real round trip).
@@ -60,13 +63,14 @@ pub mod cli;
 pub mod config;
 
 pub mod error;
-pub mod state;
+pub mod sessions;
 
-pub mod authenticate;
+pub mod state;
 
 pub mod relay;
 
 pub mod admin;
+pub mod gate;
 pub mod handshake;
 pub mod proxy;
 pub mod publish;

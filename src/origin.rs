@@ -71,6 +71,12 @@ impl OriginPolicy {
         })
     }
 
+    /// Whether every allowed origin is `https`: then every browser the
+    /// relay serves reached its page over TLS, whatever the last hop was.
+    pub fn all_https(&self) -> bool {
+        !self.allowed.is_empty() && self.allowed.iter().all(|o| o.starts_with("https://"))
+    }
+
     pub fn check(&self, headers: &HeaderMap) -> Result<(), OriginError> {
         let mut values = headers.get_all(ORIGIN).iter();
         let Some(origin) = values.next() else {

@@ -1,8 +1,8 @@
 //! `POST <events-path>`: HTTP publish on behalf of the signed-in user.
 //!
-//! Same gate as the WebSocket (Origin, session, token, renewal), plus the
-//! per-user publish budget (`--publish-rate`, the budget a socket has),
-//! then the body — read within `--body-timeout` and `--max-message-bytes`
+//! The same gate as the WebSocket ([`crate::gate`]: Origin, session, the
+//! per-user publish budget `--publish-rate` — the budget a socket has —
+//! and renewal), then the body — read within `--body-timeout` and `--max-message-bytes`
 //! — is sent to AppSync's `/event` with the user's token as
 //! `Authorization`, and AppSync's status and body come back to the browser.
 //! Once the session was renewed, every answer carries the new cookies,
@@ -10,8 +10,8 @@
 //! request: any `Authorization`, `x-api-key` or other header the browser
 //! sent is dropped, never forwarded.
 
-use crate::authenticate::{complete, identify};
 use crate::error::RelayError;
+use crate::gate::{Gate, Refused, Route};
 use crate::response::{full, Body};
 use crate::state::RelayState;
 use crate::upstream::UpstreamError;
@@ -40,71 +40,45 @@ pub async fn respond(
                 _ => "upstream_5xx",
             };
             state
-                .metrics
+                .metrics()
                 .publish_requests
                 .with_label_values(&[outcome])
                 .inc();
             resp
         }
-        Err((e, set_cookies)) => {
+        Err(refused) => {
+            let e = &refused.error;
             state
-                .metrics
+                .metrics()
                 .publish_requests
                 .with_label_values(&[e.reason()])
                 .inc();
             tracing::info!(%peer, status = e.status().as_u16(), reason = e.reason(), side = e.side(), error = %e, "http publish refused");
-            let mut resp = e.into_response();
-            for cookie in set_cookies {
-                resp.headers_mut().append(SET_COOKIE, cookie);
-            }
-            resp
+            refused.into_response(Route::Publish)
         }
     }
 }
-
-/// A refusal and the cookies it must carry (see the module docs).
-type Refused = (RelayError, Vec<HeaderValue>);
 
 async fn publish(
     state: &RelayState,
     req: Request<Incoming>,
     peer: SocketAddr,
 ) -> Result<Response<Body>, Refused> {
-    let no_cookies = |e: RelayError| (e, Vec::new());
-    state
-        .config
-        .origins
-        .check(req.headers())
-        .map_err(|e| no_cookies(e.into()))?;
-    let (secure, client_ip) = (
-        state.is_secure(req.headers(), peer),
-        state.client_ip(req.headers(), peer),
-    );
-    let identified = identify(state, req.headers()).await.map_err(no_cookies)?;
-    if let Err(hit) = state.rates.http_publish(identified.sub()) {
-        state
-            .metrics
-            .limits_hit
-            .with_label_values(&[hit.reason()])
-            .inc();
-        let cookies = identified.undelivered_cookies(state, secure);
-        return Err((RelayError::Limit(hit), cookies));
-    }
-    let authenticated = complete(state, identified, secure, client_ip)
-        .await
-        .map_err(no_cookies)?;
+    let passed = Gate::pass(state, Route::Publish, &req, peer).await?;
+    let authenticated = passed.authenticated;
     let cookies = authenticated.set_cookies.clone();
-    let with_cookies = |e: RelayError| (e, cookies.clone());
+    let with_cookies = |e: RelayError| Refused::with_cookies(e, cookies.clone());
     let token = HeaderValue::from_str(&authenticated.token)
         .map_err(|_| with_cookies(RelayError::Internal("token is not header-safe")))?;
 
+    let config = state.config();
     let content_type = req
         .headers()
         .get(CONTENT_TYPE)
         .cloned()
         .unwrap_or_else(|| HeaderValue::from_static("application/json"));
-    let read = Limited::new(req.into_body(), state.config.max_message_bytes).collect();
-    let body = match tokio::time::timeout(state.config.body_timeout, read).await {
+    let read = Limited::new(req.into_body(), config.max_message_bytes).collect();
+    let body = match tokio::time::timeout(config.body_timeout, read).await {
         Err(_) => return Err(with_cookies(RelayError::BodyTimeout)),
         Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
             return Err(with_cookies(RelayError::BodyTooLarge))
@@ -112,16 +86,18 @@ async fn publish(
         Ok(Err(_)) => return Err(with_cookies(RelayError::BodyRead)),
         Ok(Ok(collected)) => collected.to_bytes(),
     };
+    // An end said while the body arrived: nothing is published for it.
+    Gate::still_live(&authenticated)?;
 
-    let upstream_req = Request::post(state.config.http_endpoint.as_str())
+    let upstream_req = Request::post(config.http_endpoint.as_str())
         .header(CONTENT_TYPE, content_type)
         .header(AUTHORIZATION, token)
         .body(Full::new(body))
         .map_err(|_| with_cookies(RelayError::Internal("could not build the upstream request")))?;
-    let timeout = state.config.upstream_timeout;
+    let timeout = config.upstream_timeout;
     let exchange = async {
         let resp = state
-            .appsync_http
+            .appsync_http()
             .request(upstream_req)
             .await
             .map_err(|e| UpstreamError::Unreachable(e.to_string()))?;

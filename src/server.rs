@@ -57,24 +57,24 @@ impl RelayHandle {
         let state = self.state.clone();
         // Readiness drops at once; the listeners keep serving for the drain
         // delay so load balancers see the 503 and stop sending new clients.
-        state.draining.cancel();
-        state.metrics.draining.set(1);
+        state.draining().cancel();
+        state.metrics().draining.set(1);
         tracing::info!(
             drain_delay_ms = drain_delay.as_millis() as u64,
             "draining: /readyz is 503"
         );
         tokio::time::sleep(drain_delay).await;
-        state.stop_accepting.cancel();
-        state.tracker.close();
+        state.stop_accepting().cancel();
+        state.tracker().close();
         self.tasks.close();
-        let relays = state.tracker.clone();
+        let relays = state.tracker().clone();
         if tokio::time::timeout(drain_timeout, relays.wait())
             .await
             .is_err()
         {
             tracing::info!("drain timeout reached; closing open relays with 1001");
         }
-        state.shutdown.cancel();
+        state.shutdown().cancel();
         relays.wait().await;
         self.tasks.wait().await;
     }
@@ -125,7 +125,7 @@ pub fn spawn_with_app(
     tasks.spawn(admin::apply_remote_ends(state.clone()));
     let acceptor = match tls {
         Some((store, acceptor)) => {
-            tasks.spawn(store.watch(state.draining.clone()));
+            tasks.spawn(store.watch(state.draining().clone()));
             Some(acceptor)
         }
         None => None,
@@ -159,7 +159,7 @@ async fn accept_loop(
 ) {
     loop {
         let (stream, peer) = tokio::select! {
-            _ = state.stop_accepting.cancelled() => return,
+            _ = state.stop_accepting().cancelled() => return,
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
@@ -179,7 +179,7 @@ async fn accept_loop(
                 Some(acceptor) => {
                     // The TLS handshake shares the request-head deadline:
                     // a client that stalls in either is dropped.
-                    let deadline = state.config.limits.handshake_timeout;
+                    let deadline = state.config().limits.handshake_timeout;
                     match tokio::time::timeout(deadline, acceptor.accept(stream)).await {
                         Ok(Ok(tls_stream)) => serve_connection(tls_stream, state, kind, peer).await,
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
@@ -197,8 +197,8 @@ where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let (handshake_timeout, max_header_bytes) = (
-        state.config.limits.handshake_timeout,
-        state.config.limits.max_header_bytes,
+        state.config().limits.handshake_timeout,
+        state.config().limits.max_header_bytes,
     );
     let service = service_fn(move |req| {
         let state = state.clone();
@@ -224,19 +224,19 @@ where
 
 async fn route(state: Arc<RelayState>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
     let path = req.uri().path();
-    if path == state.config.realtime_path {
+    if path == state.config().realtime_path {
         if req.method() == Method::GET {
             return handshake::respond(state, req, peer).await;
         }
         return RelayError::MethodNotAllowed.into_response();
     }
-    if path == state.config.events_path {
+    if path == state.config().events_path {
         if req.method() == Method::POST {
             return publish::respond(state, req, peer).await;
         }
         return RelayError::MethodNotAllowed.into_response();
     }
-    match &state.app {
+    match &state.app() {
         Some(app) => app.respond(&state, req, peer).await,
         None => RelayError::NotFound.into_response(),
     }

@@ -190,7 +190,7 @@ async fn without_redis_or_with_redis_down_an_end_still_holds_on_the_replica_that
         (200, &json!("local")),
         "{answer}"
     );
-    assert_eq!(answer["closed"], 1);
+    assert_eq!(answer["closed_here"], 1);
     assert_eq!(recv_close(&mut ws).await, Some(4401));
     assert_eq!(alone.refused(0, &cookies).await, Some(401));
     assert!(

@@ -203,7 +203,7 @@ async fn a_refresh_result_kept_in_redis_does_not_revive_a_sign_in_that_ended() {
     // Cognito revokes the new one; A learns it renewing with it: the
     // sign-in is over.
     cognito.revoke(&new_refresh);
-    a.state.refresher.forget_recent_answers();
+    a.state.sessions().forget_recent_answers();
     let mut expired_new = jar.clone();
     expired_new.insert("accessToken", expired_copy(&jar["accessToken"]));
     let new_cookies = support::jar::header_for(&expired_new)["cookie"]

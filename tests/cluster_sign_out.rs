@@ -207,7 +207,7 @@ async fn a_refresh_refused_on_one_replica_ends_the_sign_in_on_the_others() {
     let mut also_on_a = open(&r.relays[0], &jar(&session)).await;
     r.cognito.revoke(&session.refresh);
     // (Without waiting out the 5 s for which A reuses its last answer.)
-    r.relays[0].state.refresher.forget_recent_answers();
+    r.relays[0].state.sessions().forget_recent_answers();
     // The next renewal on A is refused: the sign-in is over, on B too.
     match try_connect(
         &ws_url(&r.relays[0]),

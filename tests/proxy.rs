@@ -12,7 +12,6 @@ use futures_util::{SinkExt, StreamExt};
 use http_body_util::{BodyExt, Empty};
 use hyper::{Method, StatusCode};
 use sha2::{Digest, Sha256};
-use std::sync::Arc;
 use std::time::Duration;
 use support::app::{
     body, channel_body, header, next_frame, pattern, proxy_config, request, roundtrip,
@@ -515,7 +514,7 @@ async fn pending_renewal_reaches_the_app_and_the_browser() {
     let name = |suffix| session::cookie_name(CLIENT_ID, USERNAME, suffix);
     // A genuine token of the session: what a pending renewal is handed to.
     let old_access = sign(
-        &access_claims(&relay.relay.state.config.issuer),
+        &access_claims(&relay.relay.state.config().issuer),
         signing_key(),
     );
     let last_user = session::last_auth_user_cookie(CLIENT_ID);
@@ -527,14 +526,14 @@ async fn pending_renewal_reaches_the_app_and_the_browser() {
         name("idToken"),
         name("refreshToken"),
     );
-    relay.relay.state.pending.record(
+    relay.relay.state.sessions().leave_renewal(
         appsync_relay::verify::token_hash("OLD-REFRESH"),
         USERNAME,
-        Arc::new(TokenSet {
+        TokenSet {
             access_token: new_access.clone(),
             id_token: Some("NEW-ID".into()),
             refresh_token: Some("NEW-REFRESH".into()),
-        }),
+        },
         session_proof(),
     );
 
@@ -587,7 +586,7 @@ async fn renewal_without_rotation_keeps_the_refresh_cookie() {
     let name = |suffix| session::cookie_name(CLIENT_ID, USERNAME, suffix);
     // A genuine token of the session: what a pending renewal is handed to.
     let old_access = sign(
-        &access_claims(&relay.relay.state.config.issuer),
+        &access_claims(&relay.relay.state.config().issuer),
         signing_key(),
     );
     let last_user = session::last_auth_user_cookie(CLIENT_ID);
@@ -596,14 +595,14 @@ async fn renewal_without_rotation_keeps_the_refresh_cookie() {
         name("accessToken"),
         name("refreshToken"),
     );
-    relay.relay.state.pending.record(
+    relay.relay.state.sessions().leave_renewal(
         appsync_relay::verify::token_hash("KEPT-REFRESH"),
         USERNAME,
-        Arc::new(TokenSet {
+        TokenSet {
             access_token: new_access.clone(),
             id_token: Some("NEW-ID".into()),
             refresh_token: None,
-        }),
+        },
         session_proof(),
     );
     let (_, headers, _) = roundtrip(relay.addr(), "GET", "/", &[("cookie", &old)], "").await;
@@ -659,17 +658,17 @@ async fn behind_our_own_tls_the_app_hears_https() {
     let name = |suffix| session::cookie_name(CLIENT_ID, USERNAME, suffix);
     // A genuine token of the session: what a pending renewal is handed to.
     let old_access = sign(
-        &access_claims(&relay.relay.state.config.issuer),
+        &access_claims(&relay.relay.state.config().issuer),
         signing_key(),
     );
-    relay.relay.state.pending.record(
+    relay.relay.state.sessions().leave_renewal(
         appsync_relay::verify::token_hash("OLD-REFRESH"),
         USERNAME,
-        Arc::new(TokenSet {
+        TokenSet {
             access_token: new_access.clone(),
             id_token: None,
             refresh_token: None,
-        }),
+        },
         session_proof(),
     );
     let cookie = format!(
@@ -734,18 +733,18 @@ async fn shutdown_cuts_an_open_tunnel_after_the_drain_timeout() {
 /// a browser holding `rt` with a genuine (old) access token.
 fn pending_for(relay: &Proxied, rt: &str) -> String {
     let new_access = new_access();
-    relay.relay.state.pending.record(
+    relay.relay.state.sessions().leave_renewal(
         appsync_relay::verify::token_hash(rt),
         USERNAME,
-        Arc::new(TokenSet {
+        TokenSet {
             access_token: new_access.clone(),
             id_token: None,
             refresh_token: Some("NEW-REFRESH".into()),
-        }),
+        },
         session_proof(),
     );
     let old_access = sign(
-        &access_claims(&relay.relay.state.config.issuer),
+        &access_claims(&relay.relay.state.config().issuer),
         signing_key(),
     );
     format!(
@@ -803,7 +802,12 @@ async fn an_app_failure_after_a_renewal_was_taken_still_writes_the_cookies() {
 #[tokio::test]
 async fn secure_follows_the_public_scheme_not_an_origin_header() {
     let app = TestApp::start().await;
-    let relay = start_proxied(proxy_config(app.url()), &[]).await;
+    // An http origin is allowed too: pages may be served over plain HTTP.
+    let relay = start_proxied(
+        proxy_config(app.url()),
+        &["--allowed-origin", "http://app.example.com"],
+    )
+    .await;
     let cookie = pending_for(&relay, "RT-ORIGIN");
     let (_, headers, _) = roundtrip(
         relay.addr(),
@@ -820,12 +824,44 @@ async fn secure_follows_the_public_scheme_not_an_origin_header() {
     );
     let relay = start_proxied(
         proxy_config(app.url()),
-        &["--public-origin", "https://app.example.com"],
+        &[
+            "--allowed-origin",
+            "http://app.example.com",
+            "--public-origin",
+            "https://app.example.com",
+        ],
     )
     .await;
     let cookie = pending_for(&relay, "RT-PUBLIC");
     let (_, headers, _) = roundtrip(relay.addr(), "GET", "/", &[("cookie", &cookie)], "").await;
     assert!(header(&headers, "set-cookie").unwrap().contains("Secure"));
+}
+
+/// TLS ended by an ingress that sends no `X-Forwarded-Proto`, every
+/// allowed origin https: every page that can use the relay was loaded over
+/// TLS, so the cookies the relay writes are `Secure` — never weaker than
+/// what the Next.js adapter wrote. Before the fix: written without
+/// `Secure` (the last hop was plain HTTP).
+#[tokio::test]
+async fn cookies_are_secure_when_every_allowed_origin_is_https() {
+    let app = TestApp::start().await;
+    // relay_config allows only https://app.example.com.
+    let relay = start_proxied(proxy_config(app.url()), &[]).await;
+    let cookie = pending_for(&relay, "RT-HTTPS-ORIGINS");
+    let (_, headers, _) = roundtrip(relay.addr(), "GET", "/", &[("cookie", &cookie)], "").await;
+    let set: Vec<&str> = headers
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .filter(|c| c.starts_with(session::COOKIE_PREFIX))
+        .collect();
+    assert!(!set.is_empty());
+    let weak: Vec<&str> = set
+        .iter()
+        .filter(|c| !c.contains("; Secure"))
+        .map(|c| c.split('=').next().unwrap_or(""))
+        .collect();
+    assert!(weak.is_empty(), "written without Secure: {weak:?}");
 }
 
 #[tokio::test]

@@ -619,7 +619,7 @@ async fn resource_attacks_leave_good_clients_served_and_memory_flat() {
     attack(&stack).await; // warm-up: allocator pools, caches
     let settle = || async {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while stack.relay.state.limits.active() != 0 {
+        while stack.relay.state.limits().active() != 0 {
             assert!(
                 tokio::time::Instant::now() < deadline,
                 "connections never drained"
@@ -635,7 +635,7 @@ async fn resource_attacks_leave_good_clients_served_and_memory_flat() {
         settle().await;
     }
     let after = rss_kib();
-    assert_eq!(stack.relay.state.limits.active(), 0);
+    assert_eq!(stack.relay.state.limits().active(), 0);
     assert!(
         after <= baseline + 16 * 1024,
         "memory grew across repeated attacks: {baseline} KiB -> {after} KiB"
@@ -733,7 +733,7 @@ async fn no_upgrade_is_accepted_once_the_listeners_stopped_accepting() {
 
     let state = relay.state.clone();
     let drain = tokio::spawn(relay.shutdown(Duration::from_millis(100), Duration::from_secs(3)));
-    while !state.stop_accepting.is_cancelled() {
+    while !state.stop_accepting().is_cancelled() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     tcp.write_all(raw_upgrade(Some(&cookie)).as_bytes())

@@ -7,7 +7,6 @@
 
 mod support;
 
-use appsync_relay::authenticate::{complete, identify};
 use appsync_relay::relay::token::TokenState;
 use appsync_relay::rewrite::UpstreamAuth;
 use appsync_relay::state::RelayState;
@@ -43,7 +42,7 @@ async fn start(extra: &[&str]) -> Harness {
     args.extend_from_slice(extra);
     let config = relay_config("http://127.0.0.1:9/event", &jwks, &args);
     let state = RelayState::new(config, None);
-    state.verifier.load_jwks().await.unwrap();
+    state.sessions().verifier().load_jwks().await.unwrap();
     Harness {
         state,
         cognito,
@@ -54,10 +53,16 @@ async fn start(extra: &[&str]) -> Harness {
 /// A handshake's authentication: its `Set-Cookie`s and the socket's token
 /// state, or the refusal's reason label.
 async fn handshake(h: &Harness, jar: &Jar) -> Result<(Vec<HeaderValue>, TokenState), String> {
-    let id = identify(&h.state, &header_for(jar))
+    let id = h
+        .state
+        .sessions()
+        .identify(&header_for(jar))
         .await
         .map_err(|e| e.reason().to_string())?;
-    let a = complete(&h.state, id, true, "10.0.0.1".parse().unwrap())
+    let a = h
+        .state
+        .sessions()
+        .complete(id, true, "10.0.0.1".parse().unwrap())
         .await
         .map_err(|e| e.reason().to_string())?;
     let ts = TokenState::new(
@@ -124,11 +129,11 @@ async fn a_stale_sockets_refusal_does_not_lock_out_the_live_session() {
     let mut browser = jar(&s);
     let (_, mut socket) = handshake(&h, &browser).await.unwrap();
     // The relay itself renews once (so it knows rt1 as the sign-in's newest).
-    assert!(socket.renew(&h.state).await.unwrap());
+    assert!(socket.renew(h.state.sessions()).await.unwrap());
     // The app rotates behind the relay's back: rt1 -> rt2.
     let rt1 = h
         .state
-        .pending
+        .sessions()
         .waiting_refresh_token(&s.refresh)
         .expect("a renewal waits for the browser");
     let (access, id, rt2) = h.cognito.refresh_outside(&rt1).await.unwrap();
@@ -136,7 +141,7 @@ async fn a_stale_sockets_refusal_does_not_lock_out_the_live_session() {
     browser.insert("idToken", id);
     browser.insert("refreshToken", rt2.clone());
     // The socket renews with rt1, now dead: it ends, fine.
-    assert!(socket.renew(&h.state).await.is_err());
+    assert!(socket.renew(h.state.sessions()).await.is_err());
     // The browser's live tokens still work (Cognito is asked and agrees).
     let again = handshake(&h, &browser).await;
     assert!(again.is_ok(), "live session locked out: {:?}", again.err());
@@ -191,7 +196,7 @@ async fn a_copied_jar_does_not_follow_a_rotation_the_browser_received() {
     let (c, _) = handshake(&h, &browser).await.unwrap();
     apply(&mut browser, &c);
     // Past the reuse window and the hand-over grace.
-    h.state.refresher.forget_recent_answers();
+    h.state.sessions().forget_recent_answers();
     tokio::time::sleep(appsync_relay::refresh::HANDOVER_GRACE).await;
     let got = handshake(&h, &copied).await;
     let mut attacker = copied.clone();
@@ -217,10 +222,13 @@ async fn another_devices_refusal_leaves_a_live_sign_in_alone() {
     let jar_b = jar(&b);
     let (_, mut s1) = handshake(&h, &jar_b).await.unwrap();
     let (_, mut s2) = handshake(&h, &jar_b).await.unwrap();
-    assert!(s1.renew(&h.state).await.unwrap(), "rtB0 -> rtB1");
+    assert!(s1.renew(h.state.sessions()).await.unwrap(), "rtB0 -> rtB1");
     h.cognito.revoke(&a.refresh);
     assert!(handshake(&h, &jar(&a)).await.is_err(), "A is over");
-    assert!(s2.renew(&h.state).await.is_ok(), "B's second socket renews");
+    assert!(
+        s2.renew(h.state.sessions()).await.is_ok(),
+        "B's second socket renews"
+    );
     let again = handshake(&h, &jar_b).await;
     assert!(
         again.is_ok(),
@@ -245,7 +253,7 @@ async fn a_socket_renews_with_cognitos_username_for_the_secret_hash() {
     *h.cognito.client_secret.lock().unwrap() = Some("s3cret".into());
     let s = h.cognito.sign_in("cognito-internal-name");
     let (_, mut socket) = handshake(&h, &jar(&s)).await.unwrap();
-    let r = socket.renew(&h.state).await;
+    let r = socket.renew(h.state.sessions()).await;
     assert!(r.is_ok(), "socket ended: {:?}", r.err());
 }
 
@@ -259,11 +267,17 @@ async fn a_revoked_sign_in_stays_ended_and_a_new_one_works() {
     let browser = jar(&s);
     let (_, mut s1) = handshake(&h, &browser).await.unwrap();
     let (_, mut s2) = handshake(&h, &browser).await.unwrap();
-    assert!(s1.renew(&h.state).await.unwrap(), "rt0 -> rt1 (the newest)");
+    assert!(
+        s1.renew(h.state.sessions()).await.unwrap(),
+        "rt0 -> rt1 (the newest)"
+    );
     h.cognito.revoke_user(USERNAME);
-    assert!(s1.renew(&h.state).await.is_err(), "rt1 refused");
+    assert!(s1.renew(h.state.sessions()).await.is_err(), "rt1 refused");
     let calls = h.cognito.total_calls();
-    assert!(s2.renew(&h.state).await.is_err(), "the sibling ends too");
+    assert!(
+        s2.renew(h.state.sessions()).await.is_err(),
+        "the sibling ends too"
+    );
     assert_eq!(
         h.cognito.total_calls(),
         calls,
@@ -306,7 +320,7 @@ async fn a_browser_hanging_up_mid_renewal_loses_nothing() {
         second.err()
     );
     // Nobody waiting at all: the browser's retry still gets the rotation.
-    h.state.refresher.forget_recent_answers();
+    h.state.sessions().forget_recent_answers();
     h.cognito.issued_ago.store(3700, Ordering::SeqCst);
     let t = h.cognito.sign_in(USERNAME);
     h.cognito.issued_ago.store(0, Ordering::SeqCst);
@@ -338,7 +352,7 @@ async fn a_response_the_browser_never_got_costs_nothing() {
     h.cognito.issued_ago.store(0, Ordering::SeqCst);
     let browser = jar(&s);
     let (_lost, _) = handshake(&h, &browser).await.unwrap();
-    h.state.refresher.forget_recent_answers();
+    h.state.sessions().forget_recent_answers();
     tokio::time::sleep(appsync_relay::refresh::HANDOVER_GRACE).await;
     let again = handshake(&h, &browser).await;
     assert!(
@@ -359,12 +373,12 @@ async fn another_sign_in_cannot_clear_an_ended_mark() {
     let jar_a = jar(&a);
     let (_, mut sa) = handshake(&h, &jar_a).await.unwrap();
     assert!(
-        sa.renew(&h.state).await.unwrap(),
+        sa.renew(h.state.sessions()).await.unwrap(),
         "rtA0 -> rtA1 (the newest)"
     );
     h.cognito.revoke_user(USERNAME);
     assert!(
-        sa.renew(&h.state).await.is_err(),
+        sa.renew(h.state.sessions()).await.is_err(),
         "A's newest refused: A ended"
     );
     assert_eq!(

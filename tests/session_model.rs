@@ -24,7 +24,6 @@
 
 mod support;
 
-use appsync_relay::authenticate::{complete, identify};
 use appsync_relay::relay::token::TokenState;
 use appsync_relay::rewrite::UpstreamAuth;
 use appsync_relay::state::RelayState;
@@ -133,7 +132,7 @@ impl Harness {
             ],
         );
         let state = RelayState::new(config, None);
-        state.verifier.load_jwks().await.unwrap();
+        state.sessions().verifier().load_jwks().await.unwrap();
         let mut h = Harness {
             state,
             cognito,
@@ -164,11 +163,11 @@ impl Harness {
             Op::Handshake { stale, open_socket } => {
                 let cookies = if *stale { &self.prev_jar } else { &self.jar };
                 let headers = header_for(cookies);
-                let Ok(id) = identify(&self.state, &headers).await else {
+                let Ok(id) = self.state.sessions().identify(&headers).await else {
                     return false;
                 };
                 let ip = "10.0.0.1".parse().unwrap();
-                match complete(&self.state, id, true, ip).await {
+                match self.state.sessions().complete(id, true, ip).await {
                     Ok(a) => {
                         let wrote = !a.set_cookies.is_empty();
                         if wrote {
@@ -205,7 +204,7 @@ impl Harness {
                     return false;
                 }
                 let i = n % self.sockets.len();
-                if let Err(ending) = self.sockets[i].renew(&self.state).await {
+                if let Err(ending) = self.sockets[i].renew(self.state.sessions()).await {
                     let reason = format!("{ending:?}");
                     if reason.contains("refresh_rejected") && !self.cognito.any_live(USERNAME) {
                         self.relay_knows = true;
@@ -260,7 +259,7 @@ impl Harness {
                 false
             }
             Op::Later => {
-                self.state.refresher.forget_recent_answers();
+                self.state.sessions().forget_recent_answers();
                 false
             }
             Op::RefreshOutside => {
@@ -293,7 +292,7 @@ impl Harness {
         }
         if !self.ended && self.cognito.any_live(USERNAME) {
             let rt = &self.jar["refreshToken"];
-            let waiting = self.state.pending.waiting_refresh_token(rt);
+            let waiting = self.state.sessions().waiting_refresh_token(rt);
             let recoverable = self.cognito.is_live(rt)
                 || waiting.as_deref().is_some_and(|w| self.cognito.is_live(w));
             if !recoverable {
@@ -302,7 +301,9 @@ impl Harness {
             // A sign-in marked ended is not lost while the browser's own
             // refresh token is alive: its next request asks Cognito, which
             // revives it. Otherwise the marker would lose it.
-            if self.state.session_ended(&jar_proof(&self.jar)) && !self.cognito.is_live(rt) {
+            if self.state.sessions().sign_in_ended(&jar_proof(&self.jar))
+                && !self.cognito.is_live(rt)
+            {
                 return Err(format!("a live session was ended {}", ctx()));
             }
         }

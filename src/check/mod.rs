@@ -54,10 +54,17 @@ pub async fn run(args: &CheckArgs) -> Report {
     let sign_in = read_sign_in(args, &config, &mut report);
     // The relay's own clients and verifier, built from the same config.
     let probe = RelayState::new(config.clone(), None);
-    identity::openid_configuration(&args.serve, &config, &probe.http, &mut report).await;
-    identity::jwks(&config, &probe.http, &mut report).await;
+    identity::openid_configuration(&args.serve, &config, probe.http(), &mut report).await;
+    identity::jwks(&config, probe.http(), &mut report).await;
     if let Some(s) = &sign_in {
-        identity::token(&config, &probe.verifier, &s.token, s.renewable, &mut report).await;
+        identity::token(
+            &config,
+            probe.sessions().verifier(),
+            &s.token,
+            s.renewable,
+            &mut report,
+        )
+        .await;
     }
     // A leg that is not TLS carries no secret of the check's either: the
     // probe names the app client (and its secret), the round trip the user.
@@ -65,11 +72,11 @@ pub async fn run(args: &CheckArgs) -> Report {
     if plaintext {
         report.skip("cognito", "not run: see transport");
     } else {
-        identity::cognito(&config, &probe.http, &mut report).await;
+        identity::cognito(&config, probe.http(), &mut report).await;
     }
     network::appsync_hosts(&config, &mut report).await;
     if let Some(key) = &config.shared.api_key {
-        network::shared_api_key(&probe.upstream, key, &mut report).await;
+        network::shared_api_key(probe.upstream(), key, &mut report).await;
     }
     if let Some(cluster) = &config.cluster {
         network::redis(cluster, &mut report).await;

@@ -5,8 +5,10 @@
 //! every marker in Redis into this replica's memory (ending the local
 //! sockets they cover: an end said while this replica could not hear it),
 //! writes back and announces the ends this replica remembers and Redis
-//! lacks (said while it could not reach Redis, or lost by a Redis that came
-//! back empty: the other replicas hear them, no ended session revives), and
+//! lacks — operators' ends, ended sign-ins and sign-outs alike (said while
+//! it could not reach Redis, or lost by a Redis that came back empty: the
+//! other replicas hear them, no ended session revives) — writes back this
+//! replica's connection leases (a Redis that restarted lost them), and
 //! then follows the stream from the last entry it saw, so what was said
 //! while it was away still arrives. A replica that starts reads the stream
 //! from its beginning (it is capped): it learns the sign-ins and sign-outs
@@ -40,6 +42,8 @@ pub struct Feed {
     pub synced: Arc<AtomicBool>,
     /// Most seconds an `at` may lie ahead of this replica's clock.
     pub max_ahead: u64,
+    /// This replica's leases, written back on every resynchronisation.
+    pub leases: Option<super::leases::Leases>,
 }
 
 impl Feed {
@@ -112,45 +116,52 @@ impl Feed {
         let Some(heard) = Heard::parse(fields) else {
             return;
         };
-        let heard = match heard {
-            Heard::Subject { subject, at } => {
-                let at = self.clamp(at);
-                self.ends.insert(subject, at);
-                Heard::Subject { subject, at }
-            }
-            other => other,
-        };
+        let heard = self.clamp(heard);
+        // Remembered before it is applied: a handshake checking the memory
+        // after this point is refused, one that registered before it is
+        // closed by the applier.
+        self.ends.insert(&heard);
         let _ = self.tx.send(heard).await;
     }
 
     /// An end cannot lie in the future: a value far ahead (written into
     /// Redis by someone who should not) would lock a user out for the
     /// marker's lifetime. It is cut to now plus the allowed skew.
-    fn clamp(&self, at: u64) -> u64 {
-        at.min(crate::clock::now_secs() + self.max_ahead)
+    fn clamp(&self, heard: Heard) -> Heard {
+        match heard {
+            Heard::Subject { subject, at } => Heard::Subject {
+                subject,
+                at: at.min(crate::clock::now_secs() + self.max_ahead),
+            },
+            other => other,
+        }
     }
 
     async fn resync(&self) -> Result<(), String> {
         let markers = link::all_markers(&self.conn, MAX_MARKERS)
             .await
             .inspect_err(|e| self.health.failed("resync", e))?;
-        let in_redis: std::collections::HashSet<[u8; 32]> =
-            markers.iter().map(|(s, _)| *s).collect();
-        for (subject, at) in markers {
-            let at = self.clamp(at);
-            if self.ends.insert(subject, at) {
-                let _ = self.tx.send(Heard::Subject { subject, at }).await;
+        let in_redis: std::collections::HashSet<Heard> = markers.iter().copied().collect();
+        for heard in markers {
+            let heard = self.clamp(heard);
+            if self.ends.insert(&heard) {
+                let _ = self.tx.send(heard).await;
             }
         }
         // What this replica said (or heard) while Redis could not take it:
         // stored and announced again, so the replicas that stayed connected
         // hear it too, and a Redis that came back empty holds it again.
-        for (subject, at, left) in self.ends.entries() {
-            if !in_redis.contains(&subject) {
-                link::publish_end(&self.conn, &self.replica, &subject, at, left)
+        for (heard, left) in self.ends.entries() {
+            if !in_redis.contains(&heard) {
+                link::publish(&self.conn, &self.replica, &heard, left)
                     .await
                     .inspect_err(|e| self.health.failed("resync", e))?;
             }
+        }
+        // A Redis that restarted lost every lease too: this replica's
+        // sockets count again at once, not at the next renewal.
+        if let Some(leases) = &self.leases {
+            leases.write_back().await;
         }
         Ok(())
     }

@@ -37,13 +37,23 @@ use std::time::{Duration, Instant};
 
 /// How often a waiter looks for the holder's result.
 const POLL: Duration = Duration::from_millis(20);
-/// `{1, sealed result}` if there is one; else `{2, ""}` with the lock taken
-/// (holding the caller's fencing token, `ARGV[1]`); else `{0, ""}`.
+/// `{1, sealed result}` if there is one; else, when the caller may lock
+/// (`ARGV[3]` is `1`), `{2, ""}` with the lock taken (holding the caller's
+/// fencing token, `ARGV[1]`); else `{0, ""}` while someone holds the lock,
+/// `{3, ""}` when nobody does.
 const TAKE: &str = "\
 local r = redis.call('GET', KEYS[2]) \
 if r then return {1, r} end \
+if ARGV[3] ~= '1' then \
+  if redis.call('EXISTS', KEYS[1]) == 1 then return {0, ''} end \
+  return {3, ''} \
+end \
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return {2, ''} end \
 return {0, ''}";
+
+/// How far a sealed result's time may lie from this replica's clock before
+/// it is refused (replicas' clocks differ a little; a replay is older).
+const RESULT_SKEW: Duration = Duration::from_secs(2);
 
 #[derive(Clone)]
 pub struct ClusterRefresh {
@@ -62,17 +72,35 @@ fn result_key(h: &[u8; 32]) -> String {
     format!("appsync-relay:refresh:result:{}", link::hex(h))
 }
 
-fn encode(outcome: &CallOutcome) -> Option<Value> {
+/// The outcome as sealed, with the moment (unix milliseconds) it was
+/// stored: sealed with it, so a result copied back into its slot later by
+/// someone who can write Redis is refused as stale.
+fn encode(outcome: &CallOutcome, at_ms: u64) -> Option<Value> {
     match outcome {
-        Ok(t) => {
-            Some(json!({"access": t.access_token, "id": t.id_token, "refresh": t.refresh_token}))
-        }
-        Err(RefreshError::Rejected(why)) => Some(json!({"rejected": why})),
+        Ok(t) => Some(
+            json!({"access": t.access_token, "id": t.id_token, "refresh": t.refresh_token, "at": at_ms}),
+        ),
+        Err(RefreshError::Rejected(why)) => Some(json!({"rejected": why, "at": at_ms})),
         Err(RefreshError::Unavailable(_)) => None,
     }
 }
 
-fn decode(v: &Value) -> Option<CallOutcome> {
+/// Whether a result sealed at `at_ms` may still be used at `now_ms`.
+fn fresh(at_ms: u64, now_ms: u64) -> bool {
+    let skew = RESULT_SKEW.as_millis() as u64;
+    at_ms <= now_ms + skew && now_ms <= at_ms + RESULT_TTL.as_millis() as u64 + skew
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn decode(v: &Value, now_ms: u64) -> Option<CallOutcome> {
+    if !fresh(v["at"].as_u64()?, now_ms) {
+        return None;
+    }
     if let Some(why) = v["rejected"].as_str() {
         return Some(Err(RefreshError::Rejected(why.to_string())));
     }
@@ -123,6 +151,9 @@ impl ClusterRefresh {
         // Random, not a counter: a Redis that restarted empty restarts a
         // counter, and a stale holder could then match a new lock.
         let fence = format!("{:032x}", rand::random::<u128>());
+        // Once this caller has waited on another's lock it never calls
+        // Cognito for this token: the holder may have rotated it already.
+        let mut waited = false;
         loop {
             // One step: the result if there is one, else the lock if free.
             // (Reading, then locking, let a holder finish in between and a
@@ -131,7 +162,8 @@ impl ClusterRefresh {
             invocation
                 .key(&result)
                 .arg(&fence)
-                .arg(self.lock_ttl.as_millis() as u64);
+                .arg(self.lock_ttl.as_millis() as u64)
+                .arg(if waited { "0" } else { "1" });
             let step = tokio::time::timeout(
                 link::OP_TIMEOUT * 2,
                 invocation.invoke_async::<(i64, String)>(&mut conn),
@@ -141,19 +173,12 @@ impl ClusterRefresh {
                 Ok(Ok((1, sealed))) => return Some(self.open(&sealed, &result)),
                 Ok(Ok((2, _))) => {
                     let outcome = call.take()?.await;
-                    let lineage = lineage_set(&outcome);
+                    let sets = index_sets(&outcome);
                     // Twice at most: waiters otherwise wait out the lock.
                     let mut stored = Err(String::new());
                     for _ in 0..2 {
                         stored = self
-                            .finish(
-                                &mut conn,
-                                &lock,
-                                &result,
-                                lineage.as_deref(),
-                                &fence,
-                                &outcome,
-                            )
+                            .finish(&mut conn, &lock, &result, &sets, &fence, &outcome)
                             .await;
                         if stored.is_ok() {
                             break;
@@ -164,7 +189,8 @@ impl ClusterRefresh {
                     }
                     return Some(outcome);
                 }
-                Ok(Ok(_)) => {}
+                Ok(Ok((3, _))) => return Some(self.never_answered()),
+                Ok(Ok(_)) => waited = true,
                 Ok(Err(e)) => {
                     self.health.failed("refresh", &e);
                     return None;
@@ -175,16 +201,21 @@ impl ClusterRefresh {
                 }
             }
             if Instant::now() > give_up {
-                // A holder that never answered: its token may be rotated
-                // out already, so calling with it could end the session.
-                // Retry later (a still-valid token carries on meanwhile).
-                self.health.failed("refresh", &"the holder never answered");
-                return Some(Err(RefreshError::Unavailable(
-                    "another replica's refresh never answered".into(),
-                )));
+                return Some(self.never_answered());
             }
             tokio::time::sleep(POLL).await;
         }
+    }
+
+    /// The holder of the lock this caller waited on left no result (it
+    /// died, or its lock expired): its token may be rotated out already,
+    /// so calling with it could end the session. Retry later (a
+    /// still-valid token carries on meanwhile).
+    fn never_answered(&self) -> CallOutcome {
+        self.health.failed("refresh", &"the holder never answered");
+        Err(RefreshError::Unavailable(
+            "another replica's refresh never answered".into(),
+        ))
     }
 
     /// A stored result, opened. One that does not open (another
@@ -196,7 +227,7 @@ impl ClusterRefresh {
             .keys
             .open(sealed, result)
             .and_then(|plain| serde_json::from_slice::<Value>(&plain).ok())
-            .and_then(|v| decode(&v));
+            .and_then(|v| decode(&v, now_ms()));
         opened.unwrap_or_else(|| {
             self.health.failed("refresh", &"a shared result did not open");
             tracing::warn!(
@@ -208,32 +239,35 @@ impl ClusterRefresh {
 
     /// Stores the outcome and releases the lock, both only while the lock
     /// still holds `fence`; a success is also filed under its sign-in's
-    /// set (`lineage`), so ending the sign-in drops it ([`forget_sign_in`]).
+    /// and its subjects' sets (`sets`), so ending the sign-in or the user
+    /// drops it ([`forget_set`]).
     async fn finish(
         &self,
         conn: &mut ConnectionManager,
         lock: &str,
         result: &str,
-        lineage: Option<&str>,
+        sets: &[String],
         fence: &str,
         outcome: &CallOutcome,
     ) -> Result<(), String> {
-        let sealed = encode(outcome)
+        let sealed = encode(outcome, now_ms())
             .map(|v| self.keys.seal(v.to_string().as_bytes(), result))
             .unwrap_or_default();
         let script = redis::Script::new(
             "if redis.call('GET', KEYS[1]) == ARGV[1] then \
-               if ARGV[2] ~= '' then redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3]) end \
-               if ARGV[2] ~= '' and KEYS[3] ~= '' then \
-                 redis.call('SADD', KEYS[3], KEYS[2]) redis.call('PEXPIRE', KEYS[3], ARGV[3]) end \
+               if ARGV[2] ~= '' then redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3]) \
+                 for i = 3, #KEYS do \
+                   redis.call('SADD', KEYS[i], KEYS[2]) redis.call('PEXPIRE', KEYS[i], ARGV[3]) end \
+               end \
                redis.call('DEL', KEYS[1]) \
              end return 1",
         );
         let mut invocation = script.prepare_invoke();
+        invocation.key(lock).key(result);
+        for set in sets {
+            invocation.key(set);
+        }
         invocation
-            .key(lock)
-            .key(result)
-            .key(lineage.unwrap_or(""))
             .arg(fence)
             .arg(sealed)
             .arg(RESULT_TTL.as_millis() as u64);
@@ -245,29 +279,41 @@ impl ClusterRefresh {
     }
 }
 
-/// The set that files a success's result under its sign-in.
-fn lineage_set(outcome: &CallOutcome) -> Option<String> {
-    let tokens = outcome.as_ref().ok()?;
-    let claims = crate::verify::unverified_claims(&tokens.access_token)?;
-    Some(sign_in_key(
-        &crate::session::SessionProof::of(&claims).lineage_hash(),
-    ))
+/// The sets that file a success's result: its sign-in's and each of its
+/// subjects' (`sub`, username).
+fn index_sets(outcome: &CallOutcome) -> Vec<String> {
+    let Some(claims) = outcome
+        .as_ref()
+        .ok()
+        .and_then(|t| crate::verify::unverified_claims(&t.access_token))
+    else {
+        return Vec::new();
+    };
+    let lineage = crate::session::SessionProof::of(&claims).lineage_hash();
+    let mut sets = vec![sign_in_key(&lineage)];
+    sets.extend(crate::session::subjects_of(&claims).iter().map(subject_key));
+    sets
 }
 
-fn sign_in_key(lineage: &[u8; 32]) -> String {
+pub fn sign_in_key(lineage: &[u8; 32]) -> String {
     format!("appsync-relay:refresh:sign-in:{}", link::hex(lineage))
 }
 
-/// Drops every shared refresh result of the sign-in `lineage` names (it
-/// ended: a result kept for the next seconds would revive it).
-pub async fn forget_sign_in(conn: &ConnectionManager, lineage: &[u8; 32]) -> Result<(), String> {
+pub fn subject_key(subject: &[u8; 32]) -> String {
+    format!("appsync-relay:refresh:subject:{}", link::hex(subject))
+}
+
+/// Drops every shared refresh result filed under `set` (a sign-in's or a
+/// subject's: it ended, and a result kept for the next seconds would
+/// revive it).
+pub async fn forget_set(conn: &ConnectionManager, set: String) -> Result<(), String> {
     let mut conn = conn.clone();
     let script = redis::Script::new(
         "local m = redis.call('SMEMBERS', KEYS[1]) \
          for i = 1, #m do redis.call('DEL', m[i]) end \
          redis.call('DEL', KEYS[1]) return #m",
     );
-    let invocation = script.key(sign_in_key(lineage));
+    let invocation = script.key(set);
     match tokio::time::timeout(link::OP_TIMEOUT, invocation.invoke_async::<i64>(&mut conn)).await {
         Ok(Ok(_)) => Ok(()),
         Ok(Err(e)) => Err(e.to_string()),
@@ -286,11 +332,31 @@ mod tests {
             id_token: None,
             refresh_token: Some("r".into()),
         };
-        let v = encode(&Ok(t.clone())).unwrap();
-        assert!(matches!(decode(&v), Some(Ok(got)) if got == t));
-        let v = encode(&Err(RefreshError::Rejected("NotAuthorized".into()))).unwrap();
-        assert!(matches!(decode(&v), Some(Err(RefreshError::Rejected(w))) if w == "NotAuthorized"));
-        assert!(encode(&Err(RefreshError::Unavailable("x".into()))).is_none());
-        assert!(decode(&json!({})).is_none());
+        let now = now_ms();
+        let v = encode(&Ok(t.clone()), now).unwrap();
+        assert!(matches!(decode(&v, now), Some(Ok(got)) if got == t));
+        let v = encode(&Err(RefreshError::Rejected("NotAuthorized".into())), now).unwrap();
+        assert!(
+            matches!(decode(&v, now), Some(Err(RefreshError::Rejected(w))) if w == "NotAuthorized")
+        );
+        assert!(encode(&Err(RefreshError::Unavailable("x".into())), now).is_none());
+        assert!(decode(&json!({}), now).is_none());
+    }
+
+    #[test]
+    fn a_result_replayed_later_or_from_the_future_is_refused() {
+        let t = TokenSet {
+            access_token: "a".into(),
+            id_token: None,
+            refresh_token: Some("r".into()),
+        };
+        let now = now_ms();
+        let v = encode(&Ok(t), now).unwrap();
+        let ttl = RESULT_TTL.as_millis() as u64;
+        assert!(decode(&v, now + ttl).is_some(), "within its reuse");
+        assert!(decode(&v, now + ttl + 3_000).is_none(), "replayed later");
+        assert!(decode(&v, now - 3_000).is_none(), "from the future");
+        let untimed = json!({"access": "a", "refresh": "r"});
+        assert!(decode(&untimed, now).is_none(), "no time: refused");
     }
 }

@@ -8,8 +8,10 @@
 //! and its leases stop counting after the TTL.
 //!
 //! Redis down: admission is this replica's own (its local limit still
-//! holds); the socket's lease is written by the next renewal once Redis is
-//! back, so the counts come back too (a user over the limit then keeps the
+//! holds). Every renewal writes the leases whether Redis still had them or
+//! not, and the feed writes them all back each time it reconnects, so
+//! after an outage — or a Redis that restarted empty between two renewals
+//! — the counts come back at once (a user over the limit then keeps the
 //! sockets they have, and opens no more until under it).
 
 use super::link::{hex, Health, OP_TIMEOUT};
@@ -29,16 +31,12 @@ redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[3]) \
 redis.call('PEXPIRE', KEYS[1], ARGV[2]) \
 return 1";
 
-/// `ARGV[2]` is `XX` for a renewal (a lease removed meanwhile, by its
-/// socket closing, is not brought back) or `ADD` for the write-back after
-/// Redis was away (it may have lost them).
+/// Renews (or re-creates: a Redis that restarted between two renewals
+/// lost them) this replica's live leases of one user.
 const RENEW: &str = "\
 local t = redis.call('TIME') \
 local now = t[1] * 1000 + math.floor(t[2] / 1000) \
-for i = 3, #ARGV do \
-  if ARGV[2] == 'XX' then redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[1]), ARGV[i]) \
-  else redis.call('ZADD', KEYS[1], now + tonumber(ARGV[1]), ARGV[i]) end \
-end \
+for i = 2, #ARGV do redis.call('ZADD', KEYS[1], now + tonumber(ARGV[1]), ARGV[i]) end \
 redis.call('PEXPIRE', KEYS[1], ARGV[1]) \
 return 1";
 
@@ -153,25 +151,28 @@ impl Leases {
 
     async fn renew_until(self, shutdown: CancellationToken) {
         let period = self.shared.ttl / 3;
-        // Redis was away at the last round: write every lease back.
-        let mut was_away = true;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(period) => {}
             }
-            if !self.shared.health.is_up() {
-                was_away = true;
-                continue;
+            if self.shared.health.is_up() {
+                self.renew().await;
             }
-            let failures = self.renew(was_away).await;
-            was_away = failures > 0 && was_away;
         }
     }
 
-    /// Renews every live lease (`write_back`: adds those Redis lost).
-    /// Every user is tried; how many failed.
-    async fn renew(&self, write_back: bool) -> usize {
+    /// Writes every live lease into Redis now (the feed calls it on each
+    /// reconnect: Redis may have come back empty).
+    pub async fn write_back(&self) {
+        self.renew().await;
+    }
+
+    /// Renews every live lease, re-creating those Redis lost, then takes
+    /// out again any whose socket closed while the renewal ran (its own
+    /// removal may have reached Redis first). Every user is tried; how
+    /// many failed.
+    async fn renew(&self) -> usize {
         let mut by_key: std::collections::HashMap<String, Vec<String>> = Default::default();
         for e in self.shared.live.iter() {
             by_key
@@ -184,9 +185,7 @@ impl Leases {
         let mut failures = 0;
         for (key, members) in by_key {
             let mut invocation = script.key(&key);
-            invocation
-                .arg(self.shared.ttl.as_millis() as u64)
-                .arg(if write_back { "ADD" } else { "XX" });
+            invocation.arg(self.shared.ttl.as_millis() as u64);
             for m in &members {
                 invocation.arg(m);
             }
@@ -201,6 +200,19 @@ impl Leases {
                 Err(_) => {
                     failures += 1;
                     self.shared.health.failed("lease", &"no answer in time");
+                }
+            }
+            let closed: Vec<&String> = members
+                .iter()
+                .filter(|m| !self.shared.live.contains_key(*m))
+                .collect();
+            if !closed.is_empty() {
+                let mut zrem = redis::cmd("ZREM");
+                zrem.arg(&key).arg(closed);
+                if let Ok(Err(e)) =
+                    tokio::time::timeout(OP_TIMEOUT, zrem.query_async::<i64>(&mut conn)).await
+                {
+                    self.shared.health.failed("lease", &e);
                 }
             }
         }

@@ -1,8 +1,13 @@
 //! The connection to Redis and what is stored there.
 //!
-//! - A marker per ended subject, `appsync-relay:end:<hex hash>` = the unix
-//!   second its sign-ins ended, expiring with the refresh-token lifetime:
-//!   what a handshake on any replica is checked against.
+//! - A marker per end, expiring with the refresh-token lifetime: what a
+//!   replica that starts, or comes back after losing Redis, learns every
+//!   end from (the stream is capped). `appsync-relay:end:<subject hash>` =
+//!   the unix second an operator ended the subject's sign-ins;
+//!   `appsync-relay:end-sign-in:<lineage hash>` = 1, a sign-in that ended;
+//!   `appsync-relay:end-browser:<refresh-token hash>` = `<sub subject
+//!   hash>.<access-token hash>.<sign-in hash>`, a browser the app signed
+//!   out.
 //! - A stream, `appsync-relay:ends`, one entry per end (an operator's of a
 //!   subject, a sign-in's, a browser's sign-out: `super::ends::Heard`, by
 //!   hashes only; `r` the replica that said it), capped near [`STREAM_LEN`]: how the
@@ -15,6 +20,7 @@
 //! Every command has a deadline ([`OP_TIMEOUT`]) and its failure only
 //! marks the link down: this replica's own memory goes on deciding.
 
+use super::ends::Heard;
 pub use super::hex::{hex, unhex};
 use crate::metrics::Metrics;
 use prometheus::{IntCounterVec, IntGauge, Opts};
@@ -28,19 +34,65 @@ pub const OP_TIMEOUT: Duration = Duration::from_millis(250);
 /// Entries the stream keeps (approximately): the catch-up window.
 pub const STREAM_LEN: usize = 10_000;
 pub const STREAM: &str = "appsync-relay:ends";
-const MARKER_PREFIX: &str = "appsync-relay:end:";
+const SUBJECT_PREFIX: &str = "appsync-relay:end:";
+const SIGN_IN_PREFIX: &str = "appsync-relay:end-sign-in:";
+const BROWSER_PREFIX: &str = "appsync-relay:end-browser:";
 
-pub fn marker_key(subject: &[u8; 32]) -> String {
-    format!("{MARKER_PREFIX}{}", hex(subject))
+/// The marker key of an end, and the value it holds.
+pub fn marker(heard: &Heard) -> (String, String) {
+    match heard {
+        Heard::Subject { subject, at } => {
+            (format!("{SUBJECT_PREFIX}{}", hex(subject)), at.to_string())
+        }
+        Heard::SignIn { lineage } => (format!("{SIGN_IN_PREFIX}{}", hex(lineage)), "1".into()),
+        Heard::Browser {
+            sub,
+            refresh,
+            token,
+            lineage,
+        } => (
+            format!("{BROWSER_PREFIX}{}", hex(refresh)),
+            match lineage {
+                Some(l) => format!("{}.{}.{}", hex(sub), hex(token), hex(l)),
+                None => format!("{}.{}", hex(sub), hex(token)),
+            },
+        ),
+    }
 }
 
-pub fn marker_pattern() -> String {
-    format!("{MARKER_PREFIX}*")
+/// What a marker key and its value say; `None` for anything else (the
+/// stream's own key matches the scan's pattern too).
+pub fn parse_marker(key: &str, value: &str) -> Option<Heard> {
+    if let Some(h) = key.strip_prefix(SUBJECT_PREFIX) {
+        return Some(Heard::Subject {
+            subject: unhex(h)?,
+            at: value.parse().ok()?,
+        });
+    }
+    if let Some(h) = key.strip_prefix(SIGN_IN_PREFIX) {
+        return Some(Heard::SignIn { lineage: unhex(h)? });
+    }
+    let refresh = unhex(key.strip_prefix(BROWSER_PREFIX)?)?;
+    let mut parts = value.split('.');
+    let (sub, token) = (unhex(parts.next()?)?, unhex(parts.next()?)?);
+    let lineage = match parts.next() {
+        Some(l) => Some(unhex(l)?),
+        None => None,
+    };
+    if parts.next().is_some() {
+        return None;
+    }
+    Some(Heard::Browser {
+        sub,
+        refresh,
+        token,
+        lineage,
+    })
 }
 
-/// The subject hash a marker key names.
-pub fn subject_of_key(key: &str) -> Option<[u8; 32]> {
-    unhex(key.strip_prefix(MARKER_PREFIX)?)
+/// Every marker key matches it.
+fn marker_pattern() -> &'static str {
+    "appsync-relay:end*"
 }
 
 /// The link's health, as `/readyz` and `/metrics` show it.
@@ -67,7 +119,9 @@ impl Health {
         .expect("static metric definition is valid");
         metrics.register(Box::new(gauge.clone()));
         metrics.register(Box::new(errors.clone()));
-        for op in ["end", "announce", "feed", "resync", "refresh", "lease"] {
+        for op in [
+            "end", "announce", "feed", "resync", "refresh", "lease", "chain",
+        ] {
             errors.with_label_values(&[op]);
         }
         Health {
@@ -115,44 +169,45 @@ async fn bounded<T>(
     }
 }
 
-/// Stores the marker (never narrowing a later one) and appends the end to
-/// the stream.
-pub async fn publish_end(
+/// Stores the end's marker (a subject's never narrowed by an earlier
+/// one), expiring after `ttl`, and appends the end to the stream.
+pub async fn publish(
     conn: &ConnectionManager,
     replica: &str,
-    subject: &[u8; 32],
-    at: u64,
+    heard: &Heard,
     ttl: Duration,
 ) -> Result<(), String> {
     let mut conn = conn.clone();
-    let key = marker_key(subject);
-    // SET only when absent or earlier, in one step.
+    let (key, value) = marker(heard);
+    // SET only when absent or not later, in one step.
     let script = redis::Script::new(
-        "local v = tonumber(redis.call('GET', KEYS[1]) or '0') \
-         if tonumber(ARGV[1]) >= v then redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2]) end \
+        "local v = redis.call('GET', KEYS[1]) \
+         if ARGV[3] == 'max' and v and tonumber(v) and tonumber(v) > tonumber(ARGV[1]) then return 0 end \
+         redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2]) \
          return 1",
     );
     let ttl = ttl.as_secs().max(1);
+    let mode = match heard {
+        Heard::Subject { .. } => "max",
+        _ => "set",
+    };
     bounded(
         script
             .key(&key)
-            .arg(at)
+            .arg(value)
             .arg(ttl)
+            .arg(mode)
             .invoke_async::<i64>(&mut conn),
     )
     .await?;
-    let heard = super::ends::Heard::Subject {
-        subject: *subject,
-        at,
-    };
-    announce(&conn, replica, &heard).await
+    announce(&conn, replica, heard).await
 }
 
 /// Appends what this replica says to the stream, naming itself (`r`).
 pub async fn announce(
     conn: &ConnectionManager,
     replica: &str,
-    heard: &super::ends::Heard,
+    heard: &Heard,
 ) -> Result<(), String> {
     let mut conn = conn.clone();
     let mut fields = heard.fields();
@@ -167,11 +222,8 @@ pub async fn announce(
     Ok(())
 }
 
-/// Every marker in Redis: `(subject, at)`.
-pub async fn all_markers(
-    conn: &ConnectionManager,
-    limit: usize,
-) -> Result<Vec<([u8; 32], u64)>, String> {
+/// Every end whose marker Redis holds.
+pub async fn all_markers(conn: &ConnectionManager, limit: usize) -> Result<Vec<Heard>, String> {
     let mut conn = conn.clone();
     let mut cursor: u64 = 0;
     let mut keys = Vec::new();
@@ -186,7 +238,7 @@ pub async fn all_markers(
                 .query_async(&mut conn),
         )
         .await?;
-        keys.extend(batch);
+        keys.extend(batch.into_iter().filter(|k| k != STREAM));
         cursor = next;
         if cursor == 0 || keys.len() >= limit {
             break;
@@ -196,8 +248,8 @@ pub async fn all_markers(
     for chunk in keys.chunks(500) {
         let values: Vec<Option<String>> = bounded(conn.mget(chunk)).await?;
         for (k, v) in chunk.iter().zip(values) {
-            if let (Some(s), Some(at)) = (subject_of_key(k), v.and_then(|v| v.parse().ok())) {
-                out.push((s, at));
+            if let Some(heard) = v.and_then(|v| parse_marker(k, &v)) {
+                out.push(heard);
             }
         }
     }
@@ -261,11 +313,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn keys_round_trip_and_junk_is_refused() {
-        let s = [0xab; 32];
-        assert_eq!(subject_of_key(&marker_key(&s)), Some(s));
-        assert_eq!(subject_of_key("appsync-relay:end:zz"), None);
-        assert_eq!(subject_of_key("other:abc"), None);
+    fn markers_round_trip_and_junk_is_refused() {
+        for heard in [
+            Heard::Subject {
+                subject: [0xab; 32],
+                at: 7,
+            },
+            Heard::SignIn { lineage: [1; 32] },
+            Heard::Browser {
+                sub: [2; 32],
+                refresh: [3; 32],
+                token: [4; 32],
+                lineage: Some([5; 32]),
+            },
+        ] {
+            let (k, v) = marker(&heard);
+            assert!(k.starts_with("appsync-relay:end"));
+            assert_eq!(parse_marker(&k, &v), Some(heard));
+        }
+        assert_eq!(parse_marker("appsync-relay:end:zz", "1"), None);
+        assert_eq!(parse_marker(STREAM, "x"), None);
+        assert_eq!(parse_marker("other:abc", "1"), None);
+        let (k, _) = marker(&Heard::Browser {
+            sub: [2; 32],
+            refresh: [3; 32],
+            token: [4; 32],
+            lineage: Some([5; 32]),
+        });
+        assert_eq!(parse_marker(&k, "nodot"), None);
     }
 
     #[test]

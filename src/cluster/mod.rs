@@ -18,20 +18,24 @@
 //! - [`flight`]: one Cognito call per refresh token across the replicas
 //!   (with `--session-key-file`), the token sets sealed by [`seal`].
 
+pub mod chain;
 pub mod ends;
 pub mod feed;
 pub mod flight;
 pub mod hex;
 pub mod leases;
 pub mod link;
+pub mod say;
 pub mod seal;
+pub mod settings;
 
 use crate::metrics::Metrics;
 use ends::Ends;
 pub use ends::Heard;
 use link::Health;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use std::fmt;
+pub use say::Reach;
+pub use settings::{redact_url, ClusterConfig};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,82 +47,11 @@ use tokio_util::sync::CancellationToken;
 const CAPACITY: usize = 100_000;
 /// How far ahead of this replica's clock an end read from Redis may lie.
 const MAX_AHEAD: Duration = Duration::from_secs(300);
-/// How long an end Redis did not take is said again before only the next
-/// resynchronisation would say it.
-const END_RETRY_FOR: Duration = Duration::from_secs(600);
 /// Sign-outs of one user announced to the other replicas per minute.
 const SIGN_OUTS_PER_MINUTE: u32 = 60;
 /// How long a starting replica waits for its first resynchronisation
 /// before it takes traffic anyway.
 pub const SYNC_WAIT: Duration = Duration::from_secs(10);
-
-/// `--redis-url` and what goes with it.
-#[derive(Clone)]
-pub struct ClusterConfig {
-    /// `redis://` or `rediss://` (TLS); may carry credentials.
-    pub url: String,
-    /// From `--redis-password-file`, overriding the URL's.
-    pub password: Option<String>,
-    /// `--session-key-file`: with it, refreshes are single across replicas.
-    pub session_keys: Option<Arc<seal::SessionKeys>>,
-    /// `--cluster-lease-ttl`: how long a connection's lease lasts unrenewed.
-    pub lease_ttl: Duration,
-    /// `--redis-ca-file`'s PEM: for `rediss://`, the CA trusted instead of
-    /// the system's roots (a private CA).
-    pub ca_pem: Option<Vec<u8>>,
-}
-
-impl fmt::Debug for ClusterConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ClusterConfig")
-            .field("url", &redact_url(&self.url))
-            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
-            .field("session_keys", &self.session_keys)
-            .field("lease_ttl", &self.lease_ttl)
-            .field("ca_pem", &self.ca_pem.as_ref().map(|_| "<set>"))
-            .finish()
-    }
-}
-
-/// The URL without its credentials, for logs and errors.
-pub fn redact_url(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) => {
-            if u.password().is_some() {
-                let _ = u.set_password(Some("redacted"));
-            }
-            u.to_string()
-        }
-        Err(_) => "<unparsable URL>".into(),
-    }
-}
-
-impl ClusterConfig {
-    /// The Redis client the URL and password describe.
-    pub fn client(&self) -> Result<redis::Client, String> {
-        use redis::IntoConnectionInfo as _;
-        let mut info = self
-            .url
-            .as_str()
-            .into_connection_info()
-            .map_err(|e| format!("--redis-url {}: {e}", redact_url(&self.url)))?;
-        if let Some(pw) = &self.password {
-            let settings = info.redis_settings().clone().set_password(pw);
-            info = info.set_redis_settings(settings);
-        }
-        let client = match &self.ca_pem {
-            None => redis::Client::open(info),
-            Some(pem) => redis::Client::build_with_tls(
-                info,
-                redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(pem.clone()),
-                },
-            ),
-        };
-        client.map_err(|e| format!("--redis-url {}: {e}", redact_url(&self.url)))
-    }
-}
 
 struct Link {
     conn: ConnectionManager,
@@ -126,28 +59,16 @@ struct Link {
     replica: String,
 }
 
-/// How an end was spread.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reach {
-    /// No `--redis-url`: this replica is the whole deployment.
-    Local,
-    /// Stored and announced in Redis: every replica follows within a second.
-    Cluster,
-    /// Redis did not take it: this replica only for now; it is said again
-    /// until Redis takes it (and every resynchronisation writes it back).
-    Degraded,
+/// What a sign-out names, by hashes.
+pub struct SignedOut {
+    pub refresh: [u8; 32],
+    pub token: [u8; 32],
+    pub lineage: [u8; 32],
 }
 
-impl Reach {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reach::Local => "local",
-            Reach::Cluster => "cluster",
-            Reach::Degraded => "degraded",
-        }
-    }
-}
-
+/// The replicas' shared memory of ends, their connection leases and their
+/// refresh single flight; this replica's own memory alone without Redis.
+/// Only the session authority (`sessions`) holds one.
 pub struct Cluster {
     ends: Arc<Ends>,
     ttl: Duration,
@@ -156,14 +77,19 @@ pub struct Cluster {
     /// The applier's end of `tx`, until it takes it.
     rx: std::sync::Mutex<Option<mpsc::Receiver<Heard>>>,
     flight: Option<Arc<flight::ClusterRefresh>>,
+    chains: Option<chain::Chains>,
     leases: Option<leases::Leases>,
     /// The feed's first resynchronisation is done (readiness waits for it).
     synced: Arc<AtomicBool>,
     started: Instant,
-    /// Sign-outs announced per user (by `sub` subject): a genuine token
-    /// shown with ever new junk refresh tokens must not flood the stream
-    /// (pushing real ends out of its window) or every replica's sockets.
+    /// Sign-outs announced per user (by `sub` subject) whose refresh token
+    /// nobody knows to be the sign-in's: a genuine token shown with ever
+    /// new junk refresh tokens must not flood the stream (pushing real ends
+    /// out of its window) or every replica's sockets.
     sign_out_rate: Option<crate::limits::KeyedRate<[u8; 32]>>,
+    /// Sign-outs beyond that budget: retired here only, never written
+    /// back to Redis.
+    retired_here: Arc<Ends>,
 }
 
 impl Cluster {
@@ -172,11 +98,13 @@ impl Cluster {
         let (tx, rx) = mpsc::channel(1024);
         Cluster {
             ends: Arc::new(Ends::new(CAPACITY, ttl)),
+            retired_here: Arc::new(Ends::new(CAPACITY, ttl)),
             ttl,
             link: None,
             tx,
             rx: std::sync::Mutex::new(Some(rx)),
             flight: None,
+            chains: None,
             leases: None,
             synced: Arc::new(AtomicBool::new(true)),
             started: Instant::now(),
@@ -210,6 +138,13 @@ impl Cluster {
         cluster.synced.store(false, Ordering::Release);
         let health = Arc::new(Health::new(metrics));
         let replica = format!("{:016x}", rand::random::<u64>());
+        let leases = leases::Leases::start(
+            conn.clone(),
+            health.clone(),
+            replica.clone(),
+            cfg.lease_ttl,
+            shutdown.clone(),
+        );
         let feed = feed::Feed {
             client,
             conn: conn.clone(),
@@ -219,14 +154,9 @@ impl Cluster {
             tx: cluster.tx.clone(),
             synced: cluster.synced.clone(),
             max_ahead: MAX_AHEAD.as_secs(),
+            leases: Some(leases.clone()),
         };
-        cluster.leases = Some(leases::Leases::start(
-            conn.clone(),
-            health.clone(),
-            replica.clone(),
-            cfg.lease_ttl,
-            shutdown.clone(),
-        ));
+        cluster.leases = Some(leases);
         tokio::spawn(feed.run(shutdown));
         cluster.flight = cfg.session_keys.as_ref().map(|keys| {
             Arc::new(flight::ClusterRefresh {
@@ -235,6 +165,11 @@ impl Cluster {
                 keys: keys.clone(),
                 lock_ttl: refresh_timeout + Duration::from_secs(5),
             })
+        });
+        cluster.chains = Some(chain::Chains {
+            conn: conn.clone(),
+            health: health.clone(),
+            ttl,
         });
         cluster.link = Some(Link {
             conn,
@@ -251,10 +186,36 @@ impl Cluster {
             .map(|f| f as Arc<dyn crate::refresh::SharedRefresh>)
     }
 
+    /// The replicas' rotation chains, with `--redis-url`.
+    pub fn shared_chain(&self) -> Option<Arc<dyn crate::refresh::SharedChain>> {
+        self.chains
+            .clone()
+            .map(|c| Arc::new(c) as Arc<dyn crate::refresh::SharedChain>)
+    }
+
+    /// The newest refresh token of the sign-in `lineage` as the replicas
+    /// filed it ([`chain::View`]).
+    pub async fn newest(&self, lineage: &[u8; 32]) -> chain::View {
+        match &self.chains {
+            Some(c) => c.newest(lineage).await,
+            None => chain::View::Local,
+        }
+    }
+
+    /// Whether some replica saw Cognito issue or accept the refresh token
+    /// hashed as `refresh` for the sign-in `lineage`: `false` without
+    /// Redis or when it cannot be asked.
+    pub async fn belongs(&self, lineage: &[u8; 32], refresh: &[u8; 32]) -> bool {
+        match &self.chains {
+            Some(c) => c.belongs(lineage, refresh).await == Some(true),
+            None => false,
+        }
+    }
+
     /// Admits one more socket of the user `sub` against `max` (0: no
     /// limit) across the replicas: its lease, `None` without Redis, `Err`
     /// when the user holds `max` already.
-    pub async fn admit(&self, sub: &str, max: usize) -> Result<Option<leases::Lease>, ()> {
+    pub async fn lease(&self, sub: &str, max: usize) -> Result<Option<leases::Lease>, ()> {
         match &self.leases {
             Some(l) if max > 0 => match l
                 .admit(&crate::session::Subject::Sub(sub.to_string()).hash(), max)
@@ -267,54 +228,90 @@ impl Cluster {
         }
     }
 
-    /// Tells the other replicas that the app signed a browser out (the user
-    /// `sub`; hashes of its refresh and access tokens), unless that user's
-    /// budget of such announcements is spent.
-    pub fn announce_sign_out(&self, sub: &str, refresh: [u8; 32], token: [u8; 32]) {
-        let sub = crate::session::Subject::Sub(sub.to_string()).hash();
-        if self
-            .sign_out_rate
-            .as_ref()
-            .is_some_and(|r| !r.try_take(&sub))
-        {
-            tracing::warn!(
-                "sign-outs of one user beyond 60 a minute are not announced to the other replicas"
-            );
-            return;
-        }
-        self.announce(Heard::Browser {
-            sub,
-            refresh,
-            token,
-        });
+    /// Remembers an end and says it to the other replicas: stored in Redis
+    /// as a marker and announced on the stream, said again with backoff
+    /// until Redis takes it (and written back by every resynchronisation
+    /// after that). Remembered before anything else, so a handshake that
+    /// checks after this call is refused. How far it reached at first.
+    pub async fn say(&self, heard: Heard) -> Reach {
+        self.ends.insert(&heard);
+        let Some(link) = &self.link else {
+            return Reach::Local;
+        };
+        let speaker = say::Speaker {
+            conn: link.conn.clone(),
+            health: link.health.clone(),
+            replica: link.replica.clone(),
+            ttl: self.ttl,
+        };
+        speaker.say(heard).await
     }
 
-    /// Tells the other replicas (in the background: nothing waits for
-    /// Redis); without Redis, or while it is down, they do not hear it.
-    pub fn announce(&self, heard: Heard) {
+    /// [`Cluster::say`] without waiting for Redis.
+    pub fn say_in_background(&self, heard: Heard) {
+        self.ends.insert(&heard);
         let Some(link) = &self.link else { return };
-        let (conn, health, replica) =
-            (link.conn.clone(), link.health.clone(), link.replica.clone());
-        tokio::spawn(async move {
-            if let Err(e) = link::announce(&conn, &replica, &heard).await {
-                health.failed("announce", &e);
-            }
-        });
+        let speaker = say::Speaker {
+            conn: link.conn.clone(),
+            health: link.health.clone(),
+            replica: link.replica.clone(),
+            ttl: self.ttl,
+        };
+        tokio::spawn(async move { speaker.say(heard).await });
+    }
+
+    /// The app signed a browser out (the user `sub`; hashes of its refresh
+    /// and access tokens, and of its sign-in's lineage). `known`: its
+    /// refresh token is known to be the sign-in's, and it is always said.
+    /// Otherwise it is said only within that user's budget of such
+    /// sign-outs, and retired here alone beyond it.
+    pub fn sign_out(&self, sub: &str, browser: SignedOut, known: bool) {
+        let sub = crate::session::Subject::Sub(sub.to_string()).hash();
+        let heard = Heard::Browser {
+            sub,
+            refresh: browser.refresh,
+            token: browser.token,
+            lineage: Some(browser.lineage),
+        };
+        let within_budget = known || self.sign_out_rate.as_ref().is_none_or(|r| r.try_take(&sub));
+        if !within_budget {
+            tracing::warn!(
+                "sign-outs of one user with refresh tokens no replica knows, beyond 60 a minute, are not announced to the other replicas"
+            );
+            self.retired_here.insert(&heard);
+            return;
+        }
+        self.say_in_background(heard);
     }
 
     /// A sign-in ended: the refresh results the replicas share for it are
     /// dropped (in the background), so none revives it in the next seconds.
     pub fn forget_sign_in(&self, lineage: [u8; 32]) {
+        self.forget_results(flight::sign_in_key(&lineage));
+    }
+
+    /// An operator ended a subject: the refresh results the replicas share
+    /// for its tokens are dropped (in the background).
+    pub fn forget_subject(&self, subject: [u8; 32]) {
+        self.forget_results(flight::subject_key(&subject));
+    }
+
+    fn forget_results(&self, set: String) {
         let Some(link) = &self.link else { return };
         if self.flight.is_none() {
             return;
         }
         let (conn, health) = (link.conn.clone(), link.health.clone());
         tokio::spawn(async move {
-            if let Err(e) = flight::forget_sign_in(&conn, &lineage).await {
+            if let Err(e) = flight::forget_set(&conn, set).await {
                 health.failed("refresh", &e);
             }
         });
+    }
+
+    /// Remembers an end here, before it is applied or said.
+    pub fn remember(&self, heard: &Heard) {
+        self.ends.insert(heard);
     }
 
     /// What the other replicas said, as it arrives: for the one applier
@@ -331,54 +328,32 @@ impl Cluster {
         self.synced.load(Ordering::Acquire) || self.started.elapsed() > SYNC_WAIT
     }
 
-    /// The sign-ins of `subject` made at or before `at` are over, here and
-    /// (with Redis) everywhere. The caller closes this replica's sockets.
-    pub async fn end(&self, subject: [u8; 32], at: u64) -> Reach {
-        self.ends.insert(subject, at);
-        let Some(link) = &self.link else {
-            return Reach::Local;
-        };
-        match link::publish_end(&link.conn, &link.replica, &subject, at, self.ttl).await {
-            Ok(()) => Reach::Cluster,
-            Err(e) => {
-                link.health.failed("end", &e);
-                // Said again until Redis takes it (a resync after a lost
-                // connection would too, but the feed may never lose it).
-                let (conn, health, replica, ttl) = (
-                    link.conn.clone(),
-                    link.health.clone(),
-                    link.replica.clone(),
-                    self.ttl,
-                );
-                tokio::spawn(async move {
-                    let mut wait = Duration::from_millis(500);
-                    let give_up = Instant::now() + END_RETRY_FOR;
-                    while Instant::now() < give_up {
-                        tokio::time::sleep(wait).await;
-                        match link::publish_end(&conn, &replica, &subject, at, ttl).await {
-                            Ok(()) => return,
-                            Err(e) => health.failed("end", &e),
-                        }
-                        wait = (wait * 2).min(Duration::from_secs(10));
-                    }
-                });
-                Reach::Degraded
-            }
-        }
+    /// Whether a sign-in made at `signed_in_at`, answering to `subjects`,
+    /// was ended by an operator. This replica's memory decides, without a
+    /// Redis round trip: the feed fills it with every marker when it
+    /// connects and with every end as it is said.
+    pub fn subject_ended(&self, subjects: &[[u8; 32]], signed_in_at: u64) -> bool {
+        !self.ends.is_empty() && self.ends.covers(subjects, signed_in_at)
     }
 
-    /// Whether a sign-in made at `signed_in_at`, answering to `subjects`,
-    /// was ended. This replica's memory decides, without a Redis round
-    /// trip: the feed fills it with every marker when it connects and with
-    /// every end as it is said. A handshake slipping in between an end and
-    /// its arrival here (about a millisecond) registers its socket first, so
-    /// the arrival closes it.
-    pub fn is_ended(&self, claims: &crate::verify::Claims) -> bool {
+    /// Whether some subject was ended at all (lets a caller skip hashing).
+    pub fn any_subject_ended(&self) -> bool {
         !self.ends.is_empty()
-            && self.ends.covers(
-                &crate::session::subjects_of(claims),
-                crate::session::signed_in_at(claims),
-            )
+    }
+
+    /// Whether the sign-in hashed as `lineage` ended, here or elsewhere.
+    pub fn sign_in_ended(&self, lineage: &[u8; 32]) -> bool {
+        self.ends.sign_in_ended(lineage)
+    }
+
+    /// Cognito renewed a sign-in marked ended: alive after all (here).
+    pub fn revive(&self, lineage: &[u8; 32]) {
+        self.ends.revive(lineage);
+    }
+
+    /// Whether the access token hashed as `token` was retired by a sign-out.
+    pub fn token_retired(&self, token: &[u8; 32]) -> bool {
+        self.ends.token_retired(token) || self.retired_here.token_retired(token)
     }
 
     /// For `/readyz`'s body: the coordination's state, when there is one.

@@ -126,7 +126,7 @@ pub fn restore_websocket_upgrade(headers: &mut HeaderMap) {
 /// `X-Forwarded-*` for the app (see the module docs for the trust rules).
 pub fn set_forwarding(headers: &mut HeaderMap, state: &RelayState, peer: SocketAddr) {
     state.note_forwarding(headers, peer);
-    let proxies = &state.config.trust_forwarded;
+    let proxies = &state.config().trust_forwarded;
     let trusted = proxies.trusts(peer.ip().to_canonical());
     let xff = proxies.x_forwarded_for(headers, peer);
     headers.insert(X_FORWARDED_FOR, xff);
@@ -137,7 +137,7 @@ pub fn set_forwarding(headers: &mut HeaderMap, state: &RelayState, peer: SocketA
         }
     }
     if !headers.contains_key(X_FORWARDED_PROTO) {
-        let proto = if state.config.tls.is_some() {
+        let proto = if state.config().tls.is_some() {
             "https"
         } else {
             "http"

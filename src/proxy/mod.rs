@@ -19,8 +19,9 @@
 //!    absolute-form request target cannot steer the proxy elsewhere.
 //!    `CONNECT` is refused with 405: this is not a forward proxy.
 //! 2. **Session renewal.** If the request's Amplify cookies carry a refresh
-//!    token for which an open socket already renewed the session (see
-//!    [`crate::session::pending`]), the request's `Cookie` header is rewritten so the
+//!    token for which an open socket already renewed the session (the
+//!    session authority hands it out: [`crate::sessions::Sessions::renewal_for`]),
+//!    the request's `Cookie` header is rewritten so the
 //!    app sees the new tokens (other cookies stay byte for byte, in order; a
 //!    token cookie the browser lacks is appended, because the browser will
 //!    hold it after this response too), and the response carries the
@@ -79,9 +80,8 @@ use crate::config::AppTarget;
 use crate::http_client::https_connector;
 use crate::http_client::Resolver;
 use crate::response::{Body, BoxError};
-use crate::session::{self, rewrite_cookie_header, Pending, SessionProof};
+use crate::session::{rewrite_cookie_header, Pending};
 use crate::state::{App, RelayState};
-use crate::verify::token_hash;
 use error::ProxyError;
 use headers::{
     check_host, clears_session, is_websocket_upgrade, make_private, prepend_set_cookies,
@@ -89,7 +89,7 @@ use headers::{
 };
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::header::{HeaderMap, HeaderName, EXPECT};
+use hyper::header::{HeaderName, EXPECT};
 use hyper::{Method, Request, Response, StatusCode, Version};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -229,7 +229,7 @@ impl AppProxy {
         if let Some(p) = renewal {
             rewrite_cookie_header(
                 &mut headers,
-                &state.config.client_id,
+                &state.config().client_id,
                 &p.username,
                 &p.tokens,
             );
@@ -276,8 +276,8 @@ impl AppProxy {
         *out.headers_mut() = parts.headers;
 
         if let Some((browser, app)) = tunnel {
-            let shutdown = state.shutdown.clone();
-            state.tracker.spawn(async move {
+            let shutdown = state.shutdown().clone();
+            state.tracker().spawn(async move {
                 tunnel::splice(browser, app, shutdown, peer).await;
             });
         }
@@ -293,26 +293,16 @@ impl App for AppProxy {
         peer: SocketAddr,
     ) -> Pin<Box<dyn Future<Output = Response<Body>> + Send + 'a>> {
         Box::pin(async move {
+            let sessions = state.sessions();
             // The id the app sees and the relay logs: a trusted proxy's, or
             // ours (a client's own never reaches the app).
-            let request_id = state.config.trust_forwarded.request_id(req.headers(), peer);
-            let browser_session = browser_session(state, req.headers());
-            let browser_refresh = browser_session.as_ref().map(|(_, rt)| rt.clone());
-            // Only the cookies, kept to judge a sign-out in the answer.
-            let headers: HeaderMap = match &browser_refresh {
-                Some(_) => req
-                    .headers()
-                    .get_all(hyper::header::COOKIE)
-                    .iter()
-                    .map(|v| (hyper::header::COOKIE, v.clone()))
-                    .collect(),
-                None => HeaderMap::new(),
-            };
-            let renewal = match &browser_refresh {
-                Some(rt) => {
-                    received(state, &headers, rt).await;
-                    pending_renewal(state, &headers, rt).await
-                }
+            let request_id = state
+                .config()
+                .trust_forwarded
+                .request_id(req.headers(), peer);
+            let app_session = sessions.app_session(req.headers());
+            let renewal = match &app_session {
+                Some(app) => sessions.renewal_for(app).await,
                 None => None,
             };
             let secure = state.is_secure(req.headers(), peer);
@@ -331,21 +321,14 @@ impl App for AppProxy {
             // 5b. Our Set-Cookies, on whatever the answer is: the renewal was
             //     taken from the store and this response is its only way out.
             if let Some(p) = &renewal {
-                let ours = state.config.cookies.set_cookies(
-                    &state.config.client_id,
-                    &p.username,
-                    &p.tokens,
-                    secure,
-                );
-                prepend_set_cookies(resp.headers_mut(), ours);
+                prepend_set_cookies(resp.headers_mut(), sessions.set_cookies(p, secure));
                 make_private(resp.headers_mut());
             }
-            // A sign-out the app performed: the sign-in is over, nothing may
-            // be delivered to it any more, and its tokens are not taken on
-            // their word (Cognito settles it if it was not revoked).
-            if let Some((username, rt)) = &browser_session {
-                if clears_session(resp.headers(), &state.config.client_id, username) {
-                    signed_out(state, &headers, rt).await;
+            // A sign-out the app performed: the session authority retires
+            // what that browser holds (see `Sessions::signed_out`).
+            if let Some(app) = &app_session {
+                if clears_session(resp.headers(), &state.config().client_id, &app.username) {
+                    sessions.signed_out(app).await;
                 }
             }
             resp
@@ -355,94 +338,11 @@ impl App for AppProxy {
 
 /// The one place the app-proxy metric is touched.
 fn record_outcome(state: &RelayState, label: &'static str) {
-    state.metrics.app_requests.with_label_values(&[label]).inc();
-}
-
-// === Session renewal ===
-
-/// The cookie username and refresh token of the browser's session, if any.
-fn browser_session(state: &RelayState, headers: &HeaderMap) -> Option<(String, String)> {
-    let session = session::from_headers(headers, &state.config.client_id).ok()?;
-    Some((session.username, session.refresh_token?))
-}
-
-/// The renewal waiting for this request's session, taken from
-/// [`crate::session::PendingRenewals`] — only when the request's own token
-/// proves the session (verified, expiry ignored).
-async fn pending_renewal(state: &RelayState, headers: &HeaderMap, rt: &str) -> Option<Pending> {
-    if !state.pending.has(rt) {
-        return None;
-    }
-    let proof = request_proof(state, headers).await?;
-    if state.session_ended(&proof) {
-        return None;
-    }
-    let mut pending = state.pending.take(rt, &proof)?;
-    state.freshen(&mut pending);
-    Some(pending)
-}
-
-/// A request showing `rt` proves the browser received it (a rotation
-/// handed to it earlier arrived): worth a token check only when `rt`
-/// replaced another.
-async fn received(state: &RelayState, headers: &HeaderMap, rt: &str) {
-    if !state.refresher.replaced_something(rt) {
-        return;
-    }
-    if let Some(proof) = request_proof(state, headers).await {
-        state.refresher.shown(rt, &proof.lineage());
-    }
-}
-
-/// The app signed this browser out (its answer expired the session's
-/// refresh-token cookie). What only that browser holds is retired at once:
-/// its refresh token is refused from now on, its access token is no longer
-/// taken on its word (a request showing it goes to Cognito), and the
-/// sockets it opened with that refresh token close with 4401. Replaying the
-/// old cookies after sign-out gets nowhere.
-///
-/// The whole sign-in — other sockets of its lineage, renewals waiting for
-/// it — ends only when the refresh token shown is one the relay saw Cognito
-/// issue or accept for it: a leaked access token next to a junk refresh
-/// token must not let a stranger end someone's sign-in. At worst such a
-/// stranger makes the victim's next handshake renew with its own refresh
-/// token.
-async fn signed_out(state: &RelayState, headers: &HeaderMap, rt: &str) {
-    state.pending.forget(rt);
-    state.refresher.retire(rt);
-    let Some((proof, token)) = request_proof_and_token(state, headers).await else {
-        return;
-    };
-    state.retire_token(&token_hash(&token));
-    let closed = state.sockets.end_browser(&proof.sub, &token_hash(rt));
-    // The same browser's sockets on the other replicas, and its tokens there.
-    let (refresh, token) = (token_hash(rt), token_hash(&token));
-    state.cluster.announce_sign_out(&proof.sub, refresh, token);
-    if state.refresher.belongs(rt, &proof.lineage()) {
-        state.end_session(&proof);
-    }
-    tracing::info!(
-        sub = %proof.sub,
-        sockets_closed = closed,
-        "the app signed a browser out; its tokens are retired"
-    );
-}
-
-/// The sign-in the request's own token belongs to (verified, expiry
-/// ignored), if it carries a genuine one.
-async fn request_proof(state: &RelayState, headers: &HeaderMap) -> Option<SessionProof> {
-    Some(request_proof_and_token(state, headers).await?.0)
-}
-
-/// [`request_proof`], and the token it was read from.
-async fn request_proof_and_token(
-    state: &RelayState,
-    headers: &HeaderMap,
-) -> Option<(SessionProof, String)> {
-    let session = session::from_headers(headers, &state.config.client_id).ok()?;
-    let token = session.token(state.config.token_use)?;
-    let claims = state.verifier.verify_ignoring_expiry(token).await.ok()?;
-    Some((SessionProof::of(&claims), token.to_string()))
+    state
+        .metrics()
+        .app_requests
+        .with_label_values(&[label])
+        .inc();
 }
 
 #[cfg(test)]

@@ -171,6 +171,14 @@ impl Lineages {
             .is_some_and(|l| l.lineage == lineage)
     }
 
+    /// [`Lineages::belongs`] by hashes: the refresh token's and the
+    /// lineage's (a sign-out said on another replica).
+    pub(super) fn belongs_hashed(&self, refresh: &[u8; 32], lineage: &[u8; 32]) -> bool {
+        self.links
+            .get(refresh)
+            .is_some_and(|l| token_hash(&l.lineage) == *lineage)
+    }
+
     /// Whether a browser showing `refresh_token` could be proving receipt
     /// of a rotation (cheap: lets a caller skip verifying a token).
     pub(super) fn replaced_something(&self, refresh_token: &str) -> bool {

@@ -100,10 +100,21 @@ pub trait SharedRefresh: Send + Sync {
 /// One Cognito call's outcome, before it is shared inside this process.
 pub type CallOutcome = Result<TokenSet, RefreshError>;
 
+/// The rotation chain shared beyond this process (`cluster`, by hashes
+/// only): every answer is filed there too, so that which refresh token is
+/// a sign-in's newest is the replicas' common answer.
+pub trait SharedChain: Send + Sync {
+    /// Cognito answered a refresh of the token hashed as `used` for the
+    /// sign-in hashed as `lineage`, rotating it into `next` when it did.
+    fn answered(&self, lineage: [u8; 32], used: [u8; 32], next: Option<[u8; 32]>);
+}
+
 pub struct Refresher {
     cognito: Arc<Cognito>,
     /// The replicas' single flight, with `--redis-url` and `--session-key-file`.
     shared: Option<Arc<dyn SharedRefresh>>,
+    /// The replicas' rotation chains, with `--redis-url`.
+    chain: Option<Arc<dyn SharedChain>>,
     slots: DashMap<[u8; 32], Slot>,
     /// Refresh tokens Cognito refused, by hash, with when.
     rejected: Arc<DashMap<[u8; 32], Instant>>,
@@ -121,17 +132,20 @@ impl fmt::Debug for Refresher {
 
 impl Refresher {
     pub fn new(cfg: RefreshConfig, http: HttpClient) -> Arc<Refresher> {
-        Refresher::with_shared(cfg, http, None)
+        Refresher::with_shared(cfg, http, None, None)
     }
 
-    /// A refresher whose flights are also single across replicas.
+    /// A refresher whose flights are also single across replicas, and
+    /// whose answers are filed in the replicas' rotation chains.
     pub fn with_shared(
         cfg: RefreshConfig,
         http: HttpClient,
         shared: Option<Arc<dyn SharedRefresh>>,
+        chain: Option<Arc<dyn SharedChain>>,
     ) -> Arc<Refresher> {
         Arc::new(Refresher {
             shared,
+            chain,
             lineages: Arc::new(Lineages::new(cfg.capacity)),
             cognito: Arc::new(Cognito { cfg, http }),
             slots: DashMap::new(),
@@ -168,6 +182,7 @@ impl Refresher {
         let rejected = self.rejected.clone();
         let lineages = self.lineages.clone();
         let shared = self.shared.clone();
+        let chain = self.chain.clone();
         let (refresh_token, username) = (refresh_token.to_string(), username.to_string());
         let task = tokio::spawn(async move {
             let call = {
@@ -187,7 +202,11 @@ impl Refresher {
                     rejected.insert(key, Instant::now());
                 }
                 (Ok(tokens), Some(lineage)) => {
-                    lineages.answered(&refresh_token, tokens.refresh_token.as_deref(), lineage)
+                    let rotated = tokens.refresh_token.as_deref();
+                    lineages.answered(&refresh_token, rotated, lineage);
+                    if let Some(chain) = &chain {
+                        chain.answered(token_hash(lineage), key, rotated.map(token_hash));
+                    }
                 }
                 _ => {}
             }
@@ -244,6 +263,11 @@ impl Refresher {
         self.lineages.belongs(refresh_token, lineage)
     }
 
+    /// [`Refresher::belongs`] by hashes (a sign-out another replica said).
+    pub fn belongs_hashed(&self, refresh: &[u8; 32], lineage: &[u8; 32]) -> bool {
+        self.lineages.belongs_hashed(refresh, lineage)
+    }
+
     /// Whether `refresh_token` is the newest the relay knows for the sign-in
     /// `lineage` (Cognito issued or accepted it for that sign-in, and
     /// nothing replaced it): only then does its refusal end the sign-in.
@@ -276,6 +300,23 @@ impl Refresher {
         self.slots.retain(|_, slot| match slot.flight.peek() {
             Some(answer) => answer.lineage.as_deref().map(token_hash).as_ref() != Some(lineage),
             None => true,
+        });
+    }
+
+    /// Forgets every remembered answer that issued tokens to a sign-in
+    /// answering to the subject hashed as `subject` made at or before `at`
+    /// (an operator ended them).
+    pub fn forget_answers_of_subject(&self, subject: &[u8; 32], at: u64) {
+        use crate::session::{signed_in_at, subjects_of};
+        self.slots.retain(|_, slot| match slot.flight.peek() {
+            Some(Answer {
+                outcome: Ok(tokens),
+                ..
+            }) => match unverified_claims(&tokens.access_token) {
+                Some(c) => !(signed_in_at(&c) <= at && subjects_of(&c).contains(subject)),
+                None => true,
+            },
+            _ => true,
         });
     }
 

@@ -22,7 +22,7 @@ impl Connection {
                 let shared = self.shared.as_ref().map_or(0, |m| m.len());
                 let max = self
                     .state
-                    .config
+                    .config()
                     .limits
                     .max_subscriptions
                     .saturating_sub(shared);
@@ -66,7 +66,7 @@ impl Connection {
 
     pub(super) fn limit_hit(&self, limit: &str) {
         self.state
-            .metrics
+            .metrics()
             .limits_hit
             .with_label_values(&[limit])
             .inc();
@@ -76,7 +76,7 @@ impl Connection {
     /// here (`Some`, with the local reply if there is one). `None` for
     /// everything else, which takes the usual path.
     pub(super) fn route_shared(&mut self, kind: &FrameKind) -> Option<Option<String>> {
-        let hub = self.state.fanout.as_ref()?;
+        let hub = self.state.fanout()?;
         match kind {
             FrameKind::Subscribe { id, channel } => {
                 let in_use = self.shared.as_ref().is_some_and(|m| m.uses(id));
@@ -96,7 +96,7 @@ impl Connection {
                     return Some(Some(duplicate(id)));
                 }
                 let held = self.subs.len() + self.shared.as_ref().map_or(0, |m| m.len());
-                if held >= self.state.config.limits.max_subscriptions {
+                if held >= self.state.config().limits.max_subscriptions {
                     self.limit_hit("max_subscriptions");
                     return Some(Some(subscribe_refused(id, Refusal::TooMany)));
                 }

@@ -26,9 +26,9 @@ pub mod slot;
 pub mod subscriptions;
 pub mod token;
 
-use crate::authenticate::SessionState;
 use crate::rewrite::UpstreamAuth;
 use crate::session::Registration;
+use crate::sessions::SessionState;
 use crate::state::RelayState;
 use crate::upstream::UpstreamSocket;
 use close::{close_legs, Ending};
@@ -54,8 +54,9 @@ pub struct RelayOutcome {
 pub struct ConnectionContext {
     pub state: Arc<RelayState>,
     /// This socket's place among the user's open sockets: cancelled when
-    /// its session is ended elsewhere (a sign-out seen by the app proxy).
-    pub registration: Registration,
+    /// its session is ended elsewhere (a sign-out, an operator's end, on
+    /// this replica or another).
+    pub registration: Option<Registration>,
     /// The token (and AppSync host) upstream was opened with.
     pub auth: UpstreamAuth,
     /// `exp` and `iat` of that token.
@@ -77,7 +78,7 @@ pub struct ConnectionContext {
 /// times. Built here and borrowed by `run`, each part is held once.
 pub struct Relay {
     conn: Connection,
-    registration: Registration,
+    registration: Option<Registration>,
 }
 
 impl Relay {
@@ -87,7 +88,7 @@ impl Relay {
             ctx.expires_at,
             ctx.issued_at,
             ctx.session,
-            ctx.state.config.refresh_before,
+            ctx.state.sessions().refresh_before(),
         );
         Relay {
             conn: Connection::new(ctx.state, upstream, token),
@@ -103,6 +104,13 @@ impl Relay {
     {
         let conn = &mut self.conn;
         let state = conn.state().clone();
+        let registration = &self.registration;
+        let ended_elsewhere = async move {
+            match registration {
+                Some(r) => r.ended().cancelled().await,
+                None => std::future::pending().await,
+            }
+        };
         let ending = {
             let pump = conn.pump(client);
             // Shutdown is polled last: it fires once per process, the pump
@@ -110,8 +118,8 @@ impl Relay {
             tokio::select! {
                 biased;
                 e = pump => e,
-                _ = self.registration.ended().cancelled() => Ending::SessionEnded("signed_out"),
-                _ = state.shutdown.cancelled() => Ending::Draining,
+                _ = ended_elsewhere => Ending::SessionEnded("signed_out"),
+                _ = state.shutdown().cancelled() => Ending::Draining,
             }
         };
 
@@ -122,7 +130,7 @@ impl Relay {
         };
         if let Some(reason) = ended_session {
             state
-                .metrics
+                .metrics()
                 .sessions_ended
                 .with_label_values(&[reason])
                 .inc();

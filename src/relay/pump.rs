@@ -94,10 +94,10 @@ impl Connection {
         let now = Instant::now();
         Connection {
             max_age_at: state
-                .config
+                .config()
                 .max_session_age
                 .and_then(|age| now.checked_add(age)),
-            publish_bucket: TokenBucket::new(state.config.limits.publish_rate),
+            publish_bucket: TokenBucket::new(state.config().limits.publish_rate),
             state,
             token,
             subs: Subscriptions::default(),
@@ -120,7 +120,7 @@ impl Connection {
     where
         C: AsyncRead + AsyncWrite + Unpin,
     {
-        let metrics = self.state.metrics.clone();
+        let metrics = self.state.metrics().clone();
         let bytes_down = metrics.bytes.with_label_values(&["upstream_to_client"]);
         let bytes_up = metrics.bytes.with_label_values(&["client_to_upstream"]);
         let mut frame_counters = FrameCounters::default();
@@ -267,10 +267,10 @@ impl Connection {
 
     /// The earliest of every deadline the connection has.
     fn next_deadline(&self) -> Instant {
-        let send_timeout = self.state.config.send_timeout;
+        let send_timeout = self.state.config().send_timeout;
         let idle_at = self
             .state
-            .config
+            .config()
             .limits
             .idle_timeout
             .and_then(|t| self.last_activity.checked_add(t));
@@ -355,7 +355,7 @@ impl Connection {
     /// idle, or the token's renewal.
     async fn on_timer(&mut self) -> Option<Ending> {
         let now = Instant::now();
-        let send_timeout = self.state.config.send_timeout;
+        let send_timeout = self.state.config().send_timeout;
         if self.to_client.overdue(now, send_timeout) {
             self.limit_hit("send_timeout");
             return Some(Ending::ClientGone);
@@ -370,7 +370,7 @@ impl Connection {
         if self.max_age_at.is_some_and(|max| now >= max) {
             return Some(Ending::SessionEnded("max_session_age"));
         }
-        let idle_timeout = self.state.config.limits.idle_timeout;
+        let idle_timeout = self.state.config().limits.idle_timeout;
         let idle_at = idle_timeout.and_then(|t| self.last_activity.checked_add(t));
         if idle_at.is_some_and(|idle| now >= idle) {
             self.limit_hit("idle_timeout");
@@ -385,7 +385,7 @@ impl Connection {
     }
 
     async fn renew(&mut self) -> Result<(), Ending> {
-        if self.token.renew(&self.state).await? {
+        if self.token.renew(self.state.sessions()).await? {
             self.stats.refreshes += 1;
             if let Some(m) = &self.shared {
                 m.set_auth(&self.token.auth);

@@ -30,17 +30,17 @@ pub async fn redial(
     stats: &mut Stats,
     cause: Ending,
 ) -> Result<UpstreamSocket, Ending> {
-    let attempts = state.config.upstream_redial_attempts;
+    let attempts = state.config().upstream_redial_attempts;
     if attempts == 0 {
         return Err(cause);
     }
-    let metrics = &state.metrics;
+    let metrics = state.metrics();
     for attempt in 1..=attempts {
         tokio::time::sleep(backoff(attempt)).await;
-        if token.expiring() && Box::pin(token.renew(state)).await? {
+        if token.expiring() && Box::pin(token.renew(state.sessions())).await? {
             stats.refreshes += 1;
         }
-        let refused = match upstream::connect(&state.upstream, &token.auth).await {
+        let refused = match upstream::connect(state.upstream(), &token.auth).await {
             Ok(mut socket) => match replay(&mut socket, subs, token).await {
                 Ok(()) => {
                     stats.redials += 1;
@@ -65,7 +65,7 @@ pub async fn redial(
             // 401/403) or after it (`connection_error`, close 4401): renew
             // before the next try.
             tracing::info!(attempt, "upstream refused the token; renewing");
-            if Box::pin(token.renew(state)).await? {
+            if Box::pin(token.renew(state.sessions())).await? {
                 stats.refreshes += 1;
             }
         }

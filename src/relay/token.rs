@@ -1,21 +1,20 @@
 //! The token an open socket relays with, and keeping it fresh: when it is
-//! due, renew it in place ([`crate::authenticate::renew`], which also pins
-//! the identity: the socket's `sub` never changes), keep the renewed set
-//! for the browser's next request, or end the session. Transient Cognito
+//! due, renew it in place through the session authority
+//! ([`Sessions::renew`], which checks the ends again first and pins the
+//! identity: the socket's `sub` never changes), leave the renewed set for
+//! the browser's next request, or end the session. Transient Cognito
 //! failures are retried with backoff until the token itself expires; only
 //! a refusal ends the session.
 //!
 //! Nothing here logs a token.
 
 use super::close::Ending;
-use crate::authenticate::{renew, Phase, RenewError, SessionState};
 use crate::clock::{instant_at, now_secs, refresh_due_at};
-use crate::refresh::{Holder, RefreshError};
+use crate::refresh::RefreshError;
 use crate::rewrite::UpstreamAuth;
 use crate::session::TokenSet;
-use crate::state::RelayState;
+use crate::sessions::{Phase, RenewError, SessionState, Sessions};
 use crate::verify::token_hash;
-use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -74,9 +73,8 @@ impl TokenState {
 
     /// Renews the token (or ends the session). `Ok(true)` when a new token
     /// is in place, `Ok(false)` when the next attempt was scheduled.
-    pub async fn renew(&mut self, state: &RelayState) -> Result<bool, Ending> {
-        let cfg = &state.config;
-        if !cfg.mid_connection_refresh {
+    pub async fn renew(&mut self, sessions: &Sessions) -> Result<bool, Ending> {
+        if !sessions.mid_connection_refresh() {
             return Err(Ending::Reauthenticate);
         }
         let Some(own) = self.session.refresh_token.clone() else {
@@ -91,17 +89,16 @@ impl TokenState {
         // this one holds; with a zero grace period the old one is dead.
         // (A sign-in marked ended gets no special case: the chain leads to
         // its refused token, which ends this socket without a Cognito call.)
-        let lineage = self.session.proof.lineage();
-        let chain = state.refresher.chain(&own, &lineage, Holder::Socket);
+        let chain = sessions.socket_chain(&own, &self.session.proof);
         let refresh_token = chain.last().cloned().unwrap_or_else(|| own.clone());
-        let renewed = match renew(
-            state,
-            &refresh_token,
-            &self.session.cognito_username,
-            &self.session.proof,
-            Phase::Connection,
-        )
-        .await
+        let renewed = match sessions
+            .renew(
+                &refresh_token,
+                &self.session.cognito_username,
+                &self.session,
+                Phase::Connection,
+            )
+            .await
         {
             Ok(r) => r,
             Err(RenewError::Refresh(RefreshError::Rejected(_))) => {
@@ -125,7 +122,7 @@ impl TokenState {
         self.due = instant_at(refresh_due_at(
             renewed.claims.exp,
             renewed.claims.iat,
-            cfg.refresh_before,
+            sessions.refresh_before(),
         ));
         let tokens = renewed.tokens;
         let newest = tokens.refresh_token.clone().unwrap_or(refresh_token);
@@ -149,19 +146,12 @@ impl TokenState {
         // access-token cookie still is, and the SSR app behind the relay
         // would read an expired session (and refresh on its own, with no
         // way to store the result from a server component) until then.
-        let latest = Arc::new(TokenSet {
+        let latest = TokenSet {
             access_token: tokens.access_token.clone(),
             id_token: tokens.id_token.clone(),
             refresh_token: self.session.refresh_token.clone(),
-        });
-        for key in &self.browser_keys {
-            state.pending.record(
-                *key,
-                &self.session.username,
-                latest.clone(),
-                self.session.proof.clone(),
-            );
-        }
+        };
+        sessions.leave_for_browser(&self.browser_keys, &self.session, latest);
         Ok(true)
     }
 

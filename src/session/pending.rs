@@ -183,6 +183,19 @@ impl PendingRenewals {
         self.entries.retain(|_, p| !p.proof.matches(proof));
     }
 
+    /// Forgets every renewal of a sign-in answering to the subject hashed
+    /// as `subject` made at or before `at` (an operator ended them).
+    pub fn end_subject(&self, subject: &[u8; 32], at: u64) {
+        self.entries.retain(|_, p| {
+            let Some(claims) = crate::verify::unverified_claims(&p.tokens.access_token) else {
+                return true;
+            };
+            let covered = super::subject::signed_in_at(&claims) <= at
+                && super::subject::subjects_of(&claims).contains(subject);
+            !covered
+        });
+    }
+
     /// [`PendingRenewals::end_session`] for a sign-in known by its
     /// [`SessionProof::lineage_hash`] (ended on another replica).
     pub fn end_session_hashed(&self, lineage: &[u8; 32]) {

@@ -2,7 +2,8 @@
 //! a sign-out the app performed, seen by the app proxy — reaches them at
 //! once instead of at their next renewal.
 //!
-//! Each relayed socket registers when its handshake succeeds and holds a
+//! Each request that may become a relayed socket registers as soon as its
+//! token is verified — before any end is checked — and a socket holds its
 //! [`Registration`] until it closes; dropping it unregisters. Ending is a
 //! cancellation the socket's task is waiting on: it closes with 4401 within
 //! the time it takes to write a close frame.
@@ -37,9 +38,10 @@ struct Entry {
     /// SHA-256 of `lineage`, how other replicas name the sign-in.
     lineage_hash: [u8; 32],
     who: Who,
-    /// Hash of the refresh token the browser's cookie held once the
-    /// handshake's answer (and any `Set-Cookie` it carried) reached it.
-    browser_refresh: Option<[u8; 32]>,
+    /// Hashes of the refresh tokens the browser's cookie held: the one its
+    /// request showed, and the one the handshake's answer (any
+    /// `Set-Cookie` it carried) gave it.
+    browser_refresh: Vec<[u8; 32]>,
     ended: CancellationToken,
 }
 
@@ -62,6 +64,18 @@ impl Registration {
     /// Resolves when the socket's session was ended from elsewhere.
     pub fn ended(&self) -> &CancellationToken {
         &self.ended
+    }
+
+    /// The browser now holds the refresh token hashed as `hash` too (the
+    /// handshake renewed it): a sign-out showing it finds this socket.
+    pub fn also_browser_refresh(&self, hash: [u8; 32]) {
+        if let Some(mut entries) = self.table.get_mut(&self.sub) {
+            if let Some(e) = entries.iter_mut().find(|e| e.id == self.id) {
+                if !e.browser_refresh.contains(&hash) {
+                    e.browser_refresh.push(hash);
+                }
+            }
+        }
     }
 }
 
@@ -95,7 +109,7 @@ impl LiveSockets {
                 lineage: proof.lineage(),
                 lineage_hash: proof.lineage_hash(),
                 who,
-                browser_refresh,
+                browser_refresh: browser_refresh.into_iter().collect(),
                 ended: ended.clone(),
             });
         Registration {
@@ -117,7 +131,7 @@ impl LiveSockets {
     /// hashed as `refresh_hash` when they opened: the sockets of one
     /// browser's session, whoever else shares the user's lineage claims.
     pub fn end_browser(&self, sub: &str, refresh_hash: &[u8; 32]) -> usize {
-        self.end_where(sub, |e| e.browser_refresh.as_ref() == Some(refresh_hash))
+        self.end_where(sub, |e| e.browser_refresh.contains(refresh_hash))
     }
 
     /// Ends every open socket answering to the subject hashed as `subject`
@@ -138,7 +152,7 @@ impl LiveSockets {
     /// `sub` subject (a sign-out seen on another replica).
     pub fn end_browser_hashed(&self, sub: &[u8; 32], refresh_hash: &[u8; 32]) -> usize {
         self.end_anywhere(|e| {
-            e.browser_refresh.as_ref() == Some(refresh_hash) && e.who.subjects.first() == Some(sub)
+            e.browser_refresh.contains(refresh_hash) && e.who.subjects.first() == Some(sub)
         })
     }
 

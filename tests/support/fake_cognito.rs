@@ -39,6 +39,8 @@ pub struct Shared {
     inner: Mutex<Inner>,
     /// Calls per X-Amz-Target action.
     calls: Mutex<HashMap<String, u64>>,
+    /// Refresh calls per refresh token (past any injected failure).
+    calls_per_token: Mutex<HashMap<String, u64>>,
     pub token_lifetime: AtomicU64,
     pub rotate: AtomicBool,
     /// With rotation, kill the old refresh token at once (a 0 s grace period).
@@ -158,6 +160,12 @@ impl Shared {
             ),
             _ => return error("InvalidParameterException", "unsupported"),
         };
+        *self
+            .calls_per_token
+            .lock()
+            .unwrap()
+            .entry(rt.clone())
+            .or_default() += 1;
         // A client with a secret refuses a call without one before it looks
         // at the refresh token, and GetTokensFromRefreshToken (which takes
         // the secret itself) a wrong one too: client first, as OAuth token
@@ -359,6 +367,12 @@ impl FakeCognito {
 
     pub fn total_calls(&self) -> u64 {
         self.calls.lock().unwrap().values().sum()
+    }
+
+    /// Refresh calls made with each refresh token so far.
+    #[allow(dead_code)] // not every test binary counts them
+    pub fn calls_per_token(&self) -> HashMap<String, u64> {
+        self.calls_per_token.lock().unwrap().clone()
     }
 }
 

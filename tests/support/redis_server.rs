@@ -191,6 +191,20 @@ impl Redis {
                         .unwrap();
                     format!("{v:?}")
                 }
+                "hash" | "set" | "zset" => {
+                    let cmd = match kind.as_str() {
+                        "hash" => "HGETALL",
+                        "set" => "SMEMBERS",
+                        _ => "ZRANGE",
+                    };
+                    let mut c = redis::cmd(cmd);
+                    c.arg(&k);
+                    if kind == "zset" {
+                        c.arg(0).arg(-1);
+                    }
+                    let v: redis::Value = c.query_async(&mut conn).await.unwrap();
+                    format!("{v:?}")
+                }
                 other => format!("<{other}>"),
             };
             out.push((k, value));

@@ -1,36 +1,25 @@
-//! From a request's cookies to a verified token the relay can act with,
-//! renewing the session first when its token has expired or is about to;
-//! and [`renew`], the one renewal path used both here and by open sockets.
-//!
-//! Two steps, so a caller can apply its admission limits in between —
-//! before any Cognito call is spent on a request that would be refused:
-//!
-//! 1. [`identify`]: read the session cookies, verify the browser's token
-//!    (an expired one must still be genuine: signature, issuer, client), and
-//!    take the renewal an open socket left for this session, if the token
-//!    proves the same session ([`crate::session::SessionProof`]).
-//! 2. [`complete`]: use that renewal (or renew with its refresh token, the
-//!    newest the relay knows, when its access token is due); else verify or
-//!    renew the browser's own, within the refresh-token lifetime and the
-//!    per-IP and per-user refresh budgets. The answer carries the
-//!    `Set-Cookie`s the browser needs, which the caller must send whatever
-//!    it answers.
+//! Step 2 of authenticating a request: a token to act with. Use the
+//! renewal an open socket left (or renew with its refresh token, the newest
+//! the relay knows, when its access token is due); else verify or renew the
+//! browser's own, within the refresh-token lifetime and the per-IP and
+//! per-user refresh budgets. The answer carries the `Set-Cookie`s the
+//! browser needs, which the caller must send whatever it answers.
 //!
 //! A renewal never changes the identity: new tokens whose `sub` or
-//! `client_id` differ from the session's are refused, and the session ends.
-//! Nothing here logs a token; `SessionState`'s `Debug` redacts it.
+//! `client_id` differ from the session's are refused. Nothing here logs a
+//! token; `SessionState`'s `Debug` redacts it.
 
-mod renew;
-
-pub use renew::{forwarded_token, renew, Phase, RenewError, Renewed};
-
+use super::identify::Identified;
+use super::renew::{forwarded_token, renew, Phase};
+use super::shared::Shared;
 use crate::clock::{is_due, now_secs};
 use crate::error::RelayError;
 use crate::refresh::{Holder, RefreshError};
-use crate::session::{self, Pending, Session, SessionError, SessionProof, TokenSet};
-use crate::state::RelayState;
+use crate::session::{
+    signed_in_at, subjects_of, Pending, Registration, Session, SessionProof, TokenSet, Who,
+};
 use crate::verify::{token_hash, Claims, VerifyError};
-use hyper::header::{HeaderMap, HeaderValue};
+use hyper::header::HeaderValue;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -50,6 +39,8 @@ pub struct SessionState {
     /// The identity of the token the browser holds: what a renewal left for
     /// it must be claimed with, and what every renewal must keep.
     pub proof: SessionProof,
+    /// Whom an operator's end names: every renewal checks it again.
+    pub who: Who,
 }
 
 impl std::fmt::Debug for SessionState {
@@ -74,113 +65,95 @@ pub struct Authenticated {
     pub set_cookies: Vec<HeaderValue>,
     /// Whether a refresh happened during this request.
     pub refreshed: bool,
+    /// The request's place among the user's live sockets (see
+    /// [`super::identify`]): a socket keeps it for its whole life.
+    pub registration: Option<Registration>,
 }
 
-// === Step 1: who is asking ===
-
-/// A request's session, identified but not yet renewed.
-pub struct Identified {
-    session: Session,
-    /// The browser's own token and its strict verification.
-    token: String,
-    verified: Result<Arc<Claims>, VerifyError>,
-    /// Its claims with expiry ignored: genuine, possibly expired.
-    genuine: Arc<Claims>,
-    /// A renewal an open socket of this session left for it, now taken.
-    pending: Option<Pending>,
-    /// The sign-in was marked ended ([`RelayState::session_ended`]) or the
-    /// token retired by a sign-out ([`RelayState::token_retired`]).
-    ended: bool,
-}
-
-impl Identified {
-    /// The user this request is for (from a genuine token; it may be expired).
-    pub fn sub(&self) -> &str {
-        &self.genuine.sub
-    }
-
-    /// The `Set-Cookie`s a response must carry even when the request fails
-    /// before [`complete`]: the taken renewal, since nobody else will
-    /// deliver it.
-    pub fn undelivered_cookies(&self, state: &RelayState, secure: bool) -> Vec<HeaderValue> {
-        let Some(p) = &self.pending else {
-            return Vec::new();
-        };
-        state
-            .config
-            .cookies
-            .set_cookies(&state.config.client_id, &p.username, &p.tokens, secure)
+impl Authenticated {
+    /// Whether an end reached this request since it was identified.
+    pub fn is_ended(&self) -> bool {
+        self.registration
+            .as_ref()
+            .is_some_and(|r| r.ended().is_cancelled())
     }
 }
 
-/// Reads and verifies the browser's session; takes a renewal left for it.
-pub async fn identify(state: &RelayState, headers: &HeaderMap) -> Result<Identified, RelayError> {
-    let cfg = &state.config;
-    let session = session::from_headers(headers, &cfg.client_id)?;
-    let token = session
-        .token(cfg.token_use)
-        .ok_or(RelayError::Session(SessionError::Missing))?
-        .to_string();
-    let verified = state.verifier.verify(&token).await;
-    let genuine = match &verified {
-        Ok(claims) => claims.clone(),
-        Err(VerifyError::Expired) => Arc::new(state.verifier.verify_ignoring_expiry(&token).await?),
-        Err(e) => return Err(RelayError::Token(e.clone())),
-    };
-    let proof = SessionProof::of(&genuine);
-    // An operator ended this user's sessions (here or on another replica)
-    // after this sign-in: refused whatever the token or Cognito would say,
-    // until the user signs in again.
-    if state.cluster.is_ended(&genuine) {
-        return Err(RelayError::Refresh(RefreshError::Rejected(
-            "session ended by an operator".into(),
-        )));
-    }
-    if let Some(rt) = &session.refresh_token {
-        // The browser shows it received this token: the ones it replaced
-        // stop following the rotation chain for browsers.
-        state.refresher.shown(rt, &proof.lineage());
-    }
-    // A sign-in the relay saw end, or a token whose browser signed out:
-    // nothing waiting is handed out, and the token is not taken on its word
-    // (`complete` asks Cognito).
-    let ended = state.session_ended(&proof) || state.token_retired(&token_hash(&token));
-    let pending = session
-        .refresh_token
-        .as_deref()
-        .filter(|rt| !ended && state.pending.has(rt))
-        .and_then(|rt| {
-            let mut p = state.pending.take(rt, &proof)?;
-            // Another socket may have rotated it since it was left.
-            state.freshen(&mut p);
-            Some(p)
-        });
-    Ok(Identified {
-        session,
-        token,
-        verified,
-        genuine,
-        pending,
-        ended,
-    })
+/// What a request showed, for completing with a renewal left for it.
+struct From<'a> {
+    session: &'a Session,
+    genuine: &'a Claims,
+    who: &'a Who,
 }
-
-// === Step 2: a token to act with ===
 
 /// Finishes authenticating `id` for a response that can carry cookies
 /// (`secure` decides their `Secure` attribute); `client_ip` is charged for
 /// any Cognito call.
-pub async fn complete(
-    state: &RelayState,
+pub(super) async fn complete(
+    sh: &Shared,
     id: Identified,
     secure: bool,
     client_ip: IpAddr,
 ) -> Result<Authenticated, RelayError> {
-    let cfg = &state.config;
-    let proof = SessionProof::of(&id.genuine);
-    if let Some(pending) = id.pending {
-        return from_pending(state, pending, &id.session, &id.genuine, secure, client_ip).await;
+    let Identified {
+        session,
+        token,
+        verified,
+        genuine,
+        who,
+        pending,
+        ended,
+        registration,
+    } = id;
+    let mut authenticated = match pending {
+        Some(pending) => {
+            let from = From {
+                session: &session,
+                genuine: &genuine,
+                who: &who,
+            };
+            from_pending(sh, pending, from, secure, client_ip).await?
+        }
+        None => {
+            let id = Decided {
+                session: &session,
+                token: &token,
+                verified,
+                genuine: &genuine,
+                who: &who,
+                ended,
+            };
+            from_own(sh, id, secure, client_ip).await?
+        }
+    };
+    // Renewed: the browser now holds another refresh token, by which a
+    // sign-out finds this socket too.
+    if let Some(hash) = authenticated.session.browser_refresh {
+        registration.also_browser_refresh(hash);
     }
+    authenticated.registration = Some(registration);
+    Ok(authenticated)
+}
+
+/// What the request showed, for the two ways to complete it.
+struct Decided<'a> {
+    session: &'a Session,
+    token: &'a str,
+    verified: Result<Arc<Claims>, VerifyError>,
+    genuine: &'a Arc<Claims>,
+    who: &'a Who,
+    ended: bool,
+}
+
+/// The browser's own token: as sent, or renewed with its refresh token.
+async fn from_own(
+    sh: &Shared,
+    id: Decided<'_>,
+    secure: bool,
+    client_ip: IpAddr,
+) -> Result<Authenticated, RelayError> {
+    let cfg = &sh.cfg;
+    let proof = SessionProof::of(id.genuine);
     let needs_refresh = match &id.verified {
         _ if id.ended => true,
         Ok(claims) => is_due(claims.exp, claims.iat, cfg.refresh_before),
@@ -201,27 +174,34 @@ pub async fn complete(
             )));
         }
         let claims = id.verified?;
-        return Ok(as_sent(&id.token, claims, &id.session, proof));
+        return Ok(as_sent(id.token, claims, id.session, proof, id.who));
     };
     // A refresh is only worth asking for when it could succeed and the
     // budgets allow it; otherwise a still-valid token carries on as sent.
-    let refusal = refresh_refusal(state, &id.genuine, refresh_token, client_ip);
+    let refusal = refresh_refusal(sh, id.genuine, refresh_token, client_ip);
     let attempt = match refusal {
         Some(e) => Err(e),
         None => {
             // SECRET_HASH wants Cognito's username (the `username` claim),
             // which can differ from the cookie's LastAuthUser.
             let username = id.genuine.username().unwrap_or(&id.session.username);
-            renew(state, refresh_token, username, &proof, Phase::Handshake)
-                .await
-                .map_err(RelayError::from)
+            renew(
+                sh,
+                refresh_token,
+                username,
+                &proof,
+                id.who,
+                Phase::Handshake,
+            )
+            .await
+            .map_err(RelayError::from)
         }
     };
     match attempt {
         Ok(r) => Ok(renewed(
-            state,
+            sh,
             id.session.username.clone(),
-            &id.session,
+            id.session,
             &r.tokens,
             (r.token, r.claims),
             secure,
@@ -235,7 +215,7 @@ pub async fn complete(
                         reason = e.reason(),
                         "session refresh failed; token still valid, using it"
                     );
-                    Ok(as_sent(&id.token, claims, &id.session, proof))
+                    Ok(as_sent(id.token, claims, id.session, proof, id.who))
                 }
                 None => Err(e),
             }
@@ -247,7 +227,7 @@ pub async fn complete(
 /// refresh token lives, Cognito already refused this refresh token, or a
 /// refresh budget is spent.
 fn refresh_refusal(
-    state: &RelayState,
+    sh: &Shared,
     genuine: &Claims,
     refresh_token: &str,
     client_ip: IpAddr,
@@ -255,37 +235,36 @@ fn refresh_refusal(
     // The sign-in's age: `auth_time` (when the user signed in, kept by every
     // refresh), else the token's own `iat` (a lower bound).
     let signed_in = genuine.auth_time.or(genuine.iat).unwrap_or(genuine.exp);
-    let validity = state.config.refresh_token_validity.as_secs();
+    let validity = sh.cfg.refresh_token_validity.as_secs();
     if now_secs() > signed_in.saturating_add(validity) {
         return Some(RelayError::Token(VerifyError::Expired));
     }
     // What a renewal would use (see `renew`): judge that, not a rotated-out
     // token a stale tab still holds.
     let lineage = SessionProof::of(genuine).lineage();
-    let newest = state
+    let newest = sh
         .refresher
         .newest(refresh_token, &lineage, Holder::Browser);
     let refresh_token = newest.as_str();
-    if state.refresher.is_rejected(&token_hash(refresh_token)) {
+    if sh.refresher.is_rejected(&token_hash(refresh_token)) {
         return Some(RelayError::Refresh(RefreshError::Rejected(
             "remembered".into(),
         )));
     }
     // The budgets count Cognito calls: joining a flight in progress is free.
-    if state.refresher.has_flight(refresh_token) {
+    if sh.refresher.has_flight(refresh_token) {
         return None;
     }
     // The user's budget is charged only for a refresh token the relay knows
     // to be of this sign-in: junk refresh tokens shown next to someone's
     // leaked access token must not spend that person's budget (the
     // address's budget still bounds them).
-    let user = state
+    let user = sh
         .refresher
         .belongs(refresh_token, &lineage)
         .then_some(genuine.sub.as_str());
-    if let Err(hit) = state.rates.refresh(client_ip, user) {
-        state
-            .metrics
+    if let Err(hit) = sh.rates.refresh(client_ip, user) {
+        sh.metrics
             .limits_hit
             .with_label_values(&[hit.reason()])
             .inc();
@@ -298,17 +277,21 @@ fn refresh_refusal(
 /// not due, else renewed with its refresh token (the newest known). The
 /// browser gets the cookies either way: the entry was taken.
 async fn from_pending(
-    state: &RelayState,
+    sh: &Shared,
     pending: Pending,
-    session: &Session,
-    genuine: &Claims,
+    from: From<'_>,
     secure: bool,
     client_ip: IpAddr,
 ) -> Result<Authenticated, RelayError> {
-    let cfg = &state.config;
+    let From {
+        session,
+        genuine,
+        who,
+    } = from;
+    let cfg = &sh.cfg;
     let tokens = pending.tokens.clone();
     let verified = match forwarded_token(&tokens, cfg.token_use) {
-        Some(token) => state
+        Some(token) => sh
             .verifier
             .verify(token)
             .await
@@ -322,7 +305,7 @@ async fn from_pending(
     // The waiting set delivered as it is, with its (still valid) token.
     let as_waiting = |fresh| {
         renewed(
-            state,
+            sh,
             pending.username.clone(),
             session,
             &tokens,
@@ -337,13 +320,20 @@ async fn from_pending(
             .map(as_waiting)
             .ok_or(RelayError::Token(VerifyError::Expired));
     };
-    let attempt = match refresh_refusal(state, genuine, &newest, client_ip) {
+    let attempt = match refresh_refusal(sh, genuine, &newest, client_ip) {
         Some(e) => Err(e),
         None => {
             let username = genuine.username().unwrap_or(&pending.username).to_string();
-            renew(state, &newest, &username, &pending.proof, Phase::Handshake)
-                .await
-                .map_err(RelayError::from)
+            renew(
+                sh,
+                &newest,
+                &username,
+                &pending.proof,
+                who,
+                Phase::Handshake,
+            )
+            .await
+            .map_err(RelayError::from)
         }
     };
     match attempt {
@@ -356,7 +346,7 @@ async fn from_pending(
                 refresh_token: r.tokens.refresh_token.clone().or(Some(newest)),
             };
             Ok(renewed(
-                state,
+                sh,
                 pending.username.clone(),
                 session,
                 &merged,
@@ -369,7 +359,7 @@ async fn from_pending(
         // Another identity's tokens for a renewal the relay made itself:
         // Cognito misbehaved; keep the renewal for the next request.
         Err(e @ RelayError::IdentityChanged) => {
-            state.pending.restore(pending);
+            sh.pending.restore(pending);
             Err(e)
         }
         Err(e) => match verified {
@@ -380,7 +370,7 @@ async fn from_pending(
             // Put the renewal back for the next request rather than lose
             // the newest refresh token.
             None => {
-                state.pending.restore(pending);
+                sh.pending.restore(pending);
                 Err(e)
             }
         },
@@ -393,8 +383,10 @@ fn as_sent(
     claims: Arc<Claims>,
     session: &Session,
     proof: SessionProof,
+    who: &Who,
 ) -> Authenticated {
     Authenticated {
+        registration: None,
         token: token.to_string(),
         session: SessionState {
             cognito_username: claims.username().unwrap_or(&session.username).to_string(),
@@ -402,6 +394,7 @@ fn as_sent(
             refresh_token: session.refresh_token.clone(),
             browser_refresh: session.refresh_token.as_deref().map(token_hash),
             proof,
+            who: who.clone(),
         },
         claims,
         set_cookies: Vec::new(),
@@ -411,14 +404,14 @@ fn as_sent(
 
 /// Renewed `tokens` for `username`, written back as cookies.
 fn renewed(
-    state: &RelayState,
+    sh: &Shared,
     username: String,
     session: &Session,
     tokens: &TokenSet,
     (token, claims): (String, Arc<Claims>),
     secure: bool,
 ) -> Authenticated {
-    let cfg = &state.config;
+    let cfg = &sh.cfg;
     // After this response the browser holds the rotated refresh token, if
     // there was one, else the one it sent.
     let refresh_token = tokens
@@ -426,6 +419,7 @@ fn renewed(
         .clone()
         .or(session.refresh_token.clone());
     Authenticated {
+        registration: None,
         set_cookies: cfg
             .cookies
             .set_cookies(&cfg.client_id, &username, tokens, secure),
@@ -434,6 +428,10 @@ fn renewed(
             browser_refresh: refresh_token.as_deref().map(token_hash),
             refresh_token,
             username,
+            who: Who {
+                subjects: subjects_of(&claims),
+                signed_in_at: signed_in_at(&claims),
+            },
             proof: SessionProof::of(&claims),
         },
         token,

@@ -1,13 +1,15 @@
 //! The one way a session is renewed, at a handshake or on an open socket:
-//! ask Cognito (single flight), count it, verify what came back, and check
-//! it is still the same user of the same app client.
+//! check no end covers it (an open socket's renewal asks again: an end may
+//! have been said since its handshake), ask Cognito (single flight), count
+//! it, verify what came back, and check it is still the same user of the
+//! same app client.
 //!
 //! Nothing here logs a token.
 
+use super::shared::Shared;
 use crate::error::RelayError;
 use crate::refresh::{Holder, RefreshError};
-use crate::session::{SessionProof, TokenSet};
-use crate::state::RelayState;
+use crate::session::{SessionProof, TokenSet, Who};
 use crate::verify::{Claims, TokenUse, VerifyError};
 use std::sync::Arc;
 
@@ -36,9 +38,7 @@ impl Phase {
             Phase::Connection => Holder::Socket,
         }
     }
-}
 
-impl Phase {
     fn label(self) -> &'static str {
         match self {
             Phase::Handshake => "handshake",
@@ -76,37 +76,42 @@ pub enum RenewError {
 /// `SECRET_HASH`. Callers have proven the sign-in with a genuine token of
 /// it; Cognito decides whether the newest token is alive.
 ///
-/// A refusal is reported to [`RelayState::refresh_refused`] (which ends the
+/// A refusal is reported to [`super::ends::refused`] (which ends the
 /// sign-in only when the refused token was its newest); another identity's
 /// tokens end nothing but this renewal.
-pub async fn renew(
-    state: &RelayState,
+pub(super) async fn renew(
+    sh: &Shared,
     refresh_token: &str,
     username: &str,
     proof: &SessionProof,
+    who: &Who,
     phase: Phase,
 ) -> Result<Renewed, RenewError> {
+    // An operator's end said after the socket opened (a handshake checked
+    // it already): no Cognito call buys it anything.
+    if phase == Phase::Connection && sh.cluster.subject_ended(&who.subjects, who.signed_in_at) {
+        return Err(RenewError::Refresh(RefreshError::Rejected(
+            "session ended by an operator".into(),
+        )));
+    }
     // Another socket or tab of this session may have rotated it already;
     // with a zero grace period the old one is dead.
     // (A call already made for the caller's own token is joined instead:
     // its answer is the newest.)
     let lineage = proof.lineage();
-    let newest = match state.refresher.has_flight(refresh_token) {
+    let newest = match sh.refresher.has_flight(refresh_token) {
         true => refresh_token.to_string(),
-        false => state
-            .refresher
-            .newest(refresh_token, &lineage, phase.holder()),
+        false => sh.refresher.newest(refresh_token, &lineage, phase.holder()),
     };
-    let outcome = state.refresher.refresh(&newest, username).await;
+    let outcome = sh.refresher.refresh(&newest, username).await;
     if let Err(RefreshError::Rejected(_)) = &outcome {
-        state.refresh_refused(&newest, proof);
+        super::ends::refused(sh, &newest, proof).await;
     }
     let result = outcome
         .as_ref()
         .map(|_| "ok")
         .unwrap_or_else(RefreshError::reason);
-    state
-        .metrics
+    sh.metrics
         .token_refreshes
         .with_label_values(&[phase.label(), result])
         .inc();
@@ -115,17 +120,17 @@ pub async fn renew(
     // rotated this time, the one used) — and if that answer was reused from
     // seconds ago, whatever a sibling has rotated it into since.
     let answered = tokens.refresh_token.clone().unwrap_or(newest);
-    let current = state.refresher.newest(&answered, &lineage, Holder::Socket);
+    let current = sh.refresher.newest(&answered, &lineage, Holder::Socket);
     if tokens.refresh_token.as_deref() != Some(current.as_str()) && current != refresh_token {
         tokens = Arc::new(TokenSet {
             refresh_token: Some(current),
             ..(*tokens).clone()
         });
     }
-    let token = forwarded_token(&tokens, state.config.token_use)
+    let token = forwarded_token(&tokens, sh.cfg.token_use)
         .ok_or(RenewError::NoToken)?
         .to_string();
-    let claims = state
+    let claims = sh
         .verifier
         .verify(&token)
         .await
@@ -143,7 +148,7 @@ pub async fn renew(
     // if the tokens are of that very sign-in (a live refresh token of
     // another sign-in of the user must not clear it).
     if SessionProof::of(&claims).lineage() == lineage {
-        state.session_alive(proof);
+        sh.cluster.revive(&proof.lineage_hash());
     }
     Ok(Renewed {
         tokens,
