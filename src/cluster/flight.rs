@@ -112,6 +112,11 @@ fn decode(v: &Value, now_ms: u64) -> Option<CallOutcome> {
 }
 
 impl SharedRefresh for ClusterRefresh {
+    fn follow(&self, key: [u8; 32]) -> BoxFuture<'static, Option<CallOutcome>> {
+        let this = self.clone();
+        async move { this.peek(&key).await }.boxed()
+    }
+
     fn run(
         &self,
         key: [u8; 32],
@@ -202,6 +207,42 @@ impl ClusterRefresh {
             }
             if Instant::now() > give_up {
                 return Some(self.never_answered());
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// The result for `key` if there is one, or once the call holding its
+    /// lock stores it; `None` when nobody called (or Redis cannot say).
+    /// Never takes the lock.
+    async fn peek(&self, key: &[u8; 32]) -> Option<CallOutcome> {
+        if !self.health.is_up() {
+            return None;
+        }
+        let (lock, result) = (lock_key(key), result_key(key));
+        let mut conn = self.conn.clone();
+        let give_up = Instant::now() + self.lock_ttl + Duration::from_secs(1);
+        let script = redis::Script::new(TAKE);
+        loop {
+            let mut invocation = script.key(&lock);
+            invocation.key(&result).arg("").arg(1).arg("0");
+            let step = tokio::time::timeout(
+                link::OP_TIMEOUT * 2,
+                invocation.invoke_async::<(i64, String)>(&mut conn),
+            )
+            .await;
+            match step {
+                Ok(Ok((1, sealed))) => return Some(self.open(&sealed, &result)),
+                Ok(Ok((0, _))) if Instant::now() < give_up => {}
+                Ok(Ok(_)) => return None,
+                Ok(Err(e)) => {
+                    self.health.failed("refresh", &e);
+                    return None;
+                }
+                Err(_) => {
+                    self.health.failed("refresh", &"no answer in time");
+                    return None;
+                }
             }
             tokio::time::sleep(POLL).await;
         }

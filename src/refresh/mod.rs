@@ -95,6 +95,10 @@ pub trait SharedRefresh: Send + Sync {
         key: [u8; 32],
         call: BoxFuture<'static, CallOutcome>,
     ) -> BoxFuture<'static, CallOutcome>;
+
+    /// The outcome another replica's call for the refresh token hashed as
+    /// `key` produced, or is producing (waited for), if any — never a call.
+    fn follow(&self, key: [u8; 32]) -> BoxFuture<'static, Option<CallOutcome>>;
 }
 
 /// One Cognito call's outcome, before it is shared inside this process.
@@ -225,6 +229,32 @@ impl Refresher {
         }
         .boxed()
         .shared()
+    }
+
+    /// The answer to a refresh with `refresh_token` that someone already
+    /// asked for, here (in flight, or answered in the last seconds) or on
+    /// another replica (its shared result, or its call in progress) — never
+    /// a Cognito call of its own. A renewal whose answer was reused follows
+    /// it: the refresh token in that answer may have been rotated since.
+    pub async fn follow(&self, refresh_token: &str) -> Option<RefreshOutcome> {
+        let key = token_hash(refresh_token);
+        let local = self
+            .slots
+            .get(&key)
+            .filter(|slot| self.usable(slot))
+            .map(|slot| slot.flight.clone());
+        if let Some(flight) = local {
+            return Some(flight.await.outcome);
+        }
+        let outcome = self.shared.as_ref()?.follow(key).await?.map(Arc::new);
+        if let Ok(tokens) = &outcome {
+            // What another replica rotated, this one knows from now on.
+            if let Some(lineage) = answer_lineage(tokens) {
+                self.lineages
+                    .answered(refresh_token, tokens.refresh_token.as_deref(), &lineage);
+            }
+        }
+        Some(outcome)
     }
 
     /// The newest refresh token the relay has seen replace `refresh_token`

@@ -13,6 +13,10 @@ use crate::session::{SessionProof, TokenSet, Who};
 use crate::verify::{Claims, TokenUse, VerifyError};
 use std::sync::Arc;
 
+/// Most reused answers followed in one renewal (each is a rotation someone
+/// made in the last seconds).
+const MAX_FOLLOW: usize = 4;
+
 /// Picks the token `--token-use` forwards out of a token set.
 pub fn forwarded_token(tokens: &TokenSet, token_use: TokenUse) -> Option<&str> {
     match token_use {
@@ -116,6 +120,25 @@ pub(super) async fn renew(
         .with_label_values(&[phase.label(), result])
         .inc();
     let mut tokens = outcome.map_err(RenewError::Refresh)?;
+    // The answer may have been reused (from this replica's last seconds, or
+    // another replica's shared result): its refresh token may have been
+    // rotated since — by a sibling here, or on another replica — and with
+    // a zero grace period handing it out would lose the session. Follow
+    // every rotation someone already asked for (never a call of our own).
+    for _ in 0..MAX_FOLLOW {
+        let Some(next) = tokens.refresh_token.clone().filter(|rt| *rt != newest) else {
+            break;
+        };
+        match sh.refresher.follow(&next).await {
+            Some(Ok(later)) => {
+                tokens = Arc::new(TokenSet {
+                    refresh_token: later.refresh_token.clone().or(Some(next)),
+                    ..(*later).clone()
+                });
+            }
+            _ => break,
+        }
+    }
     // The refresh token the caller must end up with: the answer's (or, not
     // rotated this time, the one used) — and if that answer was reused from
     // seconds ago, whatever a sibling has rotated it into since.
