@@ -736,3 +736,37 @@ async fn a_stale_view_of_the_newest_refresh_token_ends_nothing_elsewhere() {
         "A's socket renews with rt2: the sign-in lives"
     );
 }
+
+/// An answer reused from another replica is followed before it is handed
+/// out. A's socket rotated rt0 → rt1 → rt2 in the last seconds (both
+/// answers shared in Redis); the browser, still holding rt0, reaches B,
+/// which reuses the answer shared for rt0 — whose refresh token, rt1, is
+/// already dead (zero grace period). B must hand out rt2. Before the fix:
+/// B handed out rt1, and the browser's session was lost.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reused_answer_is_followed_to_the_newest_refresh_token() {
+    let mut h = Harness::start().await;
+    assert!(
+        h.handshake(0, false, true).await.unwrap(),
+        "A: a socket on rt0"
+    );
+    let sessions_a = h.replicas[0].state.sessions().clone();
+    assert!(
+        h.sockets[0].token.renew(&sessions_a).await.unwrap(),
+        "rt0 -> rt1"
+    );
+    assert!(
+        h.sockets[0].token.renew(&sessions_a).await.unwrap(),
+        "rt1 -> rt2"
+    );
+    let rt0 = h.jar["refreshToken"].clone();
+    h.step(&Op::Age).await.unwrap();
+    assert!(h.handshake(1, false, false).await.unwrap(), "B renews rt0");
+    let handed = &h.jar["refreshToken"];
+    assert_ne!(handed, &rt0);
+    assert!(
+        h.cognito.is_live(handed),
+        "B handed out a refresh token A had already rotated away"
+    );
+    assert_eq!(h.cognito.calls_per_token().get(&rt0), Some(&1));
+}
