@@ -443,3 +443,62 @@ async fn a_key_appsync_refuses_answers_the_browsers_instead_of_leaving_them_wait
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A browser that stops reading is bounded in bytes too: with 60 kB events
+/// it is found lagging long before `--shared-queue`'s 256 events (15 MB
+/// per stalled browser) would be held for it. Before the fix there was no
+/// byte budget: the test had no flag to set, and with the budget at its
+/// maximum (a mutation) the browser is not found lagging within 200 events.
+#[tokio::test]
+async fn a_stalled_browser_is_bounded_in_bytes_not_only_in_events() {
+    let stack = Stack::start_with(&[
+        "--shared-channel",
+        "/ns/*",
+        "--shared-queue-bytes",
+        "131072",
+        "--publish-rate",
+        "0",
+    ])
+    .await;
+    let (mut reader, _) = subscriber(&stack, "r", "/ns/room").await;
+    let (_stalled, _) = subscriber(&stack, "s", "/ns/room").await;
+    let (mut publisher, _) = subscriber(&stack, "p", "/ns/other").await;
+    let event = json!("x".repeat(60_000));
+    let mut lagged_after = None;
+    for i in 0..200 {
+        publish(&mut publisher, &format!("p{i}"), "/ns/room", event.clone()).await;
+        assert_eq!(recv_json(&mut reader).await["type"], "data");
+        let (_, _, metrics) = http(stack.relay.admin_addr, "GET", "/metrics", &[], "").await;
+        if metrics.contains("limits_hit_total{limit=\"shared_lag\"} 1") {
+            lagged_after = Some(i + 1);
+            break;
+        }
+    }
+    let n = lagged_after.expect("the stalled browser was never found lagging");
+    eprintln!("a stalled browser found lagging after {n} events of 60 kB");
+}
+
+/// A shared subscription AppSync refused is not carried: the relay-owned
+/// connection, left with nothing, closes. Before the fix: the refused id
+/// stayed in the carrier's set, and the connection stayed open for good on
+/// a departed user's token.
+#[tokio::test]
+async fn a_carrier_whose_only_subscription_was_refused_goes_idle() {
+    let stack = Stack::start_with(&[
+        "--shared-channel",
+        "/ns/*",
+        "--shared-channel-check",
+        "none",
+        "--shared-linger",
+        "1",
+    ])
+    .await;
+    stack.emulator.refuse_subscriptions(SUB, "/ns/room");
+    let (mut ws, answer) = subscriber(&stack, "a", "/ns/room").await;
+    assert_eq!(answer["type"], "subscribe_error", "{answer}");
+    ws.close(None).await.unwrap();
+    eventually("the carrier closed its connection", || {
+        stack.emulator.connection_count() == 0
+    })
+    .await;
+}

@@ -288,6 +288,13 @@ pub struct ServeArgs {
     /// Events of shared channels that may wait for one browser; a browser further behind is closed with 1008 (the others are not slowed).
     #[arg(long, env = "APPSYNC_RELAY_SHARED_QUEUE", default_value_t = 256)]
     pub shared_queue: usize,
+    /// Bytes of shared-channel events that may wait for one browser (a few of AppSync's largest events); a browser further behind is closed with 1008. One event larger than this still reaches a browser with nothing waiting.
+    #[arg(
+        long,
+        env = "APPSYNC_RELAY_SHARED_QUEUE_BYTES",
+        default_value_t = 1_048_576
+    )]
+    pub shared_queue_bytes: usize,
     /// Shared channels one relay holds at most (lingering ones included); a subscription that would open one more is served unshared, as without --shared-channel (0: no cap).
     #[arg(
         long,

@@ -73,6 +73,12 @@ fn table(a: &ServeArgs) -> Vec<(&'static str, u64, u64, u64)> {
         ("body-timeout", a.body_timeout, 1, 3_600),
         ("shared-linger", a.shared_linger, 0, 3_600),
         ("shared-queue", n(a.shared_queue), 1, 1_000_000),
+        (
+            "shared-queue-bytes",
+            n(a.shared_queue_bytes),
+            65_536,
+            1 << 30,
+        ),
     ]
 }
 

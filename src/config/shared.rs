@@ -66,6 +66,7 @@ pub fn parse(args: &ServeArgs, http_host: Option<&str>, errors: &mut Vec<String>
         linger: Duration::from_secs(args.shared_linger),
         max_channels: args.shared_max_channels,
         queue: args.shared_queue,
+        queue_bytes: args.shared_queue_bytes,
     }
 }
 

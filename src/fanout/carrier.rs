@@ -288,7 +288,14 @@ async fn carry(
                     _ => {}
                 }
                 let Some(hub) = hub.upgrade() else { return Carried::Stop };
-                on_frame(hub.as_ref(), text.as_str());
+                if let Some(refused) = on_frame(hub.as_ref(), text.as_str()) {
+                    // AppSync created nothing for it: it is not carried, and
+                    // a carrier left with nothing goes idle.
+                    sent.remove(&refused);
+                    if sent.is_empty() {
+                        return Carried::Idle;
+                    }
+                }
             }
         }
     }
@@ -306,19 +313,26 @@ enum Carried {
     Refused,
 }
 
-fn on_frame(hub: &dyn Owner, text: &str) {
+/// Hands a frame from AppSync to the hub; the id of a subscription AppSync
+/// refused, if it was that.
+fn on_frame(hub: &dyn Owner, text: &str) -> Option<String> {
     let label = frame_type_label(text);
     if !matches!(label, "data" | "subscribe_success" | "subscribe_error") {
-        return;
+        return None;
     }
-    let Some(span) = IdSpan::find(text) else {
-        return;
-    };
+    let span = IdSpan::find(text)?;
     match label {
         "data" => {
             hub.deliver(text, &span);
+            None
         }
-        "subscribe_success" => hub.on_subscribed(span.id(text)),
-        _ => hub.on_refused(text, &span),
+        "subscribe_success" => {
+            hub.on_subscribed(span.id(text));
+            None
+        }
+        _ => {
+            hub.on_refused(text, &span);
+            Some(span.id(text).to_string())
+        }
     }
 }

@@ -20,6 +20,8 @@ pub struct SharedConfig {
     pub linger: Duration,
     /// Events that may wait for one browser before it counts as lagging.
     pub queue: usize,
+    /// Bytes of events that may wait for one browser, likewise.
+    pub queue_bytes: usize,
     /// Shared channels held at most (0: no cap); beyond it, unshared.
     pub max_channels: usize,
 }
@@ -68,6 +70,7 @@ mod tests {
             linger: Duration::from_secs(1),
             max_channels: 0,
             queue: 4,
+            queue_bytes: 1 << 20,
         }
     }
 

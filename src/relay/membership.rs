@@ -57,7 +57,8 @@ pub struct Membership {
 
 impl Membership {
     pub fn new(hub: Arc<Hub>, auth: &UpstreamAuth) -> Membership {
-        let (sink, rx) = Sink::new(auth.clone(), hub.config().queue);
+        let cfg = hub.config();
+        let (sink, rx) = Sink::new(auth.clone(), cfg.queue, cfg.queue_bytes);
         let lagged = Box::pin(sink.lagged().clone().cancelled_owned());
         Membership {
             hub,
@@ -238,7 +239,11 @@ impl Membership {
     }
 
     pub fn poll_delivery(&mut self, cx: &mut Context<'_>) -> Poll<Option<Delivery>> {
-        self.rx.poll_recv(cx)
+        let polled = self.rx.poll_recv(cx);
+        if let Poll::Ready(Some(d)) = &polled {
+            self.sink.taken(d);
+        }
+        polled
     }
 
     /// The browser id of membership `number`, if it is still one of this
