@@ -230,9 +230,9 @@ async fn a_refresh_refused_on_one_replica_ends_the_sign_in_on_the_others() {
 }
 
 /// Someone with a genuine token and ever-new junk refresh tokens cannot
-/// flood the stream: beyond 60 sign-outs of one user a minute, none is
-/// announced (the cost: a real sign-out in that minute reaches the other
-/// replicas' sockets only at their next renewal).
+/// flood the stream: beyond 60 sign-outs of one user a minute with refresh
+/// tokens no replica knows, none is announced (a sign-out whose refresh
+/// token is known still is: tests/cluster_seams.rs).
 #[tokio::test(flavor = "multi_thread")]
 async fn sign_outs_of_one_user_are_announced_at_most_60_a_minute() {
     let redis = Redis::start().await;

@@ -770,3 +770,36 @@ async fn a_reused_answer_is_followed_to_the_newest_refresh_token() {
     );
     assert_eq!(h.cognito.calls_per_token().get(&rt0), Some(&1));
 }
+
+/// Cookies the app signed out buy nothing, not even by following their
+/// refresh token's rotation chain to the live token a socket of the
+/// sign-in rotated it into. Found by the model (seed 7): a socket on C
+/// rotated rt0 → rt1, the app signed the browser out through B, and the
+/// signed-out cookies (rt0) on C followed the chain to rt1, which Cognito
+/// still accepted: the signed-out session came back. Before the fix: C
+/// answered with fresh cookies.
+#[tokio::test(flavor = "multi_thread")]
+async fn signed_out_cookies_do_not_follow_the_chain_to_a_live_token() {
+    let mut h = Harness::start().await;
+    assert!(
+        h.handshake(2, false, true).await.unwrap(),
+        "C: a socket on rt0"
+    );
+    let sessions_c = h.replicas[2].state.sessions().clone();
+    assert!(
+        h.sockets[0].token.renew(&sessions_c).await.unwrap(),
+        "rt0 -> rt1"
+    );
+    h.step(&Op::SignOut { on: 1 }).await.unwrap();
+    h.check().await.unwrap();
+    h.step(&Op::Age).await.unwrap();
+    let headers = h.headers(false);
+    let refused = match sessions_c.identify(&headers).await {
+        Err(_) => true,
+        Ok(id) => sessions_c
+            .complete(id, true, "10.0.0.3".parse().unwrap())
+            .await
+            .is_err(),
+    };
+    assert!(refused, "signed-out cookies renewed through the chain");
+}

@@ -245,6 +245,16 @@ impl Ends {
                 .is_some_and(|at| at.elapsed() < self.ttl)
     }
 
+    /// Whether the browser holding the refresh token hashed as `refresh`
+    /// signed out.
+    pub fn refresh_signed_out(&self, refresh: &[u8; 32]) -> bool {
+        !self.browsers.is_empty()
+            && self
+                .browsers
+                .get(refresh)
+                .is_some_and(|m| m.seen.elapsed() < self.ttl)
+    }
+
     /// Every live entry with the time it has left.
     pub fn entries(&self) -> Vec<(Heard, Duration)> {
         let left = |seen: Instant| self.ttl.checked_sub(seen.elapsed());

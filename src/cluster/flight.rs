@@ -163,17 +163,9 @@ impl ClusterRefresh {
             // One step: the result if there is one, else the lock if free.
             // (Reading, then locking, let a holder finish in between and a
             // second caller spend the rotated-out token: seen in the test.)
-            let mut invocation = script.key(&lock);
-            invocation
-                .key(&result)
-                .arg(&fence)
-                .arg(self.lock_ttl.as_millis() as u64)
-                .arg(if waited { "0" } else { "1" });
-            let step = tokio::time::timeout(
-                link::OP_TIMEOUT * 2,
-                invocation.invoke_async::<(i64, String)>(&mut conn),
-            )
-            .await;
+            let step = self
+                .take(&mut conn, &script, (&lock, &result), &fence, !waited)
+                .await;
             match step {
                 Ok(Ok((1, sealed))) => return Some(self.open(&sealed, &result)),
                 Ok(Ok((2, _))) => {
@@ -212,6 +204,28 @@ impl ClusterRefresh {
         }
     }
 
+    /// One step of [`TAKE`]: the result, or the lock (when `may_lock`).
+    async fn take(
+        &self,
+        conn: &mut ConnectionManager,
+        script: &redis::Script,
+        (lock, result): (&str, &str),
+        fence: &str,
+        may_lock: bool,
+    ) -> Result<redis::RedisResult<(i64, String)>, tokio::time::error::Elapsed> {
+        let mut invocation = script.key(lock);
+        invocation
+            .key(result)
+            .arg(fence)
+            .arg(self.lock_ttl.as_millis() as u64)
+            .arg(if may_lock { "1" } else { "0" });
+        tokio::time::timeout(
+            link::OP_TIMEOUT * 2,
+            invocation.invoke_async::<(i64, String)>(conn),
+        )
+        .await
+    }
+
     /// The result for `key` if there is one, or once the call holding its
     /// lock stores it; `None` when nobody called (or Redis cannot say).
     /// Never takes the lock.
@@ -224,13 +238,9 @@ impl ClusterRefresh {
         let give_up = Instant::now() + self.lock_ttl + Duration::from_secs(1);
         let script = redis::Script::new(TAKE);
         loop {
-            let mut invocation = script.key(&lock);
-            invocation.key(&result).arg("").arg(1).arg("0");
-            let step = tokio::time::timeout(
-                link::OP_TIMEOUT * 2,
-                invocation.invoke_async::<(i64, String)>(&mut conn),
-            )
-            .await;
+            let step = self
+                .take(&mut conn, &script, (&lock, &result), "", false)
+                .await;
             match step {
                 Ok(Ok((1, sealed))) => return Some(self.open(&sealed, &result)),
                 Ok(Ok((0, _))) if Instant::now() < give_up => {}

@@ -119,9 +119,7 @@ impl Health {
         .expect("static metric definition is valid");
         metrics.register(Box::new(gauge.clone()));
         metrics.register(Box::new(errors.clone()));
-        for op in [
-            "end", "announce", "feed", "resync", "refresh", "lease", "chain",
-        ] {
+        for op in ["end", "feed", "resync", "refresh", "lease", "chain"] {
             errors.with_label_values(&[op]);
         }
         Health {

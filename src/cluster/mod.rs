@@ -356,6 +356,13 @@ impl Cluster {
         self.ends.token_retired(token) || self.retired_here.token_retired(token)
     }
 
+    /// Whether the refresh token hashed as `refresh` was shown by a browser
+    /// that signed out: it buys nothing any more, not even the tokens that
+    /// replaced it.
+    pub fn refresh_signed_out(&self, refresh: &[u8; 32]) -> bool {
+        self.ends.refresh_signed_out(refresh) || self.retired_here.refresh_signed_out(refresh)
+    }
+
     /// For `/readyz`'s body: the coordination's state, when there is one.
     pub fn readiness_note(&self) -> Option<&'static str> {
         let link = self.link.as_ref()?;

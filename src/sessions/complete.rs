@@ -176,6 +176,14 @@ async fn from_own(
         let claims = id.verified?;
         return Ok(as_sent(id.token, claims, id.session, proof, id.who));
     };
+    // A refresh token its browser signed out with buys nothing, not even
+    // by following its rotation chain to a live successor (a socket of the
+    // sign-in may hold one): the signed-out cookies must not come back.
+    if sh.cluster.refresh_signed_out(&token_hash(refresh_token)) {
+        return Err(RelayError::Refresh(RefreshError::Rejected(
+            "signed out".into(),
+        )));
+    }
     // A refresh is only worth asking for when it could succeed and the
     // budgets allow it; otherwise a still-valid token carries on as sent.
     let refusal = refresh_refusal(sh, id.genuine, refresh_token, client_ip);
