@@ -148,6 +148,13 @@ struct Harness {
     sockets: Vec<Sock>,
     /// Sign-ins ended on purpose: by an end said (operator, sign-out) …
     ended_by_end: HashSet<u64>,
+    /// … of which an operator ended these: nothing of them opens again
+    /// (a sign-out ends its browser's cookies; a newer token of the
+    /// sign-in, renewed by a replica that had not heard yet, is Cognito's
+    /// to judge, as on one replica).
+    hard_ended: HashSet<u64>,
+    /// The refresh tokens of cookies the app signed out.
+    signed_out: HashSet<String>,
     /// … or by Cognito (revoked): the model expects nothing of them.
     ended_by_cognito: HashSet<u64>,
     /// The end of the current sign-in reached every replica (checked).
@@ -220,6 +227,8 @@ impl Harness {
             sign_in: 0,
             sockets: Vec::new(),
             ended_by_end: HashSet::new(),
+            hard_ended: HashSet::new(),
+            signed_out: HashSet::new(),
             ended_by_cognito: HashSet::new(),
             end_everywhere: false,
             said: Vec::new(),
@@ -284,7 +293,10 @@ impl Harness {
 
     /// One handshake on replica `on`; whether it succeeded.
     async fn handshake(&mut self, on: usize, stale: bool, open: bool) -> Result<bool, String> {
-        let ended_before = self.ended_by_end.contains(&self.sign_in) && self.end_everywhere;
+        let shown = if stale { &self.prev_jar } else { &self.jar };
+        let ended_before = self.end_everywhere
+            && (self.hard_ended.contains(&self.sign_in)
+                || self.signed_out.contains(&shown["refreshToken"]));
         let state = self.replicas[on].state.clone();
         let sessions = state.sessions();
         let Ok(id) = sessions.identify(&self.headers(stale)).await else {
@@ -380,6 +392,7 @@ impl Harness {
                 // before it.
                 for s in 1..=self.sign_in {
                     self.ended_by_end.insert(s);
+                    self.hard_ended.insert(s);
                 }
                 self.end_everywhere = false;
             }
@@ -387,6 +400,7 @@ impl Harness {
                 let sessions = self.replicas[*on].state.sessions().clone();
                 if let Some(app) = sessions.app_session(&self.headers(false)) {
                     sessions.signed_out(&app).await;
+                    self.signed_out.insert(self.jar["refreshToken"].clone());
                     self.said.push(marker_key(Heard::Browser {
                         sub: [0; 32],
                         refresh: token_hash(&self.jar["refreshToken"]),
@@ -802,4 +816,44 @@ async fn signed_out_cookies_do_not_follow_the_chain_to_a_live_token() {
             .is_err(),
     };
     assert!(refused, "signed-out cookies renewed through the chain");
+}
+
+/// A sign-out said by a replica cut off from Redis (which therefore could
+/// not tell whether the refresh token was the sign-in's) ends the whole
+/// sign-in everywhere once it is heard: a replica that knows the token
+/// judges it again and says so. Found by the model (seed 7): meanwhile a
+/// racing tab renewed on A (rt0 → rt1) and opened a socket on C with rt1,
+/// and Redis restarted empty (the shared chain with it); after healing
+/// only A, which remembered rt0, ended the sign-in. Before the fix: C's
+/// socket stayed open.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sign_out_said_while_cut_off_ends_the_sign_in_everywhere_once_heard() {
+    let mut h = Harness::start().await;
+    h.step(&Op::Partition(1)).await.unwrap();
+    let signed_out = h.jar.clone();
+    h.step(&Op::SignOut { on: 1 }).await.unwrap();
+    h.step(&Op::Age).await.unwrap();
+    assert!(
+        h.handshake(0, false, false).await.unwrap(),
+        "A has not heard yet: it renews rt0 -> rt1"
+    );
+    assert!(
+        h.handshake(2, false, true).await.unwrap(),
+        "C: a socket on rt1"
+    );
+    // Redis restarts empty: the shared chain is gone, only A remembers
+    // that rt0 was the sign-in's.
+    h.step(&Op::RedisRestart).await.unwrap();
+    h.step(&Op::Heal).await.unwrap();
+    h.check().await.unwrap();
+    // (check() found C's socket closed within a second, or failed.)
+    assert!(h.sockets.is_empty());
+    h.jar = signed_out;
+    for on in 0..REPLICAS {
+        assert_eq!(
+            h.handshake(on, false, false).await,
+            Ok(false),
+            "replica {on} let the signed-out cookies in"
+        );
+    }
 }

@@ -126,8 +126,10 @@ pub(super) async fn apply(sh: &Shared, heard: Heard) -> usize {
                 let known = sh.refresher.belongs_hashed(&refresh, &lineage)
                     || sh.cluster.belongs(&lineage, &refresh).await;
                 if known && !sh.cluster.sign_in_ended(&lineage) {
+                    // Said too (the sayer could not tell, the others may
+                    // not know either), remembered first, then applied.
                     let ended = Heard::SignIn { lineage };
-                    sh.cluster.remember(&ended);
+                    sh.cluster.say_in_background(ended);
                     closed += Box::pin(apply(sh, ended)).await;
                 }
             }
