@@ -9,10 +9,14 @@
 //! writes.
 //!
 //! Invariants, checked after every step:
-//! 1. an end (an operator's, or the app's sign-out) said while every
-//!    replica reaches Redis — or, if not, once they all do again — has
-//!    closed every socket of that sign-in on every replica within 1 s, and
-//!    no later handshake of it succeeds on any replica;
+//! 1. an end (an operator's, or the app's sign-out) has closed every
+//!    socket of that sign-in open when it was said, on every replica,
+//!    within 1 s of the end reaching Redis (said again with backoff, or
+//!    written back when a cut-off replica returns) with every replica
+//!    connected; and no later handshake succeeds, on any replica, of a
+//!    sign-in an operator ended or with cookies the app signed out (a
+//!    newer token of a signed-out sign-in, renewed where the sign-out was
+//!    not yet heard, is Cognito's to judge, as on one replica);
 //! 2. no socket of a sign-in nobody ended, and that Cognito still holds a
 //!    live token for, is closed by an end: no sign-in ends because one
 //!    replica's view was stale;
@@ -135,6 +139,10 @@ struct Sock {
     _lease: Option<Lease>,
     /// The sign-in it belongs to (the model's count of sign-ins).
     sign_in: u64,
+    /// An end of its sign-in was said while it was open: it must close.
+    /// (One opened after a sign-out, with a token the sign-out did not
+    /// show, may be a sign-in Cognito revived: not required to.)
+    doomed: bool,
 }
 
 struct Harness {
@@ -350,6 +358,7 @@ impl Harness {
                     registration,
                     _lease: lease,
                     sign_in: self.sign_in,
+                    doomed: false,
                 });
             }
         }
@@ -394,6 +403,9 @@ impl Harness {
                     self.ended_by_end.insert(s);
                     self.hard_ended.insert(s);
                 }
+                for s in &mut self.sockets {
+                    s.doomed = true;
+                }
                 self.end_everywhere = false;
             }
             Op::SignOut { on } => {
@@ -401,6 +413,10 @@ impl Harness {
                 if let Some(app) = sessions.app_session(&self.headers(false)) {
                     sessions.signed_out(&app).await;
                     self.signed_out.insert(self.jar["refreshToken"].clone());
+                    let sign_in = self.sign_in;
+                    for s in self.sockets.iter_mut().filter(|s| s.sign_in == sign_in) {
+                        s.doomed = true;
+                    }
                     self.said.push(marker_key(Heard::Browser {
                         sub: [0; 32],
                         refresh: token_hash(&self.jar["refreshToken"]),
@@ -534,8 +550,7 @@ impl Harness {
         let ended_sockets = |h: &Harness| {
             h.sockets
                 .iter()
-                .filter(|s| h.ended_by_end.contains(&s.sign_in))
-                .filter(|s| !s.registration.ended().is_cancelled())
+                .filter(|s| s.doomed && !s.registration.ended().is_cancelled())
                 .count()
         };
         let pending_end = ended_sockets(self) > 0
@@ -570,8 +585,7 @@ impl Harness {
                 let on: Vec<usize> = self
                     .sockets
                     .iter()
-                    .filter(|s| self.ended_by_end.contains(&s.sign_in))
-                    .filter(|s| !s.registration.ended().is_cancelled())
+                    .filter(|s| s.doomed && !s.registration.ended().is_cancelled())
                     .map(|s| s.on)
                     .collect();
                 return Err(format!(
@@ -846,8 +860,19 @@ async fn a_sign_out_said_while_cut_off_ends_the_sign_in_everywhere_once_heard() 
     h.step(&Op::RedisRestart).await.unwrap();
     h.step(&Op::Heal).await.unwrap();
     h.check().await.unwrap();
-    // (check() found C's socket closed within a second, or failed.)
-    assert!(h.sockets.is_empty());
+    // C's socket (rt1, opened before C heard anything) closes.
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while h
+        .sockets
+        .first()
+        .is_some_and(|s| !s.registration.ended().is_cancelled())
+    {
+        assert!(
+            Instant::now() < deadline,
+            "C's socket of the signed-out sign-in stayed open"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     h.jar = signed_out;
     for on in 0..REPLICAS {
         assert_eq!(
