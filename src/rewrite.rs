@@ -88,6 +88,14 @@ impl UpstreamAuth {
 
     /// The `sub` of the token (read without verifying it: the token was
     /// verified when it was put here); none for an API key.
+    /// The JWT it carries (none for an API key).
+    pub fn jwt(&self) -> Option<&str> {
+        match self.kind {
+            Credential::Jwt => Some(&self.token),
+            Credential::ApiKey => None,
+        }
+    }
+
     pub fn subject(&self) -> Option<String> {
         match self.kind {
             Credential::Jwt => crate::verify::unverified_sub(&self.token),

@@ -332,8 +332,8 @@ impl Cluster {
     /// was ended by an operator. This replica's memory decides, without a
     /// Redis round trip: the feed fills it with every marker when it
     /// connects and with every end as it is said.
-    pub fn subject_ended(&self, subjects: &[[u8; 32]], signed_in_at: u64) -> bool {
-        !self.ends.is_empty() && self.ends.covers(subjects, signed_in_at)
+    pub fn subject_ended(&self, who: &crate::session::Who) -> bool {
+        !self.ends.is_empty() && self.ends.covers(&who.subjects(), who.signed_in_at)
     }
 
     /// Whether some subject was ended at all (lets a caller skip hashing).

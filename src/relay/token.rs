@@ -13,7 +13,7 @@ use crate::clock::{instant_at, now_secs, refresh_due_at};
 use crate::refresh::RefreshError;
 use crate::rewrite::UpstreamAuth;
 use crate::session::TokenSet;
-use crate::sessions::{Phase, RenewError, SessionState, Sessions};
+use crate::sessions::{RenewError, SessionState, Sessions};
 use crate::verify::token_hash;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -92,12 +92,7 @@ impl TokenState {
         let chain = sessions.socket_chain(&own, &self.session.proof);
         let refresh_token = chain.last().cloned().unwrap_or_else(|| own.clone());
         let renewed = match sessions
-            .renew(
-                &refresh_token,
-                &self.session.cognito_username,
-                &self.session,
-                Phase::Connection,
-            )
+            .renew_socket(&refresh_token, &self.session, self.auth.jwt())
             .await
         {
             Ok(r) => r,

@@ -31,7 +31,7 @@ pub use names::{cookie_name, encode_username, last_auth_user_cookie, COOKIE_PREF
 pub use pending::{Pending, PendingRenewals};
 pub use proof::SessionProof;
 pub use read::{from_headers, Session, SessionError, MAX_COOKIE_HEADER_BYTES};
-pub use sockets::{LiveSockets, Registration, Who};
-pub use subject::{signed_in_at, subjects_of, Subject};
+pub use sockets::{LiveSockets, Registration};
+pub use subject::{signed_in_at, subjects_of, Subject, Who};
 pub use tokens::TokenSet;
 pub use write::{rewrite_cookie_header, CookiePolicy, SameSite};

@@ -20,29 +20,30 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
-/// Who a socket's user is, beyond the `sub` it is filed under: what an
-/// operator's end of the user's sessions is matched against.
-#[derive(Debug, Clone, Default)]
-pub struct Who {
-    /// [`super::subject::Subject`] hashes the token answers to, its `sub`'s
-    /// first.
-    pub subjects: Vec<[u8; 32]>,
-    /// When its sign-in happened ([`super::subject::signed_in_at`]).
-    pub signed_in_at: u64,
-}
+use super::subject::Who;
 
 /// What a socket is found by.
 struct Entry {
     id: u64,
-    lineage: String,
-    /// SHA-256 of `lineage`, how other replicas name the sign-in.
+    /// SHA-256 of its [`SessionProof::lineage`] (how replicas name the
+    /// sign-in; no string kept per socket).
     lineage_hash: [u8; 32],
     who: Who,
     /// Hashes of the refresh tokens the browser's cookie held: the one its
     /// request showed, and the one the handshake's answer (any
-    /// `Set-Cookie` it carried) gave it.
-    browser_refresh: Vec<[u8; 32]>,
+    /// `Set-Cookie` it carried) gave it. Inline: every open socket has one.
+    browser_refresh: [[u8; 32]; 2],
     ended: CancellationToken,
+}
+
+/// No hash (SHA-256 never yields all zeroes in practice).
+const NONE: [u8; 32] = [0; 32];
+
+impl Entry {
+    /// Whether the browser held the refresh token hashed as `hash`.
+    fn holds(&self, hash: &[u8; 32]) -> bool {
+        *hash != NONE && self.browser_refresh.contains(hash)
+    }
 }
 
 /// The open sockets, by user (`sub`).
@@ -71,8 +72,8 @@ impl Registration {
     pub fn also_browser_refresh(&self, hash: [u8; 32]) {
         if let Some(mut entries) = self.table.get_mut(&self.sub) {
             if let Some(e) = entries.iter_mut().find(|e| e.id == self.id) {
-                if !e.browser_refresh.contains(&hash) {
-                    e.browser_refresh.push(hash);
+                if !e.holds(&hash) {
+                    e.browser_refresh[1] = hash;
                 }
             }
         }
@@ -106,10 +107,9 @@ impl LiveSockets {
             .or_default()
             .push(Entry {
                 id,
-                lineage: proof.lineage(),
                 lineage_hash: proof.lineage_hash(),
                 who,
-                browser_refresh: browser_refresh.into_iter().collect(),
+                browser_refresh: [browser_refresh.unwrap_or(NONE), NONE],
                 ended: ended.clone(),
             });
         Registration {
@@ -123,15 +123,15 @@ impl LiveSockets {
     /// Ends every open socket of the sign-in `proof` belongs to. Returns
     /// how many were told to close.
     pub fn end_sign_in(&self, proof: &SessionProof) -> usize {
-        let lineage = proof.lineage();
-        self.end_where(&proof.sub, |e| e.lineage == lineage)
+        let lineage = proof.lineage_hash();
+        self.end_where(&proof.sub, |e| e.lineage_hash == lineage)
     }
 
     /// Ends the open sockets of `sub` whose browser held the refresh token
     /// hashed as `refresh_hash` when they opened: the sockets of one
     /// browser's session, whoever else shares the user's lineage claims.
     pub fn end_browser(&self, sub: &str, refresh_hash: &[u8; 32]) -> usize {
-        self.end_where(sub, |e| e.browser_refresh.contains(refresh_hash))
+        self.end_where(sub, |e| e.holds(refresh_hash))
     }
 
     /// Ends every open socket answering to the subject hashed as `subject`
@@ -139,7 +139,7 @@ impl LiveSockets {
     /// operator's end of a user's sessions. Looks through every user's
     /// sockets (the subject may be a username): rare, and linear.
     pub fn end_subject(&self, subject: &[u8; 32], at: u64) -> usize {
-        self.end_anywhere(|e| e.who.signed_in_at <= at && e.who.subjects.contains(subject))
+        self.end_anywhere(|e| e.who.signed_in_at <= at && e.who.answers_to(subject))
     }
 
     /// [`LiveSockets::end_sign_in`] for a sign-in known by its lineage's
@@ -151,9 +151,7 @@ impl LiveSockets {
     /// [`LiveSockets::end_browser`] for a user known by the hash of its
     /// `sub` subject (a sign-out seen on another replica).
     pub fn end_browser_hashed(&self, sub: &[u8; 32], refresh_hash: &[u8; 32]) -> usize {
-        self.end_anywhere(|e| {
-            e.browser_refresh.contains(refresh_hash) && e.who.subjects.first() == Some(sub)
-        })
+        self.end_anywhere(|e| e.holds(refresh_hash) && e.who.sub() == sub)
     }
 
     fn end_anywhere(&self, pick: impl Fn(&Entry) -> bool) -> usize {
@@ -221,10 +219,7 @@ mod tests {
     #[test]
     fn an_end_of_a_subject_reaches_only_its_sign_ins_made_before() {
         let live = LiveSockets::default();
-        let who = |s: u8, at| Who {
-            subjects: vec![[s; 32], [s + 100; 32]],
-            signed_in_at: at,
-        };
+        let who = |s: u8, at| Who::new([s; 32], Some([s + 100; 32]), at);
         let old = live.register(&proof("alice", "j1"), None, who(1, 100));
         let new = live.register(&proof("alice", "j2"), None, who(1, 300));
         let bob = live.register(&proof("bob", "j3"), None, who(2, 100));

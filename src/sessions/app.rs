@@ -56,10 +56,7 @@ pub(super) async fn renewal_for(sh: &Shared, app: &AppSession) -> Option<Pending
     // sign-out, which retires the victim's access token, must not cost
     // the victim the renewal.)
     let over = sh.cluster.sign_in_ended(&proof.lineage_hash())
-        || sh.cluster.subject_ended(
-            &session::subjects_of(&claims),
-            session::signed_in_at(&claims),
-        );
+        || sh.cluster.subject_ended(&session::Who::of(&claims));
     if over {
         return None;
     }

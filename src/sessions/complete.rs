@@ -15,9 +15,7 @@ use super::shared::Shared;
 use crate::clock::{is_due, now_secs};
 use crate::error::RelayError;
 use crate::refresh::{Holder, RefreshError};
-use crate::session::{
-    signed_in_at, subjects_of, Pending, Registration, Session, SessionProof, TokenSet, Who,
-};
+use crate::session::{Pending, Registration, Session, SessionProof, TokenSet};
 use crate::verify::{token_hash, Claims, VerifyError};
 use hyper::header::HeaderValue;
 use std::net::IpAddr;
@@ -39,8 +37,6 @@ pub struct SessionState {
     /// The identity of the token the browser holds: what a renewal left for
     /// it must be claimed with, and what every renewal must keep.
     pub proof: SessionProof,
-    /// Whom an operator's end names: every renewal checks it again.
-    pub who: Who,
 }
 
 impl std::fmt::Debug for SessionState {
@@ -83,7 +79,6 @@ impl Authenticated {
 struct From<'a> {
     session: &'a Session,
     genuine: &'a Claims,
-    who: &'a Who,
 }
 
 /// Finishes authenticating `id` for a response that can carry cookies
@@ -100,17 +95,16 @@ pub(super) async fn complete(
         token,
         verified,
         genuine,
-        who,
         pending,
         ended,
         registration,
+        ..
     } = id;
     let mut authenticated = match pending {
         Some(pending) => {
             let from = From {
                 session: &session,
                 genuine: &genuine,
-                who: &who,
             };
             from_pending(sh, pending, from, secure, client_ip).await?
         }
@@ -120,7 +114,6 @@ pub(super) async fn complete(
                 token: &token,
                 verified,
                 genuine: &genuine,
-                who: &who,
                 ended,
             };
             from_own(sh, id, secure, client_ip).await?
@@ -141,7 +134,6 @@ struct Decided<'a> {
     token: &'a str,
     verified: Result<Arc<Claims>, VerifyError>,
     genuine: &'a Arc<Claims>,
-    who: &'a Who,
     ended: bool,
 }
 
@@ -174,7 +166,7 @@ async fn from_own(
             )));
         }
         let claims = id.verified?;
-        return Ok(as_sent(id.token, claims, id.session, proof, id.who));
+        return Ok(as_sent(id.token, claims, id.session, proof));
     };
     // A refresh token its browser signed out with buys nothing, not even
     // by following its rotation chain to a live successor (a socket of the
@@ -193,16 +185,9 @@ async fn from_own(
             // SECRET_HASH wants Cognito's username (the `username` claim),
             // which can differ from the cookie's LastAuthUser.
             let username = id.genuine.username().unwrap_or(&id.session.username);
-            renew(
-                sh,
-                refresh_token,
-                username,
-                &proof,
-                id.who,
-                Phase::Handshake,
-            )
-            .await
-            .map_err(RelayError::from)
+            renew(sh, refresh_token, username, &proof, None, Phase::Handshake)
+                .await
+                .map_err(RelayError::from)
         }
     };
     match attempt {
@@ -223,7 +208,7 @@ async fn from_own(
                         reason = e.reason(),
                         "session refresh failed; token still valid, using it"
                     );
-                    Ok(as_sent(id.token, claims, id.session, proof, id.who))
+                    Ok(as_sent(id.token, claims, id.session, proof))
                 }
                 None => Err(e),
             }
@@ -291,11 +276,7 @@ async fn from_pending(
     secure: bool,
     client_ip: IpAddr,
 ) -> Result<Authenticated, RelayError> {
-    let From {
-        session,
-        genuine,
-        who,
-    } = from;
+    let From { session, genuine } = from;
     let cfg = &sh.cfg;
     let tokens = pending.tokens.clone();
     let verified = match forwarded_token(&tokens, cfg.token_use) {
@@ -337,7 +318,7 @@ async fn from_pending(
                 &newest,
                 &username,
                 &pending.proof,
-                who,
+                None,
                 Phase::Handshake,
             )
             .await
@@ -391,7 +372,6 @@ fn as_sent(
     claims: Arc<Claims>,
     session: &Session,
     proof: SessionProof,
-    who: &Who,
 ) -> Authenticated {
     Authenticated {
         registration: None,
@@ -402,7 +382,6 @@ fn as_sent(
             refresh_token: session.refresh_token.clone(),
             browser_refresh: session.refresh_token.as_deref().map(token_hash),
             proof,
-            who: who.clone(),
         },
         claims,
         set_cookies: Vec::new(),
@@ -436,10 +415,6 @@ fn renewed(
             browser_refresh: refresh_token.as_deref().map(token_hash),
             refresh_token,
             username,
-            who: Who {
-                subjects: subjects_of(&claims),
-                signed_in_at: signed_in_at(&claims),
-            },
             proof: SessionProof::of(&claims),
         },
         token,

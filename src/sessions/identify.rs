@@ -14,10 +14,7 @@
 use super::shared::Shared;
 use crate::error::RelayError;
 use crate::refresh::RefreshError;
-use crate::session::{
-    self, signed_in_at, subjects_of, Pending, Registration, Session, SessionError, SessionProof,
-    Who,
-};
+use crate::session::{self, Pending, Registration, Session, SessionError, SessionProof, Who};
 use crate::verify::{token_hash, Claims, VerifyError};
 use hyper::header::{HeaderMap, HeaderValue};
 use std::sync::Arc;
@@ -30,8 +27,6 @@ pub struct Identified {
     pub(super) verified: Result<Arc<Claims>, VerifyError>,
     /// Its claims with expiry ignored: genuine, possibly expired.
     pub(super) genuine: Arc<Claims>,
-    /// Whom an operator's end names, from the genuine token.
-    pub(super) who: Who,
     /// A renewal an open socket of this session left for it, now taken.
     pub(super) pending: Option<Pending>,
     /// The sign-in was marked ended, or the token retired by a sign-out:
@@ -82,20 +77,17 @@ pub(super) async fn identify(sh: &Shared, headers: &HeaderMap) -> Result<Identif
         Err(e) => return Err(RelayError::Token(e.clone())),
     };
     let proof = SessionProof::of(&genuine);
-    let who = Who {
-        subjects: subjects_of(&genuine),
-        signed_in_at: signed_in_at(&genuine),
-    };
+    let who = Who::of(&genuine);
     // Before the first check (see the module docs).
     let registration = sh.sockets.register(
         &proof,
         session.refresh_token.as_deref().map(token_hash),
-        who.clone(),
+        who,
     );
     // An operator ended this user's sessions (here or on another replica)
     // after this sign-in: refused whatever the token or Cognito would say,
     // until the user signs in again.
-    if sh.cluster.subject_ended(&who.subjects, who.signed_in_at) {
+    if sh.cluster.subject_ended(&who) {
         return Err(RelayError::Refresh(RefreshError::Rejected(
             "session ended by an operator".into(),
         )));
@@ -125,7 +117,6 @@ pub(super) async fn identify(sh: &Shared, headers: &HeaderMap) -> Result<Identif
         token,
         verified,
         genuine,
-        who,
         pending,
         ended,
         registration,

@@ -47,7 +47,7 @@ use crate::http_client::HttpClient;
 use crate::limits::SessionRates;
 use crate::metrics::Metrics;
 use crate::refresh::{Holder, Refresher};
-use crate::session::{Pending, PendingRenewals, SessionProof, Subject, TokenSet, Who};
+use crate::session::{Pending, PendingRenewals, SessionProof, Subject, TokenSet};
 use crate::verify::{Verifier, VerifierConfig};
 use hyper::header::{HeaderMap, HeaderValue};
 use shared::Shared;
@@ -181,22 +181,21 @@ impl Sessions {
             .chain(refresh_token, &proof.lineage(), Holder::Socket)
     }
 
-    /// Renews a session ([`renew`]): an open socket's (`Phase::Connection`,
-    /// which checks the ends again first) or a request's.
-    pub async fn renew(
+    /// Renews an open socket's session ([`renew`]), after checking the
+    /// ends again against `current`, the token it relays with.
+    pub async fn renew_socket(
         &self,
         refresh_token: &str,
-        username: &str,
         session: &SessionState,
-        phase: Phase,
+        current: Option<&str>,
     ) -> Result<Renewed, RenewError> {
         renew::renew(
             &self.shared,
             refresh_token,
-            username,
+            &session.cognito_username,
             &session.proof,
-            &session.who,
-            phase,
+            current,
+            Phase::Connection,
         )
         .await
     }
@@ -337,7 +336,6 @@ impl Sessions {
             refresh_token: tokens.refresh_token.clone(),
             browser_refresh: Some(key),
             proof,
-            who: Who::default(),
         };
         self.leave_for_browser(&[key], &session, tokens);
     }

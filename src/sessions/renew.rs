@@ -88,12 +88,17 @@ pub(super) async fn renew(
     refresh_token: &str,
     username: &str,
     proof: &SessionProof,
-    who: &Who,
+    current: Option<&str>,
     phase: Phase,
 ) -> Result<Renewed, RenewError> {
-    // An operator's end said after the socket opened (a handshake checked
-    // it already): no Cognito call buys it anything.
-    if phase == Phase::Connection && sh.cluster.subject_ended(&who.subjects, who.signed_in_at) {
+    // An operator's end said after the socket opened (its handshake checked
+    // the ends already, and the end closes the socket): no Cognito call
+    // buys it anything. Judged from the token in use (`current`), whose
+    // `auth_time` every refresh keeps.
+    let ended = current
+        .and_then(crate::verify::unverified_claims)
+        .is_some_and(|c| sh.cluster.subject_ended(&Who::of(&c)));
+    if ended {
         return Err(RenewError::Refresh(RefreshError::Rejected(
             "session ended by an operator".into(),
         )));
