@@ -1,6 +1,6 @@
 //! Saying an end to the other replicas so that it is not lost: its marker
 //! stored and the end announced on the stream, said again with backoff
-//! until Redis takes it. Beyond [`RETRY_FOR`], the next resynchronisation
+//! until Redis takes it. Beyond `RETRY_FOR`, the next resynchronisation
 //! of the feed writes it back (this replica's memory keeps it): an end said
 //! during an outage reaches the others when Redis returns, whatever kind
 //! it is — an operator's, a sign-in's, a browser's sign-out.

@@ -1,6 +1,6 @@
 //! The token an open socket relays with, and keeping it fresh: when it is
 //! due, renew it in place through the session authority
-//! ([`Sessions::renew`], which checks the ends again first and pins the
+//! ([`Sessions::renew_socket`], which checks the ends again first and pins the
 //! identity: the socket's `sub` never changes), leave the renewed set for
 //! the browser's next request, or end the session. Transient Cognito
 //! failures are retried with backoff until the token itself expires; only

@@ -8,7 +8,7 @@
 //! else reads or writes those tables: handlers ask it a few questions —
 //! [`Sessions::identify`] and [`Sessions::complete`] (who is asking, and a
 //! token to act with), [`Sessions::lease`] (one more socket of the user
-//! across replicas), [`Sessions::renew`] (an open socket's renewal),
+//! across replicas), [`Sessions::renew_socket`] (an open socket's renewal),
 //! [`Sessions::end_subject`] (an operator's end), [`Sessions::signed_out`]
 //! (the app's sign-out), [`Sessions::heard`] (what another replica said).
 //!
