@@ -393,3 +393,38 @@ test(`[${MODE}] Amplify reconnects and re-subscribes by itself after the relay r
     await channel.close();
   }),
 );
+
+test(`[${MODE}] events.post refusals reach the app as typed errors it can tell apart`, { timeout: 60_000 }, () =>
+  explained(async () => {
+    const cookie = amplifyCookieHeader(cognito.clientId, USERNAME, await cognito.signIn(USERNAME, PASSWORD));
+    // Amplify reads the type from x-amzn-ErrorType / __type and the message
+    // from `message` (core/src/clients/serde/json.ts): without them every
+    // refusal was an "UnknownError".
+    const refusal = async (what) => {
+      try {
+        await withDeadline(events.post(CHANNEL, { what }), 15_000, `events.post (${what})`);
+      } catch (e) {
+        return e;
+      }
+      throw new Error(`events.post (${what}) succeeded`);
+    };
+    try {
+      // Signed out: no session cookie at all.
+      wire.setCookie('');
+      const signedOut = await refusal('signed out');
+      assert.equal(signedOut.name, 'UnauthorizedException', String(signedOut));
+      assert.equal(signedOut.message, 'no_session');
+      // Too large for --max-message-bytes.
+      wire.setCookie(cookie);
+      // (Just over the 1 310 720-byte default: the body fits in the socket
+      // buffers before the relay answers, so the client's write never fails.)
+      const big = await refusal('x'.repeat(1_320_000));
+      assert.equal(big.name, 'PayloadTooLargeException', String(big));
+      assert.equal(big.message, 'body_too_large');
+    } finally {
+      wire.setCookie(cookie);
+    }
+    // And a good one still goes through.
+    assert.equal(await withDeadline(events.post(CHANNEL, { ok: true }), 15_000, 'events.post'), undefined);
+  }),
+);

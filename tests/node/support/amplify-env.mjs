@@ -43,9 +43,12 @@ export function amplifyCookieHeader(clientId, username, tokens) {
  * Installs the WebSocket and fetch shims. `origin` is the relay's public
  * origin (`http://127.0.0.1:PORT` or `https://...`), `ca` the PEM that
  * signs its certificate (HTTPS only; optional). Returns a recorder
- * `{ frames, sockets, waitFor(predicate, ms, what, from), note(entry), dump() }`.
+ * `{ frames, sockets, waitFor(predicate, ms, what, from), note(entry), dump(),
+ * setCookie(value) }` (`setCookie` changes what later requests carry, as a
+ * browser whose cookies were cleared or replaced).
  */
-export function installBrowserShims({ origin, cookie, ca }) {
+export function installBrowserShims({ origin, cookie: initialCookie, ca }) {
+  let cookie = initialCookie;
   const relay = new URL(origin);
   const secure = relay.protocol === 'https:';
   const tls = ca ? { ca } : { rejectUnauthorized: false };
@@ -65,7 +68,7 @@ export function installBrowserShims({ origin, cookie, ca }) {
       if (sameOrigin && !secure && target.protocol === 'wss:') target.protocol = 'ws:';
       const headers = { ...(options.headers || {}) };
       if (sameOrigin) {
-        headers.Cookie = cookie;
+        if (cookie) headers.Cookie = cookie;
         headers.Origin = origin;
       }
       super(target.toString(), protocols, {
@@ -100,7 +103,8 @@ export function installBrowserShims({ origin, cookie, ca }) {
     const url = new URL(typeof input === 'string' || input instanceof URL ? String(input) : input.url);
     if (url.host !== relay.host) return realFetch(input, init);
     const headers = new Headers(init.headers || (input instanceof Request ? input.headers : undefined));
-    headers.set('Cookie', cookie);
+    if (cookie) headers.set('Cookie', cookie);
+    else headers.delete('Cookie');
     headers.set('Origin', origin);
     const sent = secure ? httpsFetch(url, { ...init, headers }, tls) : realFetch(input, { ...init, headers });
     return sent.then((resp) => {
@@ -133,7 +137,16 @@ export function installBrowserShims({ origin, cookie, ca }) {
     });
   }
 
-  return { frames, sockets, waitFor, note: record, dump: () => dumpFrames(frames) };
+  return {
+    frames,
+    sockets,
+    waitFor,
+    note: record,
+    dump: () => dumpFrames(frames),
+    setCookie: (value) => {
+      cookie = value;
+    },
+  };
 }
 
 /** Amplify configuration for the relay, as the README prescribes. */
