@@ -430,7 +430,13 @@ async fn a_key_appsync_refuses_answers_the_browsers_instead_of_leaving_them_wait
         let answer = recv_json(&mut ws).await;
         assert_eq!(answer["type"], "subscribe_error", "{answer}");
         assert_eq!(answer["id"], id);
-        assert_eq!(answer["errors"][0]["errorType"], "UnauthorizedException");
+        // Not an auth type: the relay's key is at fault, not the user's
+        // session (before: UnauthorizedException, which tells an app to
+        // sign the user in again).
+        assert_eq!(
+            answer["errors"][0]["errorType"], "SubscriptionProcessingError",
+            "{answer}"
+        );
         assert!(!answer.to_string().contains("da2-"), "{answer}");
     }
     stack.emulator.refuse_after_upgrade(false);

@@ -328,7 +328,10 @@ impl Owner for Hub {
     /// heal that (a member's token would be replaced when its session
     /// ends; the key is not), so rather than leave browsers waiting for an
     /// answer or for events, every channel on the carrier is refused:
-    /// `subscribe_error` (UnauthorizedException) under each member's id. A
+    /// `subscribe_error` under each member's id, typed
+    /// `SubscriptionProcessingError` — the fault is the relay's key, not the
+    /// user's credentials, and an auth type would tell the app to sign the
+    /// user in again. A
     /// later subscribe starts over and, with the key still refused, is
     /// refused again at its first connect.
     fn on_key_refused(&self, carrier: usize) {
@@ -351,8 +354,8 @@ impl Owner for Hub {
                 error_frame(
                     "subscribe_error",
                     Some(id),
-                    error_type::UNAUTHORIZED,
-                    "the relay's shared subscription was refused by AppSync",
+                    error_type::SUBSCRIPTION_PROCESSING,
+                    "the relay's shared subscription was refused by AppSync (its API key)",
                 )
             });
         }
