@@ -54,6 +54,10 @@ pub enum Route {
 pub struct Refused {
     pub error: RelayError,
     pub set_cookies: Vec<HeaderValue>,
+    /// `Sec-WebSocket-Accept` of an upgrade refused after phase 1 (a valid
+    /// upgrade from an allowed Origin): one the handshake may answer in
+    /// band, with a 101 and a `connection_error` (`handshake::respond`).
+    pub accept_key: Option<HeaderValue>,
 }
 
 impl<E> From<E> for Refused
@@ -64,13 +68,24 @@ where
         Refused {
             error: error.into(),
             set_cookies: Vec::new(),
+            accept_key: None,
         }
     }
 }
 
 impl Refused {
     pub fn with_cookies(error: RelayError, set_cookies: Vec<HeaderValue>) -> Refused {
-        Refused { error, set_cookies }
+        Refused {
+            error,
+            set_cookies,
+            accept_key: None,
+        }
+    }
+
+    /// The same refusal, answerable in band with this accept key.
+    pub fn in_band(mut self, accept_key: Option<HeaderValue>) -> Refused {
+        self.accept_key = accept_key;
+        self
     }
 
     /// The answer to a refused request: the error's status and JSON body
@@ -130,9 +145,19 @@ impl<'a> Gate<'a> {
             accept_key: None,
         };
         gate.filter_request(req)?;
-        let identified = gate.timed("verify", gate.identify(req)).await?;
-        let (permit, lease) = gate.admit(&identified).await?;
-        let authenticated = gate.timed("renew", gate.authenticate(identified)).await?;
+        let key = gate.accept_key.clone();
+        let identified = gate
+            .timed("verify", gate.identify(req))
+            .await
+            .map_err(|e| Refused::from(e).in_band(key.clone()))?;
+        let (permit, lease) = gate
+            .admit(&identified)
+            .await
+            .map_err(|r| r.in_band(key.clone()))?;
+        let authenticated = gate
+            .timed("renew", gate.authenticate(identified))
+            .await
+            .map_err(|e| Refused::from(e).in_band(key))?;
         Ok(Passed {
             accept_key: gate.accept_key,
             authenticated,

@@ -74,7 +74,13 @@ pub struct RelayState {
     fanout: Option<Arc<Hub>>,
     /// Peers sending `X-Forwarded-For` without being trusted to.
     untrusted_forwarders: crate::forwarded::UntrustedForwarders,
+    /// Upgrades refused in band (a 101, then `connection_error`) at once.
+    in_band_refusals: Arc<tokio::sync::Semaphore>,
 }
+
+/// Most upgrades refused in band at once (each holds a socket for a few
+/// seconds at most); beyond it a refusal is a plain HTTP 401.
+const IN_BAND_REFUSALS: usize = 1024;
 
 impl RelayState {
     pub fn new(config: Config, app: Option<Arc<dyn App>>) -> Arc<RelayState> {
@@ -134,6 +140,7 @@ impl RelayState {
             limits: ConnectionLimits::new(config.limits.clone()),
             rates,
             upstream_resolvable: AtomicBool::new(false),
+            in_band_refusals: Arc::new(tokio::sync::Semaphore::new(IN_BAND_REFUSALS)),
             app,
             config,
         })
@@ -212,6 +219,11 @@ impl RelayState {
     /// Fires when open relays must close.
     pub fn shutdown(&self) -> &CancellationToken {
         &self.shutdown
+    }
+
+    /// A place for one more upgrade refused in band, if there is one.
+    pub fn in_band_refusal(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.in_band_refusals.clone().try_acquire_owned().ok()
     }
 
     /// The upstream DNS watcher's verdict.

@@ -333,7 +333,7 @@ fn the_checker_sees_the_imports_it_must() {
         .collect();
     assert_eq!(names, ["crate:a::B", "crate:c", "crate:f::g", "super:h::I"]);
     let g = graph();
-    assert!(g.edges["server.rs"].contains("handshake.rs"));
+    assert!(g.edges["server.rs"].contains("handshake/mod.rs"));
     assert!(g.edges["relay/pump.rs"].contains("relay/token.rs"));
     assert!(g.edges["emulator/publish.rs"].contains("emulator/shared.rs"));
 }

@@ -79,6 +79,17 @@ pub async fn connect(
             ))
         }
         Ok(Ok((ws, resp))) => {
+            // Refused in band (a 101 whose socket answers with
+            // `connection_error`): the header says why.
+            if let Some(named) = resp.headers().get("x-appsync-relay-refused") {
+                let named = named.to_str().unwrap_or("401 unknown");
+                let (status, reason) = named.split_once(' ').unwrap_or(("401", "unknown"));
+                drop(ws);
+                return Err((
+                    format!("the relay refused the handshake: HTTP {status} ({reason})"),
+                    fix_for(reason, config),
+                ));
+            }
             let cookie = apply_set_cookies(cookie, resp.headers());
             (ws, cookie)
         }

@@ -157,6 +157,32 @@ fn close_frame(code: u16, reason: &'static str) -> Message {
     }))
 }
 
+/// The session is over: before its 4401, every subscription the browser
+/// holds hears `subscribe_error` (`UnauthorizedException`, the reason label
+/// as message). Amplify never reads close codes and reconnects after any
+/// close; a `subscribe_error` ends the subscription it names for good (its
+/// `error` callback, and no re-subscription), so an app learns its session
+/// ended instead of retrying forever. Bounded by [`CLOSE_TIMEOUT`].
+pub async fn tell_subscriptions<C>(client: &mut WebSocketStream<C>, ids: &[String], reason: &str)
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+{
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+        for id in ids {
+            let frame = crate::protocol::error_frame(
+                "subscribe_error",
+                Some(id),
+                crate::protocol::error_type::UNAUTHORIZED,
+                reason,
+            );
+            if client.send(Message::text(frame)).await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+}
+
 /// Sends each leg still open its close frame (see [`Ending::close_codes`]),
 /// each bounded by [`CLOSE_TIMEOUT`].
 pub async fn close_legs<C>(

@@ -84,6 +84,13 @@ impl Membership {
 
     /// Whether `id` is one of this browser's shared subscriptions (or a
     /// probe's id: a browser may not take it while it is in use).
+    /// The browser ids of its shared subscriptions (joined or being
+    /// checked).
+    pub fn ids(&self) -> Vec<String> {
+        let probes = self.probes.values().map(|p| p.id.clone());
+        self.joined.keys().cloned().chain(probes).collect()
+    }
+
     pub fn uses(&self, id: &str) -> bool {
         self.joined.contains_key(id)
             || self.probes.values().any(|p| p.id == id)

@@ -135,6 +135,19 @@ impl Relay {
                 .with_label_values(&[reason])
                 .inc();
         }
+        // (Not at --max-session-age: the session goes on, a reconnect with
+        // live cookies is accepted, so Amplify must keep retrying.)
+        if let Ending::SessionEnded(
+            reason @ ("signed_out" | "refresh_rejected" | "session_ended" | "identity_changed"
+            | "no_refresh_token"),
+        ) = &ending
+        {
+            let mut ids: Vec<String> = conn.subs.ids().map(str::to_string).collect();
+            if let Some(m) = &conn.shared {
+                ids.extend(m.ids());
+            }
+            Box::pin(close::tell_subscriptions(client, &ids, reason)).await;
+        }
         let (to_client, to_upstream) = ending.close_codes();
         // Boxed: closing is a cold path, and inlined it would enlarge every
         // idle connection's task.

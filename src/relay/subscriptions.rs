@@ -85,6 +85,11 @@ impl Subscriptions {
         self.init_seen
     }
 
+    /// The ids of every subscription the browser holds or awaits.
+    pub fn ids(&self) -> impl Iterator<Item = &str> {
+        self.active.keys().map(String::as_str)
+    }
+
     pub fn has(&self, id: &str) -> bool {
         self.active.contains_key(id)
     }

@@ -428,3 +428,82 @@ test(`[${MODE}] events.post refusals reach the app as typed errors it can tell a
     assert.equal(await withDeadline(events.post(CHANNEL, { ok: true }), 15_000, 'events.post'), undefined);
   }),
 );
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/** Waits until `condition()` holds, or fails with `what`. */
+async function until(condition, ms, what) {
+  const deadline = Date.now() + ms;
+  while (!condition()) {
+    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
+    await sleep(50);
+  }
+}
+
+test(`[${MODE}] a handshake refused because the session is over errors the app out, once`, { timeout: 60_000 }, () =>
+  explained(async () => {
+    const cookie = amplifyCookieHeader(cognito.clientId, USERNAME, await cognito.signIn(USERNAME, PASSWORD));
+    // A socket of its own (Amplify shares one among channels).
+    await withDeadline(events.closeAll(), 5_000, 'events.closeAll()');
+    const from = wire.frames.length;
+    wire.setCookie('');
+    let err;
+    try {
+      await withDeadline(events.connect(`${CHANNEL}-signed-out`), 30_000, 'events.connect without a session');
+    } catch (e) {
+      err = e;
+    } finally {
+      wire.setCookie(cookie);
+    }
+    // Before: HTTP 401, which Amplify retries as a network error, and then
+    // gives up with "Connection handshake error" — the app cannot tell a
+    // signed-out user from a network fault.
+    assert.ok(err, 'events.connect succeeded without a session');
+    const said = `${err?.message ?? ''} ${JSON.stringify(err)}`;
+    assert.match(said, /UnauthorizedException/, said);
+    const dials = wire.frames.slice(from).filter((f) => f.kind === 'dial');
+    assert.equal(dials.length, 1, `Amplify retried a refusal it should take as final: ${dials.length} dials`);
+    const refused = wire.frames.slice(from).find((f) => f.kind === 'recv' && f.msg?.type === 'connection_error');
+    assert.equal(refused?.msg.errors?.[0]?.message, 'no_session');
+    await sleep(8_000);
+    assert.equal(wire.frames.slice(from).filter((f) => f.kind === 'dial').length, 1, 'a re-dial followed');
+  }),
+);
+
+test(`[${MODE}] a session ended while its socket is open reaches the subscription's error callback; no reconnect follows`, { timeout: 60_000 }, () =>
+  explained(async () => {
+    // A user of its own: an operator's end covers every sign-in of the user
+    // made until now, and the other tests go on with theirs.
+    const other = `ended+${randomBytes(4).toString('hex')}@example.com`;
+    await cognito.createUser(other, PASSWORD);
+    const otherCookie = amplifyCookieHeader(cognito.clientId, other, await cognito.signIn(other, PASSWORD));
+    const mine = amplifyCookieHeader(cognito.clientId, USERNAME, await cognito.signIn(USERNAME, PASSWORD));
+    await withDeadline(events.closeAll(), 5_000, 'events.closeAll()');
+    wire.setCookie(otherCookie);
+    try {
+      const channel = await withDeadline(events.connect(`${CHANNEL}-ended`), 15_000, 'events.connect');
+      const inbox = collector();
+      const sub = channel.subscribe(inbox.observer);
+      await withDeadline(sub.ready, 15_000, 'subscription ready');
+      const from = wire.frames.length;
+      const ended = await fetch(`${adminUrl}/sessions/end`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ username: other }),
+      });
+      assert.equal(ended.status, 200);
+      // Before: the socket closed with 4401, which Amplify does not read:
+      // it reconnected ~5 s later, was refused, and retried forever, and
+      // the app heard nothing.
+      await until(() => inbox.errors.length > 0, 5_000, "the subscription's error callback");
+      assert.match(JSON.stringify(inbox.errors), /UnauthorizedException/);
+      const close = await wire.waitFor((f) => f.kind === 'close', 5_000, 'the socket closed', from);
+      assert.equal(close.code, 4401);
+      await sleep(10_000);
+      const dials = wire.frames.slice(from).filter((f) => f.kind === 'dial');
+      assert.deepEqual(dials, [], 'Amplify re-dialled after the session ended');
+    } finally {
+      wire.setCookie(mine);
+    }
+  }),
+);

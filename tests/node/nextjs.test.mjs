@@ -343,12 +343,22 @@ test('the Next.js example behind the relay, against MiniStack, in headless Chrom
         page.evaluate(
           (url) =>
             new Promise((resolve) => {
+              // A session is over when the relay answers connection_init
+              // with connection_error (a refusal in band, which Amplify
+              // takes as final), or refuses the upgrade outright.
               const ws = new WebSocket(url, ['aws-appsync-event-ws']);
               const timer = setTimeout(() => resolve({ opened: ws.readyState === 1, code: null }), 5_000);
-              ws.onopen = () => {
-                clearTimeout(timer);
-                ws.close();
-                resolve({ opened: true });
+              ws.onopen = () => ws.send(JSON.stringify({ type: 'connection_init' }));
+              ws.onmessage = (m) => {
+                const v = JSON.parse(m.data);
+                if (v.type === 'connection_ack') {
+                  clearTimeout(timer);
+                  ws.close();
+                  resolve({ opened: true });
+                } else if (v.type === 'connection_error') {
+                  clearTimeout(timer);
+                  resolve({ opened: false, refused: v.errors?.[0]?.errorType, reason: v.errors?.[0]?.message });
+                }
               };
               ws.onclose = (e) => {
                 clearTimeout(timer);

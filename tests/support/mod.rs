@@ -531,7 +531,15 @@ pub async fn try_connect_with(
     .await
     .expect("handshake did not finish in time");
     match attempt {
-        Ok((ws, resp)) => Attempt::Open(Box::new(ws), resp.headers().clone()),
+        Ok((ws, resp)) => match resp.headers().get("x-appsync-relay-refused") {
+            // Refused in band: a 101, then `connection_error` and 4401.
+            Some(named) => {
+                let named = named.to_str().unwrap().to_string();
+                let status = named.split(' ').next().unwrap().parse().unwrap();
+                Attempt::Refused(status, refused_in_band(ws, &named).await)
+            }
+            None => Attempt::Open(Box::new(ws), resp.headers().clone()),
+        },
         Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
             let status = resp.status().as_u16();
             let body = resp
@@ -543,6 +551,41 @@ pub async fn try_connect_with(
         }
         Err(e) => Attempt::Failed(e.to_string()),
     }
+}
+
+/// What a socket refused in band says (`named`: its refusal header): the
+/// `connection_error` answering `connection_init`, whose message is the
+/// reason, then a close with 4401. Returned as the refusal's body.
+async fn refused_in_band(mut ws: Ws, named: &str) -> String {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let reason = named.split_once(' ').map(|(_, r)| r).unwrap_or("");
+    ws.send(Message::text(r#"{"type":"connection_init"}"#))
+        .await
+        .unwrap();
+    let mut said = None;
+    let mut code = None;
+    let done = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(Ok(msg)) = ws.next().await {
+            match msg {
+                Message::Text(t) => said = Some(t.to_string()),
+                Message::Close(f) => code = f.map(|f| u16::from(f.code)),
+                _ => {}
+            }
+        }
+    })
+    .await;
+    assert!(done.is_ok(), "a socket refused in band was not closed");
+    let said = said.expect("no connection_error on a socket refused in band");
+    let v: Value = serde_json::from_str(&said).unwrap();
+    assert_eq!(v["type"], "connection_error", "{said}");
+    assert_eq!(
+        v["errors"][0]["errorType"], "UnauthorizedException",
+        "{said}"
+    );
+    assert_eq!(v["errors"][0]["message"], reason, "{said}");
+    assert_eq!(code, Some(4401), "{said}");
+    serde_json::json!({"reason": reason, "connection_error": v}).to_string()
 }
 
 pub async fn connect(url: &str, cookie: &str) -> Ws {

@@ -25,6 +25,8 @@
 //! `handshakes_total{outcome=<reason>}`, and sent with `Connection: close`:
 //! a refused upgrade's connection is not kept alive to hold memory.
 
+mod refusal;
+
 use crate::error::RelayError;
 use crate::gate::{Gate, Passed, Refused, Route};
 use crate::protocol;
@@ -71,7 +73,10 @@ pub async fn respond(
         }
         Err(refused) => {
             record_refused(&state, &refused.error, peer, &request_id);
-            refused.into_response(Route::Upgrade)
+            match refusal::in_band(&state, refused, &mut req) {
+                Ok(resp) => resp,
+                Err(refused) => refused.into_response(Route::Upgrade),
+            }
         }
     }
 }
@@ -92,10 +97,10 @@ async fn accept(
     let upstream = match connect_upstream(state, &auth).await {
         Ok(upstream) => upstream,
         Err(error) => {
-            return Err(Refused::with_cookies(
-                error,
-                authenticated.set_cookies.clone(),
-            ))
+            return Err(
+                Refused::with_cookies(error, authenticated.set_cookies.clone())
+                    .in_band(passed.accept_key.clone()),
+            )
         }
     };
     state
@@ -104,7 +109,7 @@ async fn accept(
         .with_label_values(&["upstream_connect"])
         .observe(started.elapsed().as_secs_f64());
     // An end said while the upstream connection was being opened.
-    Gate::still_live(authenticated)?;
+    Gate::still_live(authenticated).map_err(|r| r.in_band(passed.accept_key.clone()))?;
     Ok(Accepted {
         passed,
         upstream,
