@@ -16,5 +16,5 @@ use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn nextjs_example_behind_the_relay_against_ministack_in_headless_chromium() {
-    node::run_node_test("tests/node/nextjs.test.mjs", &[], Duration::from_secs(180)).await;
+    node::run_node_test("tests/node/nextjs.test.mjs", &[], Duration::from_secs(260)).await;
 }

@@ -151,7 +151,7 @@ async function explained(fn) {
   }
 }
 
-test('the Next.js example behind the relay, against MiniStack, in headless Chromium', { timeout: 170_000 }, async (t) => {
+test('the Next.js example behind the relay, against MiniStack, in headless Chromium', { timeout: 240_000 }, async (t) => {
   const t0 = Date.now();
   stack = await startStack({ startChild, tokenSeconds: TOKEN_SECONDS, relayArgs: ['--jwt-leeway', '0'], log: (m) => console.error(m) });
   browser = await launchBrowser([`--ignore-certificate-errors-spki-list=${stack.certs.spki}`]);
@@ -327,6 +327,16 @@ test('the Next.js example behind the relay, against MiniStack, in headless Chrom
       assert.ok(closed.closedAt, `alice's socket was still open ${Date.now() - signOutAt} ms after sign-out`);
       assert.equal(closed.code, 4401, `alice's socket closed with ${closed.code} ${closed.reason}`);
       assert.ok(closed.closedAt - signOutAt <= 1_000, `closed ${closed.closedAt - signOutAt} ms after sign-out`);
+      // The first tab's app hears it: its subscription's error callback
+      // fires with Amplify's final error (before: nothing; Amplify
+      // reconnected 5 s later into a refusal it retried forever) ...
+      const shown = pa.locator('#ws-error');
+      await shown.waitFor({ timeout: 5_000 });
+      assert.match(await shown.innerText(), /UnauthorizedException/);
+      // ... and Amplify tries no upgrade for the next 60 s.
+      const sockets = await pa.evaluate(() => window.__sockets.length);
+      await sleep(60_000);
+      assert.equal(await pa.evaluate(() => window.__sockets.length), sockets, "the signed-out tab's Amplify retried the upgrade");
     }));
 
   await t.test('after sign-out neither the signed-out browser nor a replay of its old cookies can reconnect', () =>

@@ -69,7 +69,10 @@ export default function Board({ endpoint, region, channel, username, publishViaS
             const card = msg.event as Card;
             setCards((all) => (all.some((c) => c.id === card.id) ? all : [card, ...all]));
           },
-          error: (e) => setWsError(String(e?.message ?? e)),
+          // Amplify errors a subscription with `{errors: [{message}]}`; a
+          // session that is over reads "Connection failed:
+          // UnauthorizedException: signed_out" (and Amplify stops retrying).
+          error: (e) => setWsError(String(e?.errors?.[0]?.message ?? e?.message ?? e)),
         });
         await sub.ready;
         if (!closed) setSubscribed(true);
