@@ -18,6 +18,12 @@ pub const HEADER_SUBPROTOCOL_PREFIX: &str = "header-";
 pub const MAX_EVENTS_PER_PUBLISH: usize = 5;
 /// Largest single event AppSync accepts (240 KB).
 pub const MAX_EVENT_BYTES: usize = 240 * 1024;
+/// The largest publish of legal events, as AppSync receives it (one copy of
+/// the events): five of [`MAX_EVENT_BYTES`], each a JSON document written
+/// once more as a JSON string, which at worst doubles it (every `"` and `\`
+/// gains a `\`), plus 64 KiB for the rest of the frame or body. AWS
+/// documents no frame or body limit of its own; this is the worst legal case.
+pub const MAX_LEGAL_PUBLISH_BYTES: usize = MAX_EVENTS_PER_PUBLISH * MAX_EVENT_BYTES * 2 + 64 * 1024;
 /// `connectionTimeoutMs` AppSync announces in `connection_ack`.
 pub const CONNECTION_TIMEOUT_MS: u64 = 300_000;
 
@@ -66,15 +72,27 @@ pub struct Channel {
 }
 
 impl Channel {
-    /// Parses a channel path. The leading `/` is optional; there are 1 to 5
-    /// segments (a trailing `*` counts as one, and may not be the namespace),
-    /// each 1–50 of `[A-Za-z0-9]` with `-` allowed inside but not at either
-    /// end. `allow_wildcard` is true for subscribe and false for publish,
-    /// where AppSync answers `BadRequestException`.
+    /// Parses a channel path. The leading `/` is optional, and so is one
+    /// trailing `/`; there are 1 to 5 segments (a trailing `*` counts as
+    /// one, and may not be the namespace), each 1–50 of `[A-Za-z0-9]` with
+    /// `-` allowed inside but not at either end. That is AWS's documented
+    /// pattern (`^\/?[A-Za-z0-9](?:[A-Za-z0-9-]{0,48}[A-Za-z0-9])?(?:\/…){0,4}\/?$`,
+    /// event-api-websocket-protocol) plus the final `/*` of a subscription,
+    /// which that pattern leaves out; `/*/` is refused, as no source shows
+    /// it. A trailing `/` names the same channel as none (`path` drops it).
+    /// `allow_wildcard` is true for subscribe and false for publish, where
+    /// AppSync answers `BadRequestException`.
     pub fn parse(raw: &str, allow_wildcard: bool) -> Result<Channel, ChannelError> {
         let trimmed = raw.strip_prefix('/').unwrap_or(raw);
+        let (trimmed, slash_after) = match trimmed.strip_suffix('/') {
+            Some(rest) => (rest, true),
+            None => (trimmed, false),
+        };
         if trimmed.is_empty() {
             return Err(ChannelError::Empty);
+        }
+        if slash_after && trimmed.ends_with('*') {
+            return Err(ChannelError::WildcardNotAllowed);
         }
         let segments: Vec<&str> = trimmed.split('/').collect();
         if segments.len() > MAX_SEGMENTS {
@@ -254,7 +272,20 @@ mod tests {
             Channel::parse("/a/b_c", false),
             Err(ChannelError::BadSegment)
         );
-        assert_eq!(Channel::parse("/a/", false), Err(ChannelError::BadSegment));
+        // AWS's pattern allows one trailing `/`, not two; it names the
+        // channel without it.
+        assert_eq!(Channel::parse("/a/b/", false).unwrap().path(), "/a/b");
+        assert_eq!(Channel::parse("a/", false).unwrap().path(), "/a");
+        assert_eq!(Channel::parse("/a//", false), Err(ChannelError::BadSegment));
+        assert_eq!(Channel::parse("//", false), Err(ChannelError::Empty));
+        assert_eq!(
+            Channel::parse("/a/b/c/d/e/", false).unwrap().path(),
+            "/a/b/c/d/e"
+        );
+        assert_eq!(
+            Channel::parse("/a/*/", true),
+            Err(ChannelError::WildcardNotAllowed)
+        );
         assert!(Channel::parse(&format!("/a/{}", "x".repeat(50)), false).is_ok());
         assert_eq!(
             Channel::parse(&format!("/a/{}", "x".repeat(51)), false),

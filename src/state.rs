@@ -53,6 +53,7 @@ pub struct RelayState {
     /// The client for AppSync's HTTP endpoint (pinned by `--appsync-address`).
     appsync_http: HttpClient,
     metrics: Arc<Metrics>,
+    /// The browser leg's: frames up to `upgrade::max_client_frame`.
     ws_config: WebSocketConfig,
     /// Fires when shutdown starts: readiness drops to 503.
     draining: CancellationToken,
@@ -99,12 +100,12 @@ impl RelayState {
             rates.clone(),
             shutdown.clone(),
         );
-        let ws_config = upgrade::ws_config(config.max_message_bytes);
+        let ws_config = upgrade::ws_config(upgrade::max_client_frame(config.max_message_bytes));
         let upstream = UpstreamConfig {
             realtime_url: config.realtime_endpoint.to_string(),
             http_host: config.http_host.clone(),
             connect_timeout: config.upstream_timeout,
-            ws_config,
+            ws_config: upgrade::ws_config(config.max_message_bytes),
             tls: config.upstream_tls.clone(),
             address: config.appsync_address,
         };

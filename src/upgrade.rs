@@ -70,6 +70,17 @@ pub fn offered_protocols(headers: &HeaderMap) -> Vec<&str> {
         .collect()
 }
 
+/// The largest frame the relay reads from a browser, for a largest frame
+/// it forwards of `max_message_bytes`: Amplify sends every publish's events
+/// twice (`events` and `payload.events`), and the relay forwards one copy,
+/// so a browser's frame may be twice what AppSync gets, plus room for the
+/// rest of the frame.
+pub fn max_client_frame(max_message_bytes: usize) -> usize {
+    max_message_bytes
+        .saturating_mul(2)
+        .saturating_add(64 * 1024)
+}
+
 /// The socket configuration for both legs. tungstenite's defaults (128 KiB
 /// read and write buffers, unbounded write queue) would cost ~256 KiB per
 /// idle leg; a relay of many idle sockets wants small buffers that grow only

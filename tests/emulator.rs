@@ -340,6 +340,91 @@ async fn http_publish_fans_out_to_websocket_subscribers() {
     );
 }
 
+/// AWS's own tutorial (create-event-api-tutorial, step 3) subscribes to
+/// `/default/*` and receives an event published to
+/// `/default/greetings/tutorial`: a wildcard covers every depth below it,
+/// not just one more segment; it does not cover its own prefix.
+#[tokio::test]
+async fn a_wildcard_receives_events_at_any_depth_below_it() {
+    let emu = start_with(|c| c.namespaces = vec!["default".into()]).await;
+    let mut sub = connect(&emu).await;
+    let mut publisher = connect(&emu).await;
+    assert_eq!(
+        subscribe(&mut sub, "s1", "/default/*").await["type"],
+        "subscribe_success"
+    );
+    for (i, channel) in [
+        "/default/greetings",
+        "/default/greetings/tutorial",
+        "/default/a/b/c/d",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let event = format!("{i}");
+        let ack = publish(&mut publisher, &format!("p{i}"), channel, json!([event])).await;
+        assert_eq!(ack["type"], "publish_success", "{channel}: {ack}");
+        assert_eq!(
+            recv(&mut sub).await,
+            json!({"type": "data", "id": "s1", "event": event}),
+            "{channel}"
+        );
+    }
+    // `/default/greetings/*` does not cover `/default/greetings` itself.
+    let mut narrow = connect(&emu).await;
+    subscribe(&mut narrow, "n1", "/default/greetings/*").await;
+    publish(
+        &mut publisher,
+        "q1",
+        "/default/greetings",
+        json!(["\"top\""]),
+    )
+    .await;
+    publish(
+        &mut publisher,
+        "q2",
+        "/default/greetings/x",
+        json!(["\"below\""]),
+    )
+    .await;
+    assert_eq!(
+        recv(&mut narrow).await,
+        json!({"type": "data", "id": "n1", "event": "\"below\""})
+    );
+}
+
+/// Five events of 240 KiB whose JSON doubles when written once more as a
+/// string (a string of escaped backslashes) are a legal publish: accepted
+/// over the WebSocket and over HTTP at the emulator's defaults.
+#[tokio::test]
+async fn five_maximal_events_escaped_at_worst_are_a_legal_publish() {
+    use appsync_relay::protocol::{MAX_EVENTS_PER_PUBLISH, MAX_EVENT_BYTES};
+    let emu = start().await;
+    let event = format!("\"{}\"", "\\\\".repeat((MAX_EVENT_BYTES - 2) / 2));
+    assert!(event.len() <= MAX_EVENT_BYTES);
+    let events = json!(vec![event; MAX_EVENTS_PER_PUBLISH]);
+    let frame_len = events.to_string().len();
+    assert!(
+        frame_len > 2 * MAX_EVENTS_PER_PUBLISH * (MAX_EVENT_BYTES - 2),
+        "{frame_len}"
+    );
+    let mut ws = connect(&emu).await;
+    let ack = publish(&mut ws, "p", "/ns/a", events.clone()).await;
+    assert_eq!(
+        ack["type"],
+        "publish_success",
+        "{}",
+        &ack.to_string()[..200.min(ack.to_string().len())]
+    );
+    let (status, body) =
+        http_publish(&emu, KEY, &json!({"channel": "/ns/a", "events": events})).await;
+    assert_eq!(status, 200, "{body}");
+    // One event over 240 KiB is not.
+    let over = format!("\"{}\"", "x".repeat(MAX_EVENT_BYTES));
+    let ack = publish(&mut ws, "q", "/ns/a", json!([over])).await;
+    assert_eq!(ack["type"], "publish_error");
+}
+
 #[tokio::test]
 async fn http_publish_rejects_bad_auth_and_bad_bodies() {
     let emu = start().await;
@@ -860,4 +945,35 @@ async fn keepalives_are_metered() {
     assert!(emu
         .metrics_text()
         .contains("appsync_emulator_operations_total{kind=\"keepalive\"}"));
+}
+
+/// `POST /close-all?code=N` on the admin listener closes every socket with
+/// `N`; a code no close frame may carry, or a GET, is refused.
+#[tokio::test]
+async fn the_admin_listener_closes_every_socket_with_a_given_code() {
+    let emu = start().await;
+    let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin_addr = admin.local_addr().unwrap();
+    emu.serve_admin(admin);
+    let status = |head: &'static str| async move {
+        let mut stream = within(TcpStream::connect(admin_addr)).await.unwrap();
+        let request =
+            format!("{head}\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        within(stream.write_all(request.as_bytes())).await.unwrap();
+        let mut response = Vec::new();
+        within(stream.read_to_end(&mut response)).await.unwrap();
+        String::from_utf8(response).unwrap()[9..12].to_string()
+    };
+    let mut ws = connect(&emu).await;
+    for refused in [
+        "POST /close-all?code=1005 HTTP/1.1",
+        "POST /close-all?code=70000 HTTP/1.1",
+        "POST /close-all HTTP/1.1",
+    ] {
+        assert_eq!(status(refused).await, "400", "{refused}");
+    }
+    assert_eq!(status("GET /close-all?code=4000 HTTP/1.1").await, "405");
+    assert_eq!(emu.connection_count(), 1);
+    assert_eq!(status("POST /close-all?code=4000 HTTP/1.1").await, "204");
+    assert_eq!(recv_close_code(&mut ws).await, 4000);
 }

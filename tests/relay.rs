@@ -475,6 +475,42 @@ async fn answers_bad_frames_locally_without_reaching_upstream() {
     assert_eq!(recv_json(&mut ws).await["type"], "subscribe_success");
 }
 
+/// AWS's documented channel pattern ends in an optional `/`
+/// (event-api-websocket-protocol); the relay passes such channels on.
+/// Before: the relay answered subscribe_error / publish_error itself.
+#[tokio::test]
+async fn a_channel_with_one_trailing_slash_is_aws_legal_and_passes() {
+    let stack = Stack::start().await;
+    let mut ws = connect(&stack.realtime_url(), &stack.good_cookies()).await;
+    init(&mut ws).await;
+    send_json(&mut ws, amplify_subscribe("s1", "/default/room/")).await;
+    let ack = recv_json(&mut ws).await;
+    assert_eq!(ack["type"], "subscribe_success", "{ack}");
+    send_json(
+        &mut ws,
+        amplify_publish("p1", "default/room/", &[json!({"n": 1})]),
+    )
+    .await;
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        got.push(
+            recv_json(&mut ws).await["type"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    got.sort();
+    assert_eq!(got, ["data", "publish_success"]);
+    // Two are not.
+    send_json(
+        &mut ws,
+        amplify_publish("p2", "/default/room//", &[json!(1)]),
+    )
+    .await;
+    assert_eq!(recv_json(&mut ws).await["type"], "publish_error");
+}
+
 #[tokio::test]
 async fn binary_frames_close_with_1003() {
     let stack = Stack::start().await;
@@ -488,12 +524,35 @@ async fn binary_frames_close_with_1003() {
 
 #[tokio::test]
 async fn oversized_messages_close_with_1009() {
+    // A browser's frame may be 2 × 4096 + 64 KiB (Amplify sends the events
+    // twice); past that it cannot even be read.
+    let stack = Stack::start_with(&["--max-message-bytes", "4096"]).await;
+    let mut ws = connect(&stack.realtime_url(), &stack.good_cookies()).await;
+    init(&mut ws).await;
+    let big = json!({"n": "x".repeat(80_000)});
+    send_json(&mut ws, amplify_publish("p", "/default/x", &[big])).await;
+    assert_eq!(recv_close(&mut ws).await, Some(1009));
+}
+
+/// A publish the relay can read but would forward larger than
+/// `--max-message-bytes` is answered with publish_error; the socket stays.
+/// Before: any frame over the limit closed the socket with 1009, also one
+/// that was only large because Amplify sends each event twice.
+#[tokio::test]
+async fn a_publish_too_large_to_forward_is_answered_not_closed() {
     let stack = Stack::start_with(&["--max-message-bytes", "4096"]).await;
     let mut ws = connect(&stack.realtime_url(), &stack.good_cookies()).await;
     init(&mut ws).await;
     let big = json!({"n": "x".repeat(5000)});
     send_json(&mut ws, amplify_publish("p", "/default/x", &[big])).await;
-    assert_eq!(recv_close(&mut ws).await, Some(1009));
+    let answer = recv_json(&mut ws).await;
+    assert_eq!(answer["type"], "publish_error", "{answer}");
+    assert_eq!(answer["id"], "p");
+    assert_eq!(answer["errors"][0]["errorType"], "BadRequestException");
+    // Amplify's two copies of a 3 kB event (forwarded once: under 4096).
+    let fits = json!({"n": "x".repeat(3000)});
+    send_json(&mut ws, amplify_publish("q", "/default/x", &[fits])).await;
+    assert_eq!(recv_json(&mut ws).await["type"], "publish_success");
 }
 
 async fn wait_for(mut check: impl FnMut() -> bool) {

@@ -463,8 +463,9 @@ async fn oversized_control_frames_close_with_1002() {
 async fn fragmented_messages_over_the_cap_close_with_1009() {
     let stack = Stack::start_with(&["--max-message-bytes", "4096"]).await;
     let mut ws = open(&stack).await;
+    // The browser-leg cap is 2 × 4096 + 64 KiB (see relay.rs).
     ws.send(Message::Frame(Frame::message(
-        vec![b'{'; 3000],
+        vec![b'{'; 40_000],
         OpCode::Data(Data::Text),
         false,
     )))
@@ -472,7 +473,7 @@ async fn fragmented_messages_over_the_cap_close_with_1009() {
     .unwrap();
     let _ = ws
         .send(Message::Frame(Frame::message(
-            vec![b' '; 3000],
+            vec![b' '; 40_000],
             OpCode::Data(Data::Continue),
             false,
         )))

@@ -85,11 +85,11 @@ pub struct ServeArgs {
     /// Upstream connect (TCP + TLS + WebSocket handshake) deadline, seconds; beyond it the browser gets 504.
     #[arg(long, env = "APPSYNC_RELAY_UPSTREAM_TIMEOUT", default_value_t = 10)]
     pub upstream_timeout: u64,
-    /// Largest WebSocket message or HTTP publish body accepted, in bytes (AppSync: 5 events × 240 KB).
+    /// Largest publish forwarded to AppSync (over the WebSocket: the frame with one copy of its events; over HTTP: the body), in bytes; larger is answered with publish_error / 413. A browser's frame may be twice this plus 64 KiB (Amplify sends each publish's events twice); beyond that, close 1009. Default: five 240 KiB events, each escaped once more (the worst legal case), plus 64 KiB.
     #[arg(
         long,
         env = "APPSYNC_RELAY_MAX_MESSAGE_BYTES",
-        default_value_t = 1_310_720
+        default_value_t = crate::protocol::MAX_LEGAL_PUBLISH_BYTES
     )]
     pub max_message_bytes: usize,
     /// Most verified tokens cached (by hash) to skip repeated RSA checks.

@@ -18,7 +18,8 @@ pub struct EmulateArgs {
     pub listen: SocketAddr,
     /// Admin listener of the emulator: `GET /metrics` serves its AppSync
     /// operations meter (`appsync_emulator_operations_total{kind}` and the
-    /// connection and subscription gauges). Off unless given.
+    /// connection and subscription gauges); `POST /close-all?code=N` closes
+    /// every WebSocket with close code N. Off unless given.
     #[arg(long, env = "APPSYNC_EMULATOR_ADMIN_LISTEN")]
     pub admin_listen: Option<SocketAddr>,
     /// Accept this API key (x-api-key): alone, or beside the Cognito settings for an API with both auth modes.

@@ -1,7 +1,9 @@
 //! The emulator's admin listener (`appsync-relay emulate --admin-listen`):
-//! `GET /metrics` serves the operations meter as Prometheus text. Nothing
-//! else is routed; it never serves the API itself, so a scrape can never be
-//! mistaken for traffic.
+//! `GET /metrics` serves the operations meter as Prometheus text, and
+//! `POST /close-all?code=N` closes every WebSocket with that close code (a
+//! test's way to make AppSync drop its clients, as `EmulatorHandle::close_all`
+//! does in process). Nothing else is routed; it never serves the API itself,
+//! so a scrape can never be mistaken for traffic.
 
 use super::shared::{error_response, Shared};
 use bytes::Bytes;
@@ -44,6 +46,9 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener) {
 }
 
 fn route(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.uri().path() == "/close-all" {
+        return close_all(shared, req);
+    }
     if req.uri().path() != "/metrics" {
         return error_response(StatusCode::NOT_FOUND, "NotFoundException", "no such route");
     }
@@ -59,5 +64,38 @@ fn route(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4"),
     );
+    response
+}
+
+/// `POST /close-all?code=N`: a close frame with `N` to every connection.
+/// `N` must be a code a close frame may carry (RFC 6455 §7.4: 1000–1003,
+/// 1007–1014, 3000–4999); anything else is 400.
+fn close_all(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.method() != Method::POST {
+        return error_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "BadRequestException",
+            "POST only",
+        );
+    }
+    let code = req
+        .uri()
+        .query()
+        .and_then(|q| q.strip_prefix("code="))
+        .and_then(|n| n.parse::<u16>().ok())
+        .filter(|c| matches!(c, 1000..=1003 | 1007..=1014 | 3000..=4999));
+    let Some(code) = code else {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            "BadRequestException",
+            "want ?code= with a close code a frame may carry",
+        );
+    };
+    shared.registry.close_all(super::registry::CloseCmd::Frame {
+        code,
+        reason: String::new(),
+    });
+    let mut response = Response::new(Full::new(Bytes::new()));
+    *response.status_mut() = StatusCode::NO_CONTENT;
     response
 }

@@ -6,13 +6,13 @@ use std::time::Duration;
 
 /// Keep-alive interval AppSync uses (~60 s).
 pub const DEFAULT_KA_INTERVAL: Duration = Duration::from_secs(60);
-/// Largest WebSocket message accepted: room for a publish of five maximal
-/// events with JSON escaping overhead.
-pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 2 * 1024 * 1024;
+/// Largest WebSocket message accepted: a publish of five maximal events,
+/// each escaped once more in the frame (the worst legal case).
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = crate::protocol::MAX_LEGAL_PUBLISH_BYTES;
 /// Frames queued per connection before it counts as a slow consumer.
 pub const DEFAULT_OUTBOUND_QUEUE: usize = 1024;
-/// Largest `POST /event` body accepted.
-pub const DEFAULT_MAX_HTTP_BODY_BYTES: usize = 2 * 1024 * 1024;
+/// Largest `POST /event` body accepted: as for a WebSocket publish.
+pub const DEFAULT_MAX_HTTP_BODY_BYTES: usize = crate::protocol::MAX_LEGAL_PUBLISH_BYTES;
 /// AppSync closes connections after 24 hours.
 pub const DEFAULT_MAX_CONNECTION_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
 /// Credential values remembered for `EmulatorHandle::seen_authorizations`.

@@ -173,11 +173,25 @@ impl Connection {
                         FrameKind::Unsubscribe { .. } => "unsubscribe",
                         FrameKind::Publish { .. } => "publish",
                     };
+                    let text: Utf8Bytes = render(body, &self.token.auth).into();
+                    // What AppSync would get (one copy of the events, where
+                    // Amplify sent two), measured: too large is answered,
+                    // not a reason to close the socket.
+                    if let FrameKind::Publish { id } = &kind {
+                        if text.len() > self.state.config().max_message_bytes {
+                            self.replies.push_back(crate::protocol::error_frame(
+                                "publish_error",
+                                Some(id),
+                                crate::protocol::error_type::BAD_REQUEST,
+                                "publish is larger than --max-message-bytes",
+                            ));
+                            continue;
+                        }
+                    }
                     if let Some(reply) = self.admit(&kind) {
                         self.replies.push_back(reply);
                         continue;
                     }
-                    let text: Utf8Bytes = render(body, &self.token.auth).into();
                     let len = text.len() as u64;
                     self.to_upstream.put(Message::Text(text));
                     self.stats.frames_to_upstream += 1;
