@@ -234,7 +234,7 @@ pub struct ServeArgs {
     /// Publishes per second per WebSocket (token bucket, burst of the same size; 0 = no limit); beyond it publish gets publish_error.
     #[arg(long, env = "APPSYNC_RELAY_PUBLISH_RATE", default_value_t = 50)]
     pub publish_rate: u32,
-    /// Close WebSockets after this many seconds without a frame other than keep-alives either way (0 = never).
+    /// Close WebSockets (1000) after this many seconds without a frame other than keep-alives either way (0 = never). Amplify reconnects ~5 s later and re-subscribes, so on a quiet channel it cycles.
     #[arg(long, env = "APPSYNC_RELAY_IDLE_TIMEOUT", default_value_t = 0)]
     pub idle_timeout: u64,
     /// Seconds the signing keys are kept before the JWKS is fetched again (a key withdrawn from it stops verifying within about this long).

@@ -20,7 +20,7 @@ import assert from 'node:assert/strict';
 import { Worker } from 'node:worker_threads';
 import { randomBytes } from 'node:crypto';
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -72,8 +72,8 @@ function startEmulator() {
   return waitHttpListening(emulator, `http://${port}/`, READY_MS);
 }
 
-function startRelay() {
-  relay = startChild('relay', RELAY_BIN, relayArgs, {
+function startRelay(args = relayArgs) {
+  relay = startChild('relay', RELAY_BIN, args, {
     env: { ...process.env, APPSYNC_RELAY_LOG: process.env.APPSYNC_RELAY_LOG || 'info' },
   });
   return waitHttpOk(relay, `${adminUrl}/readyz`, READY_MS);
@@ -623,5 +623,44 @@ test(`[${MODE}] what must stay retryable stays retryable: after a 4000 and after
     await resubscribed(current, 1013, 'upstream gone');
     assert.deepEqual(inbox.errors, []);
     await channel.close();
+  }),
+);
+
+test(`[${MODE}] a shared channel whose relay key AppSync refuses errors that subscription as SubscriptionProcessingError, not an auth failure; the socket and its other subscriptions stay`, { timeout: 90_000 }, () =>
+  explained(async () => {
+    // The relay restarted with a --shared-api-key-file key the emulator
+    // (Cognito only) refuses.
+    const dir = mkdtempSync(join(tmpdir(), 'amplify-node-key-'));
+    const keyFile = join(dir, 'key');
+    writeFileSync(keyFile, 'da2-notakeythisapitakes\n');
+    await relay.stop('SIGTERM', 10_000);
+    await startRelay([...relayArgs, '--shared-api-key-file', keyFile]);
+    try {
+      const plain = await withDeadline(events.connect(CHANNEL), 15_000, 'events.connect');
+      const inbox = collector();
+      const sub = plain.subscribe(inbox.observer);
+      await withDeadline(sub.ready, 15_000, 'subscription ready');
+      const from = wire.frames.length;
+      const shared = await withDeadline(events.connect(SHARED_CHANNEL), 15_000, 'events.connect (shared)');
+      const refused = collector();
+      shared.subscribe(refused.observer);
+      await until(() => refused.errors.length > 0, 10_000, "the shared subscription's error callback");
+      const said = JSON.stringify(refused.errors);
+      // Before: UnauthorizedException — an app reading it sends a signed-in
+      // user to sign in again, for the relay operator's bad key.
+      assert.match(said, /SubscriptionProcessingError/, said);
+      assert.doesNotMatch(said, /UnauthorizedException|da2-/, said);
+      // One socket throughout, and the other subscription still receives.
+      assert.deepEqual(wire.frames.slice(from).filter((f) => f.kind === 'close' || f.kind === 'dial'), []);
+      const mark = `after-refusal-${randomBytes(4).toString('hex')}`;
+      assert.equal(await withDeadline(events.post(CHANNEL, { mark }), 15_000, 'events.post'), undefined);
+      await inbox.waitEvent((e) => e?.mark === mark, 10_000, 'the event on the other subscription');
+      assert.deepEqual(inbox.errors, []);
+      await plain.close();
+    } finally {
+      await relay.stop('SIGTERM', 10_000);
+      await startRelay();
+      rmSync(dir, { recursive: true, force: true });
+    }
   }),
 );

@@ -176,11 +176,16 @@ impl Redis {
                 .await
                 .unwrap();
             let value = match kind.as_str() {
-                "string" => redis::cmd("GET")
+                // (A key may expire between TYPE and GET: then it is gone.)
+                "string" => match redis::cmd("GET")
                     .arg(&k)
-                    .query_async::<String>(&mut conn)
+                    .query_async::<Option<String>>(&mut conn)
                     .await
-                    .unwrap(),
+                    .unwrap()
+                {
+                    Some(v) => v,
+                    None => continue,
+                },
                 "stream" => {
                     let v: redis::Value = redis::cmd("XRANGE")
                         .arg(&k)
@@ -205,6 +210,7 @@ impl Redis {
                     let v: redis::Value = c.query_async(&mut conn).await.unwrap();
                     format!("{v:?}")
                 }
+                "none" => continue,
                 other => format!("<{other}>"),
             };
             out.push((k, value));
