@@ -52,6 +52,7 @@ mod shared;
 mod soak;
 mod stack;
 mod storm;
+mod tls;
 
 use args::parse_args;
 use clock::now_ns;

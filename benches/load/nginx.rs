@@ -3,7 +3,7 @@
 
 use crate::monitor::children_of;
 use crate::processes::{free_port, tcp_open, wait_for, Proc};
-use crate::stack::TlsFiles;
+use crate::tls::TlsFiles;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;

@@ -11,6 +11,7 @@ use crate::nginx::start_nginx;
 use crate::processes::{
     free_port, http_get, http_status, tcp_open, wait_for, which, Proc, TempDir,
 };
+use crate::tls::TlsFiles;
 use crate::{MANIFEST_DIR, ORIGIN_HEADER, RELAY_BIN, USERNAME};
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -77,43 +78,6 @@ impl Legs {
             Legs::Plain => "plain legs",
             Legs::Tls => "TLS on both legs",
         }
-    }
-}
-
-/// The stack's one certificate (self-signed, for `localhost` and
-/// `127.0.0.1`): served by the emulator, the relay and nginx, and the only
-/// trust anchor of every client of them.
-pub(crate) struct TlsFiles {
-    pub(crate) cert: std::path::PathBuf,
-    pub(crate) key: std::path::PathBuf,
-    client: Arc<rustls::ClientConfig>,
-}
-
-impl TlsFiles {
-    fn write(dir: &Path) -> Result<TlsFiles, String> {
-        use rustls::pki_types::pem::PemObject as _;
-        let (cert_pem, key_pem) = appsync_relay::tls::self_signed(&["localhost", "127.0.0.1"])
-            .map_err(|e| format!("certificate: {e}"))?;
-        let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
-        std::fs::write(&cert, &cert_pem).map_err(|e| e.to_string())?;
-        std::fs::write(&key, &key_pem).map_err(|e| e.to_string())?;
-        let mut roots = rustls::RootCertStore::empty();
-        for der in rustls::pki_types::CertificateDer::pem_slice_iter(cert_pem.as_bytes()) {
-            roots
-                .add(der.map_err(|e| format!("certificate PEM: {e}"))?)
-                .map_err(|e| format!("trust anchor: {e}"))?;
-        }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let client = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        Ok(TlsFiles {
-            cert,
-            key,
-            client: Arc::new(client),
-        })
     }
 }
 
@@ -304,7 +268,7 @@ impl Stack {
             Kind::Custom => return None,
         };
         ep.sources = sources.clone();
-        ep.tls = self.tls.as_ref().map(|f| f.client.clone());
+        ep.tls = self.tls.as_ref().map(TlsFiles::client);
         Some(ep)
     }
 
