@@ -78,7 +78,7 @@ impl tower_service::Service<Name> for Resolver {
 }
 
 /// The rustls client configuration shared by every outbound TLS connection:
-/// ring provider, webpki roots, TLS 1.2 and 1.3.
+/// [`crate::tls::provider`], webpki roots, TLS 1.2 and 1.3.
 pub fn tls_client_config() -> Arc<rustls::ClientConfig> {
     tls_client_config_with(&[])
 }
@@ -106,15 +106,18 @@ pub fn tls_client_config_with(extra: &[CertificateDer<'static>]) -> Arc<rustls::
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     };
     let (_added, _ignored) = roots.add_parsable_certificates(extra.iter().cloned());
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
+    let config = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
         .with_safe_default_protocol_versions()
         .map(|b| b.with_root_certificates(roots).with_no_client_auth());
     match config {
-        Ok(c) => Arc::new(c),
-        // The ring provider always supports the default versions; this arm
+        Ok(mut c) => {
+            c.resumption =
+                rustls::client::Resumption::store(Arc::new(crate::tls::ClientTickets::default()));
+            Arc::new(c)
+        }
+        // The provider always supports the default versions; this arm
         // exists only so a future rustls change fails loudly, not silently.
-        Err(e) => panic!("rustls ring provider rejected default protocol versions: {e}"),
+        Err(e) => panic!("the rustls provider rejected default protocol versions: {e}"),
     }
 }
 

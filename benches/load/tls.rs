@@ -28,8 +28,9 @@ impl TlsFiles {
                 .add(der.map_err(|e| format!("certificate PEM: {e}"))?)
                 .map_err(|e| format!("trust anchor: {e}"))?;
         }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let client = rustls::ClientConfig::builder_with_provider(provider)
+        // The relay's own provider: X25519 first and AES-128-GCM first, as
+        // browsers offer them (the nginx column's clients use it too).
+        let client = rustls::ClientConfig::builder_with_provider(appsync_relay::tls::provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| e.to_string())?
             .with_root_certificates(roots)

@@ -494,13 +494,11 @@ pub fn tls_client(cert_pem: &str) -> Arc<rustls::ClientConfig> {
         roots.add(cert.unwrap()).unwrap();
     }
     Arc::new(
-        rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth(),
+        rustls::ClientConfig::builder_with_provider(appsync_relay::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
     )
 }
 
