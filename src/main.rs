@@ -4,6 +4,7 @@
 use appsync_relay::cli::{
     CheckArgs, CheckOutput, Cli, Command, DemoArgs, EmulateArgs, LogFormat, ServeArgs,
 };
+use appsync_relay::config::ranges::MAX_WORKER_THREADS;
 use appsync_relay::config::Config;
 use appsync_relay::emulator::{self, EmulatorAuth, EmulatorConfig};
 use appsync_relay::verify::{Verifier, VerifierConfig};
@@ -37,10 +38,15 @@ fn main() -> ExitCode {
         _ => LogFormat::Text,
     };
     let _log_flush = init_tracing(format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Command::Serve(args) = &cli.command {
+        // Out of range (0 is the default: one per core; above the maximum
+        // `serve` refuses to start, exit 2): tokio's default meanwhile.
+        if (1..=MAX_WORKER_THREADS).contains(&args.worker_threads) {
+            builder.worker_threads(args.worker_threads);
+        }
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -504,6 +504,8 @@ fn out_of_range_numbers_are_refused_at_start_up_with_exit_code_2() {
         ("--send-timeout", "0"),
         ("--upstream-timeout", "100000"),
         ("--refresh-token-validity", "1"),
+        // Applied to the runtime before validation: never handed to tokio.
+        ("--worker-threads", "100000"),
     ] {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_appsync-relay"))
             .args(base)

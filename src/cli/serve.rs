@@ -168,6 +168,9 @@ pub struct ServeArgs {
     /// Close relayed connections this many seconds after they opened with 4401 (0 = no limit; AppSync's own cap is 24 h).
     #[arg(long, env = "APPSYNC_RELAY_MAX_SESSION_AGE", default_value_t = 0)]
     pub max_session_age: u64,
+    /// Threads of the async runtime that serves everything (0 = one per core). Fewer threads cost less CPU per relayed frame while they keep up (one thread: -23 % on a 5 000 msg/s stream, benches/README.md), but use at most that many cores.
+    #[arg(long, env = "APPSYNC_RELAY_WORKER_THREADS", default_value_t = 0)]
+    pub worker_threads: usize,
     /// Times the relay re-dials AppSync when the upstream connection drops, keeping the browser's socket open (0 = never).
     #[arg(
         long,

@@ -6,6 +6,9 @@
 use crate::cli::ServeArgs;
 
 const DAY: u64 = 86_400;
+/// `--worker-threads` at most (`main` applies it before validation, so it
+/// never hands the runtime more).
+pub const MAX_WORKER_THREADS: usize = 1_024;
 
 /// `(flag, value, min, max)` for every numeric flag.
 fn table(a: &ServeArgs) -> Vec<(&'static str, u64, u64, u64)> {
@@ -18,6 +21,12 @@ fn table(a: &ServeArgs) -> Vec<(&'static str, u64, u64, u64)> {
         ("max-message-bytes", n(a.max_message_bytes), 1_024, 64 << 20),
         ("token-cache-size", n(a.token_cache_size), 1, 10_000_000),
         ("drain-timeout", a.drain_timeout, 0, 3_600),
+        (
+            "worker-threads",
+            n(a.worker_threads),
+            0,
+            MAX_WORKER_THREADS as u64,
+        ),
         ("drain-delay", a.drain_delay, 0, 600),
         ("tls-reload-interval", a.tls_reload_interval, 1, DAY),
         ("refresh-before", a.refresh_before, 0, 3_600),
