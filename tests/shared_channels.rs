@@ -508,3 +508,35 @@ async fn a_carrier_whose_only_subscription_was_refused_goes_idle() {
     })
     .await;
 }
+
+/// `ns/room/` (AppSync's pattern allows a trailing `/` and no leading one)
+/// shares `/ns/room`, and the check asks AppSync about `/ns/room` itself:
+/// what is checked is what is joined. A user refused on `/ns/room` is not
+/// joined through the other spelling.
+#[tokio::test]
+async fn another_spelling_of_a_shared_channel_is_checked_as_the_channel_it_joins() {
+    let stack = Stack::start_with(SHARED).await;
+    let (mut a, answer) = subscriber(&stack, "a", "/ns/room").await;
+    assert_eq!(answer["type"], "subscribe_success", "{answer}");
+    let (mut b, answer) = subscriber(&stack, "b", "ns/room/").await;
+    assert_eq!(answer["type"], "subscribe_success", "{answer}");
+    eventually("one upstream subscription", || {
+        stack.emulator.subscription_count() == 1
+    })
+    .await;
+    publish(&mut a, "p1", "/ns/room", json!({"n": 1})).await;
+    for (ws, id) in [(&mut a, "a"), (&mut b, "b")] {
+        let data = recv_json(ws).await;
+        assert_eq!(
+            (data["type"].as_str(), data["id"].as_str()),
+            (Some("data"), Some(id))
+        );
+    }
+    // Refused on /ns/room: refused in every spelling.
+    stack.emulator.refuse_subscriptions(BOB, "/ns/room");
+    let mut bob = connect(&stack.realtime_url(), &other_user_cookies(&stack, BOB)).await;
+    init(&mut bob).await;
+    send_json(&mut bob, amplify_subscribe("c", "ns/room/")).await;
+    let answer = recv_json(&mut bob).await;
+    assert_eq!(answer["type"], "subscribe_error", "{answer}");
+}

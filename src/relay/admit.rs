@@ -106,7 +106,7 @@ impl Connection {
                     .shared
                     .get_or_insert_with(|| Box::new(Membership::new(hub.clone(), auth)));
                 let subs = &self.subs;
-                membership.subscribe(id, &key, channel, auth, check, |probe| subs.has(probe));
+                membership.subscribe(id, &key, auth, check, |probe| subs.has(probe));
                 Some(None)
             }
             FrameKind::Unsubscribe { id } => {

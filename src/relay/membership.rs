@@ -33,8 +33,8 @@ use tokio_util::sync::WaitForCancellationFutureOwned;
 
 struct Probe {
     id: String,
+    /// The shared channel (canonical) it checks and then joins.
     key: String,
-    channel: String,
 }
 
 pub struct Membership {
@@ -104,7 +104,6 @@ impl Membership {
         &mut self,
         id: &str,
         key: &str,
-        channel: &str,
         auth: &UpstreamAuth,
         check: bool,
         taken: impl Fn(&str) -> bool,
@@ -126,14 +125,16 @@ impl Membership {
                 break candidate;
             }
         };
-        self.outbox
-            .push_back(subscribe_frame(&probe, channel, auth));
+        // The probe asks AppSync about the channel the browser will
+        // receive: the shared key, in canonical form (`/ns/a`, not the
+        // `ns/a/` AppSync's pattern also allows), so what is checked is
+        // exactly what is joined, however AppSync names the variants.
+        self.outbox.push_back(subscribe_frame(&probe, key, auth));
         self.probes.insert(
             probe,
             Probe {
                 id: id.to_owned(),
                 key: key.to_owned(),
-                channel: channel.to_owned(),
             },
         );
     }
@@ -235,8 +236,7 @@ impl Membership {
         self.closing.clear();
         self.outbox.clear();
         for (probe, p) in &self.probes {
-            self.outbox
-                .push_back(subscribe_frame(probe, &p.channel, auth));
+            self.outbox.push_back(subscribe_frame(probe, &p.key, auth));
         }
     }
 
