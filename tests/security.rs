@@ -854,3 +854,38 @@ async fn tokens_signed_with_an_rsa_key_under_2048_bits_are_refused() {
         Attempt::Failed(e) => panic!("{e}"),
     }
 }
+
+/// A socket refused in band (no session) reads frames of at most 4 KiB,
+/// not the browser leg's 2 × `--max-message-bytes`: a client with no
+/// session cannot make the relay hold megabytes on each of the up to 1 024
+/// refusal sockets. Before: a 100 kB frame was read whole and answered
+/// with the `connection_error`.
+#[tokio::test]
+async fn a_socket_refused_in_band_reads_no_large_frame() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let stack = Stack::start().await;
+    let mut req = stack.realtime_url().into_client_request().unwrap();
+    req.headers_mut().insert("origin", ORIGIN.parse().unwrap());
+    req.headers_mut().insert(
+        "sec-websocket-protocol",
+        "aws-appsync-event-ws".parse().unwrap(),
+    );
+    let (mut ws, resp) = tokio_tungstenite::connect_async(req).await.unwrap();
+    assert_eq!(resp.headers()["x-appsync-relay-refused"], "401 no_session");
+    let big = format!(
+        "{{\"type\":\"connection_init\",\"pad\":\"{}\"}}",
+        "x".repeat(100_000)
+    );
+    let _ = ws.send(Message::Text(big.into())).await;
+    let next = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .expect("the refused socket answered in time");
+    match next {
+        Some(Ok(Message::Close(frame))) => {
+            assert_eq!(frame.map(|f| u16::from(f.code)), Some(1009));
+        }
+        None | Some(Err(_)) => {}
+        Some(Ok(other)) => panic!("the large frame was read and answered: {other:?}"),
+    }
+}

@@ -43,6 +43,11 @@ pub const REFUSED_HEADER: &str = "x-appsync-relay-refused";
 const WAIT: Duration = Duration::from_secs(5);
 /// How long its closing handshake may take.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
+/// The largest frame a refused socket reads: `connection_init` is 26 bytes.
+/// Not the browser leg's limit (twice `--max-message-bytes`): a client with
+/// no session must not make the relay hold megabytes, on up to 1 024 such
+/// sockets; a larger frame ends the socket at once.
+const REFUSED_FRAME_BYTES: usize = 4 * 1024;
 
 /// The 101 that refuses `refused` in band, or `refused` back when it must
 /// stay an HTTP answer.
@@ -65,7 +70,7 @@ pub(super) fn in_band(
         return Err(refused);
     };
     let on_upgrade = hyper::upgrade::on(req);
-    let ws_config = state.ws_config();
+    let ws_config = crate::upgrade::ws_config(REFUSED_FRAME_BYTES);
     state.tracker().spawn(async move {
         let _slot = slot;
         let Ok(upgraded) = on_upgrade.await else {
@@ -77,7 +82,11 @@ pub(super) fn in_band(
         // Amplify sends `connection_init` the moment the socket opens and
         // reads the answer to it; a frame sent before could beat its
         // handler.
-        let _ = tokio::time::timeout(WAIT, ws.next()).await;
+        if let Ok(None | Some(Err(_))) = tokio::time::timeout(WAIT, ws.next()).await {
+            // Gone, or a frame over the limit (refused from its header,
+            // before its payload is read): nothing to answer.
+            return;
+        }
         let frame = error_frame("connection_error", None, error_type::UNAUTHORIZED, reason);
         let _ = tokio::time::timeout(CLOSE_WAIT, async {
             ws.send(Message::text(frame)).await?;
