@@ -49,6 +49,13 @@ pub fn is_valid_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'+')
 }
 
+/// Whether a close frame may carry `code` on the wire (RFC 6455 §7.4):
+/// 1005, 1006 and 1015 are for reporting only, and 1004 and 1016–2999 are
+/// reserved.
+pub fn is_sendable_close_code(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
+}
+
 /// Why a channel path breaks AppSync's rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ChannelError {

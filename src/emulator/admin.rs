@@ -68,8 +68,8 @@ fn route(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
 }
 
 /// `POST /close-all?code=N`: a close frame with `N` to every connection.
-/// `N` must be a code a close frame may carry (RFC 6455 §7.4: 1000–1003,
-/// 1007–1014, 3000–4999); anything else is 400.
+/// `N` must be a code a close frame may carry
+/// ([`crate::protocol::is_sendable_close_code`]); anything else is 400.
 fn close_all(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     if req.method() != Method::POST {
         return error_response(
@@ -83,7 +83,7 @@ fn close_all(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> 
         .query()
         .and_then(|q| q.strip_prefix("code="))
         .and_then(|n| n.parse::<u16>().ok())
-        .filter(|c| matches!(c, 1000..=1003 | 1007..=1014 | 3000..=4999));
+        .filter(|c| crate::protocol::is_sendable_close_code(*c));
     let Some(code) = code else {
         return error_response(
             StatusCode::BAD_REQUEST,

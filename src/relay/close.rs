@@ -110,12 +110,9 @@ pub fn client_error(e: &WsError) -> Ending {
     }
 }
 
-/// Codes that may appear in a close frame on the wire (RFC 6455 §7.4).
+/// `code`, if a close frame may carry it on the wire.
 fn sendable(code: u16) -> Option<u16> {
-    match code {
-        1000..=1003 | 1007..=1014 | 3000..=4999 => Some(code),
-        _ => None,
-    }
+    crate::protocol::is_sendable_close_code(code).then_some(code)
 }
 
 /// An upstream close becomes the browser's: a normal end stays normal,
