@@ -18,7 +18,8 @@
 //! 1. Leaves: [`bounded`], [`clock`], [`protocol`], [`response`], [`strict_json`],
 //!    [`forwarded`], [`origin`], [`limits`], [`metrics`], [`tls`],
 //!    [`http_client`].
-//! 2. Wire and tokens: [`upgrade`], [`verify`], [`rewrite`], [`upstream`].
+//! 2. Wire and tokens: [`ws`] (RFC 6455 framing, both legs), [`upgrade`],
+//!    [`verify`], [`rewrite`], [`upstream`].
 //! 3. Session: [`session`] (reads and writes Amplify's cookies, pending
 //!    renewals), [`refresh`] (Cognito, single flight), and the strict
 //!    AppSync stand-in [`emulator`]; [`fanout`] (shared channels),
@@ -52,6 +53,7 @@ pub mod rewrite;
 pub mod upgrade;
 pub mod upstream;
 pub mod verify;
+pub mod ws;
 
 pub mod cluster;
 pub mod emulator;

@@ -25,7 +25,6 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -54,7 +53,7 @@ pub struct RelayState {
     appsync_http: HttpClient,
     metrics: Arc<Metrics>,
     /// The browser leg's: frames up to `upgrade::max_client_frame`.
-    ws_config: WebSocketConfig,
+    client_limits: crate::ws::Limits,
     /// Fires when shutdown starts: readiness drops to 503.
     draining: CancellationToken,
     /// Fires after the drain delay: listeners stop accepting.
@@ -100,12 +99,13 @@ impl RelayState {
             rates.clone(),
             shutdown.clone(),
         );
-        let ws_config = upgrade::ws_config(upgrade::max_client_frame(config.max_message_bytes));
+        let client_limits =
+            crate::ws::Limits::of(upgrade::max_client_frame(config.max_message_bytes));
         let upstream = UpstreamConfig {
             realtime_url: config.realtime_endpoint.to_string(),
             http_host: config.http_host.clone(),
             connect_timeout: config.upstream_timeout,
-            ws_config: upgrade::ws_config(config.max_message_bytes),
+            limits: crate::ws::Limits::of(config.max_message_bytes),
             tls: config.upstream_tls.clone(),
             address: config.appsync_address,
         };
@@ -133,7 +133,7 @@ impl RelayState {
             appsync_http,
             http,
             metrics,
-            ws_config,
+            client_limits,
             draining: CancellationToken::new(),
             stop_accepting: CancellationToken::new(),
             shutdown,
@@ -177,9 +177,10 @@ impl RelayState {
         &self.appsync_http
     }
 
-    /// The `WebSocketConfig` of every relayed socket.
-    pub fn ws_config(&self) -> WebSocketConfig {
-        self.ws_config
+    /// What a browser's socket accepts: frames up to twice
+    /// `--max-message-bytes` (see [`upgrade::max_client_frame`]).
+    pub fn client_limits(&self) -> crate::ws::Limits {
+        self.client_limits
     }
 
     /// Connection admission: total, per user, per IP.

@@ -35,6 +35,7 @@ use crate::response::{empty, Body};
 use crate::rewrite::UpstreamAuth;
 use crate::state::RelayState;
 use crate::upstream::{self, UpstreamSocket};
+use crate::ws::{Role, WsSocket};
 use hyper::body::Incoming;
 use hyper::header::{
     HeaderValue, CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_PROTOCOL, SET_COOKIE, UPGRADE,
@@ -44,8 +45,6 @@ use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
-use tokio_tungstenite::tungstenite::protocol::Role;
-use tokio_tungstenite::WebSocketStream;
 
 /// What a successful handshake produced before the 101 goes out.
 struct Accepted {
@@ -175,12 +174,12 @@ fn switch_protocols(
                 return;
             }
         };
-        let mut client = WebSocketStream::from_raw_socket(
+        let mut client = WsSocket::new(
             TokioIo::new(upgraded),
             Role::Server,
-            Some(task_state.ws_config()),
-        )
-        .await;
+            task_state.client_limits(),
+            &[],
+        );
         let metrics = task_state.metrics();
         metrics.connections_active.inc();
         let opened = Instant::now();

@@ -24,6 +24,7 @@ use crate::protocol::{self, error_frame, error_type};
 use crate::relay::close::SESSION_ENDED;
 use crate::response::{empty, Body};
 use crate::state::RelayState;
+use crate::ws::{Limits, Role, WsSocket};
 use futures_util::{SinkExt, StreamExt};
 use hyper::body::Incoming;
 use hyper::header::{
@@ -33,9 +34,8 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::WebSocketStream;
 
 /// The header naming an in-band refusal: `<status> <reason label>`.
 pub const REFUSED_HEADER: &str = "x-appsync-relay-refused";
@@ -70,15 +70,17 @@ pub(super) fn in_band(
         return Err(refused);
     };
     let on_upgrade = hyper::upgrade::on(req);
-    let ws_config = crate::upgrade::ws_config(REFUSED_FRAME_BYTES);
     state.tracker().spawn(async move {
         let _slot = slot;
         let Ok(upgraded) = on_upgrade.await else {
             return;
         };
-        let mut ws =
-            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config))
-                .await;
+        let mut ws = WsSocket::new(
+            TokioIo::new(upgraded),
+            Role::Server,
+            Limits::of(REFUSED_FRAME_BYTES),
+            &[],
+        );
         // Amplify sends `connection_init` the moment the socket opens and
         // reads the answer to it; a frame sent before could beat its
         // handler.

@@ -7,6 +7,7 @@
 
 use super::counters::Stats;
 use crate::upstream::UpstreamSocket;
+use crate::ws::WsSocket;
 use futures_util::{SinkExt, StreamExt};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -14,7 +15,6 @@ use tokio_tungstenite::tungstenite::error::Error as WsError;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::WebSocketStream;
 
 pub const NORMAL: u16 = 1000;
 pub const GOING_AWAY: u16 = 1001;
@@ -160,7 +160,7 @@ fn close_frame(code: u16, reason: &'static str) -> Message {
 /// close; a `subscribe_error` ends the subscription it names for good (its
 /// `error` callback, and no re-subscription), so an app learns its session
 /// ended instead of retrying forever. Bounded by [`CLOSE_TIMEOUT`].
-pub async fn tell_subscriptions<C>(client: &mut WebSocketStream<C>, ids: &[String], reason: &str)
+pub async fn tell_subscriptions<C>(client: &mut WsSocket<C>, ids: &[String], reason: &str)
 where
     C: AsyncRead + AsyncWrite + Unpin,
 {
@@ -186,7 +186,7 @@ pub async fn close_legs<C>(
     ending: &Ending,
     to_client: Option<u16>,
     mut to_upstream: Option<u16>,
-    client: &mut WebSocketStream<C>,
+    client: &mut WsSocket<C>,
     upstream: &mut UpstreamSocket,
     stats: &mut Stats,
 ) where

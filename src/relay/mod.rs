@@ -31,13 +31,13 @@ use crate::session::Registration;
 use crate::sessions::SessionState;
 use crate::state::RelayState;
 use crate::upstream::UpstreamSocket;
+use crate::ws::WsSocket;
 use close::{close_legs, Ending};
 use counters::Stats;
 use pump::Connection;
 use std::sync::Arc;
 use token::TokenState;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_tungstenite::WebSocketStream;
 
 /// How a relayed connection ended, for its closing log line and metrics.
 #[derive(Debug, Clone)]
@@ -98,7 +98,7 @@ impl Relay {
 
     /// Relays until either side ends or the relay drains, then closes both
     /// legs.
-    pub async fn run<C>(&mut self, client: &mut WebSocketStream<C>) -> RelayOutcome
+    pub async fn run<C>(&mut self, client: &mut WsSocket<C>) -> RelayOutcome
     where
         C: AsyncRead + AsyncWrite + Unpin,
     {

@@ -42,6 +42,7 @@ use crate::metrics::frame_type_label;
 use crate::rewrite::{prepare_client_frame, render, FrameKind, Prepared};
 use crate::state::RelayState;
 use crate::upstream::UpstreamSocket;
+use crate::ws::WsSocket;
 use futures_util::Stream;
 use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
@@ -52,7 +53,6 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, Sleep};
 use tokio_tungstenite::tungstenite::error::Error as WsError;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
-use tokio_tungstenite::WebSocketStream;
 
 /// Local replies (errors for refused frames) that may wait for the
 /// browser's write slot before the browser is no longer read.
@@ -116,7 +116,7 @@ impl Connection {
     }
 
     /// Relays until either side ends; returns why.
-    pub async fn pump<C>(&mut self, client: &mut WebSocketStream<C>) -> Ending
+    pub async fn pump<C>(&mut self, client: &mut WsSocket<C>) -> Ending
     where
         C: AsyncRead + AsyncWrite + Unpin,
     {
@@ -303,7 +303,7 @@ impl Connection {
     /// then the timer.
     fn poll_event<C>(
         &mut self,
-        client: &mut WebSocketStream<C>,
+        client: &mut WsSocket<C>,
         sleep: Pin<&mut Sleep>,
         cx: &mut Context<'_>,
     ) -> Poll<Event>

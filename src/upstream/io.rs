@@ -85,7 +85,7 @@ mod tests {
     /// tokio-tungstenite's `MaybeTlsStream` it was 1 384 bytes, TLS or not.
     #[test]
     fn an_upstream_socket_keeps_its_tls_state_off_the_task() {
-        let size = std::mem::size_of::<tokio_tungstenite::WebSocketStream<UpstreamIo>>();
-        assert!(size < 512, "upstream socket is {size} bytes inline");
+        let size = std::mem::size_of::<crate::ws::WsSocket<UpstreamIo>>();
+        assert!(size < 256, "upstream socket is {size} bytes inline");
     }
 }

@@ -4,26 +4,23 @@
 //! Errors say which way the upstream failed so the handshake can answer the
 //! browser precisely: AppSync refusing the token (401), unreachable or
 //! misbehaving (502), too slow (504). Nothing here logs or returns the token:
-//! tungstenite errors describe the response, never the request headers.
+//! handshake errors describe the response, never the request headers.
 
 mod io;
 
 use crate::protocol;
 use crate::rewrite::UpstreamAuth;
-use hyper::header::{HeaderValue, SEC_WEBSOCKET_PROTOCOL};
+use crate::ws::{self, HandshakeError, WsSocket};
+use hyper::header::HeaderValue;
 use rustls::pki_types::ServerName;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::Error as WsError;
-use tokio_tungstenite::WebSocketStream;
 
 pub use io::UpstreamIo;
 
-pub type UpstreamSocket = WebSocketStream<UpstreamIo>;
+pub type UpstreamSocket = WsSocket<UpstreamIo>;
 
 #[derive(Clone)]
 pub struct UpstreamConfig {
@@ -33,7 +30,8 @@ pub struct UpstreamConfig {
     /// wants this in every authorization object, even on the socket.
     pub http_host: String,
     pub connect_timeout: Duration,
-    pub ws_config: WebSocketConfig,
+    /// What AppSync may send in one frame and one message.
+    pub limits: ws::Limits,
     pub tls: Arc<rustls::ClientConfig>,
     /// Connect here instead of resolving the URL's host (`--appsync-address`).
     pub address: Option<std::net::IpAddr>,
@@ -111,16 +109,12 @@ async fn open(cfg: &UpstreamConfig, uri: &hyper::Uri) -> Result<UpstreamIo, Upst
     Ok(UpstreamIo::Tls(Box::new(stream)))
 }
 
-fn classify(e: WsError) -> UpstreamError {
+fn classify(e: HandshakeError) -> UpstreamError {
     match e {
-        WsError::Http(resp) => match resp.status().as_u16() {
-            s @ (401 | 403) => UpstreamError::Unauthorized(s),
-            s => UpstreamError::Rejected(s),
-        },
-        WsError::Io(e) => UpstreamError::Unreachable(e.to_string()),
-        WsError::Tls(e) => UpstreamError::Unreachable(format!("TLS: {e}")),
-        WsError::Url(e) => UpstreamError::Unreachable(e.to_string()),
-        other => UpstreamError::Protocol(other.to_string()),
+        HandshakeError::Status(s @ (401 | 403)) => UpstreamError::Unauthorized(s),
+        HandshakeError::Status(s) => UpstreamError::Rejected(s),
+        HandshakeError::Io(e) => UpstreamError::Unreachable(e.to_string()),
+        HandshakeError::Protocol(what) => UpstreamError::Protocol(what.into()),
     }
 }
 
@@ -129,33 +123,28 @@ pub async fn connect(
     cfg: &UpstreamConfig,
     auth: &UpstreamAuth,
 ) -> Result<UpstreamSocket, UpstreamError> {
-    let mut request = cfg
+    let uri: hyper::Uri = cfg
         .realtime_url
-        .as_str()
-        .into_client_request()
-        .map_err(|e| UpstreamError::Unreachable(e.to_string()))?;
+        .parse()
+        .map_err(|e: hyper::http::uri::InvalidUri| UpstreamError::Unreachable(e.to_string()))?;
     let offered = format!(
         "{}, {}",
         protocol::SUBPROTOCOL,
         protocol::encode_header_subprotocol(&auth.as_map())
     );
-    let value = HeaderValue::from_str(&offered)
-        .map_err(|_| UpstreamError::Protocol("token is not header-safe".into()))?;
-    request.headers_mut().insert(SEC_WEBSOCKET_PROTOCOL, value);
+    if HeaderValue::from_str(&offered).is_err() {
+        return Err(UpstreamError::Protocol("token is not header-safe".into()));
+    }
     let attempt = async {
-        let io = open(cfg, request.uri()).await?;
-        tokio_tungstenite::client_async_with_config(request, io, Some(cfg.ws_config))
+        let io = open(cfg, &uri).await?;
+        ws::client_handshake(io, &uri, &offered, cfg.limits)
             .await
             .map_err(classify)
     };
-    let (socket, response) = tokio::time::timeout(cfg.connect_timeout, attempt)
+    let (socket, selected) = tokio::time::timeout(cfg.connect_timeout, attempt)
         .await
         .map_err(|_| UpstreamError::Timeout(cfg.connect_timeout))??;
-    let selected = response
-        .headers()
-        .get(SEC_WEBSOCKET_PROTOCOL)
-        .map(HeaderValue::as_bytes);
-    if selected != Some(protocol::SUBPROTOCOL.as_bytes()) {
+    if selected.as_deref() != Some(protocol::SUBPROTOCOL) {
         return Err(UpstreamError::Protocol(
             "upstream did not select aws-appsync-event-ws".into(),
         ));
