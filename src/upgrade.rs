@@ -81,10 +81,11 @@ pub fn max_client_frame(max_message_bytes: usize) -> usize {
         .saturating_add(64 * 1024)
 }
 
-/// The socket configuration for both legs. tungstenite's defaults (128 KiB
-/// read and write buffers, unbounded write queue) would cost ~256 KiB per
-/// idle leg; a relay of many idle sockets wants small buffers that grow only
-/// while a large message is in flight, and a hard cap on what can queue.
+/// The emulator's tungstenite socket configuration (the relay's own legs
+/// use [`crate::ws`], which holds no buffer while idle). tungstenite's
+/// defaults (128 KiB read and write buffers, unbounded write queue) would
+/// cost ~256 KiB per idle socket; small buffers that grow only while a
+/// large message is in flight, and a hard cap on what can queue.
 pub fn ws_config(max_message_bytes: usize) -> WebSocketConfig {
     WebSocketConfig::default()
         // Allocated up front per leg and the most one read syscall takes:

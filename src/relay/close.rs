@@ -82,7 +82,7 @@ impl Ending {
     /// already gone and there is nobody to tell.
     pub fn close_codes(&self) -> (Option<u16>, Option<u16>) {
         match self {
-            // Echo a browser's close upstream; tungstenite answers the browser.
+            // Echo a browser's close upstream; the socket answers the browser.
             Ending::ClientClosed(code) => (None, Some(sendable(*code).unwrap_or(NORMAL))),
             Ending::ClientGone => (None, Some(GOING_AWAY)),
             Ending::ClientBinary => (Some(UNSUPPORTED_DATA), Some(NORMAL)),
@@ -221,7 +221,7 @@ pub async fn close_legs<C>(
             Some(code) => {
                 let _ = client.send(close_frame(code, reason_for(code))).await;
             }
-            // Flushes tungstenite's automatic reply to the browser's close.
+            // Flushes the socket's automatic reply to the browser's close.
             None => {
                 let _ = SinkExt::close(client).await;
             }

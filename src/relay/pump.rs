@@ -26,7 +26,7 @@
 //! is disconnected, an upstream that stops reading is re-dialled, and the
 //! connection's timers keep running either way. Cold paths (re-dial,
 //! renewal) are boxed so they do not enlarge every idle connection's task.
-//! Pings are answered by tungstenite on each leg. This module never logs
+//! Pings are answered by the framing layer ([`crate::ws`]) on each leg. This module never logs
 //! frame contents or tokens.
 
 use super::close::{self, client_error, redialable, Ending};

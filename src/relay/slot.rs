@@ -1,6 +1,6 @@
 //! One frame in flight towards one peer: the write slot each direction of
 //! a relayed connection has (the pump's module docs say why there is exactly
-//! one). It drives tungstenite's sink by hand — ready, send, flush — so the
+//! one). It drives the socket's sink by hand — ready, send, flush — so the
 //! pump can keep reading the other side while a write waits, and it knows
 //! when the frame was queued, for `--send-timeout`.
 
@@ -14,7 +14,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 struct Outgoing {
     msg: Message,
-    /// Handed to tungstenite; only the flush is left.
+    /// Handed to the socket; only the flush is left.
     started: bool,
     since: Instant,
 }

@@ -5,7 +5,7 @@
 //! The request carries the user's token (in the `header-` subprotocol), so
 //! nothing here logs or returns the request; errors describe the response.
 
-use super::{Limits, Role, WsSocket};
+use super::socket::{Limits, Role, WsSocket};
 use base64::Engine;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;

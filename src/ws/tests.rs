@@ -2,10 +2,16 @@
 //! on the other end, and against hand-written bytes for every rule a peer
 //! could break.
 
-use super::*;
+use super::frame;
+use super::handshake::client_handshake;
+use super::socket::{Limits, Role, WsSocket};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{duplex, AsyncReadExt, AsyncWriteExt, DuplexStream};
+use tokio_tungstenite::tungstenite::error::{CapacityError, Error, ProtocolError};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::Role as TRole;
+use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
 const LIMIT: usize = 1 << 20;
@@ -166,6 +172,25 @@ async fn reassembles_fragments_with_controls_between() {
     assert!(matches!(&seen[1], Ok(Message::Text(t)) if t.as_str() == "hello"));
     // Then the end without a close.
     assert!(err(&seen).contains("closing handshake"), "{seen:?}");
+}
+
+#[tokio::test]
+async fn text_that_cannot_be_utf8_fails_before_its_last_fragment() {
+    // An unfinished character may span fragments; a byte that no
+    // character can start fails at once, before the ping that follows.
+    let split = "é".as_bytes();
+    let mut ok = masked(0x01, &split[..1]);
+    ok.extend(masked(0x80, &split[1..]));
+    let seen = server_reads(&ok, Limits::of(100)).await;
+    assert!(
+        matches!(&seen[0], Ok(Message::Text(t)) if t.as_str() == "é"),
+        "{seen:?}"
+    );
+    let mut bad = masked(0x01, &[b'a', 0xff]);
+    bad.extend(masked(0x89, b"p"));
+    let seen = server_reads(&bad, Limits::of(100)).await;
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert!(err(&seen).contains("UTF-8"), "{seen:?}");
 }
 
 #[tokio::test]
