@@ -130,6 +130,16 @@ where
             (Role::Client, true) => return protocol(ProtocolError::MaskedFrameFromServer),
             _ => {}
         }
+        let too_long = |size: u64, max_size: usize| {
+            Err(Error::Capacity(CapacityError::MessageTooLong {
+                size: usize::try_from(size).unwrap_or(usize::MAX),
+                max_size,
+            }))
+        };
+        // Every frame, control frames included (as tungstenite does).
+        if h.len > self.limits.max_frame as u64 {
+            return too_long(h.len, self.limits.max_frame);
+        }
         if h.is_control() {
             if !matches!(h.opcode, OP_CLOSE | OP_PING | OP_PONG) {
                 return protocol(ProtocolError::UnknownControlFrameType(h.opcode));
@@ -150,15 +160,6 @@ where
             (other, _) => return protocol(ProtocolError::UnknownDataFrameType(other)),
         }
         let so_far = self.fragments.as_ref().map_or(0, |p| p.data.len()) as u64;
-        let too_long = |size: u64, max_size: usize| {
-            Err(Error::Capacity(CapacityError::MessageTooLong {
-                size: usize::try_from(size).unwrap_or(usize::MAX),
-                max_size,
-            }))
-        };
-        if h.len > self.limits.max_frame as u64 {
-            return too_long(h.len, self.limits.max_frame);
-        }
         if so_far.saturating_add(h.len) > self.limits.max_message as u64 {
             return too_long(so_far.saturating_add(h.len), self.limits.max_message);
         }
