@@ -13,9 +13,9 @@ use tokio_tungstenite::tungstenite::error::Error as WsError;
 use tokio_tungstenite::tungstenite::Message;
 
 struct Outgoing {
-    msg: Message,
-    /// Handed to the socket; only the flush is left.
-    started: bool,
+    /// `None` once handed to the socket (which copied it into its write
+    /// buffer): only the flush is left, and the message is not held twice.
+    msg: Option<Message>,
     since: Instant,
 }
 
@@ -31,8 +31,7 @@ impl WriteSlot {
     pub fn put(&mut self, msg: Message) {
         debug_assert!(self.0.is_none(), "one frame in flight per direction");
         self.0 = Some(Outgoing {
-            msg,
-            started: false,
+            msg: Some(msg),
             since: Instant::now(),
         });
     }
@@ -64,17 +63,17 @@ impl WriteSlot {
         let Some(out) = &mut self.0 else {
             return Poll::Pending;
         };
-        if !out.started {
+        if out.msg.is_some() {
             match Pin::new(&mut *sink).poll_ready(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Err(_)) => return Poll::Ready(false),
                 Poll::Ready(Ok(())) => {}
             }
-            // A clone is a reference count; the frame stays until flushed.
-            if Pin::new(&mut *sink).start_send(out.msg.clone()).is_err() {
-                return Poll::Ready(false);
+            if let Some(msg) = out.msg.take() {
+                if Pin::new(&mut *sink).start_send(msg).is_err() {
+                    return Poll::Ready(false);
+                }
             }
-            out.started = true;
         }
         match Pin::new(&mut *sink).poll_flush(cx) {
             Poll::Pending => Poll::Pending,

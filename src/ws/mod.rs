@@ -12,8 +12,10 @@
 //!   bytes that arrived go to the heap, and a frame that arrived whole is
 //!   handed on as those bytes (no second copy);
 //! - a frame that is still partial keeps a heap buffer that grows only as
-//!   its bytes arrive (at most [`MAX_READ`] per read), never to the length
-//!   the peer announced;
+//!   its bytes arrive (at most [`MAX_READ`] per read, doubling at most to
+//!   twice what arrived and never past the frame's end), never to the
+//!   length the peer announced; reads stop at the frame's end, so no byte
+//!   of the next frame keeps a large buffer alive;
 //! - a written frame's buffer is freed once the peer's socket took it.
 //!
 //! **What is checked**, before a payload byte is read where the header

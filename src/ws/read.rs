@@ -4,7 +4,7 @@
 
 use super::frame::{self, Header, OP_BINARY, OP_CLOSE, OP_CONTINUE, OP_PING, OP_PONG, OP_TEXT};
 use super::socket::{close_payload, encode, Partial, Role, WsSocket, MAX_READ, STACK_READ};
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, BufMut, BytesMut};
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
@@ -51,7 +51,10 @@ where
 
     /// Reads more bytes: onto the stack when nothing is buffered (nothing
     /// is allocated unless bytes arrive), else into the partial frame's
-    /// buffer, growing it by at most what that frame still lacks.
+    /// buffer, at most [`MAX_READ`] and never past the frame's end. So a
+    /// frame that arrives in pieces ends exactly at its buffer's end, and
+    /// the buffer goes with its payload: no leftover byte of a next frame
+    /// keeps a large allocation alive.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         if self.rd.is_empty() {
             let mut stack = [MaybeUninit::<u8>::uninit(); STACK_READ];
@@ -63,20 +66,29 @@ where
             }
             return Poll::Ready(Ok(got.len()));
         }
-        let wanted = match &self.header {
-            // Bounded by the limit check that admitted the header.
-            Some(h) => (h.header_len as u64 + h.len).saturating_sub(self.rd.len() as u64),
-            None => frame::MAX_HEADER as u64,
+        // The frame's whole length once its header is read (bounded by the
+        // limit check that admitted it), else a header's.
+        let end = match &self.header {
+            Some(h) => h.header_len.saturating_add(h.len as usize),
+            None => self.rd.len() + frame::MAX_HEADER,
         };
-        let room = usize::try_from(wanted)
-            .unwrap_or(MAX_READ)
-            .clamp(1, MAX_READ);
-        self.rd.reserve(room);
+        let room = end.saturating_sub(self.rd.len()).clamp(1, MAX_READ);
+        let need = self.rd.len() + room;
+        if self.rd.capacity() < need {
+            // Grow by doubling (amortised copies), but never past the
+            // frame's end: not `reserve`, which may double past it.
+            let target = need
+                .max(self.rd.capacity().saturating_mul(2))
+                .min(end.max(need));
+            let mut grown = BytesMut::with_capacity(target);
+            grown.extend_from_slice(&self.rd);
+            self.rd = grown;
+        }
         let before = self.rd.len();
         std::task::ready!(tokio_util::io::poll_read_buf(
             Pin::new(&mut self.io),
             cx,
-            &mut self.rd
+            &mut (&mut self.rd).limit(room)
         ))?;
         Poll::Ready(Ok(self.rd.len() - before))
     }
@@ -122,6 +134,17 @@ where
     /// read.
     fn check(&self, h: &Header) -> Result<(), Error> {
         let protocol = |e| Err(Error::Protocol(e));
+        let too_long = |size: u64, max_size: usize| {
+            Err(Error::Capacity(CapacityError::MessageTooLong {
+                size: usize::try_from(size).unwrap_or(usize::MAX),
+                max_size,
+            }))
+        };
+        // Every frame, control frames included, and first (as tungstenite
+        // does: an oversized frame is 1009 whatever else is wrong with it).
+        if h.len > self.limits.max_frame as u64 {
+            return too_long(h.len, self.limits.max_frame);
+        }
         if h.rsv != 0 {
             return protocol(ProtocolError::NonZeroReservedBits);
         }
@@ -129,16 +152,6 @@ where
             (Role::Server, false) => return protocol(ProtocolError::UnmaskedFrameFromClient),
             (Role::Client, true) => return protocol(ProtocolError::MaskedFrameFromServer),
             _ => {}
-        }
-        let too_long = |size: u64, max_size: usize| {
-            Err(Error::Capacity(CapacityError::MessageTooLong {
-                size: usize::try_from(size).unwrap_or(usize::MAX),
-                max_size,
-            }))
-        };
-        // Every frame, control frames included (as tungstenite does).
-        if h.len > self.limits.max_frame as u64 {
-            return too_long(h.len, self.limits.max_frame);
         }
         if h.is_control() {
             if !matches!(h.opcode, OP_CLOSE | OP_PING | OP_PONG) {
@@ -187,9 +200,11 @@ where
                         partial
                     }
                     None if h.fin => return message(h.opcode == OP_TEXT, payload).map(Some),
+                    // Its own buffer: the first fragment may share a read
+                    // buffer with other frames, which it must not pin.
                     None => Box::new(Partial {
                         text: h.opcode == OP_TEXT,
-                        data: payload,
+                        data: BytesMut::from(&payload[..]),
                         checked: 0,
                     }),
                 };

@@ -272,6 +272,38 @@ async fn a_trickled_frame_grows_the_buffer_only_as_bytes_arrive() {
 }
 
 #[tokio::test]
+async fn a_large_frame_leaves_no_buffer_behind_it() {
+    // A 5 MB frame and the first byte of the next in one write: reads stop
+    // at the frame's end, so the byte after it does not keep the large
+    // buffer alive (found by review: before, the buffer had doubled to
+    // 9 MiB and a one-byte leftover pinned it).
+    let (a, mut b) = duplex(1 << 20);
+    let mut ours = WsSocket::new(a, Role::Server, Limits::of(8 << 20), &[]);
+    let mut bytes = masked(0x81, &vec![b'z'; 5_000_000]);
+    bytes.push(0x81);
+    let (written, got) = tokio::join!(b.write_all(&bytes), ours.next());
+    written.unwrap();
+    match got {
+        Some(Ok(Message::Text(t))) => assert_eq!(t.len(), 5_000_000),
+        other => panic!("{other:?}"),
+    }
+    assert!(ours.rd.capacity() < 64 * 1024, "{}", ours.rd.capacity());
+    // A frame that stops half-way holds about what arrived, never twice
+    // that nor the announced length.
+    let (a, mut b) = duplex(1 << 20);
+    let mut ours = WsSocket::new(a, Role::Server, Limits::of(8 << 20), &[]);
+    let frame = masked(0x81, &vec![b'z'; 5_000_000]);
+    let fed = tokio::time::timeout(std::time::Duration::from_millis(300), async {
+        tokio::join!(b.write_all(&frame[..2_600_000]), ours.next())
+    })
+    .await;
+    assert!(fed.is_err(), "a partial frame is not a message");
+    let held = ours.rd.capacity();
+    assert!((2_600_000..2 * 2_600_000).contains(&held), "{held}");
+    assert!(held <= 5_000_014);
+}
+
+#[tokio::test]
 async fn close_codes_that_may_not_be_sent_become_protocol_errors() {
     let seen = server_reads(&masked(0x88, &1005u16.to_be_bytes()), Limits::of(100)).await;
     match &seen[0] {
