@@ -103,10 +103,6 @@ where
         }
     }
 
-    pub fn get_ref(&self) -> &S {
-        &self.io
-    }
-
     /// Sends a close frame (`None`: without a code) and flushes it.
     pub async fn close(&mut self, frame: Option<CloseFrame>) -> Result<(), Error> {
         futures_util::SinkExt::send(self, Message::Close(frame)).await
