@@ -40,6 +40,10 @@ pub enum RelayError {
     NotFound,
     #[error("the relay is shutting down")]
     Draining,
+    /// `--channel-policy` allows this user no publish on that channel (or
+    /// the body names no channel the relay can read).
+    #[error("the channel policy does not allow this publish")]
+    ChannelPolicy,
     #[error("limit reached: {0}")]
     Limit(#[from] LimitHit),
     #[error("session could not be renewed: {0}")]
@@ -60,7 +64,7 @@ impl RelayError {
     pub fn status(&self) -> StatusCode {
         match self {
             RelayError::Upgrade(_) | RelayError::NoSubprotocol => StatusCode::BAD_REQUEST,
-            RelayError::Origin(_) => StatusCode::FORBIDDEN,
+            RelayError::Origin(_) | RelayError::ChannelPolicy => StatusCode::FORBIDDEN,
             RelayError::Session(SessionError::TooLarge) => {
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
             }
@@ -94,6 +98,7 @@ impl RelayError {
             RelayError::Token(e) => e.reason(),
             RelayError::Limit(hit) => hit.reason(),
             RelayError::Draining => "draining",
+            RelayError::ChannelPolicy => "channel_policy",
             RelayError::Refresh(RefreshError::Rejected(_)) => "session_ended",
             RelayError::Refresh(_) => "refresh_unavailable",
             RelayError::IdentityChanged => "identity_changed",

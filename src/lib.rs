@@ -19,7 +19,8 @@
 //!    [`forwarded`], [`origin`], [`limits`], [`metrics`], [`tls`],
 //!    [`http_client`].
 //! 2. Wire and tokens: [`ws`] (RFC 6455 framing, both legs), [`upgrade`],
-//!    [`verify`], [`rewrite`], [`upstream`].
+//!    [`verify`], [`policy`] (who may subscribe and publish where),
+//!    [`rewrite`], [`upstream`].
 //! 3. Session: [`session`] (reads and writes Amplify's cookies, pending
 //!    renewals), [`refresh`] (Cognito, single flight), and the strict
 //!    AppSync stand-in [`emulator`]; [`fanout`] (shared channels),
@@ -49,6 +50,7 @@ pub mod response;
 pub mod strict_json;
 pub mod tls;
 
+pub mod policy;
 pub mod rewrite;
 pub mod upgrade;
 pub mod upstream;

@@ -46,6 +46,9 @@ pub struct Metrics {
     pub app_requests: IntCounterVec,
     /// Requests or frames refused by a configured limit, by limit.
     pub limits_hit: IntCounterVec,
+    /// Channel policy decisions (`--channel-policy`), by operation
+    /// (`subscribe`, `publish`) and result (`permitted`, `denied`).
+    pub policy_decisions: IntCounterVec,
     /// Shared channels (`--shared-channel`) with an upstream subscription.
     pub shared_subscriptions_active: IntGauge,
     /// Browsers on a shared subscription, observed at each upstream event.
@@ -256,6 +259,12 @@ impl Metrics {
                 "Requests or frames refused by a limit",
                 &["limit"],
             ),
+            policy_decisions: counter(
+                &registry,
+                "policy_decisions_total",
+                "Channel policy decisions by operation and result",
+                &["op", "result"],
+            ),
             registry,
         };
         metrics.zero_known_series();
@@ -286,6 +295,11 @@ impl Metrics {
         zero(&self.jwks_fetches, &[&["ok"], &["error"]]);
         zero(&self.upstream_connects, &[&["ok"]]);
         zero(&self.upstream_redials, &[&["ok"], &["gave_up"]]);
+        for op in ["subscribe", "publish"] {
+            for result in ["permitted", "denied"] {
+                self.policy_decisions.with_label_values(&[op, result]);
+            }
+        }
         for phase in ["handshake", "connection"] {
             for result in ["ok", "rejected", "unavailable"] {
                 self.token_refreshes.with_label_values(&[phase, result]);

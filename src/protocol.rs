@@ -171,7 +171,8 @@ impl Channel {
     }
 }
 
-fn is_valid_segment(segment: &str) -> bool {
+/// One channel segment as AWS allows it: 1–50 of `[A-Za-z0-9]`, `-` inside.
+pub fn is_valid_segment(segment: &str) -> bool {
     let bytes = segment.as_bytes();
     !bytes.is_empty()
         && bytes.len() <= MAX_SEGMENT_LEN

@@ -8,13 +8,17 @@
 //! Once the session was renewed, every answer carries the new cookies,
 //! errors included. Only `content-type` is copied from the browser's
 //! request: any `Authorization`, `x-api-key` or other header the browser
-//! sent is dropped, never forwarded.
+//! sent is dropped, never forwarded. With `--channel-policy`, the body's
+//! channel must be one the user may publish on, or nothing is sent (403).
 
 use crate::error::RelayError;
 use crate::gate::{Gate, Refused, Route};
+use crate::policy::{Decision, Op};
+use crate::protocol::Channel;
 use crate::response::{full, Body};
 use crate::state::RelayState;
 use crate::upstream::UpstreamError;
+use crate::verify::Claims;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -88,6 +92,9 @@ async fn publish(
     };
     // An end said while the body arrived: nothing is published for it.
     Gate::still_live(&authenticated)?;
+    if !policy_permits(state, &body, &authenticated.claims) {
+        return Err(with_cookies(RelayError::ChannelPolicy));
+    }
 
     let upstream_req = Request::post(config.http_endpoint.as_str())
         .header(CONTENT_TYPE, content_type)
@@ -126,4 +133,33 @@ async fn publish(
         resp.headers_mut().append(SET_COOKIE, cookie);
     }
     Ok(resp)
+}
+
+/// Whether the channel policy (if any) lets this user publish `body`. The
+/// body is read as AppSync reads it, strictly: duplicate keys are refused,
+/// so a body cannot show the relay one channel and AppSync another; a body
+/// without one readable channel is denied, never waved through.
+fn policy_permits(state: &RelayState, body: &[u8], claims: &Claims) -> bool {
+    if state.live_policy().is_none() {
+        return true;
+    }
+    let channel = std::str::from_utf8(body)
+        .ok()
+        .and_then(|text| crate::strict_json::parse(text).ok())
+        .and_then(|v| match v.get("channel") {
+            Some(serde_json::Value::String(c)) => Channel::parse(c, false).ok(),
+            _ => None,
+        });
+    let decision = match channel {
+        Some(channel) => state.policy_decision(Op::Publish, &channel, claims),
+        None => {
+            state
+                .metrics()
+                .policy_decisions
+                .with_label_values(&["publish", "denied"])
+                .inc();
+            Some(Decision::Denied)
+        }
+    };
+    decision.is_none_or(Decision::is_permitted)
 }

@@ -140,6 +140,7 @@ pub enum FrameKind {
     },
     Publish {
         id: String,
+        channel: String,
     },
 }
 
@@ -239,7 +240,10 @@ pub fn prepare_client_frame(text: &str) -> Prepared {
                 _ => Vec::new(),
             };
             Prepared::Forward {
-                kind: FrameKind::Publish { id: id.clone() },
+                kind: FrameKind::Publish {
+                    id: id.clone(),
+                    channel: channel.clone(),
+                },
                 body: Outgoing::Publish {
                     id,
                     channel,

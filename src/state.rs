@@ -13,10 +13,13 @@ use crate::fanout::Hub;
 use crate::http_client::{self, HttpClient, Resolver};
 use crate::limits::{ConnectionLimits, SessionRates};
 use crate::metrics::Metrics;
+use crate::policy::{Decision, LivePolicy, Op};
+use crate::protocol::Channel;
 use crate::response::Body;
 use crate::sessions::Sessions;
 use crate::upgrade;
 use crate::upstream::UpstreamConfig;
+use crate::verify::Claims;
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 use std::future::Future;
@@ -76,6 +79,8 @@ pub struct RelayState {
     untrusted_forwarders: crate::forwarded::UntrustedForwarders,
     /// Upgrades refused in band (a 101, then `connection_error`) at once.
     in_band_refusals: Arc<tokio::sync::Semaphore>,
+    /// `--channel-policy`; `None` when not set.
+    policy: Option<LivePolicy>,
 }
 
 /// Most upgrades refused in band at once (each holds a socket for a few
@@ -125,7 +130,12 @@ impl RelayState {
                 shutdown.clone(),
             )
         });
+        let policy = config
+            .channel_policy
+            .as_ref()
+            .map(|(_, p)| LivePolicy::new(p.clone()));
         Arc::new(RelayState {
+            policy,
             sessions,
             fanout,
             untrusted_forwarders: Default::default(),
@@ -196,6 +206,24 @@ impl RelayState {
     /// Shared channels, when `--shared-channel` is set.
     pub fn fanout(&self) -> Option<&Arc<Hub>> {
         self.fanout.as_ref()
+    }
+
+    /// The channel policy's decision on `op` for `channel`, counted in
+    /// `policy_decisions_total`; `None` without `--channel-policy`
+    /// (everything goes to AppSync, as before).
+    pub fn policy_decision(&self, op: Op, channel: &Channel, claims: &Claims) -> Option<Decision> {
+        let live = self.policy.as_ref()?;
+        let decision = live.get().decide(op, channel, claims);
+        self.metrics
+            .policy_decisions
+            .with_label_values(&[op.name(), decision.label()])
+            .inc();
+        Some(decision)
+    }
+
+    /// The policy in force, to re-read or replace (reload, `check`).
+    pub fn live_policy(&self) -> Option<&LivePolicy> {
+        self.policy.as_ref()
     }
 
     /// What serves requests outside the relay's routes.

@@ -350,8 +350,7 @@ impl Harness {
                     on,
                     token: TokenState::new(
                         UpstreamAuth::new(a.token.clone(), "h"),
-                        a.claims.exp,
-                        a.claims.iat,
+                        a.claims.clone(),
                         a.session,
                         Duration::from_secs(60),
                     ),

@@ -67,8 +67,7 @@ async fn handshake(h: &Harness, jar: &Jar) -> Result<(Vec<HeaderValue>, TokenSta
         .map_err(|e| e.reason().to_string())?;
     let ts = TokenState::new(
         UpstreamAuth::new(a.token.clone(), "h"),
-        a.claims.exp,
-        a.claims.iat,
+        a.claims.clone(),
         a.session,
         Duration::from_secs(60),
     );

@@ -177,8 +177,7 @@ impl Harness {
                         if *open_socket && self.sockets.len() < 4 {
                             self.sockets.push(TokenState::new(
                                 UpstreamAuth::new(a.token.clone(), "h"),
-                                a.claims.exp,
-                                a.claims.iat,
+                                a.claims.clone(),
                                 a.session,
                                 Duration::from_secs(60),
                             ));

@@ -89,6 +89,8 @@ pub struct Config {
     pub shared: crate::fanout::SharedConfig,
     /// `--redis-url`: coordination between replicas; `None`, this process alone.
     pub cluster: Option<crate::cluster::ClusterConfig>,
+    /// `--channel-policy`: the file and the policy read from it at start-up.
+    pub channel_policy: Option<(std::path::PathBuf, std::sync::Arc<crate::policy::Policy>)>,
 }
 
 impl Config {
@@ -261,6 +263,16 @@ impl Config {
         });
         let http_host = http_endpoint.as_ref().and_then(host_with_port);
         let shared = shared::parse(args, http_host.as_deref(), &mut errors);
+        let channel_policy =
+            args.channel_policy
+                .as_ref()
+                .and_then(|path| match crate::policy::Policy::load(path) {
+                    Ok(p) => Some((path.clone(), std::sync::Arc::new(p))),
+                    Err(e) => {
+                        errors.push(format!("--channel-policy {}: {e}", path.display()));
+                        None
+                    }
+                });
         let cluster = cluster::parse(args, &mut errors);
         match (
             errors.is_empty(),
@@ -326,6 +338,7 @@ impl Config {
                 send_timeout: Duration::from_secs(args.send_timeout),
                 public_https,
                 shared,
+                channel_policy,
                 cluster,
                 limits: Limits {
                     max_connections: args.max_connections,

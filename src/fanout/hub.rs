@@ -66,6 +66,11 @@ impl MemberKey {
     pub fn number(&self) -> u64 {
         self.member
     }
+
+    /// The shared channel joined (canonical path).
+    pub fn channel(&self) -> &str {
+        &self.key
+    }
 }
 
 impl Hub {

@@ -160,8 +160,7 @@ fn switch_protocols(
         registration: authenticated.registration,
         state: state.clone(),
         auth,
-        expires_at: authenticated.claims.exp,
-        issued_at: authenticated.claims.iat,
+        claims: authenticated.claims,
         session: authenticated.session,
     };
     let mut relay = Relay::new(upstream, ctx);

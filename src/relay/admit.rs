@@ -1,17 +1,54 @@
 //! What the relay decides about a browser frame before anything goes
-//! upstream: the per-connection limits and bookkeeping ([`Connection::admit`])
-//! and the routing of shared-channel subscriptions to the hub
-//! ([`Connection::route_shared`]), which are answered here and never
-//! forwarded as they are.
+//! upstream: the channel policy ([`Connection::permitted`], first, so a
+//! shared channel is no way around it), the per-connection limits and
+//! bookkeeping ([`Connection::admit`]) and the routing of shared-channel
+//! subscriptions to the hub ([`Connection::route_shared`]), which are
+//! answered here and never forwarded as they are.
 
 use super::membership::Membership;
 use super::pump::Connection;
 use super::subscriptions::Refusal;
 use crate::fanout::Delivery;
-use crate::protocol::{error_frame, error_type};
+use crate::policy::Op;
+use crate::protocol::{error_frame, error_type, Channel};
 use crate::rewrite::FrameKind;
 
+/// What a browser is told when the channel policy denies it: AppSync's
+/// own error type for an operation it may not make.
+pub(super) const POLICY_DENIED: &str = "Not authorized by the channel policy";
+
 impl Connection {
+    /// The channel policy's answer to a subscribe or publish (`--channel-policy`):
+    /// `None` when it may go on, the refusal for the browser otherwise.
+    /// Decided on the claims of the token in use now (replaced at renewal).
+    pub(super) fn permitted(&self, kind: &FrameKind) -> Option<String> {
+        let (op, id, raw, reply) = match kind {
+            FrameKind::Subscribe { id, channel } => (Op::Subscribe, id, channel, "subscribe_error"),
+            FrameKind::Publish { id, channel } => (Op::Publish, id, channel, "publish_error"),
+            _ => return None,
+        };
+        // `prepare_client_frame` parsed it already; a channel that no longer
+        // parses is denied, never waved through.
+        self.state.live_policy()?;
+        let decision = match Channel::parse(raw, op == Op::Subscribe) {
+            Ok(channel) => self
+                .state
+                .policy_decision(op, &channel, &self.token.claims)?,
+            Err(_) => crate::policy::Decision::Denied,
+        };
+        if decision.is_permitted() {
+            return None;
+        }
+        // Per frame, so debug: `policy_decisions_total` is what to watch.
+        tracing::debug!(op = op.name(), result = "denied", "channel policy");
+        Some(error_frame(
+            reply,
+            Some(id),
+            error_type::UNAUTHORIZED,
+            POLICY_DENIED,
+        ))
+    }
+
     /// Bookkeeping and limits for a frame about to go upstream. Returns a
     /// local reply instead when the frame must not go.
     pub(super) fn admit(&mut self, kind: &FrameKind) -> Option<String> {
@@ -39,7 +76,7 @@ impl Connection {
                 }
             }
             FrameKind::Unsubscribe { id } => self.subs.remove(id),
-            FrameKind::Publish { id } => {
+            FrameKind::Publish { id, .. } => {
                 if let Some(bucket) = &mut self.publish_bucket {
                     if !bucket.try_take() {
                         self.limit_hit("publish_rate");
@@ -62,6 +99,48 @@ impl Connection {
             }
         }
         None
+    }
+
+    /// Once the claims changed (a renewal): every subscription the policy
+    /// no longer allows ends. A subscription of its own is unsubscribed
+    /// upstream and its events dropped until AppSync confirms; a shared one
+    /// leaves the channel; the browser gets `subscribe_error`
+    /// (`UnauthorizedException`) for the id.
+    pub(super) fn revoke_denied(&mut self) {
+        if self.state.live_policy().is_none() {
+            return;
+        }
+        let claims = self.token.claims.clone();
+        let denied = |raw: &str| match Channel::parse(raw, true) {
+            Ok(channel) => !self
+                .state
+                .policy_decision(Op::Subscribe, &channel, &claims)
+                .is_none_or(|d| d.is_permitted()),
+            Err(_) => true,
+        };
+        let mut ended: Vec<String> = self
+            .subs
+            .channels()
+            .filter(|(_, ch)| denied(ch))
+            .map(|(id, _)| id.to_string())
+            .collect();
+        ended.retain(|id| self.subs.revoke(id));
+        if let Some(m) = &mut self.shared {
+            let shared: Vec<String> = m
+                .joined()
+                .filter(|(_, ch)| denied(ch))
+                .map(|(id, _)| id.to_string())
+                .collect();
+            ended.extend(shared.into_iter().filter(|id| m.revoke(id)));
+        }
+        for id in ended {
+            self.replies.push_back(error_frame(
+                "subscribe_error",
+                Some(&id),
+                error_type::UNAUTHORIZED,
+                POLICY_DENIED,
+            ));
+        }
     }
 
     pub(super) fn limit_hit(&self, limit: &str) {

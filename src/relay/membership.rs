@@ -91,6 +91,25 @@ impl Membership {
         self.joined.keys().cloned().chain(probes).collect()
     }
 
+    /// The joined shared subscriptions: browser id and channel.
+    pub fn joined(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.joined
+            .iter()
+            .map(|(id, member)| (id.as_str(), member.channel()))
+    }
+
+    /// Leaves the shared subscription `id` (the channel policy no longer
+    /// allows it): no further event of it reaches this browser.
+    pub fn revoke(&mut self, id: &str) -> bool {
+        match self.joined.remove(id) {
+            Some(member) => {
+                self.hub.leave(&member);
+                true
+            }
+            None => false,
+        }
+    }
+
     pub fn uses(&self, id: &str) -> bool {
         self.joined.contains_key(id)
             || self.probes.values().any(|p| p.id == id)

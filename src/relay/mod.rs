@@ -31,6 +31,7 @@ use crate::session::Registration;
 use crate::sessions::SessionState;
 use crate::state::RelayState;
 use crate::upstream::UpstreamSocket;
+use crate::verify::Claims;
 use crate::ws::WsSocket;
 use close::{close_legs, Ending};
 use counters::Stats;
@@ -59,9 +60,9 @@ pub struct ConnectionContext {
     pub registration: Option<Registration>,
     /// The token (and AppSync host) upstream was opened with.
     pub auth: UpstreamAuth,
-    /// `exp` and `iat` of that token.
-    pub expires_at: u64,
-    pub issued_at: Option<u64>,
+    /// The claims of that token (its `exp` and `iat`; the channel policy
+    /// reads the rest).
+    pub claims: Arc<Claims>,
     pub session: SessionState,
 }
 
@@ -85,8 +86,7 @@ impl Relay {
     pub fn new(upstream: UpstreamSocket, ctx: ConnectionContext) -> Relay {
         let token = TokenState::new(
             ctx.auth,
-            ctx.expires_at,
-            ctx.issued_at,
+            ctx.claims,
             ctx.session,
             ctx.state.sessions().refresh_before(),
         );

@@ -163,6 +163,10 @@ impl Connection {
                         }
                         Prepared::Forward { kind, body } => (kind, body),
                     };
+                    if let Some(reply) = self.permitted(&kind) {
+                        self.replies.push_back(reply);
+                        continue;
+                    }
                     if let Some(reply) = self.route_shared(&kind) {
                         self.replies.extend(reply);
                         continue;
@@ -177,7 +181,7 @@ impl Connection {
                     // What AppSync would get (one copy of the events, where
                     // Amplify sent two), measured: too large is answered,
                     // not a reason to close the socket.
-                    if let FrameKind::Publish { id } = &kind {
+                    if let FrameKind::Publish { id, .. } = &kind {
                         if text.len() > self.state.config().max_message_bytes {
                             self.replies.push_back(crate::protocol::error_frame(
                                 "publish_error",
@@ -322,7 +326,11 @@ impl Connection {
                 }
             }
             if !self.to_upstream.is_busy() {
-                if let Some(frame) = self.shared.as_mut().and_then(|m| m.next_upstream()) {
+                let owed = match self.subs.next_upstream() {
+                    Some(frame) => Some(frame),
+                    None => self.shared.as_mut().and_then(|m| m.next_upstream()),
+                };
+                if let Some(frame) = owed {
                     self.to_upstream.put(Message::Text(frame.into()));
                 }
             }
@@ -404,6 +412,8 @@ impl Connection {
             if let Some(m) = &self.shared {
                 m.set_auth(&self.token.auth);
             }
+            // The claims may have changed (a group removed).
+            self.revoke_denied();
         }
         Ok(())
     }

@@ -17,7 +17,7 @@
 
 use crate::protocol::{error_frame, error_type, CONNECTION_TIMEOUT_MS};
 use crate::rewrite::{subscribe_frame, UpstreamAuth};
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 /// Publishes awaiting their answer, at most; beyond it new ones are refused
 /// locally (an upstream that never answers cannot grow the relay's memory).
@@ -65,6 +65,12 @@ pub struct Subscriptions {
     init_acked: bool,
     publishes: HashSet<String>,
     unsubscribes: HashSet<String>,
+    /// Subscriptions the channel policy no longer allows: unsubscribed
+    /// upstream; until AppSync answers that, their events and answers are
+    /// dropped and their ids stay taken.
+    revoked: HashSet<String>,
+    /// Frames owed to upstream (those unsubscribes), for its write slot.
+    outbox: VecDeque<String>,
 }
 
 /// What an upstream frame means for the bookkeeping.
@@ -104,7 +110,7 @@ impl Subscriptions {
 
     /// Records a subscribe about to go upstream, unless it must be refused.
     pub fn add(&mut self, id: &str, channel: &str, max: usize) -> Result<(), Refusal> {
-        if self.active.contains_key(id) {
+        if self.active.contains_key(id) || self.revoked.contains(id) {
             return Err(Refusal::DuplicateId);
         }
         if self.active.len() >= max {
@@ -126,6 +132,32 @@ impl Subscriptions {
         self.unsubscribes.insert(id.to_string());
     }
 
+    /// Every active subscription: id and channel as subscribed.
+    pub fn channels(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.active
+            .iter()
+            .map(|(id, sub)| (id.as_str(), sub.channel.as_str()))
+    }
+
+    /// Ends subscription `id` on the relay's side (the channel policy no
+    /// longer allows it): an unsubscribe is owed upstream, and nothing of
+    /// it reaches the browser from now on.
+    pub fn revoke(&mut self, id: &str) -> bool {
+        if self.active.remove(id).is_none() {
+            return false;
+        }
+        self.replaying.remove(id);
+        self.revoked.insert(id.to_string());
+        self.outbox
+            .push_back(serde_json::json!({"type": "unsubscribe", "id": id}).to_string());
+        true
+    }
+
+    /// The next frame owed upstream.
+    pub fn next_upstream(&mut self) -> Option<String> {
+        self.outbox.pop_front()
+    }
+
     /// Records a publish about to go upstream, unless too many are unanswered.
     pub fn publish(&mut self, id: &str) -> Result<(), Refusal> {
         if self.publishes.len() >= MAX_IN_FLIGHT_PUBLISHES && !self.publishes.contains(id) {
@@ -138,6 +170,9 @@ impl Subscriptions {
     /// Bookkeeping for an upstream frame of type `label`; returns whether the
     /// browser must not see it (the second acknowledgement of a replay).
     pub fn on_upstream(&mut self, label: &str, text: &str) -> bool {
+        if !self.revoked.is_empty() && self.of_revoked(label, text) {
+            return true;
+        }
         match label {
             "connection_ack" => {
                 self.init_acked = true;
@@ -173,10 +208,31 @@ impl Subscriptions {
         }
     }
 
+    /// Whether an upstream frame belongs to a revoked subscription (and is
+    /// dropped); its unsubscribe's answer frees the id. Parsed only while
+    /// a revocation is pending.
+    fn of_revoked(&mut self, label: &str, text: &str) -> bool {
+        let done = matches!(label, "unsubscribe_success" | "unsubscribe_error");
+        if !done && !matches!(label, "data" | "subscribe_success" | "subscribe_error") {
+            return false;
+        }
+        let Some(id) = ack_id(text) else {
+            return false;
+        };
+        if done {
+            self.revoked.remove(&id)
+        } else {
+            self.revoked.contains(&id)
+        }
+    }
+
     /// Subscribe frames that re-create every active subscription on a new
-    /// upstream; the acknowledged ones are marked as replaying.
+    /// upstream; the acknowledged ones are marked as replaying. (Revoked
+    /// ones are not replayed: the new upstream never had them.)
     pub fn replay_frames(&mut self, auth: &UpstreamAuth) -> Vec<String> {
         self.replaying.clear();
+        self.revoked.clear();
+        self.outbox.clear();
         self.active
             .iter()
             .map(|(id, sub)| {
@@ -219,6 +275,42 @@ impl Subscriptions {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_revoked_subscription_sends_nothing_more_and_frees_its_id_when_appsync_confirms() {
+        let mut subs = Subscriptions::default();
+        subs.add("red", "/ns/teams/red/*", 10).unwrap();
+        subs.add("blue", "/ns/teams/blue/x", 10).unwrap();
+        assert!(subs.revoke("red"));
+        assert!(!subs.revoke("red"), "once");
+        assert_eq!(
+            subs.next_upstream().as_deref(),
+            Some(r#"{"id":"red","type":"unsubscribe"}"#)
+        );
+        assert_eq!(subs.next_upstream(), None);
+        assert_eq!(subs.channels().count(), 1);
+        let data = |id: &str| format!(r#"{{"type":"data","id":"{id}","event":"{{}}"}}"#);
+        assert!(
+            subs.on_upstream("data", &data("red")),
+            "red's event dropped"
+        );
+        assert!(!subs.on_upstream("data", &data("blue")), "blue's passes");
+        // A late acknowledgement of red's subscribe is not the browser's
+        // either (it was told subscribe_error).
+        let ack = r#"{"type":"subscribe_success","id":"red"}"#;
+        assert!(subs.on_upstream("subscribe_success", ack));
+        assert_eq!(subs.add("red", "/ns/x", 10), Err(Refusal::DuplicateId));
+        let done = r#"{"type":"unsubscribe_success","id":"red"}"#;
+        assert!(subs.on_upstream("unsubscribe_success", done), "swallowed");
+        assert!(!subs.on_upstream("data", &data("red")), "no longer special");
+        subs.add("red", "/ns/x", 10).unwrap();
+        // Not replayed after a re-dial.
+        subs.revoke("blue");
+        let frames = subs.replay_frames(&UpstreamAuth::new("T", "h"));
+        assert_eq!(frames.len(), 1);
+        assert!(frames[0].contains("/ns/x"));
+        assert_eq!(subs.next_upstream(), None);
+    }
 
     #[test]
     fn replayed_acks_are_swallowed_once_and_errors_forget_the_id() {

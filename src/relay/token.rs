@@ -14,7 +14,8 @@ use crate::refresh::RefreshError;
 use crate::rewrite::UpstreamAuth;
 use crate::session::TokenSet;
 use crate::sessions::{RenewError, SessionState, Sessions};
-use crate::verify::token_hash;
+use crate::verify::{token_hash, Claims};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -28,6 +29,9 @@ pub struct TokenState {
     pub auth: UpstreamAuth,
     /// `exp` of that token.
     pub expires_at: u64,
+    /// The claims of that token, which the channel policy decides on;
+    /// replaced at each renewal (a group removed since is removed here).
+    pub claims: Arc<Claims>,
     /// Next renewal (or retry).
     pub due: Instant,
     session: SessionState,
@@ -45,16 +49,16 @@ const MAX_BROWSER_KEYS: usize = 32;
 impl TokenState {
     pub fn new(
         auth: UpstreamAuth,
-        expires_at: u64,
-        issued_at: Option<u64>,
+        claims: Arc<Claims>,
         session: SessionState,
         refresh_before: Duration,
     ) -> TokenState {
         TokenState {
             browser_keys: session.browser_refresh.into_iter().collect(),
-            due: instant_at(refresh_due_at(expires_at, issued_at, refresh_before)),
+            due: instant_at(refresh_due_at(claims.exp, claims.iat, refresh_before)),
             auth,
-            expires_at,
+            expires_at: claims.exp,
+            claims,
             session,
             failures: 0,
         }
@@ -114,6 +118,7 @@ impl TokenState {
         self.failures = 0;
         self.auth = UpstreamAuth::new(renewed.token, self.auth.host());
         self.expires_at = renewed.claims.exp;
+        self.claims = renewed.claims.clone();
         self.due = instant_at(refresh_due_at(
             renewed.claims.exp,
             renewed.claims.iat,

@@ -2,7 +2,7 @@
 //! forwards. Cognito tokens carry more claims; they are ignored.
 
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 /// Which Cognito token the relay forwards and therefore verifies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -52,6 +52,40 @@ pub struct Claims {
     /// The authentication event the token descends from.
     #[serde(default)]
     pub event_id: Option<String>,
+    /// Every other claim (`cognito:groups`, `scope`, what a
+    /// pre-token-generation trigger adds, `custom:*` in ID tokens), for the
+    /// channel policy. Kept per verified token (in the verifier's cache),
+    /// not per socket.
+    #[serde(flatten)]
+    other: Map<String, Value>,
+}
+
+/// A claim's value as a channel policy reads it: one string, the string
+/// elements of an array, or nothing (absent, a number, an object…).
+#[derive(Debug, Clone, Copy)]
+pub enum ClaimRef<'a> {
+    Absent,
+    One(&'a str),
+    Many(&'a [Value]),
+}
+
+impl<'a> ClaimRef<'a> {
+    /// Every string the claim holds (an array's non-string elements are
+    /// skipped, never stringified).
+    pub fn strings(self) -> impl Iterator<Item = &'a str> {
+        let (one, many): (Option<&'a str>, &'a [Value]) = match self {
+            ClaimRef::Absent => (None, &[]),
+            ClaimRef::One(s) => (Some(s), &[]),
+            ClaimRef::Many(values) => (None, values),
+        };
+        one.into_iter().chain(many.iter().filter_map(Value::as_str))
+    }
+
+    /// Equal to `wanted` (a string claim) or holding it as one element (an
+    /// array claim): never a substring.
+    pub fn holds(self, wanted: &str) -> bool {
+        self.strings().any(|s| s == wanted)
+    }
 }
 
 impl Claims {
@@ -59,5 +93,32 @@ impl Claims {
         self.username
             .as_deref()
             .or(self.cognito_username.as_deref())
+    }
+
+    /// The claim called `name`, as the token carries it.
+    pub fn claim(&self, name: &str) -> ClaimRef<'_> {
+        let known = match name {
+            "sub" => Some(self.sub.as_str()),
+            "iss" => Some(self.iss.as_str()),
+            "token_use" => self.token_use.as_deref(),
+            "client_id" => self.client_id.as_deref(),
+            "username" => self.username.as_deref(),
+            "cognito:username" => self.cognito_username.as_deref(),
+            "origin_jti" => self.origin_jti.as_deref(),
+            "event_id" => self.event_id.as_deref(),
+            "aud" => return value_ref(self.aud.as_ref()),
+            // Numbers: never a channel segment nor a group.
+            "exp" | "nbf" | "iat" | "auth_time" => return ClaimRef::Absent,
+            _ => return value_ref(self.other.get(name)),
+        };
+        known.map_or(ClaimRef::Absent, ClaimRef::One)
+    }
+}
+
+fn value_ref(value: Option<&Value>) -> ClaimRef<'_> {
+    match value {
+        Some(Value::String(s)) => ClaimRef::One(s),
+        Some(Value::Array(values)) => ClaimRef::Many(values),
+        _ => ClaimRef::Absent,
     }
 }

@@ -21,7 +21,7 @@ mod error;
 mod jose;
 mod jwks;
 
-pub use claims::{Claims, TokenUse};
+pub use claims::{ClaimRef, Claims, TokenUse};
 pub use error::VerifyError;
 pub use jose::{unverified_claims, unverified_sub, unverified_times, MAX_TOKEN_BYTES};
 pub use jwks::{parse as parse_jwks, JwksError};

@@ -54,6 +54,9 @@ pub struct Shared {
     pub answer_as_sub: Mutex<Option<String>>,
     /// Issue tokens as if this many seconds ago (so they are due at once).
     pub issued_ago: AtomicU64,
+    /// `cognito:groups` of every access token issued from now on (none:
+    /// no such claim).
+    pub groups: Mutex<Option<Value>>,
 }
 
 pub struct FakeCognito {
@@ -75,8 +78,15 @@ pub struct Session {
     pub refresh: String,
 }
 
-fn mint(issuer: &str, username: &str, lifetime: u64, ago: u64, jti: &str) -> (String, String) {
-    mint_as(issuer, username, lifetime, None, ago, jti)
+fn mint(
+    issuer: &str,
+    username: &str,
+    lifetime: u64,
+    ago: u64,
+    jti: &str,
+    groups: Option<Value>,
+) -> (String, String) {
+    mint_as(issuer, username, lifetime, None, ago, jti, groups)
 }
 
 fn mint_as(
@@ -86,9 +96,13 @@ fn mint_as(
     sub: Option<&str>,
     ago: u64,
     origin_jti: &str,
+    groups: Option<Value>,
 ) -> (String, String) {
     let now = now() - ago;
     let mut access = access_claims(issuer);
+    if let Some(groups) = groups {
+        access["cognito:groups"] = groups;
+    }
     if let Some(sub) = sub {
         access["sub"] = json!(sub);
     }
@@ -220,6 +234,7 @@ impl Shared {
             impostor.as_deref(),
             ago,
             &jti,
+            self.groups.lock().unwrap().clone(),
         );
         let mut result = json!({"AccessToken": access, "IdToken": id, "ExpiresIn": lifetime, "TokenType": "Bearer"});
         if action == "GetTokensFromRefreshToken" && self.rotate.load(Ordering::SeqCst) {
@@ -285,6 +300,7 @@ impl FakeCognito {
             self.token_lifetime.load(Ordering::SeqCst),
             self.issued_ago.load(Ordering::SeqCst),
             &jti,
+            self.groups.lock().unwrap().clone(),
         );
         let refresh = format!("rt-{}", rand::random::<u64>());
         let mut inner = self.inner.lock().unwrap();
