@@ -13,7 +13,7 @@
 
 use crate::error::RelayError;
 use crate::gate::{Gate, Refused, Route};
-use crate::policy::{Decision, Op};
+use crate::policy::Op;
 use crate::protocol::Channel;
 use crate::response::{full, Body};
 use crate::state::RelayState;
@@ -92,9 +92,10 @@ async fn publish(
     };
     // An end said while the body arrived: nothing is published for it.
     Gate::still_live(&authenticated)?;
-    if !policy_permits(state, &body, &authenticated.claims) {
-        return Err(with_cookies(RelayError::ChannelPolicy));
-    }
+    let body = match decided_body(state, body, &authenticated.claims) {
+        Some(body) => body,
+        None => return Err(with_cookies(RelayError::ChannelPolicy)),
+    };
 
     let upstream_req = Request::post(config.http_endpoint.as_str())
         .header(CONTENT_TYPE, content_type)
@@ -135,31 +136,39 @@ async fn publish(
     Ok(resp)
 }
 
-/// Whether the channel policy (if any) lets this user publish `body`. The
-/// body is read as AppSync reads it, strictly: duplicate keys are refused,
-/// so a body cannot show the relay one channel and AppSync another; a body
-/// without one readable channel is denied, never waved through.
-fn policy_permits(state: &RelayState, body: &[u8], claims: &Claims) -> bool {
+/// The body to send AppSync: as the browser sent it without a channel
+/// policy; with one, `None` unless the user may publish on its channel,
+/// and then rebuilt from what was decided on (`channel` and `events`
+/// only), so AppSync cannot read another channel than the relay did (a
+/// `"Channel"` key beside `"channel"`, say). The body is read strictly:
+/// duplicate keys are refused; a body without one readable channel is
+/// denied, never waved through.
+fn decided_body(state: &RelayState, body: Bytes, claims: &Claims) -> Option<Bytes> {
     if state.live_policy().is_none() {
-        return true;
+        return Some(body);
     }
-    let channel = std::str::from_utf8(body)
+    let parsed = std::str::from_utf8(&body)
         .ok()
-        .and_then(|text| crate::strict_json::parse(text).ok())
-        .and_then(|v| match v.get("channel") {
-            Some(serde_json::Value::String(c)) => Channel::parse(c, false).ok(),
-            _ => None,
-        });
-    let decision = match channel {
-        Some(channel) => state.policy_decision(Op::Publish, &channel, claims),
-        None => {
-            state
-                .metrics()
-                .policy_decisions
-                .with_label_values(&["publish", "denied"])
-                .inc();
-            Some(Decision::Denied)
-        }
+        .and_then(|text| crate::strict_json::parse(text).ok());
+    let channel = parsed.as_ref().and_then(|v| match v.get("channel") {
+        Some(serde_json::Value::String(c)) => Channel::parse(c, false).ok(),
+        _ => None,
+    });
+    let Some(channel) = channel else {
+        state
+            .metrics()
+            .policy_decisions
+            .with_label_values(&["publish", "denied"])
+            .inc();
+        return None;
     };
-    decision.is_none_or(Decision::is_permitted)
+    let permitted = state
+        .policy_decision(Op::Publish, &channel, claims)
+        .is_some_and(|d| d.is_permitted());
+    if !permitted {
+        return None;
+    }
+    let events = parsed.as_ref().and_then(|v| v.get("events")).cloned();
+    let rebuilt = serde_json::json!({"channel": channel.path(), "events": events});
+    Some(Bytes::from(rebuilt.to_string()))
 }

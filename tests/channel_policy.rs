@@ -358,6 +358,121 @@ async fn a_renewal_that_drops_a_group_ends_that_groups_subscriptions() {
     assert_unauthorized(&recv_json(&mut ws).await, "subscribe_error", "red");
 }
 
+#[tokio::test]
+async fn a_redial_that_renews_decides_the_replayed_subscriptions_again() {
+    let p = start().await;
+    let s = &p.stack;
+    *s.cognito.groups.lock().unwrap() = Some(json!(["red", "blue"]));
+    let signed_in = s.cognito.sign_in(USERNAME);
+    let mut ws = browser(s, &session_cookies(&signed_in)).await;
+    for (id, channel) in [("red", "/ns/teams/red/*"), ("blue", "/ns/teams/blue/chat")] {
+        send_json(&mut ws, amplify_subscribe(id, channel)).await;
+        assert_eq!(
+            recv_json(&mut ws).await,
+            json!({"type": "subscribe_success", "id": id})
+        );
+    }
+    // Red is taken away; AppSync then refuses the token in use and the
+    // upstream drops: the re-dial renews (the token is hours from due).
+    *s.cognito.groups.lock().unwrap() = Some(json!(["blue"]));
+    s.emulator.revoke_credential(&signed_in.access);
+    s.emulator.abort_all();
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(10), recv_json(&mut ws))
+        .await
+        .expect("no subscribe_error after the re-dial");
+    assert_unauthorized(&ended, "subscribe_error", "red");
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    while s.emulator.subscription_count() != 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "red still subscribed upstream"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(s.cognito.calls("GetTokensFromRefreshToken"), 1);
+}
+
+/// An HTTP endpoint that records each body and answers `{}`.
+async fn capture() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    use http_body_util::BodyExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = bodies.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let seen = seen.clone();
+                        async move {
+                            let body = req.into_body().collect().await.unwrap().to_bytes();
+                            seen.lock()
+                                .unwrap()
+                                .push(String::from_utf8_lossy(&body).into_owned());
+                            Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                                http_body_util::Full::new(bytes::Bytes::from_static(b"{}")),
+                            ))
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, bodies)
+}
+
+#[tokio::test]
+async fn an_http_publish_is_forwarded_as_decided_not_as_sent() {
+    let (addr, bodies) = capture().await;
+    let jwks = JwksServer::start(json!({"keys": [signing_key().jwk()]})).await;
+    let dir = Dir::new();
+    let path = dir.path().join("policy.toml");
+    std::fs::write(&path, POLICY).unwrap();
+    let relay = start_relay(relay_config(
+        &format!("http://{addr}/event"),
+        &jwks,
+        &["--channel-policy", path.to_str().unwrap()],
+    ))
+    .await;
+    let cookie = amplify_cookies(
+        Some(&sign(&access_claims(&jwks.issuer()), signing_key())),
+        None,
+    );
+    // Another spelling of the owner's channel, a case variant naming a
+    // channel the user may not publish on, and a field AppSync might read.
+    let sent = format!(
+        r#"{{"channel":"ns/users/{ALICE}/","Channel":"/default/news","extra":{{"channel":"/default/x"}},"events":["{{\"n\":1}}"]}}"#
+    );
+    let (status, _, body) = http(
+        relay.public_addr,
+        "POST",
+        "/event",
+        &[
+            ("origin", ORIGIN),
+            ("cookie", &cookie),
+            ("content-type", "application/json"),
+        ],
+        &sent,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let got = bodies.lock().unwrap().clone();
+    assert_eq!(got.len(), 1, "{got:?}");
+    let forwarded: Value = serde_json::from_str(&got[0]).unwrap();
+    assert_eq!(
+        forwarded,
+        json!({"channel": format!("/ns/users/{ALICE}"), "events": ["{\"n\":1}"]})
+    );
+}
+
 #[test]
 fn a_broken_policy_is_a_start_up_error_that_names_the_rule() {
     let dir = Dir::new();

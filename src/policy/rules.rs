@@ -48,7 +48,8 @@ pub struct Rule {
 }
 
 impl Rule {
-    pub(super) fn allows(&self, op: Op) -> bool {
+    /// Whether the rule lists `op`.
+    pub fn allows(&self, op: Op) -> bool {
         match op {
             Op::Subscribe => self.subscribe,
             Op::Publish => self.publish,
@@ -59,6 +60,12 @@ impl Rule {
         self.when
             .iter()
             .all(|(name, wanted)| claims.claim(name).holds(wanted))
+    }
+
+    /// The `when` conditions: claim name and the value it must equal or
+    /// hold.
+    pub fn conditions(&self) -> &[(String, String)] {
+        &self.when
     }
 
     /// The rule's patterns as written (for `check`).

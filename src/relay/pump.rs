@@ -421,6 +421,7 @@ impl Connection {
     /// A new upstream, with everything replayed; whatever was in flight on
     /// the old one gets its answer (see [`super::subscriptions`]).
     async fn redial(&mut self, cause: Ending) -> Result<(), Ending> {
+        let claims = self.token.claims.clone();
         let socket = redial(
             &self.state,
             &mut self.token,
@@ -437,6 +438,12 @@ impl Connection {
             m.resend_probes(&self.token.auth);
         }
         self.replies.extend(self.subs.answers_after_redial());
+        if !Arc::ptr_eq(&claims, &self.token.claims) {
+            // The re-dial renewed the token and replayed what the browser
+            // held: decide again on the new claims. A denied replay's
+            // events are dropped from here, and it is unsubscribed.
+            self.revoke_denied();
+        }
         Ok(())
     }
 }

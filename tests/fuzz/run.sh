@@ -17,7 +17,7 @@ secs="${1:-20}"
 case "$secs" in ''|*[!0-9]*) echo "usage: $0 [SECONDS_PER_TARGET]" >&2; exit 2 ;; esac
 CARGO_FUZZ_VERSION=0.13.2
 sanitizer="${FUZZ_SANITIZER:-address}"
-targets=(${FUZZ_TARGETS:-cookie_session client_frame jwt_header emulator_message splice_id ws_frames})
+targets=(${FUZZ_TARGETS:-cookie_session client_frame jwt_header emulator_message splice_id ws_frames channel_policy})
 export RUSTC_BOOTSTRAP=1
 export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 
