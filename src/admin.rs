@@ -182,3 +182,67 @@ pub async fn load_jwks(state: Arc<RelayState>) {
         delay = (delay * 2).min(Duration::from_secs(30));
     }
 }
+
+/// How often the channel policy file is read for changes.
+pub const POLICY_RELOAD_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Watches `--channel-policy`'s file: a changed, valid file replaces the
+/// policy (open connections then decide their subscriptions again); a
+/// broken one is logged once per content and the previous policy stays.
+/// The file is compared by content, so a Kubernetes ConfigMap's symlink
+/// swap and a same-second edit are both seen.
+pub async fn watch_channel_policy(state: Arc<RelayState>) {
+    let (Some(live), Some((path, _))) = (state.live_policy(), &state.config().channel_policy)
+    else {
+        return;
+    };
+    let read =
+        |p: std::path::PathBuf| tokio::task::spawn_blocking(move || crate::policy::read_file(&p));
+    let mut seen = read(path.clone()).await.ok().and_then(Result::ok);
+    loop {
+        tokio::select! {
+            _ = state.draining().cancelled() => return,
+            _ = tokio::time::sleep(POLICY_RELOAD_INTERVAL) => {}
+        }
+        let now = match read(path.clone()).await {
+            Ok(Ok(text)) => text,
+            Ok(Err(e)) => {
+                if seen.take().is_some() {
+                    state
+                        .metrics()
+                        .policy_reloads
+                        .with_label_values(&["error"])
+                        .inc();
+                    tracing::warn!(file = %path.display(), error = %e, "channel policy unreadable; keeping the previous policy");
+                }
+                continue;
+            }
+            Err(_) => continue,
+        };
+        if seen.as_deref() == Some(now.as_str()) {
+            continue;
+        }
+        let parsed = crate::policy::Policy::from_toml(&now);
+        seen = Some(now);
+        match parsed {
+            Ok(policy) => {
+                let rules = policy.rules().len();
+                live.replace(policy);
+                state
+                    .metrics()
+                    .policy_reloads
+                    .with_label_values(&["ok"])
+                    .inc();
+                tracing::info!(file = %path.display(), rules, "channel policy reloaded");
+            }
+            Err(e) => {
+                state
+                    .metrics()
+                    .policy_reloads
+                    .with_label_values(&["error"])
+                    .inc();
+                tracing::warn!(file = %path.display(), error = %e, "channel policy changed but is not valid; keeping the previous policy");
+            }
+        }
+    }
+}

@@ -49,6 +49,9 @@ pub struct Metrics {
     /// Channel policy decisions (`--channel-policy`), by operation
     /// (`subscribe`, `publish`) and result (`permitted`, `denied`).
     pub policy_decisions: IntCounterVec,
+    /// Channel policy file changes, by result (`ok`, `error`: the previous
+    /// policy stays).
+    pub policy_reloads: IntCounterVec,
     /// Shared channels (`--shared-channel`) with an upstream subscription.
     pub shared_subscriptions_active: IntGauge,
     /// Browsers on a shared subscription, observed at each upstream event.
@@ -265,6 +268,12 @@ impl Metrics {
                 "Channel policy decisions by operation and result",
                 &["op", "result"],
             ),
+            policy_reloads: counter(
+                &registry,
+                "policy_reloads_total",
+                "Channel policy file changes by result",
+                &["result"],
+            ),
             registry,
         };
         metrics.zero_known_series();
@@ -295,6 +304,7 @@ impl Metrics {
         zero(&self.jwks_fetches, &[&["ok"], &["error"]]);
         zero(&self.upstream_connects, &[&["ok"]]);
         zero(&self.upstream_redials, &[&["ok"], &["gave_up"]]);
+        zero(&self.policy_reloads, &[&["ok"], &["error"]]);
         for op in ["subscribe", "publish"] {
             for result in ["permitted", "denied"] {
                 self.policy_decisions.with_label_values(&[op, result]);

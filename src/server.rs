@@ -122,6 +122,7 @@ pub fn spawn_with_app(
     let tasks = TaskTracker::new();
     tasks.spawn(admin::load_jwks(state.clone()));
     tasks.spawn(admin::watch_upstream_dns(state.clone()));
+    tasks.spawn(admin::watch_channel_policy(state.clone()));
     tasks.spawn(admin::apply_remote_ends(state.clone()));
     let acceptor = match tls {
         Some((store, acceptor)) => {

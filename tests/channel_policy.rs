@@ -58,7 +58,16 @@ impl Drop for Dir {
 
 struct Policied {
     stack: Stack,
-    _dir: Dir,
+    dir: Dir,
+}
+
+impl Policied {
+    /// Rewrites the policy file (atomically, as a ConfigMap update would).
+    fn write_policy(&self, text: &str) {
+        let tmp = self.dir.path().join("policy.toml.new");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, self.dir.path().join("policy.toml")).unwrap();
+    }
 }
 
 async fn start() -> Policied {
@@ -73,7 +82,7 @@ async fn start_with_lifetime(lifetime: u64, extra: &[&str]) -> Policied {
     let mut args = vec!["--channel-policy", path.to_str().unwrap()];
     args.extend_from_slice(extra);
     let stack = Stack::start_with_lifetime(&args, lifetime).await;
-    Policied { stack, _dir: dir }
+    Policied { stack, dir }
 }
 
 /// The cookies of a sign-in at the fake Cognito (so the relay can renew).
@@ -470,6 +479,84 @@ async fn an_http_publish_is_forwarded_as_decided_not_as_sent() {
     assert_eq!(
         forwarded,
         json!({"channel": format!("/ns/users/{ALICE}"), "events": ["{\"n\":1}"]})
+    );
+}
+
+#[tokio::test]
+async fn a_reloaded_policy_applies_to_open_subscriptions_and_a_broken_one_is_ignored() {
+    let p = start().await;
+    let s = &p.stack;
+    let mut ws = browser(s, &cookies(s, None)).await;
+    send_json(&mut ws, amplify_subscribe("news", "/default/news")).await;
+    assert_eq!(
+        recv_json(&mut ws).await,
+        json!({"type": "subscribe_success", "id": "news"})
+    );
+    let own = format!("/ns/users/{ALICE}/inbox");
+    send_json(&mut ws, amplify_subscribe("mine", &own)).await;
+    assert_eq!(
+        recv_json(&mut ws).await,
+        json!({"type": "subscribe_success", "id": "mine"})
+    );
+
+    // The broadcast rule goes: the open subscription ends within seconds.
+    let without_news = POLICY
+        .split("[[rule]]\nchannels = \"/default/*\"")
+        .next()
+        .unwrap();
+    assert!(!without_news.contains("/default/"), "{without_news}");
+    p.write_policy(without_news);
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(10), recv_json(&mut ws))
+        .await
+        .expect("no subscribe_error within 10 s of the change");
+    assert_unauthorized(&ended, "subscribe_error", "news");
+    send_json(&mut ws, amplify_subscribe("news2", "/default/news")).await;
+    assert_unauthorized(&recv_json(&mut ws).await, "subscribe_error", "news2");
+
+    // A broken file: logged, counted, and the policy in force stays.
+    p.write_policy("[[rule]]\nchannels = \"/default/*\"\nallow = \"everything\"\n");
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !scrape(s)
+        .await
+        .contains(r#"appsync_relay_policy_reloads_total{result="error"} 1"#)
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the broken file was never read"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    send_json(&mut ws, amplify_subscribe("news3", "/default/news")).await;
+    assert_unauthorized(&recv_json(&mut ws).await, "subscribe_error", "news3");
+    send_json(
+        &mut ws,
+        amplify_subscribe("mine2", &format!("/ns/users/{ALICE}/x")),
+    )
+    .await;
+    assert_eq!(
+        recv_json(&mut ws).await,
+        json!({"type": "subscribe_success", "id": "mine2"})
+    );
+
+    // A valid file again: the broadcasts are back for new subscriptions.
+    p.write_policy(POLICY);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        send_json(&mut ws, amplify_subscribe("news4", "/default/news")).await;
+        let answer = recv_json(&mut ws).await;
+        if answer["type"] == "subscribe_success" {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never reloaded: {answer}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let metrics = scrape(s).await;
+    assert!(
+        metrics.contains(r#"appsync_relay_policy_reloads_total{result="ok"} 2"#),
+        "{metrics}"
     );
 }
 

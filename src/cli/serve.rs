@@ -308,7 +308,7 @@ pub struct ServeArgs {
     /// File holding an AppSync API key for the relay's own shared-channel connections (the API must allow API-key auth). Without it they use the token of a browser on the channel. Users are still checked with their own tokens.
     #[arg(long, env = "APPSYNC_RELAY_SHARED_API_KEY_FILE")]
     pub shared_api_key_file: Option<std::path::PathBuf>,
-    /// TOML file of channel rules: with it, every subscribe and publish (WebSocket and HTTP) is denied unless a rule allows it for the user's verified claims; nothing denied reaches AppSync. A broken file is a start-up error. See the README, "Channel policy".
+    /// TOML file of channel rules: with it, every subscribe and publish (WebSocket and HTTP) is denied unless a rule allows it for the user's verified claims; nothing denied reaches AppSync. Reloaded when it changes (open subscriptions are decided again; a broken change is logged and the previous policy stays); a broken file at start-up is an error. See the README, "Channel policy".
     #[arg(long, env = "APPSYNC_RELAY_CHANNEL_POLICY")]
     pub channel_policy: Option<std::path::PathBuf>,
     /// Redis shared by the replicas (redis://host:6379 or rediss:// for

@@ -30,7 +30,8 @@ mod tests;
 use crate::protocol::Channel;
 use crate::verify::Claims;
 use std::path::Path;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
+use tokio_util::sync::CancellationToken;
 
 pub use parse::PolicyError;
 pub use rules::{Op, Rule};
@@ -75,20 +76,9 @@ impl Policy {
         })
     }
 
-    /// Reads and parses the file at `path`.
-    /// At most 1 MiB is read: a flag pointed at a device or a huge file
-    /// must not exhaust memory.
+    /// Reads ([`read_file`]) and parses the file at `path`.
     pub fn load(path: &Path) -> Result<Policy, PolicyError> {
-        use std::io::Read as _;
-        let mut bytes = Vec::new();
-        std::fs::File::open(path)
-            .and_then(|f| f.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes))
-            .map_err(|e| PolicyError::Read(e.to_string()))?;
-        if bytes.len() as u64 > MAX_FILE_BYTES {
-            return Err(PolicyError::Read("larger than 1 MiB".into()));
-        }
-        let text = String::from_utf8(bytes).map_err(|_| PolicyError::Read("not UTF-8".into()))?;
-        Policy::from_toml(&text)
+        Policy::from_toml(&read_file(path)?)
     }
 
     pub fn rules(&self) -> &[Rule] {
@@ -126,18 +116,36 @@ impl Policy {
     }
 }
 
+/// A policy file's text: at most 1 MiB is read (a flag pointed at a
+/// device or a huge file must not exhaust memory), and it must be UTF-8.
+pub fn read_file(path: &Path) -> Result<String, PolicyError> {
+    use std::io::Read as _;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes))
+        .map_err(|e| PolicyError::Read(e.to_string()))?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(PolicyError::Read("larger than 1 MiB".into()));
+    }
+    String::from_utf8(bytes).map_err(|_| PolicyError::Read("not UTF-8".into()))
+}
+
 /// The policy in force: read on every subscribe and publish, replaced
 /// whole when the file changes (a reader sees the old or the new policy,
-/// never a mix).
+/// never a mix). Each replacement fires the token [`LivePolicy::changes`]
+/// handed out before it, so open connections decide their subscriptions
+/// again.
 #[derive(Debug)]
 pub struct LivePolicy {
     current: RwLock<Arc<Policy>>,
+    changed: Mutex<CancellationToken>,
 }
 
 impl LivePolicy {
     pub fn new(policy: Arc<Policy>) -> LivePolicy {
         LivePolicy {
             current: RwLock::new(policy),
+            changed: Mutex::new(CancellationToken::new()),
         }
     }
 
@@ -151,8 +159,22 @@ impl LivePolicy {
             .clone()
     }
 
-    /// Puts `policy` in force for every later decision.
+    /// Fires at the next replacement.
+    pub fn changes(&self) -> CancellationToken {
+        self.changed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Puts `policy` in force for every later decision, then tells whoever
+    /// waits on [`LivePolicy::changes`].
     pub fn replace(&self, policy: Policy) {
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(policy);
+        let fired = std::mem::replace(
+            &mut *self.changed.lock().unwrap_or_else(|e| e.into_inner()),
+            CancellationToken::new(),
+        );
+        fired.cancel();
     }
 }

@@ -101,48 +101,6 @@ impl Connection {
         None
     }
 
-    /// Once the claims changed (a renewal): every subscription the policy
-    /// no longer allows ends. A subscription of its own is unsubscribed
-    /// upstream and its events dropped until AppSync confirms; a shared one
-    /// leaves the channel; the browser gets `subscribe_error`
-    /// (`UnauthorizedException`) for the id.
-    pub(super) fn revoke_denied(&mut self) {
-        if self.state.live_policy().is_none() {
-            return;
-        }
-        let claims = self.token.claims.clone();
-        let denied = |raw: &str| match Channel::parse(raw, true) {
-            Ok(channel) => !self
-                .state
-                .policy_decision(Op::Subscribe, &channel, &claims)
-                .is_none_or(|d| d.is_permitted()),
-            Err(_) => true,
-        };
-        let mut ended: Vec<String> = self
-            .subs
-            .channels()
-            .filter(|(_, ch)| denied(ch))
-            .map(|(id, _)| id.to_string())
-            .collect();
-        ended.retain(|id| self.subs.revoke(id));
-        if let Some(m) = &mut self.shared {
-            let shared: Vec<String> = m
-                .joined()
-                .filter(|(_, ch)| denied(ch))
-                .map(|(id, _)| id.to_string())
-                .collect();
-            ended.extend(shared.into_iter().filter(|id| m.revoke(id)));
-        }
-        for id in ended {
-            self.replies.push_back(error_frame(
-                "subscribe_error",
-                Some(&id),
-                error_type::UNAUTHORIZED,
-                POLICY_DENIED,
-            ));
-        }
-    }
-
     pub(super) fn limit_hit(&self, limit: &str) {
         self.state
             .metrics()

@@ -13,7 +13,10 @@
 //! - [`redial`]: a new upstream with everything replayed.
 //! - [`close`]: endings, close codes, the closing handshake.
 //! - [`counters`]: per-connection figures and metric handles.
-//! - `admit`: per-frame limits, and routing shared-channel subscriptions.
+//! - `admit`: the channel policy and per-frame limits for each browser
+//!   frame, and routing shared-channel subscriptions.
+//! - `reauthorise`: renewal, re-dial, and a reloaded policy: the
+//!   subscriptions decided again.
 //! - [`membership`]: this browser's shared-channel subscriptions.
 
 mod admit;
@@ -21,6 +24,7 @@ pub mod close;
 pub mod counters;
 pub mod membership;
 pub mod pump;
+mod reauthorise;
 pub mod redial;
 pub mod slot;
 pub mod subscriptions;

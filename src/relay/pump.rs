@@ -32,7 +32,6 @@
 use super::close::{self, client_error, redialable, Ending};
 use super::counters::{FrameCounters, Stats};
 use super::membership::Membership;
-use super::redial::redial;
 use super::slot::WriteSlot;
 use super::subscriptions::Subscriptions;
 use super::token::TokenState;
@@ -53,6 +52,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, Sleep};
 use tokio_tungstenite::tungstenite::error::Error as WsError;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_util::sync::WaitForCancellationFutureOwned;
 
 /// Local replies (errors for refused frames) that may wait for the
 /// browser's write slot before the browser is no longer read.
@@ -67,6 +67,7 @@ enum Event {
     Timer,
     Shared(Delivery),
     Lagged,
+    PolicyChanged,
 }
 
 /// Everything one relayed connection owns besides the browser's socket.
@@ -75,7 +76,7 @@ pub struct Connection {
     pub(super) token: TokenState,
     pub(super) subs: Subscriptions,
     pub upstream: UpstreamSocket,
-    to_upstream: WriteSlot,
+    pub(super) to_upstream: WriteSlot,
     to_client: WriteSlot,
     pub(super) replies: VecDeque<String>,
     max_age_at: Option<Instant>,
@@ -86,13 +87,18 @@ pub struct Connection {
     pub(super) shared: Option<Box<Membership>>,
     /// Last frame other than a keep-alive, either way (for `--idle-timeout`).
     last_activity: Instant,
+    /// With `--channel-policy`: fires when the file is reloaded (boxed:
+    /// without a policy a connection pays one pointer).
+    policy_changed: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
     pub stats: Stats,
 }
 
 impl Connection {
     pub fn new(state: Arc<RelayState>, upstream: UpstreamSocket, token: TokenState) -> Connection {
         let now = Instant::now();
+        let policy_changed = policy_changes(&state);
         Connection {
+            policy_changed,
             max_age_at: state
                 .config()
                 .max_session_age
@@ -268,6 +274,8 @@ impl Connection {
                     self.to_client.put(Message::Text(frame.into()));
                 }
                 Event::Lagged => return Ending::Lagging,
+                // A reloaded policy: decide every subscription again.
+                Event::PolicyChanged => self.revoke_denied(),
                 Event::ClientWriteFailed => return Ending::ClientGone,
                 Event::UpstreamWriteFailed => {
                     if let Err(e) = Box::pin(self.redial(Ending::UpstreamGone)).await {
@@ -317,6 +325,12 @@ impl Connection {
         if let Some(m) = &mut self.shared {
             if m.poll_lagged(cx).is_ready() {
                 return Poll::Ready(Event::Lagged);
+            }
+        }
+        if let Some(changed) = &mut self.policy_changed {
+            if changed.as_mut().poll(cx).is_ready() {
+                self.policy_changed = policy_changes(&self.state);
+                return Poll::Ready(Event::PolicyChanged);
             }
         }
         loop {
@@ -405,45 +419,10 @@ impl Connection {
         }
         None
     }
+}
 
-    async fn renew(&mut self) -> Result<(), Ending> {
-        if self.token.renew(self.state.sessions()).await? {
-            self.stats.refreshes += 1;
-            if let Some(m) = &self.shared {
-                m.set_auth(&self.token.auth);
-            }
-            // The claims may have changed (a group removed).
-            self.revoke_denied();
-        }
-        Ok(())
-    }
-
-    /// A new upstream, with everything replayed; whatever was in flight on
-    /// the old one gets its answer (see [`super::subscriptions`]).
-    async fn redial(&mut self, cause: Ending) -> Result<(), Ending> {
-        let claims = self.token.claims.clone();
-        let socket = redial(
-            &self.state,
-            &mut self.token,
-            &mut self.subs,
-            &mut self.stats,
-            cause,
-        )
-        .await?;
-        self.upstream = socket;
-        self.to_upstream.clear();
-        if let Some(m) = &mut self.shared {
-            // A re-dial may have renewed the token: the hub's copy follows.
-            m.set_auth(&self.token.auth);
-            m.resend_probes(&self.token.auth);
-        }
-        self.replies.extend(self.subs.answers_after_redial());
-        if !Arc::ptr_eq(&claims, &self.token.claims) {
-            // The re-dial renewed the token and replayed what the browser
-            // held: decide again on the new claims. A denied replay's
-            // events are dropped from here, and it is unsubscribed.
-            self.revoke_denied();
-        }
-        Ok(())
-    }
+/// The next reload of the channel policy, if there is one.
+fn policy_changes(state: &RelayState) -> Option<Pin<Box<WaitForCancellationFutureOwned>>> {
+    let live = state.live_policy()?;
+    Some(Box::pin(live.changes().cancelled_owned()))
 }
