@@ -877,3 +877,105 @@ async fn redis_is_checked_when_given_and_its_password_never_printed() {
         "no Redis check without --redis-url"
     );
 }
+
+#[tokio::test]
+async fn a_channel_policy_is_validated_and_policy_test_says_what_a_user_may_do() {
+    let env = Env::start().await;
+    let policy = file(
+        "policy.toml",
+        r#"
+[[rule]]
+channels = ["/default/users/{sub}", "/default/users/{sub}/*"]
+allow = ["subscribe", "publish"]
+
+[[rule]]
+channels = "/default/teams/{cognito:groups}/*"
+allow = "subscribe"
+
+[[rule]]
+channels = "/announcements/*"
+allow = "subscribe"
+"#,
+    );
+    let mut claims = access_claims(&env.jwks.issuer());
+    claims["cognito:groups"] = json!(["red"]);
+    let token_file = file("token", &sign(&claims, signing_key()));
+    let report = env
+        .check(&[
+            "--channel-policy",
+            policy.to_str().unwrap(),
+            "--token-file",
+            token_file.to_str().unwrap(),
+            "--policy-test",
+            "/default/teams/red/*,/default/teams/blue/x",
+            "--policy-test",
+            "/announcements/today",
+            "--policy-test",
+            "/default/users/5f1c6a2e-0000-4000-8000-000000000001/inbox",
+        ])
+        .await;
+    assert!(report.ok, "{}", report.text());
+    let line = |check: &str| -> Vec<String> {
+        report
+            .checks
+            .iter()
+            .filter(|l| l.check == check)
+            .map(|l| l.detail.clone())
+            .collect()
+    };
+    let rules = line("channel_policy");
+    assert_eq!(rules.len(), 1, "{}", report.text());
+    assert!(rules[0].starts_with("3 rule(s)"), "{rules:?}");
+    assert!(
+        rules[0].contains("rule 3 opens /announcements/* to every signed-in user (subscribe)"),
+        "{rules:?}"
+    );
+    let tests = line("policy_test");
+    assert_eq!(tests.len(), 4, "{}", report.text());
+    assert!(
+        tests[0].contains("/default/teams/red/*")
+            && tests[0].contains("subscribe allowed (rule 2), publish n/a"),
+        "{tests:?}"
+    );
+    assert!(
+        tests[1].contains("subscribe denied, publish denied"),
+        "{tests:?}"
+    );
+    assert!(
+        tests[2].contains("subscribe allowed (rule 3), publish denied"),
+        "{tests:?}"
+    );
+    assert!(
+        tests[3].contains("subscribe allowed (rule 1), publish allowed (rule 1)"),
+        "{tests:?}"
+    );
+
+    // A rule that can never match, a broken file, a test without a policy.
+    let never = file(
+        "never.toml",
+        "[[rule]]\nchannels = \"/default/{exp}\"\nallow = \"subscribe\"\n",
+    );
+    let report = env
+        .check(&["--channel-policy", never.to_str().unwrap()])
+        .await;
+    assert!(failure(&report, "channel_policy")
+        .detail
+        .contains("rule 1 names the numeric claim exp"));
+    let broken = file(
+        "broken.toml",
+        "[[rule]]\nchannels = \"/default/*\"\nallow = \"read\"\n",
+    );
+    let report = env
+        .check(&["--channel-policy", broken.to_str().unwrap()])
+        .await;
+    let flags = failure(&report, "flags");
+    assert!(
+        flags.detail.contains("rule 1") && flags.detail.contains("\"read\""),
+        "{}",
+        report.text()
+    );
+    let report = env.check(&["--policy-test", "/default/a"]).await;
+    assert!(failure(&report, "policy_test")
+        .detail
+        .contains("without --channel-policy"));
+}

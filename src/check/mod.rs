@@ -9,6 +9,7 @@
 //! - [`flags`]: what the command line alone tells.
 //! - [`identity`]: OpenID configuration, JWKS, token, Cognito.
 //! - [`network`]: the AppSync hosts.
+//! - [`policy`]: `--channel-policy`'s rules, and `--policy-test`.
 //! - [`roundtrip`]: connect, subscribe, publish, receive, HTTP publish,
 //!   unsubscribe; [`browser`]: the browser's side of it.
 //!
@@ -20,6 +21,7 @@ pub mod browser;
 pub mod flags;
 pub mod identity;
 pub mod network;
+pub mod policy;
 pub mod report;
 pub mod roundtrip;
 
@@ -74,6 +76,15 @@ pub async fn run(args: &CheckArgs) -> Report {
     } else {
         identity::cognito(&config, probe.http(), &mut report).await;
     }
+    policy::rules(&config, &mut report);
+    policy::test(
+        &config,
+        probe.sessions().verifier(),
+        sign_in.as_ref().map(|s| s.token.as_str()),
+        &args.policy_test,
+        &mut report,
+    )
+    .await;
     network::appsync_hosts(&config, &mut report).await;
     if let Some(key) = &config.shared.api_key {
         network::shared_api_key(probe.upstream(), key, &mut report).await;

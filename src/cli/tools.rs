@@ -130,6 +130,14 @@ pub struct CheckArgs {
     /// ingress): tells whether a proxy in front adds `X-Forwarded-*`.
     #[arg(long, env = "APPSYNC_RELAY_CHECK_SAMPLE_REQUEST")]
     pub sample_request: Option<PathBuf>,
+    /// With --channel-policy and a sign-in: print what that user may do on
+    /// CHANNEL (subscribe, publish) and which rule allows it (repeatable).
+    #[arg(
+        long = "policy-test",
+        env = "APPSYNC_RELAY_CHECK_POLICY_TEST",
+        value_delimiter = ','
+    )]
+    pub policy_test: Vec<String>,
     /// How to print the results.
     #[arg(long, value_enum, default_value = "text")]
     pub output: CheckOutput,
