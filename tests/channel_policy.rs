@@ -560,6 +560,64 @@ async fn a_reloaded_policy_applies_to_open_subscriptions_and_a_broken_one_is_ign
     );
 }
 
+#[tokio::test]
+async fn with_shared_channel_check_policy_joining_costs_appsync_nothing_per_browser() {
+    let p = start_with_lifetime(
+        3600,
+        &[
+            "--shared-channel",
+            "/ns/teams/*",
+            "--shared-channel-check",
+            "policy",
+        ],
+    )
+    .await;
+    let s = &p.stack;
+    let subs = s.emulator.operations("subscribe");
+    let red = cookies(s, Some(json!(["red"])));
+    let mut browsers = Vec::new();
+    for i in 0..3 {
+        let mut ws = browser(s, &red).await;
+        let id = format!("r{i}");
+        send_json(&mut ws, amplify_subscribe(&id, "/ns/teams/red/room")).await;
+        assert_eq!(
+            recv_json(&mut ws).await,
+            json!({"type": "subscribe_success", "id": id})
+        );
+        browsers.push((ws, id));
+    }
+    // A member of another team: refused by the policy, before any routing.
+    let mut blue = browser(s, &cookies(s, Some(json!(["blue"])))).await;
+    send_json(&mut blue, amplify_subscribe("b", "/ns/teams/red/room")).await;
+    assert_unauthorized(&recv_json(&mut blue).await, "subscribe_error", "b");
+    // One subscription upstream for three browsers, and no probe.
+    assert_eq!(s.emulator.operations("subscribe") - subs, 1);
+
+    let event = json!({"n": 1}).to_string();
+    let (status, _, body) = http(
+        s.emulator.local_addr(),
+        "POST",
+        "/event",
+        &[
+            ("authorization", &s.good_token()),
+            ("content-type", "application/json"),
+        ],
+        &json!({"channel": "/ns/teams/red/room", "events": [event]}).to_string(),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    for (ws, id) in &mut browsers {
+        let data = recv_json(ws).await;
+        assert_eq!(data["type"], "data", "{data}");
+        assert_eq!(data["id"], id.as_str());
+    }
+    let metrics = scrape(s).await;
+    assert!(
+        metrics.contains(r#"appsync_relay_shared_probes_total{outcome="skipped"} 3"#),
+        "{metrics}"
+    );
+}
+
 #[test]
 fn a_broken_policy_is_a_start_up_error_that_names_the_rule() {
     let dir = Dir::new();
@@ -598,6 +656,33 @@ fn a_broken_policy_is_a_start_up_error_that_names_the_rule() {
         unreachable!()
     };
     assert!(Config::from_args(&args).is_err());
+    // --shared-channel-check policy without a policy.
+    let argv = [
+        "appsync-relay",
+        "serve",
+        "--appsync-http-endpoint",
+        "https://example.appsync-api.eu-west-1.amazonaws.com/event",
+        "--cognito-user-pool-id",
+        POOL_ID,
+        "--cognito-client-id",
+        CLIENT_ID,
+        "--allowed-origin",
+        ORIGIN,
+        "--shared-channel",
+        "/ns/*",
+        "--shared-channel-check",
+        "policy",
+    ];
+    let Command::Serve(args) = Cli::try_parse_from(argv).unwrap().command else {
+        unreachable!()
+    };
+    let errors = Config::from_args(&args).unwrap_err();
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("--shared-channel-check policy")),
+        "{errors:?}"
+    );
 }
 
 async fn scrape(s: &Stack) -> String {

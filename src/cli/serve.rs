@@ -277,7 +277,7 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     pub shared_channels: Vec<String>,
-    /// Before a browser joins a shared channel, ask AppSync with the user's own token (subscribe), or trust every signed-in user (none: only for namespaces that admit all of them).
+    /// Before a browser joins a shared channel, ask AppSync with the user's own token (subscribe), let --channel-policy's grant stand in for that (policy: AppSync sees no per-browser subscribe), or trust every signed-in user (none: only for namespaces that admit all of them).
     #[arg(
         long,
         env = "APPSYNC_RELAY_SHARED_CHANNEL_CHECK",
@@ -341,7 +341,12 @@ pub struct ServeArgs {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum SharedCheck {
+    /// Ask AppSync with the user's own token before the browser joins.
     Subscribe,
+    /// Let the channel policy's grant stand in for AppSync's per-user check
+    /// (needs --channel-policy): joining costs AppSync nothing per browser.
+    Policy,
+    /// Trust every signed-in user.
     None,
 }
 

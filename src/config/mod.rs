@@ -263,6 +263,14 @@ impl Config {
         });
         let http_host = http_endpoint.as_ref().and_then(host_with_port);
         let shared = shared::parse(args, http_host.as_deref(), &mut errors);
+        if args.shared_channel_check == crate::cli::SharedCheck::Policy
+            && args.channel_policy.is_none()
+        {
+            errors.push(
+                "--shared-channel-check policy lets --channel-policy's grant stand in for AppSync's check: add --channel-policy FILE, or keep the check (subscribe)"
+                    .into(),
+            );
+        }
         let channel_policy =
             args.channel_policy
                 .as_ref()
