@@ -108,6 +108,11 @@ struct Setup {
 }
 
 async fn setup(access_seconds: u64) -> Setup {
+    setup_with(access_seconds, &[]).await
+}
+
+/// [`setup`] with more relay flags.
+async fn setup_with(access_seconds: u64, extra: &[&str]) -> Setup {
     let ms = MiniStack::start().await;
     let pool = ms.pool(access_seconds).await;
     let api = ms.event_api(&pool).await;
@@ -145,6 +150,8 @@ async fn setup(access_seconds: u64) -> Setup {
         "--jwt-leeway",
         "0",
     ];
+    let mut argv = argv;
+    argv.extend_from_slice(extra);
     use clap::Parser as _;
     let config = match appsync_relay::cli::Cli::try_parse_from(argv)
         .expect("valid flags")
@@ -451,4 +458,88 @@ async fn check_passes_against_ministack_and_names_a_wrong_client() {
         report.text()
     );
     let _ = std::fs::remove_file(&cookie_file);
+}
+
+#[tokio::test]
+async fn a_channel_policy_decides_on_ministacks_own_tokens() {
+    let dir = std::env::temp_dir().join(format!("ministack-policy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let policy = dir.join("policy.toml");
+    std::fs::write(
+        &policy,
+        "[[rule]]\nchannels = [\"/default/users/{sub}\", \"/default/users/{sub}/*\"]\nallow = [\"subscribe\", \"publish\"]\n",
+    )
+    .unwrap();
+    let s = setup_with(3600, &["--channel-policy", policy.to_str().unwrap()]).await;
+    let alice = s.ms.sign_up_and_in(&s.pool, "alice").await;
+    let bob = s.ms.sign_up_and_in(&s.pool, "bob").await;
+    let sub_of = |t: &Tokens| {
+        use base64::Engine as _;
+        let payload = t.access.split('.').nth(1).unwrap();
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap();
+        serde_json::from_slice::<Value>(&bytes).unwrap()["sub"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (alice_sub, bob_sub) = (sub_of(&alice), sub_of(&bob));
+    assert_ne!(alice_sub, bob_sub);
+    let url = realtime_url(&s);
+    let mut a = connect(&url, &cookies(&s.pool, "alice", &alice)).await;
+    init(&mut a).await;
+    // Her own channel: MiniStack's sub in MiniStack's token opens it.
+    let own = format!("/default/users/{alice_sub}/inbox");
+    send_json(&mut a, amplify_subscribe("own", &own)).await;
+    assert_eq!(
+        next_data(&mut a).await,
+        json!({"type": "subscribe_success", "id": "own"})
+    );
+    // Bob's: refused by the relay itself, in AppSync's words.
+    send_json(
+        &mut a,
+        amplify_subscribe("bobs", &format!("/default/users/{bob_sub}/inbox")),
+    )
+    .await;
+    let v = next_data(&mut a).await;
+    assert_eq!(v["type"], "subscribe_error", "{v}");
+    assert_eq!(v["errors"][0]["errorType"], "UnauthorizedException", "{v}");
+    assert_eq!(
+        v["errors"][0]["message"], "Not authorized by the channel policy",
+        "{v}"
+    );
+    // A publish on her channel goes through MiniStack and back.
+    send_json(&mut a, amplify_publish("p1", &own, &[json!({"n": 1})])).await;
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        seen.push(next_data(&mut a).await);
+    }
+    assert!(
+        seen.iter().any(|f| f["type"] == "publish_success"),
+        "{seen:?}"
+    );
+    assert!(
+        seen.iter().any(|f| f["type"] == "data" && f["id"] == "own"),
+        "{seen:?}"
+    );
+    // An HTTP publish to Bob's channel: 403, and nothing of it upstream.
+    let (status, _, body) = http(
+        s.relay.public_addr,
+        "POST",
+        "/event",
+        &[
+            ("origin", ORIGIN),
+            ("cookie", &cookies(&s.pool, "alice", &alice)),
+            ("content-type", "application/json"),
+        ],
+        &json!({"channel": format!("/default/users/{bob_sub}"), "events": ["{}"]}).to_string(),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        !s.tap.sent().contains(&bob_sub),
+        "Bob's channel reached MiniStack"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -664,3 +664,66 @@ test(`[${MODE}] a shared channel whose relay key AppSync refuses errors that sub
     }
   }),
 );
+
+test(`[${MODE}] a channel policy's refusals reach the app: the subscription's error callback, a rejected publish, a typed events.post error; the socket and its other subscriptions stay`, { timeout: 90_000 }, () =>
+  explained(async () => {
+    // The relay restarted with a --channel-policy that allows CHANNEL and
+    // nothing under /default/denied.
+    const dir = mkdtempSync(join(tmpdir(), 'amplify-node-policy-'));
+    const policyFile = join(dir, 'policy.toml');
+    writeFileSync(
+      policyFile,
+      `[[rule]]\nchannels = ["${CHANNEL}", "/default/shared/*"]\nallow = ["subscribe", "publish"]\n`,
+    );
+    await freshSocket();
+    await relay.stop('SIGTERM', 10_000);
+    await startRelay([...relayArgs, '--channel-policy', policyFile]);
+    try {
+      const plain = await withDeadline(events.connect(CHANNEL), 15_000, 'events.connect');
+      const inbox = collector();
+      const sub = plain.subscribe(inbox.observer);
+      await withDeadline(sub.ready, 15_000, 'subscription ready');
+      const from = wire.frames.length;
+
+      const denied = await withDeadline(events.connect('/default/denied/room'), 15_000, 'events.connect (denied)');
+      const refused = collector();
+      denied.subscribe(refused.observer);
+      await until(() => refused.errors.length > 0, 10_000, "the denied subscription's error callback");
+      const said = JSON.stringify(refused.errors);
+      assert.match(said, /UnauthorizedException/, said);
+
+      // A publish on the denied channel over the socket: rejected, typed.
+      let publishError;
+      try {
+        await withDeadline(denied.publish({ n: 1 }), 15_000, 'channel.publish (denied)');
+      } catch (e) {
+        publishError = e;
+      }
+      assert.ok(publishError, 'the denied publish resolved');
+      assert.match(String(publishError?.message ?? publishError), /UnauthorizedException/, String(publishError));
+
+      // The same over HTTP: 403, typed as AWS types it.
+      let postError;
+      try {
+        await withDeadline(events.post('/default/denied/room', { n: 2 }), 15_000, 'events.post (denied)');
+      } catch (e) {
+        postError = e;
+      }
+      assert.ok(postError, 'the denied events.post resolved');
+      assert.equal(postError.name, 'AccessDeniedException', String(postError));
+      assert.equal(postError.message, 'channel_policy');
+
+      // One socket throughout, and the allowed subscription still receives.
+      assert.deepEqual(wire.frames.slice(from).filter((f) => f.kind === 'close' || f.kind === 'dial'), []);
+      const mark = `after-policy-${randomBytes(4).toString('hex')}`;
+      assert.equal(await withDeadline(events.post(CHANNEL, { mark }), 15_000, 'events.post'), undefined);
+      await inbox.waitEvent((e) => e?.mark === mark, 10_000, 'the event on the allowed subscription');
+      assert.deepEqual(inbox.errors, []);
+      await plain.close();
+    } finally {
+      await relay.stop('SIGTERM', 10_000);
+      await startRelay();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }),
+);
