@@ -467,11 +467,40 @@ async fn a_channel_policy_decides_on_ministacks_own_tokens() {
     let policy = dir.join("policy.toml");
     std::fs::write(
         &policy,
-        "[[rule]]\nchannels = [\"/default/users/{sub}\", \"/default/users/{sub}/*\"]\nallow = [\"subscribe\", \"publish\"]\n",
+        "[[rule]]\nchannels = [\"/default/users/{sub}\", \"/default/users/{sub}/*\"]\nallow = [\"subscribe\", \"publish\"]\n\
+         [[rule]]\nchannels = \"/default/teams/{cognito:groups}/*\"\nallow = \"subscribe\"\n",
     )
     .unwrap();
     let s = setup_with(3600, &["--channel-policy", policy.to_str().unwrap()]).await;
     let alice = s.ms.sign_up_and_in(&s.pool, "alice").await;
+    // Alice joins MiniStack's group "red"; her next sign-in's access token
+    // carries `cognito:groups` as Cognito writes it.
+    s.ms.cognito(
+        "CreateGroup",
+        json!({"UserPoolId": s.pool.id, "GroupName": "red"}),
+    )
+    .await;
+    s.ms.cognito(
+        "AdminAddUserToGroup",
+        json!({"UserPoolId": s.pool.id, "Username": "alice", "GroupName": "red"}),
+    )
+    .await;
+    let again =
+        s.ms.cognito(
+            "InitiateAuth",
+            json!({
+                "AuthFlow": "USER_PASSWORD_AUTH",
+                "ClientId": s.pool.client_id,
+                "AuthParameters": {"USERNAME": "alice", "PASSWORD": "Passw0rd!relay"},
+            }),
+        )
+        .await;
+    let r = &again["AuthenticationResult"];
+    let alice = Tokens {
+        access: r["AccessToken"].as_str().unwrap().to_string(),
+        id: r["IdToken"].as_str().unwrap().to_string(),
+        refresh: r["RefreshToken"].as_str().unwrap().to_string(),
+    };
     let bob = s.ms.sign_up_and_in(&s.pool, "bob").await;
     let sub_of = |t: &Tokens| {
         use base64::Engine as _;
@@ -505,6 +534,19 @@ async fn a_channel_policy_decides_on_ministacks_own_tokens() {
     let v = next_data(&mut a).await;
     assert_eq!(v["type"], "subscribe_error", "{v}");
     assert_eq!(v["errors"][0]["errorType"], "UnauthorizedException", "{v}");
+    assert_eq!(
+        v["errors"][0]["message"], "Not authorized by the channel policy",
+        "{v}"
+    );
+    // Her group's channels, and not another group's.
+    send_json(&mut a, amplify_subscribe("red", "/default/teams/red/*")).await;
+    assert_eq!(
+        next_data(&mut a).await,
+        json!({"type": "subscribe_success", "id": "red"})
+    );
+    send_json(&mut a, amplify_subscribe("blue", "/default/teams/blue/*")).await;
+    let v = next_data(&mut a).await;
+    assert_eq!(v["type"], "subscribe_error", "{v}");
     assert_eq!(
         v["errors"][0]["message"], "Not authorized by the channel policy",
         "{v}"
