@@ -210,6 +210,17 @@ test('the Next.js example behind the relay, against MiniStack, in headless Chrom
       await Promise.all([seesCard(pb, viaHttp), seesCard(pa, viaHttp)]);
       await pa.locator('#http-status[data-status="200"]').waitFor({ timeout: 5_000 });
       assert.ok((await metric('publish_requests_total', '{outcome="2xx"}')) >= 1, 'the server action did not publish through the relay');
+      // Their board is their team's, which the relay's channel policy
+      // (examples/nextjs/channel-policy.toml) opens to group "red" only;
+      // another team's board is refused by the relay, not AppSync.
+      assert.equal(await pa.locator('#board').getAttribute('data-channel'), '/default/teams/red/board');
+      const elsewhere = await pa.evaluate(async () => {
+        const r = await fetch('/event', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ channel: '/default/teams/blue/board', events: ['{"text":"x"}'] }) });
+        return { status: r.status, body: await r.text() };
+      });
+      assert.equal(elsewhere.status, 403, JSON.stringify(elsewhere));
+      assert.match(elsewhere.body, /channel_policy/);
+      assert.ok((await metric('policy_decisions_total', '{op="publish",result="denied"}')) >= 1, 'no denial counted');
       mkdirSync(dirname(SCREENSHOT), { recursive: true });
       await pa.screenshot({ path: SCREENSHOT, fullPage: true });
       ok.exchanged = true;

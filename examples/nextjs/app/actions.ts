@@ -5,7 +5,7 @@
 // Cognito when due) and calls AppSync Events with it; the app never handles
 // a token itself, it only passes on the cookies it was sent.
 import { cookies } from 'next/headers';
-import { appConfig } from '@/lib/config';
+import { appConfig, boardChannel } from '@/lib/config';
 import { currentSession } from '@/lib/session';
 
 export interface PublishResult {
@@ -40,7 +40,7 @@ export async function publishViaServer(_previous: PublishResult | null, form: Fo
       method: 'POST',
       cache: 'no-store',
       headers: { 'content-type': 'application/json', origin: c.appOrigin, cookie: cookieHeader },
-      body: JSON.stringify({ channel: c.channel, events: [JSON.stringify(card)] }),
+      body: JSON.stringify({ channel: boardChannel(c, session.groups), events: [JSON.stringify(card)] }),
       signal: AbortSignal.timeout(10_000),
     });
     // The relay's error bodies are fixed labels ({"error":…,"reason":…});

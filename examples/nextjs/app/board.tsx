@@ -101,7 +101,7 @@ export default function Board({ endpoint, region, channel, username, publishViaS
   }
 
   return (
-    <div id="board" data-subscribed={subscribed ? 'true' : 'false'}>
+    <div id="board" data-subscribed={subscribed ? 'true' : 'false'} data-channel={channel}>
       <div className="panel">
         <div className="row" style={{ marginBottom: 10 }}>
           <strong>Channel</strong> <code>{channel}</code>

@@ -2,7 +2,7 @@
 // the session from the HTTP-only cookies (the relay in front has already put
 // renewed tokens in them when an open socket renewed the session). The
 // browser gets the username and the public events endpoint — never a token.
-import { appConfig } from '@/lib/config';
+import { appConfig, boardChannel } from '@/lib/config';
 import { currentSession } from '@/lib/session';
 import { publishViaServer } from './actions';
 import Board from './board';
@@ -48,7 +48,7 @@ export default async function Page() {
             <Board
               endpoint={c.eventsEndpoint}
               region={c.region}
-              channel={c.channel}
+              channel={boardChannel(c, session.groups)}
               username={session.username}
               publishViaServer={publishViaServer}
             />

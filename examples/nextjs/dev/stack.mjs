@@ -25,6 +25,10 @@ export const REPO = resolve(APP_DIR, '..', '..');
 export const REGION = 'us-east-1';
 export const MINISTACK_VERSION = '1.5.33';
 export const PASSWORD = 'Passw0rd!board';
+/** The Cognito group every demo user is in: their board is its channel. */
+export const TEAM = 'red';
+/** The relay's channel policy for the board (see the file). */
+export const CHANNEL_POLICY = resolve(here, '..', 'channel-policy.toml');
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
@@ -151,6 +155,13 @@ async function provision(api, { appOrigin, tokenSeconds, users }) {
     });
     await api.cognito('AdminSetUserPassword', { UserPoolId: pool, Username: username, Password: PASSWORD, Permanent: true });
   }
+  // Every demo user is on team "red": the board they share is
+  // /default/teams/red/board, which the relay's channel policy
+  // (channel-policy.toml) opens to that group's members only.
+  await api.cognito('CreateGroup', { UserPoolId: pool, GroupName: TEAM });
+  for (const username of users) {
+    await api.cognito('AdminAddUserToGroup', { UserPoolId: pool, Username: username, GroupName: TEAM });
+  }
   const cognitoMode = { authType: 'AMAZON_COGNITO_USER_POOLS' };
   const created = await api.appsync('POST', '/v2/apis', {
     name: 'team-board',
@@ -276,6 +287,7 @@ export async function startStack({
       '--cognito-endpoint', `${ms.base}/`,
       '--allowed-origin', appOrigin,
       '--app-upstream', `http://127.0.0.1:${nextPort}`,
+      '--channel-policy', CHANNEL_POLICY,
       ...relayArgs,
     ], { env: { ...process.env, APPSYNC_RELAY_LOG: process.env.APPSYNC_RELAY_LOG || 'info' } });
     started.push(() => relayChild.stop());

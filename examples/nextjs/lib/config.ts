@@ -15,8 +15,23 @@ export interface AppConfig {
   eventsEndpoint: string;
   /** Where server actions POST events: the relay's HTTP publish route. */
   relayPublishUrl: string;
-  /** The board's channel, in the `default` namespace. */
+  /** The shared board's channel, in the `default` namespace: for users in
+   * no team (see `boardChannel`). */
   channel: string;
+}
+
+/** One channel segment as AppSync allows it (and the relay's policy
+ * matches): 1-50 of A-Z a-z 0-9, '-' inside. */
+const SEGMENT = /^[A-Za-z0-9](?:[A-Za-z0-9-]{0,48}[A-Za-z0-9])?$/;
+
+/**
+ * The board a user sees: their first team's (`/default/teams/<group>/board`,
+ * which the relay's channel policy opens to that Cognito group's members
+ * only; see channel-policy.toml), or the shared board.
+ */
+export function boardChannel(c: AppConfig, groups: string[]): string {
+  const team = groups.find((g) => SEGMENT.test(g));
+  return team ? `/default/teams/${team}/board` : c.channel;
 }
 
 function required(name: string): string {

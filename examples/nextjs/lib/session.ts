@@ -11,6 +11,8 @@ export interface SessionInfo {
   userId: string;
   /** The access token's `exp` (seconds since the epoch). */
   accessTokenExp: number;
+  /** The access token's `cognito:groups` (none: empty). */
+  groups: string[];
 }
 
 export async function currentSession(): Promise<SessionInfo | null> {
@@ -22,7 +24,9 @@ export async function currentSession(): Promise<SessionInfo | null> {
         const exp = session.tokens?.accessToken?.payload?.exp;
         if (!session.tokens?.accessToken || typeof exp !== 'number') return null;
         const user = await getCurrentUser(contextSpec);
-        return { username: user.username, userId: user.userId, accessTokenExp: exp };
+        const claimed = session.tokens.accessToken.payload['cognito:groups'];
+        const groups = Array.isArray(claimed) ? claimed.filter((g): g is string => typeof g === 'string') : [];
+        return { username: user.username, userId: user.userId, accessTokenExp: exp, groups };
       } catch {
         return null;
       }
