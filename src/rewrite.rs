@@ -214,8 +214,11 @@ pub fn prepare_client_frame(text: &str) -> Prepared {
                 return reject(&msg_type, None, "Invalid id");
             };
             let channel = match msg.get("channel") {
+                // Forwarded in canonical form (`ns/a/` → `/ns/a`, the same
+                // channel to AppSync): what the channel policy and the
+                // subscription table decide on is what AppSync reads.
                 Some(Value::String(c)) => match Channel::parse(c, !publish) {
-                    Ok(_) => c.clone(),
+                    Ok(ch) => ch.as_subscribed(),
                     Err(e) => return reject(&msg_type, Some(&id), &e.to_string()),
                 },
                 _ => return reject(&msg_type, Some(&id), "Missing channel"),

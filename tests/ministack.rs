@@ -472,7 +472,9 @@ async fn a_channel_policy_decides_on_ministacks_own_tokens() {
     )
     .unwrap();
     let s = setup_with(3600, &["--channel-policy", policy.to_str().unwrap()]).await;
-    let alice = s.ms.sign_up_and_in(&s.pool, "alice").await;
+    // Alice signs up (her tokens of now are not used: she joins a group
+    // first).
+    s.ms.sign_up_and_in(&s.pool, "alice").await;
     // Alice joins MiniStack's group "red"; her next sign-in's access token
     // carries `cognito:groups` as Cognito writes it.
     s.ms.cognito(

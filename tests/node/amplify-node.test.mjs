@@ -713,8 +713,12 @@ test(`[${MODE}] a channel policy's refusals reach the app: the subscription's er
       assert.equal(postError.name, 'AccessDeniedException', String(postError));
       assert.equal(postError.message, 'channel_policy');
 
-      // One socket throughout, and the allowed subscription still receives.
+      // One socket throughout, and the allowed subscription still receives,
+      // both a WebSocket publish and an HTTP one.
       assert.deepEqual(wire.frames.slice(from).filter((f) => f.kind === 'close' || f.kind === 'dial'), []);
+      const viaWs = `policy-ws-${randomBytes(4).toString('hex')}`;
+      await withDeadline(plain.publish({ mark: viaWs }), 15_000, 'channel.publish (allowed)');
+      await inbox.waitEvent((e) => e?.mark === viaWs, 10_000, 'the WebSocket publish on the allowed channel');
       const mark = `after-policy-${randomBytes(4).toString('hex')}`;
       assert.equal(await withDeadline(events.post(CHANNEL, { mark }), 15_000, 'events.post'), undefined);
       await inbox.waitEvent((e) => e?.mark === mark, 10_000, 'the event on the allowed subscription');
