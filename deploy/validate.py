@@ -10,7 +10,13 @@
    ports exist, Ingress/HPA/PDB/ServiceMonitor targets exist, the admin port is
    not reachable through an Ingress, every APPSYNC_RELAY_* name is one the
    relay reads (from src/), the grace period outlasts drain delay + timeout.
-3. deploy/Dockerfile: structure (pinned bases, numeric non-root USER, no ADD,
+3. deploy/aws/*.yaml: cfn-lint (pinned) on every CloudFormation template, every
+   APPSYNC_RELAY_* name one the relay reads, and in ecs-fargate.yaml what the
+   relay needs: /readyz on the admin port for the target group, the admin
+   listener not on loopback, stop timeout and deregistration delay above
+   drain delay + timeout, the ALB idle timeout >= AppSync's 300 s, the
+   /event rule, secrets only through Secrets Manager.
+4. deploy/Dockerfile: structure (pinned bases, numeric non-root USER, no ADD,
    --locked, every COPY source exists, stand-ins for explicit Cargo targets,
    include_str!/include_bytes! stay inside src/). hadolint runs separately.
 
@@ -24,6 +30,7 @@ import ipaddress
 import json
 import os
 import re
+import subprocess
 import sys
 import tomllib
 
@@ -372,8 +379,93 @@ def check_dockerfile(path: str, known_env: set[str]) -> None:
 # ------------------------------------------------------------------ main --
 
 
+# ------------------------------------------------------------------ AWS --
+
+AWS = os.path.join(DEPLOY, "aws")
+
+
+class CfnLoader(yaml.SafeLoader):
+    """YAML with CloudFormation's short-form tags (`!Ref x` -> {"Ref": x})."""
+
+
+def _cfn_tag(loader, suffix, node):
+    if isinstance(node, yaml.ScalarNode):
+        value = loader.construct_scalar(node)
+    elif isinstance(node, yaml.SequenceNode):
+        value = loader.construct_sequence(node, deep=True)
+    else:
+        value = loader.construct_mapping(node, deep=True)
+    name = "Ref" if suffix == "Ref" else f"Fn::{suffix}"
+    return {name: value}
+
+
+CfnLoader.add_multi_constructor("!", _cfn_tag)
+
+
+def cfn_env(container: dict) -> dict:
+    """A container's environment: name -> value (an intrinsic stays a dict);
+    entries behind Fn::If are taken from their first branch."""
+    out = {}
+    for e in container.get("Environment", []):
+        if isinstance(e, dict) and "Fn::If" in e:
+            e = e["Fn::If"][1]
+        if isinstance(e, dict) and "Name" in e:
+            out[e["Name"]] = e.get("Value")
+    return out
+
+
+def check_aws(known_env: set[str]) -> int:
+    """cfn-lint on every template, then what the relay needs of them."""
+    files = sorted(glob.glob(os.path.join(AWS, "*.yaml")))
+    check(bool(files), "no templates in deploy/aws/")
+    lint = os.path.join(os.path.dirname(sys.executable), "cfn-lint")
+    run = subprocess.run([lint, *files], capture_output=True, text=True)
+    check(run.returncode == 0, "cfn-lint: " + (run.stdout + run.stderr).strip().replace("\n", " | "))
+    for path in files:
+        check_env_names(path, known_env)
+    with open(os.path.join(AWS, "ecs-fargate.yaml")) as f:
+        t = yaml.load(f, Loader=CfnLoader)
+    res = t["Resources"]
+    task = res["TaskDefinition"]["Properties"]
+    containers = []
+    for c in task["ContainerDefinitions"]:
+        if isinstance(c, dict) and "Fn::If" in c:
+            c = c["Fn::If"][1]
+        containers.append(c)
+    relay = next(c for c in containers if c.get("Name") == "appsync-relay")
+    env = cfn_env(relay)
+    where = "deploy/aws/ecs-fargate.yaml: appsync-relay"
+    for n in RELAY_REQUIRED_ENV:
+        check(n in env, f"{where}: {n} is required")
+    admin = port_of(env.get("APPSYNC_RELAY_ADMIN_LISTEN"))
+    check(not str(env.get("APPSYNC_RELAY_ADMIN_LISTEN", "127.")).startswith("127."),
+          f"{where}: the admin listener must not be loopback (the ALB health check comes from outside the task)")
+    tg = res["RelayTargetGroup"]["Properties"]
+    check(str(tg.get("HealthCheckPort")) == str(admin) and tg.get("HealthCheckPath") == "/readyz",
+          f"{where}: the target group must check /readyz on the admin port {admin}")
+    check(tg.get("Port") == port_of(env.get("APPSYNC_RELAY_LISTEN")),
+          f"{where}: the target group's port must be APPSYNC_RELAY_LISTEN's")
+    drain = int(env.get("APPSYNC_RELAY_DRAIN_DELAY") or 5) + int(env.get("APPSYNC_RELAY_DRAIN_TIMEOUT") or 30)
+    check(int(relay.get("StopTimeout", 30)) > drain, f"{where}: StopTimeout must exceed the drain ({drain} s)")
+    attrs = {a["Key"]: a["Value"] for a in tg.get("TargetGroupAttributes", [])}
+    check(int(attrs.get("deregistration_delay.timeout_seconds", 300)) > drain,
+          f"{where}: the deregistration delay must exceed the drain ({drain} s)")
+    lb = {a["Key"]: a["Value"] for a in res["LoadBalancer"]["Properties"]["LoadBalancerAttributes"]}
+    check(int(lb.get("idle_timeout.timeout_seconds", 60)) >= 300,
+          "deploy/aws/ecs-fargate.yaml: the ALB idle timeout must be >= AppSync's connectionTimeoutMs (300 s)")
+    rule = res["EventsRule"]["Properties"]["Conditions"][0]["PathPatternConfig"]["Values"]
+    check(sorted(rule) == ["/event", "/event/realtime"], f"deploy/aws/ecs-fargate.yaml: the listener rule must send exactly /event and /event/realtime: {rule}")
+    secrets = {"APPSYNC_RELAY_COGNITO_CLIENT_SECRET"}
+    check(not (secrets & set(env)), f"{where}: secrets come from Secrets Manager (Secrets), never Environment")
+    for name, value in env.items():
+        check(not (isinstance(value, str) and re.search(r"(?i)password|secret", name) and value and not value.startswith("/")),
+              f"{where}: {name} holds a literal secret")
+    return len(files)
+
+
 def main() -> int:
     known_env = relay_env_names()
+    templates = check_aws(known_env)
     files = sorted(glob.glob(os.path.join(MANIFESTS, "*.yaml")))
     check(bool(files), "no manifests in deploy/kubernetes/")
     docs_by_file: dict[str, list[tuple[str, dict]]] = {}
@@ -418,6 +510,7 @@ def main() -> int:
     print(
         f"deploy: {ndocs} documents {status} (kubernetes {' + '.join(K8S_VERSIONS)} strict, "
         f"kubernetes-validate {kv.__version__}, ServiceMonitor via deploy/schemas), "
+        f"{templates} CloudFormation templates (cfn-lint), "
         f"{checks} checks, Dockerfile {'ok' if not any('Dockerfile' in p for p in problems) else 'FAILED'}"
         + (f" (hadolint {os.environ['DEPLOY_HADOLINT']})" if os.environ.get("DEPLOY_HADOLINT") else "")
     )
