@@ -13,8 +13,9 @@
 3. deploy/aws/*.yaml: cfn-lint (pinned) on every CloudFormation template, every
    APPSYNC_RELAY_* name one the relay reads, and in ecs-fargate.yaml what the
    relay needs: /readyz on the admin port for the target group, the admin
-   listener not on loopback, stop timeout and deregistration delay above
-   drain delay + timeout, the ALB idle timeout >= AppSync's 300 s, the
+   listener not on loopback, the stop timeout above drain delay + timeout,
+   the deregistration delay above an HTTP publish's deadlines, the ALB idle
+   timeout >= AppSync's 300 s, the
    /event rule, secrets only through Secrets Manager.
 4. deploy/Dockerfile: structure (pinned bases, numeric non-root USER, no ADD,
    --locked, every COPY source exists, stand-ins for explicit Cargo targets,
@@ -447,9 +448,12 @@ def check_aws(known_env: set[str]) -> int:
           f"{where}: the target group's port must be APPSYNC_RELAY_LISTEN's")
     drain = int(env.get("APPSYNC_RELAY_DRAIN_DELAY") or 5) + int(env.get("APPSYNC_RELAY_DRAIN_TIMEOUT") or 30)
     check(int(relay.get("StopTimeout", 30)) > drain, f"{where}: StopTimeout must exceed the drain ({drain} s)")
+    # ECS deregisters before SIGTERM: the delay is what requests in flight
+    # get, so it must outlast an HTTP publish (body, then AppSync's answer).
     attrs = {a["Key"]: a["Value"] for a in tg.get("TargetGroupAttributes", [])}
-    check(int(attrs.get("deregistration_delay.timeout_seconds", 300)) > drain,
-          f"{where}: the deregistration delay must exceed the drain ({drain} s)")
+    publish = int(env.get("APPSYNC_RELAY_BODY_TIMEOUT") or 10) + int(env.get("APPSYNC_RELAY_UPSTREAM_TIMEOUT") or 10)
+    check(int(attrs.get("deregistration_delay.timeout_seconds", 300)) > publish,
+          f"{where}: the deregistration delay must outlast an HTTP publish ({publish} s)")
     lb = {a["Key"]: a["Value"] for a in res["LoadBalancer"]["Properties"]["LoadBalancerAttributes"]}
     check(int(lb.get("idle_timeout.timeout_seconds", 60)) >= 300,
           "deploy/aws/ecs-fargate.yaml: the ALB idle timeout must be >= AppSync's connectionTimeoutMs (300 s)")
