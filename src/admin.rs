@@ -198,6 +198,13 @@ pub async fn watch_channel_policy(state: Arc<RelayState>) {
     };
     let read =
         |p: std::path::PathBuf| tokio::task::spawn_blocking(move || crate::policy::read_file(&p));
+    let count = |result: &str| {
+        state
+            .metrics()
+            .policy_reloads
+            .with_label_values(&[result])
+            .inc()
+    };
     let mut seen = read(path.clone()).await.ok().and_then(Result::ok);
     loop {
         tokio::select! {
@@ -208,11 +215,7 @@ pub async fn watch_channel_policy(state: Arc<RelayState>) {
             Ok(Ok(text)) => text,
             Ok(Err(e)) => {
                 if seen.take().is_some() {
-                    state
-                        .metrics()
-                        .policy_reloads
-                        .with_label_values(&["error"])
-                        .inc();
+                    count("error");
                     tracing::warn!(file = %path.display(), error = %e, "channel policy unreadable; keeping the previous policy");
                 }
                 continue;
@@ -228,19 +231,11 @@ pub async fn watch_channel_policy(state: Arc<RelayState>) {
             Ok(policy) => {
                 let rules = policy.rules().len();
                 live.replace(policy);
-                state
-                    .metrics()
-                    .policy_reloads
-                    .with_label_values(&["ok"])
-                    .inc();
+                count("ok");
                 tracing::info!(file = %path.display(), rules, "channel policy reloaded");
             }
             Err(e) => {
-                state
-                    .metrics()
-                    .policy_reloads
-                    .with_label_values(&["error"])
-                    .inc();
+                count("error");
                 tracing::warn!(file = %path.display(), error = %e, "channel policy changed but is not valid; keeping the previous policy");
             }
         }

@@ -140,7 +140,6 @@ pub enum FrameKind {
     },
     Publish {
         id: String,
-        channel: String,
     },
 }
 
@@ -243,10 +242,7 @@ pub fn prepare_client_frame(text: &str) -> Prepared {
                 _ => Vec::new(),
             };
             Prepared::Forward {
-                kind: FrameKind::Publish {
-                    id: id.clone(),
-                    channel: channel.clone(),
-                },
+                kind: FrameKind::Publish { id: id.clone() },
                 body: Outgoing::Publish {
                     id,
                     channel,

@@ -623,24 +623,7 @@ fn a_broken_policy_is_a_start_up_error_that_names_the_rule() {
     let dir = Dir::new();
     let path = dir.path().join("policy.toml");
     std::fs::write(&path, "[[rule]]\nchannels = \"/a\"\nallow = \"read\"\n").unwrap();
-    let argv = [
-        "appsync-relay",
-        "serve",
-        "--appsync-http-endpoint",
-        "https://example.appsync-api.eu-west-1.amazonaws.com/event",
-        "--cognito-user-pool-id",
-        POOL_ID,
-        "--cognito-client-id",
-        CLIENT_ID,
-        "--allowed-origin",
-        ORIGIN,
-        "--channel-policy",
-        path.to_str().unwrap(),
-    ];
-    let Command::Serve(args) = Cli::try_parse_from(argv).unwrap().command else {
-        unreachable!()
-    };
-    let errors = Config::from_args(&args).unwrap_err();
+    let errors = serve_config(&["--channel-policy", path.to_str().unwrap()]).unwrap_err();
     assert!(
         errors.iter().any(|e| e.contains("--channel-policy")
             && e.contains("rule 1")
@@ -649,15 +632,26 @@ fn a_broken_policy_is_a_start_up_error_that_names_the_rule() {
     );
     // A missing file too.
     let missing = dir.path().join("absent.toml");
-    let mut argv = argv.to_vec();
-    let last = argv.len() - 1;
-    argv[last] = missing.to_str().unwrap();
-    let Command::Serve(args) = Cli::try_parse_from(argv).unwrap().command else {
-        unreachable!()
-    };
-    assert!(Config::from_args(&args).is_err());
+    assert!(serve_config(&["--channel-policy", missing.to_str().unwrap()]).is_err());
     // --shared-channel-check policy without a policy.
-    let argv = [
+    let errors = serve_config(&[
+        "--shared-channel",
+        "/ns/*",
+        "--shared-channel-check",
+        "policy",
+    ])
+    .unwrap_err();
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("--shared-channel-check policy")),
+        "{errors:?}"
+    );
+}
+
+/// `serve`'s configuration from a minimal command line plus `extra`.
+fn serve_config(extra: &[&str]) -> Result<Config, Vec<String>> {
+    let mut argv = vec![
         "appsync-relay",
         "serve",
         "--appsync-http-endpoint",
@@ -668,21 +662,12 @@ fn a_broken_policy_is_a_start_up_error_that_names_the_rule() {
         CLIENT_ID,
         "--allowed-origin",
         ORIGIN,
-        "--shared-channel",
-        "/ns/*",
-        "--shared-channel-check",
-        "policy",
     ];
+    argv.extend_from_slice(extra);
     let Command::Serve(args) = Cli::try_parse_from(argv).unwrap().command else {
         unreachable!()
     };
-    let errors = Config::from_args(&args).unwrap_err();
-    assert!(
-        errors
-            .iter()
-            .any(|e| e.contains("--shared-channel-check policy")),
-        "{errors:?}"
-    );
+    Config::from_args(&args)
 }
 
 async fn scrape(s: &Stack) -> String {

@@ -11,7 +11,7 @@ use super::subscriptions::Refusal;
 use crate::fanout::Delivery;
 use crate::policy::Op;
 use crate::protocol::{error_frame, error_type, Channel};
-use crate::rewrite::FrameKind;
+use crate::rewrite::{FrameKind, Outgoing};
 
 /// What a browser is told when the channel policy denies it: AppSync's
 /// own error type for an operation it may not make.
@@ -20,11 +20,13 @@ pub(super) const POLICY_DENIED: &str = "Not authorized by the channel policy";
 impl Connection {
     /// The channel policy's answer to a subscribe or publish (`--channel-policy`):
     /// `None` when it may go on, the refusal for the browser otherwise.
-    /// Decided on the claims of the token in use now (replaced at renewal).
-    pub(super) fn permitted(&self, kind: &FrameKind) -> Option<String> {
-        let (op, id, raw, reply) = match kind {
-            FrameKind::Subscribe { id, channel } => (Op::Subscribe, id, channel, "subscribe_error"),
-            FrameKind::Publish { id, channel } => (Op::Publish, id, channel, "publish_error"),
+    /// Decided on the frame as it will be sent upstream (so what is decided
+    /// is what AppSync reads), with the claims of the token in use now
+    /// (replaced at renewal).
+    pub(super) fn permitted(&self, body: &Outgoing) -> Option<String> {
+        let (op, id, raw, reply) = match body {
+            Outgoing::Subscribe { id, channel } => (Op::Subscribe, id, channel, "subscribe_error"),
+            Outgoing::Publish { id, channel, .. } => (Op::Publish, id, channel, "publish_error"),
             _ => return None,
         };
         // `prepare_client_frame` parsed it already; a channel that no longer
@@ -76,7 +78,7 @@ impl Connection {
                 }
             }
             FrameKind::Unsubscribe { id } => self.subs.remove(id),
-            FrameKind::Publish { id, .. } => {
+            FrameKind::Publish { id } => {
                 if let Some(bucket) = &mut self.publish_bucket {
                     if !bucket.try_take() {
                         self.limit_hit("publish_rate");

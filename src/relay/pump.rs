@@ -169,7 +169,7 @@ impl Connection {
                         }
                         Prepared::Forward { kind, body } => (kind, body),
                     };
-                    if let Some(reply) = self.permitted(&kind) {
+                    if let Some(reply) = self.permitted(&body) {
                         self.replies.push_back(reply);
                         continue;
                     }
@@ -187,7 +187,7 @@ impl Connection {
                     // What AppSync would get (one copy of the events, where
                     // Amplify sent two), measured: too large is answered,
                     // not a reason to close the socket.
-                    if let FrameKind::Publish { id, .. } = &kind {
+                    if let FrameKind::Publish { id } = &kind {
                         if text.len() > self.state.config().max_message_bytes {
                             self.replies.push_back(crate::protocol::error_frame(
                                 "publish_error",

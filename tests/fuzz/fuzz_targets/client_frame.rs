@@ -114,7 +114,7 @@ fuzz_target!(|data: &[u8]| {
                         assert_eq!(kid, id);
                         assert_eq!(channel, ch);
                     }
-                    FrameKind::Publish { id: kid, .. } => assert_eq!(kid, id),
+                    FrameKind::Publish { id: kid } => assert_eq!(kid, id),
                     _ => unreachable!(),
                 }
             } else {
